@@ -1,0 +1,96 @@
+"""Runs one m4 job: `python -m m4.main --config=configs/X.py --workdir=DIR`.
+
+`config.trainer` picks the job from `m4.trainers.TRAINERS`. Any config field
+can be overridden on the command line as `--config.a.b=value`. The resolved
+config is written to `DIR/config.json`; running again on the same workdir
+resumes (or skips what is done).
+"""
+
+import runpy
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from m4 import trainers
+from m4 import workdir as workdir_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A config file with get_config().")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+
+
+def _fail(message: str):
+  """One line on stderr and exit status 2: the convention for bad usage."""
+  print(f"m4: error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _find_bad_override(argv) -> str | None:
+  """Names the first `--config.a.b=v` whose path is not in the config file."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None:
+    return None
+  path, _, arg = spec.partition(":")
+  try:
+    config = runpy.run_path(path)["get_config"](*([arg] if arg else []))
+  except Exception:  # pylint: disable=broad-except
+    return None
+  for a in argv:
+    if not a.startswith("--config."):
+      continue
+    key = a[len("--config."):].split("=", 1)[0]
+    node = config
+    for part in key.split("."):
+      try:
+        node = node[part]
+      except (KeyError, TypeError, IndexError, ValueError):
+        return f"--config.{key}: the config has no field {part!r} ({path})"
+  return None
+
+
+def _parse_flags(argv):
+  """absl parsing, with bad flags and configs reported as one line."""
+  try:
+    rest = flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    _fail(_find_bad_override(argv) or str(e).strip().splitlines()[0])
+  if _CONFIG.value is None or flags.FLAGS["config"].config_filename is None:
+    _fail("--config is required, e.g. --config=configs/quickstart.py")
+  try:
+    config = _CONFIG.value  # Loading is lazy: a missing file raises here.
+    config.get("trainer")
+  except Exception as e:  # pylint: disable=broad-except
+    path = flags.FLAGS["config"].config_filename
+    _fail(f"cannot load config file {path!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+  if "trainer" not in config:
+    _fail(f"config {flags.FLAGS['config'].config_filename!r} has no field 'trainer'")
+  if config.trainer not in trainers.TRAINERS:
+    _fail(f"unknown trainer {config.trainer!r} (config.trainer); known: {sorted(trainers.TRAINERS)}")
+  if not _WORKDIR.value:
+    _fail("--workdir is required")
+  return rest
+
+
+def main(argv):
+  if len(argv) > 1:
+    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = _CONFIG.value
+  workdir = _WORKDIR.value
+  workdir_lib.write_config(config, workdir)
+  logging.info("m4: running trainer %r in %s", config.trainer, workdir)
+  try:
+    summary = trainers.get(config.trainer)(config, workdir)
+  except workdir_lib.ConfigError as e:
+    _fail(str(e))
+  if summary:
+    print(workdir_lib.format_summary(summary))
+
+
+def run():
+  app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  run()

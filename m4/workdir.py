@@ -1,0 +1,210 @@
+"""What every job writes to its work directory, and how.
+
+    DIR/config.json      the resolved config (an earlier, different one is kept)
+    DIR/metrics.jsonl    one JSON object per logging step: {"step": ..., ...}
+    DIR/events.*         TensorBoard (clu metric writers)
+    DIR/summary.json     written last: the job's figures and pictures; its
+                         presence marks the job done (the quickstart skips it)
+
+Only process 0 writes; other processes log nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+SUMMARY = "summary.json"
+
+
+class ConfigError(ValueError):
+  """A config field or input file is wrong; the message names it."""
+
+
+def require(condition: bool, field: str, message: str):
+  """Raises ConfigError naming `field` unless `condition` holds."""
+  if not condition:
+    raise ConfigError(f"config.{field}: {message}")
+
+
+def _to_builtin(x):
+  if isinstance(x, Mapping) or hasattr(x, "to_dict"):
+    d = x.to_dict() if hasattr(x, "to_dict") else x
+    return {str(k): _to_builtin(v) for k, v in d.items()}
+  if isinstance(x, (list, tuple)):
+    return [_to_builtin(v) for v in x]
+  if isinstance(x, (np.generic, np.ndarray, jax.Array)):
+    return np.asarray(x).tolist()
+  if x is None or isinstance(x, (bool, int, float, str)):
+    return x
+  return repr(x)
+
+
+def write_json(path: str, obj) -> None:
+  """Writes JSON atomically (temp file + rename): never a half-written file."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(_to_builtin(obj), f, indent=1, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_config(config, workdir: str) -> None:
+  """Writes DIR/config.json; a different earlier config is kept beside it."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  new = _to_builtin(config)
+  if os.path.exists(path):
+    try:
+      old = read_json(path)
+    except (OSError, ValueError):
+      old = None
+    if old == new:
+      return
+    os.replace(path, os.path.join(workdir, f"config.{time.strftime('%Y%m%d-%H%M%S')}.json"))
+  write_json(path, new)
+
+
+def is_done(workdir: str) -> bool:
+  return os.path.exists(os.path.join(workdir, SUMMARY))
+
+
+def read_summary(workdir: str) -> dict:
+  return read_json(os.path.join(workdir, SUMMARY))
+
+
+def write_summary(workdir: str, summary: Mapping[str, Any]) -> dict:
+  if jax.process_index() == 0:
+    write_json(os.path.join(workdir, SUMMARY), summary)
+  return dict(summary)
+
+
+def format_summary(summary: Mapping[str, Any], indent: str = "") -> str:
+  """Human-readable nested summary: figures rounded, paths as they are."""
+  lines = []
+  for k, v in summary.items():
+    if isinstance(v, Mapping):
+      lines.append(f"{indent}{k}:")
+      lines.append(format_summary(v, indent + "  "))
+    elif isinstance(v, float):
+      lines.append(f"{indent}{k}: {v:.4g}")
+    else:
+      lines.append(f"{indent}{k}: {v}")
+  return "\n".join(lines)
+
+
+def _format_duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(round(seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class MetricLogger:
+  """metrics.jsonl + TensorBoard + a progress line with steps/s and ETA.
+
+      logger = MetricLogger(workdir, total_steps=1000)
+      logger.write(step, {"loss": 2.3, "lr": 1e-3})
+      logger.close()
+
+  `write` adds `steps_per_sec` (since the previous write) to what it logs.
+  The progress line goes to stderr; set `quiet=True` to mute it.
+  """
+
+  def __init__(self, workdir: str, total_steps: int | None = None, *,
+               name: str = "", quiet: bool = False, tensorboard: bool = True):
+    self.workdir = workdir
+    self.total_steps = total_steps
+    self.name = name
+    self.quiet = quiet
+    self._writer = None
+    self._jsonl = None
+    self._last = None  # (step, time) of the previous write.
+    self.is_writer = jax.process_index() == 0
+    if self.is_writer:
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      if tensorboard:
+        from clu import metric_writers  # pylint: disable=g-import-not-at-top
+        self._writer = metric_writers.create_default_writer(
+            workdir, just_logging=False, asynchronous=False)
+
+  def write(self, step: int, metrics: Mapping[str, Any], *, progress: bool = True) -> dict:
+    now = time.time()
+    scalars = {k: float(np.asarray(v)) for k, v in metrics.items()}
+    if self._last is not None and step > self._last[0]:
+      scalars.setdefault("steps_per_sec", (step - self._last[0]) / max(now - self._last[1], 1e-9))
+    self._last = (step, now)
+    if self.is_writer:
+      self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
+      self._jsonl.flush()
+      if self._writer is not None:
+        self._writer.write_scalars(int(step), scalars)
+      if progress and not self.quiet:
+        print(self.progress_line(step, scalars), file=sys.stderr, flush=True)
+    return scalars
+
+  def progress_line(self, step: int, scalars: Mapping[str, float]) -> str:
+    parts = [f"{self.name} " if self.name else "", f"step {step}"]
+    if self.total_steps:
+      parts.append(f"/{self.total_steps}")
+    shown = [k for k in scalars if k != "steps_per_sec"][:6]
+    parts += [f" | {k} {scalars[k]:.4g}" for k in shown]
+    rate = scalars.get("steps_per_sec")
+    if rate:
+      parts.append(f" | {rate:.2f} steps/s")
+      if self.total_steps:
+        parts.append(f" | ETA {_format_duration((self.total_steps - step) / rate)}")
+    return "".join(parts)
+
+  def write_images(self, step: int, images: Mapping[str, np.ndarray]):
+    """Images as (N, H, W, C) float in [0, 1] or uint8, to TensorBoard."""
+    if self.is_writer and self._writer is not None:
+      self._writer.write_images(int(step), {k: np.asarray(v) for k, v in images.items()})
+
+  def close(self):
+    if self._writer is not None:
+      self._writer.flush()
+      self._writer.close()
+      self._writer = None
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._jsonl = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The rows of DIR/metrics.jsonl (a torn last line is skipped)."""
+  rows = []
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return rows
+  with open(path) as f:
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except ValueError:
+        continue
+  return rows

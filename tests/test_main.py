@@ -1,0 +1,68 @@
+"""`python -m m4.main`: config loading, overrides and one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def _run(*args, cwd=REPO):
+  env = dict(os.environ, PYTHONPATH=REPO)
+  return subprocess.run([sys.executable, "-m", "m4.main", *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def echo_config(tmp_path):
+  """A config whose only stage writes a tiny summary (quickstart machinery)."""
+  path = tmp_path / "cfg.py"
+  path.write_text(textwrap.dedent("""
+      import ml_collections
+      def get_config(arg=None):
+        c = ml_collections.ConfigDict()
+        c.trainer = "quickstart"
+        c.order = ("a",)
+        c.stages = ml_collections.ConfigDict()
+        c.stages.a = ml_collections.ConfigDict({"trainer": "quickstart", "order": (),
+                                                "stages": {}, "note": "{root}/x"})
+        return c
+  """))
+  return str(path)
+
+
+def test_unknown_override_names_field(echo_config, tmp_path):
+  r = _run(f"--config={echo_config}", f"--workdir={tmp_path / 'w'}", "--config.stages.a.nope=3")
+  assert r.returncode == 2, r.stderr
+  lines = [l for l in r.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and "nope" in lines[0], r.stderr
+
+
+def test_missing_config_file(tmp_path):
+  r = _run(f"--config={tmp_path / 'missing.py'}", f"--workdir={tmp_path / 'w'}")
+  assert r.returncode == 2
+  assert "missing.py" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_trainer(echo_config, tmp_path):
+  r = _run(f"--config={echo_config}", f"--workdir={tmp_path / 'w'}", "--config.trainer=nosuch")
+  assert r.returncode == 2
+  assert "nosuch" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_writes_config_and_skips_done_stages(echo_config, tmp_path):
+  wd = tmp_path / "w"
+  r = _run(f"--config={echo_config}", f"--workdir={wd}", "--config.stages.a.note=hello {root}")
+  assert r.returncode == 0, r.stderr
+  cfg = json.loads((wd / "config.json").read_text())
+  assert cfg["stages"]["a"]["note"] == "hello {root}"
+  # The stage saw {root} resolved to the quickstart workdir.
+  stage_cfg = json.loads((wd / "a" / "config.json").read_text())
+  assert stage_cfg["note"] == f"hello {wd}"
+  assert (wd / "a" / "summary.json").exists()
+  r = _run(f"--config={echo_config}", f"--workdir={wd}")
+  assert r.returncode == 0 and "skipped" in r.stdout
