@@ -1,0 +1,1 @@
+"""Offline tools: checkpoint conversion, benchmarks."""
