@@ -220,7 +220,8 @@ class FolderSource:
   FolderError naming the path. Reading decodes every file and checks that the
   images agree in size; failures name the file. With `on_error="skip"` such
   samples are left out instead (reads then return None, which the pipeline
-  drops) and counted in `skipped` (a list of (path, reason)), each logged once.
+  drops) and counted: `skipped` maps each bad file to its reason (logged once;
+  a file read again in a later epoch counts once).
   """
 
   def __init__(self, root: str, *, modalities: Sequence[str] | None = None,
@@ -243,18 +244,16 @@ class FolderSource:
         raise ConfigError(f"config.data.modalities: no folder {os.path.join(root, m)!r}.")
     self.root, self.modalities = root, tuple(modalities)
     self.on_error, self.depth_png_scale = on_error, float(depth_png_scale)
-    self.skipped: list[tuple[str, str]] = []
+    self.skipped: dict[str, str] = {}
     self._lock = threading.Lock()
-    self._logged: set[str] = set()
     self.files = self._list()  # [{modality: path}], one per sample, sorted by id.
 
   def _fail(self, path: str, reason: str):
     if self.on_error == "raise":
       raise FolderError(f"{path}: {reason}")
     with self._lock:
-      self.skipped.append((path, reason))
-      if path not in self._logged:
-        self._logged.add(path)
+      if path not in self.skipped:
+        self.skipped[path] = reason
         logging.warning("folder source: skipping %s: %s", path, reason)
 
   @property
