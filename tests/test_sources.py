@@ -34,6 +34,13 @@ def test_tfds_nyu_depth_v2_reads_rgb_and_depth():
   assert batch["rgb"].shape == (2, 32, 32, 3) and batch["depth"].shape == (2, 32, 32)
 
 
+def test_tfds_dataset_not_prepared_says_how_to_prepare_it(tmp_path):
+  with pytest.raises(ConfigError, match=r"config.data.name='nyu_depth_v2'.*tfds build"
+                     r" nyu_depth_v2 --file_format=array_record"):
+    sources.make_source(_tfds_config("nyu_depth_v2", dir=str(tmp_path)), "train")
+  assert not any(tmp_path.rglob("*.tar.gz"))  # Nothing was downloaded.
+
+
 def test_tfds_coco_captions_takes_the_first_caption():
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   with tfds.testing.mock_data(num_examples=3):

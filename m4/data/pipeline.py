@@ -26,14 +26,15 @@ leaves it out; evaluation turns it into padding (valid=False).
 
 The caller's `transforms` are applied in order to each sample: a
 `grain.transforms.RandomMap` (gets a per-sample np.random.Generator derived
-from `seed`), a `grain.transforms.Map`/`Filter`, or a plain callable. They must
-be picklable (cloudpickle) when `num_workers > 0`.
+from `seed`), a `grain.transforms.Map`/`Filter` (a Filter in evaluation makes
+batches short), or a plain callable. They must be picklable (cloudpickle) when
+`num_workers > 0`; close such an iterator (`it.close()`) when done with it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import grain
 import jax
