@@ -51,8 +51,10 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
 
   For kind "scenes" it also holds the generation fields of
   `m4.data.scenes.default_config()` (resolution, max_objects, num_train, ...,
-  `workers` = rendering processes), which `scenes.ensure` reads. Any field can
-  be given as a keyword (or set later / on the command line).
+  `workers` = rendering processes), which `scenes.ensure` reads; its `seed` is
+  the dataset's generation seed, while order and crops follow the `seed` given
+  to `make_dataset` (the config's top-level seed). Any field can be given as a
+  keyword (or set later / on the command line).
   """
   c = ml_collections.ConfigDict()
   c.kind = overrides.get("kind", "scenes")  # "scenes" | "tfds" | "folder" (sources.py).
