@@ -1,0 +1,1 @@
+"""Data: sources, aligned transforms, masking and grain pipelines."""
