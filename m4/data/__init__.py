@@ -1,1 +1,1 @@
-"""Data: sources, aligned transforms, masking and grain pipelines."""
+"""m4's data: sources of raw samples, transforms, masking, grain pipelines."""
