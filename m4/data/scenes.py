@@ -736,10 +736,18 @@ def _num_records(path: str) -> int:
     reader.close()
 
 
-def _compare_spec(data_dir: str, stored: Mapping[str, Any], spec: SceneSpec):
+def _given_fields(config: Mapping[str, Any] | None) -> list[str]:
+  """The SceneSpec fields that `config` sets (not None)."""
+  config = config or {}
+  return [f.name for f in dataclasses.fields(SceneSpec)
+          if f.name in config and config[f.name] is not None]
+
+
+def _compare_spec(data_dir: str, stored: Mapping[str, Any], spec: SceneSpec,
+                  fields: list[str]):
   from m4 import workdir  # pylint: disable=g-import-not-at-top
   wanted = spec.to_json()
-  for key in ["renderer_version"] + [f.name for f in dataclasses.fields(SceneSpec)]:
+  for key in ["renderer_version"] + fields:
     if stored.get(key) != wanted[key]:
       raise workdir.ConfigError(
           f"{data_dir} holds a scenes dataset made with {key}={stored.get(key)!r}, but the"
@@ -756,9 +764,10 @@ def ensure(data_dir: str, config: Mapping[str, Any] | None = None, *,
       left alone).
     config: a data config (ConfigDict or dict) with SceneSpec fields
       (resolution, min_objects, max_objects, seed, antialias, num_train,
-      num_validation, num_test; missing ones take SceneSpec's defaults) and
-      optionally `workers` (processes that render; 1 = this one). Other
-      fields are ignored.
+      num_validation, num_test) and optionally `workers` (processes that
+      render; 1 = this one). Other fields are ignored. A field the config sets
+      must match an existing dataset; a field it leaves out (or None) accepts
+      what is stored, and takes SceneSpec's default for a new dataset.
     progress: show a tqdm bar per split.
     stats: if given, filled with {split: write_split(...) figures} for the
       splits written now.
@@ -772,8 +781,14 @@ def ensure(data_dir: str, config: Mapping[str, Any] | None = None, *,
       spec, or a split with the wrong number of records. Nothing is changed.
   """
   from m4 import workdir  # pylint: disable=g-import-not-at-top
-  spec = SceneSpec.from_config(config)
-  workers = int((config or {}).get("workers", 1) or 1)
+  try:
+    spec = SceneSpec.from_config(config)
+  except ValueError as e:
+    raise workdir.ConfigError(f"config.data: {e}") from None
+  workers = (config or {}).get("workers", 1)
+  workers = 1 if workers is None else workers
+  if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    raise workdir.ConfigError(f"config.data.workers: must be an integer >= 1, got {workers!r}.")
   if not data_dir:
     raise workdir.ConfigError("config.data.dir: the scenes dataset needs a directory.")
   os.makedirs(data_dir, exist_ok=True)
@@ -784,7 +799,8 @@ def ensure(data_dir: str, config: Mapping[str, Any] | None = None, *,
       stored = workdir.read_json(spec_path)
     except ValueError as e:
       raise workdir.ConfigError(f"{spec_path}: unreadable scenes spec ({e}).") from None
-    _compare_spec(data_dir, stored, spec)
+    _compare_spec(data_dir, stored, spec, _given_fields(config))
+    spec = _spec_from_json(spec_path, stored)
   elif present:
     raise workdir.ConfigError(
         f"{data_dir} holds {', '.join(s + '.array_record' for s in present)} but no"
@@ -820,8 +836,15 @@ def read_spec(data_dir: str) -> SceneSpec:
     raise FileNotFoundError(
         f"{path} not found: {data_dir} is not a scenes dataset (make one with"
         " `python -m m4.data.scenes --out DIR` or scenes.ensure).")
-  stored = workdir.read_json(path)
-  return SceneSpec(**{f.name: stored[f.name] for f in dataclasses.fields(SceneSpec)})
+  return _spec_from_json(path, workdir.read_json(path))
+
+
+def _spec_from_json(path: str, stored: Mapping[str, Any]) -> SceneSpec:
+  from m4 import workdir  # pylint: disable=g-import-not-at-top
+  try:
+    return SceneSpec(**{f.name: stored[f.name] for f in dataclasses.fields(SceneSpec)})
+  except (KeyError, TypeError, ValueError) as e:
+    raise workdir.ConfigError(f"{path}: not a valid scenes spec ({e!r}).") from None
 
 
 class ScenesSource:
