@@ -166,3 +166,40 @@ def test_bad_layout_names_the_file(tmp_path):
   (tmp_path / "junk.json").write_text("{not json")
   with pytest.raises(ValueError, match="junk.json"):
     text.load(str(tmp_path / "junk.json"))
+
+
+def test_committed_scenes_tokenizer_round_trips_rendered_captions():
+  from m4.data import scenes  # pylint: disable=g-import-not-at-top
+  tok = text.load(modalities.get("caption").tokenizer)
+  assert tok.path.endswith("tokenizers/wordpiece_scenes.json")
+  assert tok.num_sentinels == 200 and tok.vocab_size <= modalities.get("caption").vocab_size
+  captions = [scenes.render(i, split=split, resolution=16, max_objects=4)["caption"]
+              for split in ("validation", "test") for i in range(12)]
+  for caption in captions:
+    ids = tok.encode(caption)
+    assert tok.unk_id not in ids and len(ids) + 1 <= modalities.get("caption").num_tokens
+    assert tok.decode(ids) == caption
+
+
+def test_trainer_on_a_scenes_dataset(tmp_path, repo_root):
+  import os  # pylint: disable=g-import-not-at-top
+  import runpy  # pylint: disable=g-import-not-at-top
+  from m4.trainers import text_tokenizer  # pylint: disable=g-import-not-at-top
+  config = runpy.run_path(os.path.join(repo_root, "configs/tokenizers/caption_scenes.py"))[
+      "get_config"]()
+  config.data.update(dict(dir=str(tmp_path / "data"), resolution=16, num_train=48,
+                          num_validation=16, num_test=1, workers=1))
+  summary = text_tokenizer.run(config, str(tmp_path / "work"))
+  assert summary["round_trip_exact"] == 1.0 and summary["unk_fraction"] == 0.0
+  assert summary["train_captions"] == 48 and summary["eval_captions"] == 16
+  assert summary["fit_num_tokens"] == 1.0 and summary["vocab_size"] <= 512
+  assert os.path.getsize(summary["caption_lengths_png"]) > 1000
+  tok = text.load(summary["tokenizer"])
+  assert tok.sentinel_id(1) == 5 and tok.vocab_size == summary["vocab_size"]
+  # Same captions, same file (pruning makes the library's training reproducible).
+  again = text_tokenizer.run(config, str(tmp_path / "again"))
+  with open(summary["tokenizer"]) as a, open(again["tokenizer"]) as b:
+    assert a.read() == b.read()
+  config.tokenizer.vocab_size = 1000
+  with pytest.raises(ValueError, match="tokenizer.vocab_size"):
+    text_tokenizer.run(config, str(tmp_path / "bad"))

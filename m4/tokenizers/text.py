@@ -36,7 +36,7 @@ import json
 import os
 import re
 import unicodedata
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import tokenizers
@@ -176,10 +176,19 @@ def load(name_or_path: str) -> TextTokenizer:
   return TextTokenizer(tok, path)
 
 
-def train(texts: Iterable[str], *, vocab_size: int, num_sentinels: int = 200,
+def train(texts: Sequence[str], *, vocab_size: int, num_sentinels: int = 200,
           lowercase: bool = True, min_frequency: int = 0, initial_alphabet: str = "",
-          length: int | None = None, show_progress: bool = False) -> TextTokenizer:
+          prune_unused: bool = True, show_progress: bool = False) -> TextTokenizer:
   """Trains a WordPiece tokenizer with 4M's layout and normaliser.
+
+  After the library's trainer: both forms (word start and `##`) of each
+  `initial_alphabet` character are added, unused pieces are dropped if
+  `prune_unused`, and word pieces are numbered after the special ids by
+  (length, continuation, text). The library breaks ties between equally
+  frequent merges in hash-map order, which changes from run to run; the
+  intermediate pieces it keeps vary, the ones the text is encoded with do not
+  (once merges run out below `vocab_size`), so with pruning the same text
+  gives the same file. WordPiece encodes by longest match, whatever the ids.
 
   Args:
     texts: the training text (e.g. captions).
@@ -190,7 +199,8 @@ def train(texts: Iterable[str], *, vocab_size: int, num_sentinels: int = 200,
     min_frequency: pairs seen fewer times are not merged.
     initial_alphabet: characters always in the vocabulary (so text made of
       them never gives [UNK]), whether the training text has them or not.
-    length: the number of texts, for the progress bar.
+    prune_unused: keep only the pieces `texts` are encoded with, plus the
+      alphabet.
     show_progress: the library's progress bar.
   """
   tok = tokenizers.Tokenizer(models.WordPiece(unk_token=UNK))
@@ -205,24 +215,30 @@ def train(texts: Iterable[str], *, vocab_size: int, num_sentinels: int = 200,
       vocab_size=vocab_size, min_frequency=min_frequency, show_progress=show_progress,
       special_tokens=specials, initial_alphabet=sorted(set(initial_alphabet)),
       continuing_subword_prefix="##")
-  tok.train_from_iterator(texts, trainer=trainer, length=length)
-  return TextTokenizer(_complete_alphabet(tok, initial_alphabet))
+  tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+  used = None
+  if prune_unused:
+    used = {i for e in tok.encode_batch(list(texts), add_special_tokens=False) for i in e.ids}
+  return TextTokenizer(_finish_vocab(tok, initial_alphabet, len(specials), used))
 
 
-def _complete_alphabet(tok: tokenizers.Tokenizer, alphabet: str) -> tokenizers.Tokenizer:
-  """Adds the word-start and `##` forms of every alphabet character missing.
-
-  The trainer puts `initial_alphabet` in the vocabulary only as word starts;
-  a character seen inside words only in other positions would give [UNK]
-  (e.g. "ok" without "##k"). New pieces get the next free ids.
-  """
+def _finish_vocab(tok: tokenizers.Tokenizer, alphabet: str, num_special: int,
+                  used: set[int] | None) -> tokenizers.Tokenizer:
+  """Alphabet completed, pieces not in `used` (if given) dropped, renumbered."""
   spec = json.loads(tok.to_str())
   vocab = spec["model"]["vocab"]
   prefix = spec["model"]["continuing_subword_prefix"]
-  for ch in sorted(set(alphabet)):
-    for piece in (ch, prefix + ch) if not _is_punctuation(ch) else (ch,):
-      if piece not in vocab:
-        vocab[piece] = len(vocab)
+  pieces = {p for p, i in vocab.items() if i >= num_special and (used is None or i in used)}
+  for ch in set(alphabet):
+    pieces.update((ch,) if _is_punctuation(ch) else (ch, prefix + ch))
+
+  def order(piece):
+    cont = piece.startswith(prefix)
+    return len(piece) - (len(prefix) if cont else 0), cont, piece
+
+  specials = {p: i for p, i in vocab.items() if i < num_special}
+  spec["model"]["vocab"] = {**specials, **{p: num_special + k
+                                           for k, p in enumerate(sorted(pieces, key=order))}}
   return tokenizers.Tokenizer.from_str(json.dumps(spec))
 
 
