@@ -142,7 +142,7 @@ def test_masks_respect_budgets_capacities_and_roles(tok, monkeypatch):
     assert (b_in[:3] + b_tgt[:3] <= caps[:3]).all()
     assert b_in.sum() <= 150 and b_tgt.sum() <= 150 and b_in[2] == 0
     out = masker.mask_with_seed(sample, seed=0, index=i)
-    assert list(out) == list(NAMES)
+    assert set(out) == set(NAMES) | {"id"} and out["id"] == sample["id"]
     counts = np.array([_check_entry(n, out[n], tok, n not in absent) for n in NAMES])
     assert counts[:, 0].sum() <= 150 and counts[:, 1].sum() <= 150
     assert counts[2, 0] == 0  # semseg is never an input.
@@ -220,12 +220,12 @@ def test_pretokenized_and_raw_captions_agree(tok):
     pre = dict(raw, caption=tok.encode_padded(caption, M.get("caption").num_tokens))
     a, b = masker.mask_with_seed(raw, 3, i), masker.mask_with_seed(pre, 3, i)
     for n in NAMES:
-      for k in a[n]:
+      for k in a[n]:  # Same entries from a str caption and from its ids.
         np.testing.assert_array_equal(a[n][k], b[n][k])
 
 
 def _equal(a, b):
-  return all(np.array_equal(a[n][k], b[n][k]) for n in a for k in a[n])
+  return all(np.array_equal(a[n][k], b[n][k]) for n in NAMES for k in a[n])
 
 
 def test_deterministic_per_seed_and_index_and_worker_count(tok):
@@ -301,3 +301,23 @@ def test_tokenizer_larger_than_the_registry_is_refused(tok, monkeypatch):
   with pytest.raises(ValueError, match="vocab_size 300"):
     masking.Masking(masking.preset("all2all", num_input_tokens=8, num_target_tokens=8),
                     text_tokenizers={"caption": tok})
+
+
+def test_rendered_scenes_with_the_committed_tokenizer(tmp_path):
+  """The default masker (tokenizer by registry name) on real scene captions."""
+  from m4.data import scenes  # pylint: disable=g-import-not-at-top
+  from m4.tools import mask_grid  # pylint: disable=g-import-not-at-top
+  raws = [scenes.render(i, split="validation", resolution=32) for i in range(6)]
+  masker = masking.Masking(masking.preset("4m7", num_input_tokens=64, num_target_tokens=64))
+  tok = masker.text_tokenizers["caption"]
+  assert tok.path.endswith("wordpiece_scenes.json")
+  rng = np.random.default_rng(12)
+  for i, raw in enumerate(raws):
+    sample = dict(make_sample(rng, raw["caption"]), id=raw["id"])
+    out = masker.mask_with_seed(sample, seed=0, index=i)
+    counts = np.array([_check_entry(n, out[n], tok, True) for n in NAMES])
+    assert counts[:, 0].sum() <= 64 and counts[:, 1].sum() <= 64
+  path = mask_grid.save_mask_grid(str(tmp_path / "masks.png"), masker, raws)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  width, height = Image.open(path).size
+  assert width > 6 * 128 and height > 6 * 128  # 6 columns, 6 rows of >= 128 px cells.

@@ -13,8 +13,9 @@ tokenizer by `TextTokenizer.encode_padded`: word pieces + [EOS], cut to
 `num_tokens`, [PAD]s) or such padded ids already. A modality missing from the
 sample gets no budget and comes out all padding. The output is one entry of
 the masked batch, `{name: {tensor, input_mask, target_mask,
-decoder_attention_mask}}` for every name in `config.modalities`; batching
-stacks them. Masks are True = selected (4M's are True = not selected).
+decoder_attention_mask}}` for every name in `config.modalities`, plus the
+sample's other keys unchanged (`id`, `valid`, ...); batching stacks them.
+Masks are True = selected (4M's are True = not selected).
 
 Per sample, as 4M's `UnifiedMasking` does:
   1. pick a mixture component by its weight (components with no input or no
@@ -387,10 +388,15 @@ class Masking(grain.transforms.RandomMap):
   # --- the transform ---
 
   def __call__(self, sample: Mapping[str, Any], rng: np.random.Generator) -> dict:
-    """Masks one sample with `rng` (module docstring); returns {name: entry}."""
+    """Masks one sample with `rng` (module docstring).
+
+    Returns {name: entry} for the masked modalities, plus the sample's other
+    keys as they are (e.g. `id`, and `valid` of evaluation padding).
+    """
     present = self.present(sample)
     c, budget_in, budget_tgt = self.sample_budgets(rng, present)
-    out = {}
+    consumed = {m.data_key for m in self.modalities}
+    out = {k: v for k, v in sample.items() if k not in consumed}
     for i, m in enumerate(self.modalities):
       value = sample[m.data_key] if present[i] else None
       if m.is_image:
