@@ -1,19 +1,23 @@
 """A PNG of 4M's masking on real samples: what the encoder sees, what the decoder predicts.
 
     python -m m4.tools.mask_grid --data workdirs/scenes/data --split validation --num 6 \
-        --preset 4m7 --num_input_tokens 64 --num_target_tokens 64 --out masks.png
+        --preset 4m7 --num_input_tokens 64 --num_target_tokens 64 --out masks.png \
+        [--stats 1000]
 
 One row per sample: for each image modality its input tokens (the cells the
 encoder sees; the rest grey), then its target tokens; under the row the token
 counts and the caption's input and target, sentinels shown. Image masks do not
 depend on token values, so the raw images stand in for their token grids and
-no VQ tokenizer is needed.
+no VQ tokenizer is needed. `--stats N` also prints the mean input and target
+tokens per modality over N samples (JSON).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -72,6 +76,26 @@ def save_mask_grid(path: str, masker: masking.Masking, samples: Sequence[Mapping
   return grid.save_grid(path, rows, captions, kinds, max_caption_lines=4)
 
 
+def token_stats(masker: masking.Masking, samples: Sequence[Mapping], *, seed: int = 0) -> dict:
+  """Mean input and target tokens per modality, and masking samples/s."""
+  rows = []
+  start = time.perf_counter()
+  for i, raw in enumerate(samples):
+    sample = dict(raw)
+    for m in masker.modalities:
+      if m.is_image and m.data_key in raw:
+        sample[m.data_key] = np.zeros(m.grid, np.int32)
+    out = masker.mask_with_seed(sample, seed=seed, index=i)
+    rows.append([[out[n]["input_mask"].sum(), out[n]["target_mask"].sum()] for n in masker.names])
+  seconds = time.perf_counter() - start
+  counts = np.array(rows, np.float64)  # (samples, modalities, 2)
+  return {"samples": len(samples), "samples_per_sec": len(samples) / seconds,
+          "inputs": dict(zip(masker.names, counts[:, :, 0].mean(0).round(2).tolist())),
+          "targets": dict(zip(masker.names, counts[:, :, 1].mean(0).round(2).tolist())),
+          "inputs_total": float(counts[:, :, 0].sum(1).mean()),
+          "targets_total": float(counts[:, :, 1].sum(1).mean())}
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m m4.tools.mask_grid", description=__doc__.split("\n")[0])
   p.add_argument("--data", required=True, help="a scenes dataset directory")
@@ -82,6 +106,8 @@ def main(argv=None) -> int:
   p.add_argument("--num_target_tokens", type=int, default=64)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", required=True, help="PNG path")
+  p.add_argument("--stats", type=int, default=0,
+                 help="also print mean input/target tokens per modality over this many samples")
   args = p.parse_args(argv)
   from m4.data import scenes  # pylint: disable=g-import-not-at-top
   source = scenes.ScenesSource(args.data, args.split)
@@ -89,6 +115,9 @@ def main(argv=None) -> int:
   masker = masking.Masking(masking.preset(args.preset, num_input_tokens=args.num_input_tokens,
                                           num_target_tokens=args.num_target_tokens))
   print(save_mask_grid(args.out, masker, samples, seed=args.seed))
+  if args.stats:
+    many = [source[i] for i in range(min(args.stats, len(source)))]
+    print(json.dumps(token_stats(masker, many, seed=args.seed)))
   return 0
 
 
