@@ -203,3 +203,14 @@ def test_trainer_on_a_scenes_dataset(tmp_path, repo_root):
   config.tokenizer.vocab_size = 1000
   with pytest.raises(ValueError, match="tokenizer.vocab_size"):
     text_tokenizer.run(config, str(tmp_path / "bad"))
+
+
+def test_misplaced_sentinel_is_refused(tmp_path):
+  spec = _4m_format_json(["a"], classes=[])
+  spec["model"]["vocab"]["[S_7]"], spec["model"]["vocab"]["[S_8]"] = 12, 11
+  for t in spec["added_tokens"]:
+    t["id"] = spec["model"]["vocab"][t["content"]]
+  path = tmp_path / "sentinels.json"
+  path.write_text(json.dumps(spec))
+  with pytest.raises(ValueError, match=r"sentinels.json.*\[S_7\] has id 12"):
+    text.load(str(path))

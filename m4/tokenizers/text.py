@@ -72,16 +72,16 @@ class TextTokenizer:
       if vocab.get(token) != want_id:
         raise ValueError(f"text tokenizer {path}: {token} has id {vocab.get(token)},"
                          f" 4M's layout needs {want_id}.")
-    sentinels = sorted(int(m.group(1)) for m in map(_SENTINEL_RE.match, vocab) if m)
-    if not sentinels:
+    n = sum(1 for token in vocab if _SENTINEL_RE.match(token))
+    if not n:
       raise ValueError(f"text tokenizer {path}: no sentinel tokens [S_0], [S_1], ...")
-    for i in sentinels:
-      if vocab[sentinel_token(i)] != FIRST_SENTINEL_ID + i or sentinels[-1] != len(sentinels) - 1:
+    for i in range(n):
+      if vocab.get(sentinel_token(i)) != FIRST_SENTINEL_ID + i:
         raise ValueError(
-            f"text tokenizer {path}: sentinels must be [S_0]..[S_{len(sentinels) - 1}] with"
-            f" ids {FIRST_SENTINEL_ID}..{FIRST_SENTINEL_ID + len(sentinels) - 1};"
-            f" {sentinel_token(i)} has id {vocab[sentinel_token(i)]}.")
-    self.num_sentinels = len(sentinels)
+            f"text tokenizer {path}: its {n} sentinels must be [S_0]..[S_{n - 1}] with ids"
+            f" {FIRST_SENTINEL_ID}..{FIRST_SENTINEL_ID + n - 1}; {sentinel_token(i)} has id"
+            f" {vocab.get(sentinel_token(i))}.")
+    self.num_sentinels = n
     self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     if max(vocab.values()) != self.vocab_size - 1:
       raise ValueError(f"text tokenizer {path}: ids are not contiguous 0..{self.vocab_size - 1}.")
