@@ -321,3 +321,25 @@ def test_rendered_scenes_with_the_committed_tokenizer(tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   width, height = Image.open(path).size
   assert width > 6 * 128 and height > 6 * 128  # 6 columns, 6 rows of >= 128 px cells.
+
+
+def test_in_the_grain_pipeline(tmp_path):
+  """m4.data.pipeline batches masked samples: static (B, N) arrays per field."""
+  from m4.data import pipeline  # pylint: disable=g-import-not-at-top
+  data = pipeline.data_config(kind="scenes", dir=str(tmp_path / "data"), resolution=16,
+                              num_train=24, num_validation=10, num_test=1, workers=1,
+                              modalities=("rgb", "caption"), batch_size=8)
+  mods = ("caption",)
+  masker = masking.Masking(config(
+      {"c": component(1.0, {"caption": 1.0}, {"caption": 1.0}, mods)}, 16, 16, mods, min_in=0))
+  batch = next(iter(pipeline.make_dataset(data, "train", seed=0, training=True,
+                                          transforms=[masker])))
+  n = 2 * (M.get("caption").num_tokens + 1)
+  assert {k: v.shape for k, v in batch["caption"].items()} == dict.fromkeys(
+      ("tensor", "input_mask", "target_mask", "decoder_attention_mask"), (8, n))
+  assert batch["id"].shape == (8,) and batch["rgb"].shape[0] == 8  # Passed through.
+  assert (batch["caption"]["input_mask"].sum(1) <= 16).all()
+  assert (batch["caption"]["target_mask"].sum(1) <= 16).all()
+  evals = list(pipeline.make_dataset(data, "validation", seed=0, training=False,
+                                     transforms=[masker]))
+  assert len(evals) == 2 and evals[-1]["valid"].sum() == 2  # Padding flags survive masking.

@@ -3,8 +3,10 @@
 Runs per sample, in numpy, in grain workers:
 
     masker = masking.Masking(config.masking)
-    ds = ds.random_map(masker, seed=config.seed)   # deterministic per index
-    # or, outside grain: masker.mask_with_seed(sample, seed=0, index=i)
+    ds = pipeline.make_dataset(config.data, "train", seed=config.seed, training=True,
+                               transforms=[tokenize_images, masker])
+    # or any grain dataset: ds.random_map(masker, seed=...) (per-index RNG);
+    # or outside grain: masker.mask_with_seed(sample, seed=0, index=i)
 
 The input sample holds, under each modality's `data_key`, an int token grid
 (h, w) (or its h*w flattening) for image modalities, and for sequence
@@ -231,6 +233,7 @@ class Masking(grain.transforms.RandomMap):
     self._can_input = np.array([modalities_lib.INPUT in r for r in roles])
     self._can_target = np.array([modalities_lib.TARGET in r for r in roles])
     self._is_image = np.array([m.is_image for m in self.modalities])
+    self._plans = {}  # present.tobytes() -> _plan(present).
 
     self.text_tokenizers = {}
     for m in self.modalities:
@@ -295,29 +298,39 @@ class Masking(grain.transforms.RandomMap):
     return np.array([m.data_key in sample and sample[m.data_key] is not None
                      for m in self.modalities])
 
+  def _plan(self, present: np.ndarray):
+    """What the budgets of samples with these modalities are drawn from (cached)."""
+    key = present.tobytes()
+    plan = self._plans.get(key)
+    if plan is None:
+      in_alphas = self._input_alphas * present
+      tgt_alphas = self._target_alphas * present
+      has_targets = (tgt_alphas > 0).any(1) | (self.num_target_tokens == 0)
+      weights = self._weights * ((in_alphas > 0).any(1) & has_targets)
+      if weights.sum() <= 0:
+        have = [n for n, p in zip(self.names, present) if p]
+        raise ValueError(f"masking: no component of config.masking.mixture"
+                         f" {list(self.component_names)} has input (and target) alphas on the"
+                         f" sample's modalities {have}.")
+      cap_in = np.where(present & self._can_input, self._num_tokens, 0)
+      can_target = present & self._can_target
+      plan = (np.cumsum(weights / weights.sum()), in_alphas, tgt_alphas, cap_in, can_target)
+      self._plans[key] = plan
+    return plan
+
   def sample_budgets(self, rng: np.random.Generator, present: np.ndarray):
     """Draws (component, input budgets, target budgets) for one sample.
 
     Budgets are int64 (modalities,), already clipped to the modalities'
     tokens and roles; absent modalities get 0.
     """
-    in_alphas = self._input_alphas * present
-    tgt_alphas = self._target_alphas * present
-    has_targets = (tgt_alphas > 0).any(1) | (self.num_target_tokens == 0)
-    weights = self._weights * ((in_alphas > 0).any(1) & has_targets)
-    if weights.sum() <= 0:
-      have = [n for n, p in zip(self.names, present) if p]
-      raise ValueError(f"masking: no component of config.masking.mixture"
-                       f" {list(self.component_names)} has input (and target) alphas on the"
-                       f" sample's modalities {have}.")
-    c = int(rng.choice(len(weights), p=weights / weights.sum()))
+    cum_weights, in_alphas, tgt_alphas, cap_in, can_target = self._plan(np.asarray(present, bool))
+    c = min(int(np.searchsorted(cum_weights, rng.random(), side="right")), len(cum_weights) - 1)
     total_in = int(rng.integers(self.min_input_tokens, self.num_input_tokens + 1))
     total_tgt = int(rng.integers(self.min_target_tokens, self.num_target_tokens + 1))
-    cap_in = np.where(present & self._can_input, self._num_tokens, 0)
     budget_in = np.minimum(dirichlet_budget(rng, in_alphas[c], total_in), cap_in)
     cap_tgt = np.where(self._is_image, self._num_tokens - budget_in, self._num_tokens)
-    cap_tgt = np.where(present & self._can_target, cap_tgt, 0)
-    budget_tgt = np.minimum(dirichlet_budget(rng, tgt_alphas[c], total_tgt), cap_tgt)
+    budget_tgt = np.minimum(dirichlet_budget(rng, tgt_alphas[c], total_tgt), cap_tgt * can_target)
     return c, budget_in, budget_tgt
 
   # --- per modality ---
