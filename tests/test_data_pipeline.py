@@ -229,3 +229,32 @@ def test_caller_transforms_run_after_the_geometry_with_their_own_rng():
   assert (a["rgb_shape"] == [32, 32, 3]).all()
   np.testing.assert_array_equal(a["noise"], b["noise"])
   assert len(set(a["noise"].tolist())) == 8
+
+
+def test_scenes_stay_aligned_through_the_training_pipeline(tmp_path):
+  from m4.data import scenes  # pylint: disable=g-import-not-at-top
+  config = pipeline.data_config(
+      kind="scenes", dir=str(tmp_path / "scenes"), num_train=24, num_validation=4, num_test=4,
+      batch_size=8, image_size=(48, 48), crop_scale=(0.4, 1.0), crop_ratio=(0.75, 1.33),
+      flip=True)
+  it = pipeline.make_iterator(config, config.train_split, seed=0, training=True)
+  checked = flipped = 0
+  for batch in _take(it, 4):
+    assert batch["rgb"].shape == (8, 48, 48, 3)
+    # Sky is exactly where depth is invalid, in every crop.
+    np.testing.assert_array_equal(batch["semseg"] == scenes.CLASSES.index("sky"),
+                                  batch["depth"] == 0)
+    for i in range(8):
+      scene = jax.tree.map(lambda v, i=i: v[i], batch["scene"])
+      semseg = batch["semseg"][i]
+      for k in range(int(batch["labels"]["count"][i])):
+        x, y = scene["center_px"][k]
+        if not (1 <= x < 47 and 1 <= y < 47):
+          continue  # Cropped away.
+        want = scenes.CLASSES.index(scenes.SHAPES[scene["shape"][k]])
+        assert want in semseg[int(y) - 1:int(y) + 2, int(x) - 1:int(x) + 2], (batch["id"][i], k)
+        x0, y0, x1, y1 = scene["bbox_px"][k]
+        assert x0 <= x <= x1 and y0 <= y <= y1
+        checked += 1
+      flipped += " right of " in batch["caption"][i]
+  assert checked > 30 and flipped > 0
