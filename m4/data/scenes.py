@@ -91,9 +91,11 @@ AMBIENT, DIFFUSE = 0.42, 0.68
 # azimuth, elevation and distance and looks at a point above it.
 FOV_DEG = 45.0
 ELEVATION_DEG = (17.0, 27.0)
-DISTANCE = (6.0, 7.5)
-LOOK_AT_HEIGHT = (0.9, 1.3)
-LAYOUT_HALF = (2.2, 1.5)  # Lateral and depth half-extent of the layout area.
+DISTANCE = (5.6, 7.0)
+LOOK_AT_HEIGHT = (0.5, 0.9)
+LAYOUT_DEPTH = (-2.0, 1.4)  # Layout area: metres beyond the centre, seen from
+LAYOUT_LATERAL = 0.75  # the camera, and this fraction of the half-width of
+# the view at that depth to either side.
 LIGHT_ELEVATION_DEG = (35.0, 60.0)
 # The ground ends GROUND_FAR metres (z-depth) from the camera: beyond is sky,
 # so every valid depth is finite and at most GROUND_FAR.
@@ -101,7 +103,7 @@ GROUND_FAR = 25.0
 GAP = 0.12  # Minimal free space between two objects' footprints.
 # A scene is redrawn (same objects, new layout and camera) unless every object
 # covers at least this fraction of the image and its own centre pixel ...
-MIN_VISIBLE_FRACTION = 0.004
+MIN_VISIBLE_FRACTION = 0.008
 MAX_ATTEMPTS = 200
 # ... and its centre lies at least this fraction of the width inside the image.
 CENTRE_MARGIN = 0.08
@@ -277,8 +279,9 @@ def _sample_layout(rng, shape, color, size) -> _Scene | None:
   position = np.zeros((n, 3))
   for k in range(n):
     for _ in range(100):
-      u = rng.uniform(-LAYOUT_HALF[0], LAYOUT_HALF[0])
-      v = rng.uniform(-LAYOUT_HALF[1], LAYOUT_HALF[1])
+      v = rng.uniform(*LAYOUT_DEPTH)
+      half_width = (distance * np.cos(elevation) + v) * np.tan(np.deg2rad(FOV_DEG) / 2)
+      u = rng.uniform(-1, 1) * LAYOUT_LATERAL * half_width
       p = centre + u * right + v * fwd_h
       d = np.linalg.norm(position[:k, [0, 2]] - p[[0, 2]], axis=-1)
       if np.all(d >= foot[:k] + foot[k] + GAP):
