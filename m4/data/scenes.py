@@ -96,6 +96,10 @@ LOOK_AT_HEIGHT = (0.5, 0.9)
 LAYOUT_DEPTH = (-2.0, 1.4)  # Layout area: metres beyond the centre, seen from
 LAYOUT_LATERAL = 0.75  # the camera, and this fraction of the half-width of
 # the view at that depth to either side.
+# Footprints (plus GAP) cover at most this fraction of the layout area; a
+# crowded scene is scaled up (layout, camera distance and height), so it is
+# seen from further away.
+PACKING = 0.4
 LIGHT_ELEVATION_DEG = (35.0, 60.0)
 # The ground ends GROUND_FAR metres (z-depth) from the camera: beyond is sky,
 # so every valid depth is finite and at most GROUND_FAR.
@@ -104,14 +108,14 @@ GAP = 0.12  # Minimal free space between two objects' footprints.
 # A scene is redrawn (same objects, new layout and camera) unless every object
 # covers at least this fraction of the image and its own centre pixel ...
 MIN_VISIBLE_FRACTION = 0.008
-MAX_ATTEMPTS = 200
+MAX_ATTEMPTS = 1000
 # ... and its centre lies at least this fraction of the width inside the image.
 CENTRE_MARGIN = 0.08
 # Consecutive objects (left to right) are "left of" each other when their
 # centres are at least this fraction of the width apart, otherwise "in front
 # of" / "behind" by depth.
 LEFT_OF_FRACTION = 0.1
-MAX_OBJECTS_LIMIT = 6  # Keeps captions within 48 tokens: 7 * K - 3 words.
+MAX_OBJECTS_LIMIT = 5  # More do not fit the layout; captions: <= 7 * K - 3 words.
 _EPS = 1e-6
 
 # Bumped whenever the renderer's output changes; datasets record it.
@@ -261,11 +265,18 @@ def _sample_layout(rng, shape, color, size) -> _Scene | None:
   elevation = np.deg2rad(rng.uniform(*ELEVATION_DEG))
   distance = rng.uniform(*DISTANCE)
   centre = np.array([rng.uniform(-0.3, 0.3), 0.0, rng.uniform(-0.3, 0.3)])
+  tan = np.tan(np.deg2rad(FOV_DEG) / 2)
+  near, far = LAYOUT_DEPTH
+  area = (far - near) * 2 * LAYOUT_LATERAL * tan * (distance * np.cos(elevation)
+                                                      + (near + far) / 2)
+  foot = _footprint(shape, size)
+  scale = max(1.0, np.sqrt(np.sum(np.pi * (foot + GAP / 2) ** 2) / (PACKING * area)))
+  distance, near, far = scale * distance, scale * near, scale * far
   back = np.array([np.cos(azimuth) * np.cos(elevation), np.sin(elevation),
                    np.sin(azimuth) * np.cos(elevation)])
   cam_pos = centre + distance * back
   # Looking above the layout's centre leaves room for the sky.
-  target = centre + [0.0, rng.uniform(*LOOK_AT_HEIGHT), 0.0]
+  target = centre + [0.0, scale * rng.uniform(*LOOK_AT_HEIGHT), 0.0]
   forward = (target - cam_pos) / np.linalg.norm(target - cam_pos)
   right = np.cross(forward, [0.0, 1.0, 0.0])
   right /= np.linalg.norm(right)
@@ -275,17 +286,17 @@ def _sample_layout(rng, shape, color, size) -> _Scene | None:
   fwd_h /= np.linalg.norm(fwd_h)
 
   n = len(shape)
-  foot = _footprint(shape, size)
   position = np.zeros((n, 3))
-  for k in range(n):
+  placed = []
+  for k in np.argsort(-foot, kind="stable"):  # Largest first packs best.
     for _ in range(100):
-      v = rng.uniform(*LAYOUT_DEPTH)
-      half_width = (distance * np.cos(elevation) + v) * np.tan(np.deg2rad(FOV_DEG) / 2)
-      u = rng.uniform(-1, 1) * LAYOUT_LATERAL * half_width
+      v = rng.uniform(near, far)
+      u = rng.uniform(-1, 1) * LAYOUT_LATERAL * tan * (distance * np.cos(elevation) + v)
       p = centre + u * right + v * fwd_h
-      d = np.linalg.norm(position[:k, [0, 2]] - p[[0, 2]], axis=-1)
-      if np.all(d >= foot[:k] + foot[k] + GAP):
+      d = np.linalg.norm(position[placed][:, [0, 2]] - p[[0, 2]], axis=-1)
+      if np.all(d >= foot[placed] + foot[k] + GAP):
         position[k] = p
+        placed.append(k)
         break
     else:
       return None
