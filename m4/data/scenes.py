@@ -404,7 +404,37 @@ def _rotate_y(v, angle):
   return np.stack([c * x + s * z, y, -s * x + c * z], axis=-1)
 
 
-def _hit_object(scene: _Scene, k: int, o, d):
+def _hit_object(scene: _Scene, k: int, o, d, dd=None, oo=None):
+  """(t, part) of rays with object k: one origin o (3,) and directions d (n, 3)
+  (dd: their squared norms), or origins o (n, 3) (oo: their squared norms) and
+  one unit direction d (3,).
+
+  Only rays that meet the object's bounding sphere are intersected exactly.
+  """
+  h = float(scene.height[k])
+  centre = scene.position[k] + [0.0, h / 2, 0.0]
+  radius2 = float(_footprint(scene.shape[k], scene.size[k])) ** 2 + (h / 2) ** 2
+  if np.ndim(o) == 1:
+    oc = o - centre
+    b = d @ oc
+    disc = b * b - dd * (oc @ oc - radius2)
+  else:
+    b = o @ d - centre @ d
+    disc = b * b - (oo - 2 * (o @ centre) + centre @ centre - radius2)
+  # Meets the sphere, and not only behind the origin (far root > 0).
+  idx = np.flatnonzero((disc >= 0) & (b < np.sqrt(np.maximum(disc, 0))))
+  n = len(d) if np.ndim(o) == 1 else len(o)
+  t = np.full(n, np.inf)
+  part = np.zeros(n, np.int8)
+  if idx.size:
+    if np.ndim(o) == 1:
+      t[idx], part[idx] = _hit_object_exact(scene, k, o, d[idx])
+    else:
+      t[idx], part[idx] = _hit_object_exact(scene, k, o[idx], np.broadcast_to(d, (idx.size, 3)))
+  return t, part
+
+
+def _hit_object_exact(scene: _Scene, k: int, o, d):
   """(t, part) of rays (o, d) with object k (in its local frame)."""
   shape = SHAPES[scene.shape[k]]
   r = float(scene.radius[k])
@@ -449,8 +479,9 @@ def _cast(scene: _Scene, o, d):
   t = np.where((t_ground > _EPS) & (t_ground <= GROUND_FAR), t_ground, np.inf)
   ids = np.where(np.isfinite(t), 0, -1)
   part = np.zeros(len(d), np.int8)
+  dd = np.einsum("ij,ij->i", d, d)
   for k in range(len(scene.shape)):
-    tk, pk = _hit_object(scene, k, o, d)
+    tk, pk = _hit_object(scene, k, o, d, dd=dd)
     closer = tk < t
     t = np.where(closer, tk, t)
     ids = np.where(closer, k + 1, ids)
@@ -461,19 +492,21 @@ def _cast(scene: _Scene, o, d):
 def _shadowed(scene: _Scene, p) -> np.ndarray:
   """True where the light is blocked for points p (n, 3)."""
   blocked = np.zeros(len(p), bool)
-  d = np.broadcast_to(scene.light, p.shape)
+  pp = np.einsum("ij,ij->i", p, p)
   for k in range(len(scene.shape)):
-    t, _ = _hit_object(scene, k, p, d)
+    t, _ = _hit_object(scene, k, p, scene.light, oo=pp)
     blocked |= np.isfinite(t)
   return blocked
 
 
 def _shade(scene: _Scene, d, t, ids, part) -> np.ndarray:
   """Linear RGB of camera rays d with nearest hits (t, ids, part)."""
-  up = d[:, 1] / np.linalg.norm(d, axis=-1)
-  sky_w = np.clip(up / 0.45, 0, 1)[:, None] ** 0.7
-  rgb = SKY_HORIZON * (1 - sky_w) + SKY_ZENITH * sky_w
+  rgb = np.empty((len(d), 3))
   hit = ids >= 0
+  sky = ~hit
+  up = d[sky, 1] / np.sqrt(np.einsum("ij,ij->i", d[sky], d[sky]))
+  sky_w = np.sqrt(np.clip(up / 0.45, 0, 1))[:, None]
+  rgb[sky] = SKY_HORIZON * (1 - sky_w) + SKY_ZENITH * sky_w
   p = scene.cam_pos + t[hit, None] * d[hit]
   normal = np.zeros_like(p)
   normal[:, 1] = 1.0  # Ground.
