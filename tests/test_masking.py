@@ -233,9 +233,10 @@ def test_deterministic_per_seed_and_index_and_worker_count(tok):
                            text_tokenizers={"caption": tok})
   rng = np.random.default_rng(8)
   samples = [make_sample(rng, c) for c in synthetic_captions(12, seed=9)]
-  assert _equal(masker.mask_with_seed(samples[0], 0, 5), masker.mask_with_seed(samples[0], 0, 5))
-  assert not _equal(masker.mask_with_seed(samples[0], 0, 5), masker.mask_with_seed(samples[0], 0, 6))
-  assert not _equal(masker.mask_with_seed(samples[0], 0, 5), masker.mask_with_seed(samples[0], 1, 5))
+  first = masker.mask_with_seed(samples[0], 0, 5)
+  assert _equal(first, masker.mask_with_seed(samples[0], 0, 5))
+  assert not _equal(first, masker.mask_with_seed(samples[0], 0, 6))  # Another index.
+  assert not _equal(first, masker.mask_with_seed(samples[0], 1, 5))  # Another seed.
 
   def run(workers):
     ds = grain.MapDataset.source(samples).random_map(masker, seed=3).to_iter_dataset()

@@ -97,7 +97,8 @@ def token_stats(masker: masking.Masking, samples: Sequence[Mapping], *, seed: in
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m m4.tools.mask_grid", description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(prog="python -m m4.tools.mask_grid",
+                              description=__doc__.split("\n", maxsplit=1)[0])
   p.add_argument("--data", required=True, help="a scenes dataset directory")
   p.add_argument("--split", default="validation")
   p.add_argument("--num", type=int, default=6, help="samples (rows)")
