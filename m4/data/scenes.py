@@ -91,9 +91,15 @@ AMBIENT, DIFFUSE = 0.42, 0.68
 # azimuth, elevation and distance and looks at a point above it.
 FOV_DEG = 45.0
 ELEVATION_DEG = (17.0, 27.0)
-DISTANCE = (6.0, 7.5)
-LOOK_AT_HEIGHT = (0.9, 1.3)
-LAYOUT_HALF = (2.2, 1.5)  # Lateral and depth half-extent of the layout area.
+DISTANCE = (5.6, 7.0)
+LOOK_AT_HEIGHT = (0.5, 0.9)
+LAYOUT_DEPTH = (-2.0, 1.4)  # Layout area: metres beyond the centre, seen from
+LAYOUT_LATERAL = 0.75  # the camera, and this fraction of the half-width of
+# the view at that depth to either side.
+# Footprints (plus GAP) cover at most this fraction of the layout area; a
+# crowded scene is scaled up (layout, camera distance and height), so it is
+# seen from further away.
+PACKING = 0.4
 LIGHT_ELEVATION_DEG = (35.0, 60.0)
 # The ground ends GROUND_FAR metres (z-depth) from the camera: beyond is sky,
 # so every valid depth is finite and at most GROUND_FAR.
@@ -101,15 +107,15 @@ GROUND_FAR = 25.0
 GAP = 0.12  # Minimal free space between two objects' footprints.
 # A scene is redrawn (same objects, new layout and camera) unless every object
 # covers at least this fraction of the image and its own centre pixel ...
-MIN_VISIBLE_FRACTION = 0.004
-MAX_ATTEMPTS = 200
+MIN_VISIBLE_FRACTION = 0.008
+MAX_ATTEMPTS = 1000
 # ... and its centre lies at least this fraction of the width inside the image.
 CENTRE_MARGIN = 0.08
 # Consecutive objects (left to right) are "left of" each other when their
 # centres are at least this fraction of the width apart, otherwise "in front
 # of" / "behind" by depth.
 LEFT_OF_FRACTION = 0.1
-MAX_OBJECTS_LIMIT = 6  # Keeps captions within 48 tokens: 7 * K - 3 words.
+MAX_OBJECTS_LIMIT = 5  # More do not fit the layout; captions: <= 7 * K - 3 words.
 _EPS = 1e-6
 
 # Bumped whenever the renderer's output changes; datasets record it.
@@ -259,11 +265,18 @@ def _sample_layout(rng, shape, color, size) -> _Scene | None:
   elevation = np.deg2rad(rng.uniform(*ELEVATION_DEG))
   distance = rng.uniform(*DISTANCE)
   centre = np.array([rng.uniform(-0.3, 0.3), 0.0, rng.uniform(-0.3, 0.3)])
+  tan = np.tan(np.deg2rad(FOV_DEG) / 2)
+  near, far = LAYOUT_DEPTH
+  area = (far - near) * 2 * LAYOUT_LATERAL * tan * (distance * np.cos(elevation)
+                                                      + (near + far) / 2)
+  foot = _footprint(shape, size)
+  scale = max(1.0, np.sqrt(np.sum(np.pi * (foot + GAP / 2) ** 2) / (PACKING * area)))
+  distance, near, far = scale * distance, scale * near, scale * far
   back = np.array([np.cos(azimuth) * np.cos(elevation), np.sin(elevation),
                    np.sin(azimuth) * np.cos(elevation)])
   cam_pos = centre + distance * back
   # Looking above the layout's centre leaves room for the sky.
-  target = centre + [0.0, rng.uniform(*LOOK_AT_HEIGHT), 0.0]
+  target = centre + [0.0, scale * rng.uniform(*LOOK_AT_HEIGHT), 0.0]
   forward = (target - cam_pos) / np.linalg.norm(target - cam_pos)
   right = np.cross(forward, [0.0, 1.0, 0.0])
   right /= np.linalg.norm(right)
@@ -273,16 +286,17 @@ def _sample_layout(rng, shape, color, size) -> _Scene | None:
   fwd_h /= np.linalg.norm(fwd_h)
 
   n = len(shape)
-  foot = _footprint(shape, size)
   position = np.zeros((n, 3))
-  for k in range(n):
+  placed = []
+  for k in np.argsort(-foot, kind="stable"):  # Largest first packs best.
     for _ in range(100):
-      u = rng.uniform(-LAYOUT_HALF[0], LAYOUT_HALF[0])
-      v = rng.uniform(-LAYOUT_HALF[1], LAYOUT_HALF[1])
+      v = rng.uniform(near, far)
+      u = rng.uniform(-1, 1) * LAYOUT_LATERAL * tan * (distance * np.cos(elevation) + v)
       p = centre + u * right + v * fwd_h
-      d = np.linalg.norm(position[:k, [0, 2]] - p[[0, 2]], axis=-1)
-      if np.all(d >= foot[:k] + foot[k] + GAP):
+      d = np.linalg.norm(position[placed][:, [0, 2]] - p[[0, 2]], axis=-1)
+      if np.all(d >= foot[placed] + foot[k] + GAP):
         position[k] = p
+        placed.append(k)
         break
     else:
       return None
@@ -390,7 +404,37 @@ def _rotate_y(v, angle):
   return np.stack([c * x + s * z, y, -s * x + c * z], axis=-1)
 
 
-def _hit_object(scene: _Scene, k: int, o, d):
+def _hit_object(scene: _Scene, k: int, o, d, dd=None, oo=None):
+  """(t, part) of rays with object k: one origin o (3,) and directions d (n, 3)
+  (dd: their squared norms), or origins o (n, 3) (oo: their squared norms) and
+  one unit direction d (3,).
+
+  Only rays that meet the object's bounding sphere are intersected exactly.
+  """
+  h = float(scene.height[k])
+  centre = scene.position[k] + [0.0, h / 2, 0.0]
+  radius2 = float(_footprint(scene.shape[k], scene.size[k])) ** 2 + (h / 2) ** 2
+  if np.ndim(o) == 1:
+    oc = o - centre
+    b = d @ oc
+    disc = b * b - dd * (oc @ oc - radius2)
+  else:
+    b = o @ d - centre @ d
+    disc = b * b - (oo - 2 * (o @ centre) + centre @ centre - radius2)
+  # Meets the sphere, and not only behind the origin (far root > 0).
+  idx = np.flatnonzero((disc >= 0) & (b < np.sqrt(np.maximum(disc, 0))))
+  n = len(d) if np.ndim(o) == 1 else len(o)
+  t = np.full(n, np.inf)
+  part = np.zeros(n, np.int8)
+  if idx.size:
+    if np.ndim(o) == 1:
+      t[idx], part[idx] = _hit_object_exact(scene, k, o, d[idx])
+    else:
+      t[idx], part[idx] = _hit_object_exact(scene, k, o[idx], np.broadcast_to(d, (idx.size, 3)))
+  return t, part
+
+
+def _hit_object_exact(scene: _Scene, k: int, o, d):
   """(t, part) of rays (o, d) with object k (in its local frame)."""
   shape = SHAPES[scene.shape[k]]
   r = float(scene.radius[k])
@@ -435,8 +479,9 @@ def _cast(scene: _Scene, o, d):
   t = np.where((t_ground > _EPS) & (t_ground <= GROUND_FAR), t_ground, np.inf)
   ids = np.where(np.isfinite(t), 0, -1)
   part = np.zeros(len(d), np.int8)
+  dd = np.einsum("ij,ij->i", d, d)
   for k in range(len(scene.shape)):
-    tk, pk = _hit_object(scene, k, o, d)
+    tk, pk = _hit_object(scene, k, o, d, dd=dd)
     closer = tk < t
     t = np.where(closer, tk, t)
     ids = np.where(closer, k + 1, ids)
@@ -447,19 +492,21 @@ def _cast(scene: _Scene, o, d):
 def _shadowed(scene: _Scene, p) -> np.ndarray:
   """True where the light is blocked for points p (n, 3)."""
   blocked = np.zeros(len(p), bool)
-  d = np.broadcast_to(scene.light, p.shape)
+  pp = np.einsum("ij,ij->i", p, p)
   for k in range(len(scene.shape)):
-    t, _ = _hit_object(scene, k, p, d)
+    t, _ = _hit_object(scene, k, p, scene.light, oo=pp)
     blocked |= np.isfinite(t)
   return blocked
 
 
 def _shade(scene: _Scene, d, t, ids, part) -> np.ndarray:
   """Linear RGB of camera rays d with nearest hits (t, ids, part)."""
-  up = d[:, 1] / np.linalg.norm(d, axis=-1)
-  sky_w = np.clip(up / 0.45, 0, 1)[:, None] ** 0.7
-  rgb = SKY_HORIZON * (1 - sky_w) + SKY_ZENITH * sky_w
+  rgb = np.empty((len(d), 3))
   hit = ids >= 0
+  sky = ~hit
+  up = d[sky, 1] / np.sqrt(np.einsum("ij,ij->i", d[sky], d[sky]))
+  sky_w = np.sqrt(np.clip(up / 0.45, 0, 1))[:, None]
+  rgb[sky] = SKY_HORIZON * (1 - sky_w) + SKY_ZENITH * sky_w
   p = scene.cam_pos + t[hit, None] * d[hit]
   normal = np.zeros_like(p)
   normal[:, 1] = 1.0  # Ground.
@@ -736,10 +783,18 @@ def _num_records(path: str) -> int:
     reader.close()
 
 
-def _compare_spec(data_dir: str, stored: Mapping[str, Any], spec: SceneSpec):
+def _given_fields(config: Mapping[str, Any] | None) -> list[str]:
+  """The SceneSpec fields that `config` sets (not None)."""
+  config = config or {}
+  return [f.name for f in dataclasses.fields(SceneSpec)
+          if f.name in config and config[f.name] is not None]
+
+
+def _compare_spec(data_dir: str, stored: Mapping[str, Any], spec: SceneSpec,
+                  fields: list[str]):
   from m4 import workdir  # pylint: disable=g-import-not-at-top
   wanted = spec.to_json()
-  for key in ["renderer_version"] + [f.name for f in dataclasses.fields(SceneSpec)]:
+  for key in ["renderer_version"] + fields:
     if stored.get(key) != wanted[key]:
       raise workdir.ConfigError(
           f"{data_dir} holds a scenes dataset made with {key}={stored.get(key)!r}, but the"
@@ -756,9 +811,10 @@ def ensure(data_dir: str, config: Mapping[str, Any] | None = None, *,
       left alone).
     config: a data config (ConfigDict or dict) with SceneSpec fields
       (resolution, min_objects, max_objects, seed, antialias, num_train,
-      num_validation, num_test; missing ones take SceneSpec's defaults) and
-      optionally `workers` (processes that render; 1 = this one). Other
-      fields are ignored.
+      num_validation, num_test) and optionally `workers` (processes that
+      render; 1 = this one). Other fields are ignored. A field the config sets
+      must match an existing dataset; a field it leaves out (or None) accepts
+      what is stored, and takes SceneSpec's default for a new dataset.
     progress: show a tqdm bar per split.
     stats: if given, filled with {split: write_split(...) figures} for the
       splits written now.
@@ -772,8 +828,14 @@ def ensure(data_dir: str, config: Mapping[str, Any] | None = None, *,
       spec, or a split with the wrong number of records. Nothing is changed.
   """
   from m4 import workdir  # pylint: disable=g-import-not-at-top
-  spec = SceneSpec.from_config(config)
-  workers = int((config or {}).get("workers", 1) or 1)
+  try:
+    spec = SceneSpec.from_config(config)
+  except ValueError as e:
+    raise workdir.ConfigError(f"config.data: {e}") from None
+  workers = (config or {}).get("workers", 1)
+  workers = 1 if workers is None else workers
+  if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    raise workdir.ConfigError(f"config.data.workers: must be an integer >= 1, got {workers!r}.")
   if not data_dir:
     raise workdir.ConfigError("config.data.dir: the scenes dataset needs a directory.")
   os.makedirs(data_dir, exist_ok=True)
@@ -784,7 +846,8 @@ def ensure(data_dir: str, config: Mapping[str, Any] | None = None, *,
       stored = workdir.read_json(spec_path)
     except ValueError as e:
       raise workdir.ConfigError(f"{spec_path}: unreadable scenes spec ({e}).") from None
-    _compare_spec(data_dir, stored, spec)
+    _compare_spec(data_dir, stored, spec, _given_fields(config))
+    spec = _spec_from_json(spec_path, stored)
   elif present:
     raise workdir.ConfigError(
         f"{data_dir} holds {', '.join(s + '.array_record' for s in present)} but no"
@@ -820,8 +883,15 @@ def read_spec(data_dir: str) -> SceneSpec:
     raise FileNotFoundError(
         f"{path} not found: {data_dir} is not a scenes dataset (make one with"
         " `python -m m4.data.scenes --out DIR` or scenes.ensure).")
-  stored = workdir.read_json(path)
-  return SceneSpec(**{f.name: stored[f.name] for f in dataclasses.fields(SceneSpec)})
+  return _spec_from_json(path, workdir.read_json(path))
+
+
+def _spec_from_json(path: str, stored: Mapping[str, Any]) -> SceneSpec:
+  from m4 import workdir  # pylint: disable=g-import-not-at-top
+  try:
+    return SceneSpec(**{f.name: stored[f.name] for f in dataclasses.fields(SceneSpec)})
+  except (KeyError, TypeError, ValueError) as e:
+    raise workdir.ConfigError(f"{path}: not a valid scenes spec ({e!r}).") from None
 
 
 class ScenesSource:
