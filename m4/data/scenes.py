@@ -937,7 +937,9 @@ def main(argv=None):
       prog="python -m m4.data.scenes",
       description="Renders the scenes dataset into DIR (train/validation/test ArrayRecord"
       " files + spec.json); an existing dataset with the same parameters is reused.")
-  p.add_argument("--out", required=True, help="dataset directory")
+  p.add_argument("--out", help="dataset directory")
+  p.add_argument("--benchmark", type=int, default=0, metavar="N",
+                 help="only time rendering N samples in this process (writes nothing)")
   p.add_argument("--num", type=int, default=SceneSpec.num_train, help="training samples")
   p.add_argument("--num_validation", type=int, default=None,
                  help="validation samples (default: max(1, num // 10))")
@@ -950,6 +952,20 @@ def main(argv=None):
   p.add_argument("--antialias", type=int, default=SceneSpec.antialias)
   p.add_argument("--workers", type=int, default=1, help="rendering processes")
   args = p.parse_args(argv)
+  if args.benchmark:
+    render_args = dict(resolution=args.resolution, min_objects=args.min_objects,
+                       max_objects=args.max_objects, seed=args.seed, antialias=args.antialias)
+    render(0, split="test", **render_args)  # Warm up.
+    t0 = time.perf_counter()
+    for i in range(args.benchmark):
+      render(i, split="test", **render_args)
+    seconds = time.perf_counter() - t0
+    print(f"rendered {args.benchmark} samples in {seconds:.2f} s: "
+          f"{args.benchmark / seconds:.1f} samples/s, {1000 * seconds / args.benchmark:.2f} ms/sample "
+          f"({render_args})")
+    return 0
+  if not args.out:
+    p.error("--out is required (or --benchmark N)")
   held_out = max(1, args.num // 10)
   config = dict(
       num_train=args.num,
