@@ -1,9 +1,12 @@
 """The scenes dataset: small procedural 3D scenes, every modality exactly aligned.
 
-A few objects (sphere, cube, cylinder, cone) of several colours and sizes stand
-on a ground plane under a sky, seen from a random camera and lit by a sun that
-casts shadows. Vectorised numpy ray casting with analytic intersections gives,
-per sample (the raw-sample contract of m4.data):
+Between min_objects and max_objects (at most 5) objects, each a shape of
+SHAPES, a colour of COLORS and a size of SIZES, stand on a ground plane under
+a sky, seen from a random camera (45 degree field of view, no roll) and lit by
+a sun that casts shadows. Objects never intersect; every object is visible
+(its centre pixel and at least 0.8 % of the image). Vectorised numpy ray
+casting with analytic intersections gives, per sample (the raw-sample
+contract of m4.data):
 
   rgb      uint8 (H, W, 3): diffuse + hemispheric ambient shading, cast
            shadows, a sky gradient; anti-aliased by supersampling.
@@ -15,8 +18,9 @@ per sample (the raw-sample contract of m4.data):
            "a large red sphere left of a small blue cube in front of a medium
            gray cone" (each relation links an object to the next one).
   labels   {"count": int32 number of objects,
-            "largest_shape": int32 SHAPES id of the largest object}; sizes are
-           drawn so that exactly one object has the largest size.
+            "largest_shape": int32 SHAPES id of the largest object}: the
+           object whose size (in SIZES) is largest; sizes are drawn so that
+           exactly one object has the largest size.
   scene    per-object arrays padded to max_objects with -1, objects sorted left
            to right (the caption's order): shape, color, size (ids into SHAPES,
            COLORS, SIZES), center_px (x = column, y = row, continuous pixel
@@ -567,6 +571,41 @@ def _caption(shape, color, size, center_px, depth, resolution) -> str:
 # Rendering.
 
 
+def _find_layout(rng, shape, color, size, res: int):
+  """Draws layouts until every object is visible enough; returns the scene
+  with its pixel-centre hits (t, ids) and the objects' centres and areas."""
+  n = len(shape)
+  min_px = max(1, int(round(MIN_VISIBLE_FRACTION * res * res)))
+  for _ in range(MAX_ATTEMPTS):
+    scene = _sample_layout(rng, shape, color, size)
+    if scene is None:
+      continue
+    t, ids, _ = _cast(scene, scene.cam_pos, _camera_rays(scene, res, 1))
+    ids = ids.reshape(res, res)
+    centre = scene.position + np.array([0, 1, 0]) * scene.height[:, None] / 2
+    center_px, depth_m = _project(scene, centre, res)
+    margin = CENTRE_MARGIN * res
+    if not np.all((center_px >= margin) & (center_px <= res - margin)) or np.any(depth_m <= 0):
+      continue
+    area = np.bincount(ids.ravel() + 1, minlength=n + 2)[2:]
+    col, row = np.floor(center_px).astype(int).T
+    if np.all(area >= min_px) and np.all(ids[row, col] == np.arange(1, n + 1)):
+      return scene, t.reshape(res, res), ids, center_px, depth_m, area
+  return None
+
+
+def _sort_left_to_right(scene: _Scene, ids, center_px, depth_m, area):
+  """Reorders the objects (and object ids 1 + k in `ids`) by image column."""
+  n = len(scene.shape)
+  order = np.argsort(center_px[:, 0], kind="stable")
+  rank = np.zeros(n + 2, np.int64)  # Indexed by ids + 1: sky, ground, objects.
+  rank[order + 2] = np.arange(1, n + 1)
+  for name in ("shape", "color", "size", "position", "rotation"):
+    setattr(scene, name, getattr(scene, name)[order])
+  ids = np.where(ids > 0, rank[ids + 1], ids)
+  return ids, center_px[order], depth_m[order], area[order]
+
+
 def render(index: int, *, seed: int = 0, split: str = "train", resolution: int = 64,
            min_objects: int = 1, max_objects: int = 4, antialias: int = 2) -> dict:
   """Sample `index` of `split`: a raw-sample dict (see the module docstring).
@@ -577,43 +616,19 @@ def render(index: int, *, seed: int = 0, split: str = "train", resolution: int =
   spec = SceneSpec(resolution=resolution, min_objects=min_objects, max_objects=max_objects,
                    seed=seed, antialias=antialias)
   rng = _rng(spec.seed, split, int(index))
+  # What is in the scene is drawn once; only where it stands may be redrawn.
   shape, color, size = _sample_objects(rng, spec.min_objects, spec.max_objects)
   n, res = len(shape), spec.resolution
-  min_px = max(1, int(round(MIN_VISIBLE_FRACTION * res * res)))
-  for _ in range(MAX_ATTEMPTS):
-    scene = _sample_layout(rng, shape, color, size)
-    if scene is None:
-      continue
-    d = _camera_rays(scene, res, 1)
-    t, ids, _ = _cast(scene, scene.cam_pos, d)
-    ids = ids.reshape(res, res)
-    centre = scene.position + np.array([0, 1, 0]) * scene.height[:, None] / 2
-    center_px, depth_m = _project(scene, centre, res)
-    col, row = np.floor(center_px).astype(int).T
-    margin = CENTRE_MARGIN * res
-    inside = (np.all((center_px >= margin) & (center_px <= res - margin), axis=-1)
-              & (depth_m > 0))
-    area = np.bincount(ids.ravel() + 1, minlength=n + 2)[2:]
-    if not np.all(inside) or np.any(area < min_px):
-      continue
-    if np.all(ids[row, col] == np.arange(1, n + 1)):
-      break
-  else:
+  found = _find_layout(rng, shape, color, size, res)
+  if found is None:
     raise RuntimeError(f"scenes: no valid layout for {split} sample {index} "
                        f"after {MAX_ATTEMPTS} attempts (seed {seed}).")
+  scene, t, ids, center_px, depth_m, area = found
+  ids, center_px, depth_m, area = _sort_left_to_right(scene, ids, center_px, depth_m, area)
 
-  # Objects left to right, as the caption names them.
-  order = np.argsort(center_px[:, 0], kind="stable")
-  remap = np.zeros(n + 2, np.int64)  # ids (-1 sky, 0 ground, 1+k) -> 1 + rank.
-  remap[order + 2] = np.arange(1, n + 1)
-  for name in ("shape", "color", "size", "position", "rotation"):
-    setattr(scene, name, getattr(scene, name)[order])
-  center_px, depth_m, area = center_px[order], depth_m[order], area[order]
-  ids = np.where(ids > 0, remap[ids + 1], ids)
-
-  semseg = np.where(ids < 0, SKY, np.where(ids == 0, GROUND,
-                                           FIRST_OBJECT_CLASS + scene.shape[np.maximum(ids, 1) - 1]))
-  depth = np.where(np.isfinite(t), t, 0.0).reshape(res, res)
+  semseg = np.where(ids < 0, SKY, np.where(
+      ids == 0, GROUND, FIRST_OBJECT_CLASS + scene.shape[np.maximum(ids, 1) - 1]))
+  depth = np.where(np.isfinite(t), t, 0.0)
   a = spec.antialias
   d = _camera_rays(scene, res, a)
   linear = _shade(scene, d, *_cast(scene, scene.cam_pos, d))
