@@ -222,6 +222,14 @@ def test_ensure_refuses_foreign_directory(tmp_path):
   assert sorted(os.listdir(d)) == ["train.array_record"]
   with pytest.raises(FileNotFoundError, match="spec.json"):
     scenes.ScenesSource(str(d), "train")
+  # A dataset an older renderer made is refused, not reused.
+  old = tmp_path / "old"
+  old.mkdir()
+  spec = {**scenes.SceneSpec(**SMALL).to_json(), "renderer_version": scenes.RENDERER_VERSION - 1}
+  workdir.write_json(str(old / "spec.json"), spec)
+  with pytest.raises(workdir.ConfigError, match="renderer_version"):
+    scenes.ensure(str(old), SMALL, progress=False)
+  assert sorted(os.listdir(old)) == ["spec.json"]
 
 
 def test_grid_draws_cells_where_expected(tmp_path):
