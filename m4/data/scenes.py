@@ -506,29 +506,29 @@ def _shadowed(scene: _Scene, p) -> np.ndarray:
 
 
 def _shade(scene: _Scene, d, t, ids, part) -> np.ndarray:
-  """Linear RGB of camera rays d with nearest hits (t, ids, part)."""
+  """RGB in [0, 1] of camera rays d with nearest hits (t, ids, part)."""
   rgb = np.empty((len(d), 3))
-  hit = ids >= 0
-  sky = ~hit
-  up = d[sky, 1] / np.sqrt(np.einsum("ij,ij->i", d[sky], d[sky]))
+  hit = np.flatnonzero(ids >= 0)
+  sky = np.flatnonzero(ids < 0)
+  ds = d[sky]
+  up = ds[:, 1] / np.sqrt(np.einsum("ij,ij->i", ds, ds))
   sky_w = np.sqrt(np.clip(up / 0.45, 0, 1))[:, None]
   rgb[sky] = SKY_HORIZON * (1 - sky_w) + SKY_ZENITH * sky_w
-  p = scene.cam_pos + t[hit, None] * d[hit]
+  th, hid, hpart = t[hit], ids[hit], part[hit]
+  p = scene.cam_pos + th[:, None] * d[hit]
   normal = np.zeros_like(p)
   normal[:, 1] = 1.0  # Ground.
-  albedo = np.broadcast_to(GROUND_ALBEDO, p.shape).copy()
-  hid, hpart = ids[hit], part[hit]
   for k in range(len(scene.shape)):
-    sel = hid == k + 1
-    if np.any(sel):
+    sel = np.flatnonzero(hid == k + 1)
+    if sel.size:
       normal[sel] = _normal_object(scene, k, p[sel], hpart[sel])
-      albedo[sel] = ALBEDO[scene.color[k]]
+  albedo = np.concatenate([GROUND_ALBEDO[None], ALBEDO[scene.color]])[hid]
   lit = ~_shadowed(scene, p + 1e-4 * normal)
   lambert = np.maximum(normal @ scene.light, 0.0) * lit
   ambient = AMBIENT * (0.75 + 0.25 * normal[:, 1])  # Brighter facing the sky.
   colour = albedo * (ambient + DIFFUSE * lambert)[:, None]
   # A little haze towards the horizon colour with distance.
-  fog = (1 - np.exp(-t[hit] / 60.0))[:, None]
+  fog = (1 - np.exp(-th / 60.0))[:, None]
   rgb[hit] = colour * (1 - fog) + SKY_HORIZON * fog
   return rgb
 
