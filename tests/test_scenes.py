@@ -202,7 +202,7 @@ def test_ensure_writes_reuses_refuses_and_resumes(tmp_path):
   # An interrupted run: one split missing, a dead writer's temp file left.
   test_file = scenes.split_path(d, "test")
   os.remove(test_file)
-  stale = os.path.join(d, ".test.array_record.partial.999999999")
+  stale = scenes._partial_path(d, "test", 999999999)  # pylint: disable=protected-access
   open(stale, "wb").write(b"half")
   stats = {}
   scenes.ensure(d, SMALL, progress=False, stats=stats)

@@ -46,7 +46,10 @@ Each split is written to a temporary file and renamed when complete, so an
 interrupted run leaves no half split behind; rerunning resumes with the
 missing splits. Files other than these in DIR are never touched.
 
-    python -m m4.data.scenes --out /tmp/scenes --num 4000
+    python -m m4.data.scenes --out /tmp/scenes --num 4000 [--workers 2]
+        [--num_validation 400 --num_test 400 --resolution 64 --max_objects 4
+         --seed 0 --split train]   # validation/test default to num // 10
+    python -m m4.data.scenes --benchmark 500   # renders only, prints samples/s
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ import dataclasses
 import glob
 import multiprocessing
 import os
+import socket
 import sys
 import time
 from typing import Any, Iterator, Mapping
@@ -722,9 +726,14 @@ def _pid_alive(pid: int) -> bool:
   return True
 
 
+def _partial_path(data_dir: str, split: str, pid: int | str) -> str:
+  """A writer's temp file: named by host and process, so writers never clash."""
+  return os.path.join(data_dir, f".{split}.array_record.partial.{socket.gethostname()}.{pid}")
+
+
 def _remove_stale_partials(data_dir: str, split: str):
-  """Deletes temp files of `split` left by writers that no longer run."""
-  for path in glob.glob(os.path.join(data_dir, f".{split}.array_record.partial.*")):
+  """Deletes temp files of `split` left by this host's writers that are gone."""
+  for path in glob.glob(_partial_path(data_dir, split, "*")):
     try:
       pid = int(path.rsplit(".", 1)[1])
     except ValueError:
@@ -770,7 +779,7 @@ def write_split(data_dir: str, spec: SceneSpec, split: str, *, workers: int = 1,
       return write_split(data_dir, spec, split, progress=progress, renderer=renderer)
   _remove_stale_partials(data_dir, split)
   final = split_path(data_dir, split)
-  tmp = os.path.join(data_dir, f".{split}.array_record.partial.{os.getpid()}")
+  tmp = _partial_path(data_dir, split, os.getpid())
   n = spec.num(split)
   t0 = time.time()
   writer = array_record_module.ArrayRecordWriter(tmp, RECORD_OPTIONS)
@@ -820,7 +829,8 @@ def _compare_spec(data_dir: str, stored: Mapping[str, Any], spec: SceneSpec,
 
 
 def ensure(data_dir: str, config: Mapping[str, Any] | None = None, *,
-           progress: bool = True, stats: dict | None = None) -> str:
+           splits: tuple[str, ...] = SPLITS, progress: bool = True,
+           stats: dict | None = None) -> str:
   """Makes the dataset `config` describes in `data_dir`, or reuses it.
 
   Args:
@@ -832,6 +842,7 @@ def ensure(data_dir: str, config: Mapping[str, Any] | None = None, *,
       render; 1 = this one). Other fields are ignored. A field the config sets
       must match an existing dataset; a field it leaves out (or None) accepts
       what is stored, and takes SceneSpec's default for a new dataset.
+    splits: the splits to write if missing (others are only checked).
     progress: show a tqdm bar per split.
     stats: if given, filled with {split: write_split(...) figures} for the
       splits written now.
@@ -872,11 +883,14 @@ def ensure(data_dir: str, config: Mapping[str, Any] | None = None, *,
         " directory; nothing was changed.")
   else:
     workdir.write_json(spec_path, spec.to_json())
+  for split in splits:
+    _check_split(split)
   missing = []
   for split in SPLITS:
     path = split_path(data_dir, split)
     if not os.path.exists(path):
-      missing.append(split)
+      if split in splits:
+        missing.append(split)
       continue
     found = _num_records(path)
     if found != spec.num(split):
@@ -968,6 +982,8 @@ def main(argv=None):
   p.add_argument("--seed", type=int, default=SceneSpec.seed)
   p.add_argument("--antialias", type=int, default=SceneSpec.antialias)
   p.add_argument("--workers", type=int, default=1, help="rendering processes")
+  p.add_argument("--split", action="append", choices=SPLITS,
+                 help="write only this split now (repeatable; default: all)")
   args = p.parse_args(argv)
   if args.benchmark:
     render_args = dict(resolution=args.resolution, min_objects=args.min_objects,
@@ -994,7 +1010,7 @@ def main(argv=None):
   from m4 import workdir  # pylint: disable=g-import-not-at-top
   stats = {}
   try:
-    ensure(args.out, config, stats=stats)
+    ensure(args.out, config, splits=tuple(args.split or SPLITS), stats=stats)
   except (workdir.ConfigError, ValueError) as e:
     print(f"m4.data.scenes: error: {e}", file=sys.stderr)
     return 2
@@ -1003,8 +1019,10 @@ def main(argv=None):
       s = stats[split]
       print(f"{split}: wrote {s['samples']} samples in {s['seconds']:.1f} s"
             f" ({s['samples_per_sec']:.1f} samples/s)")
-    else:
+    elif os.path.exists(split_path(args.out, split)):
       print(f"{split}: {config['num_' + split]} samples, already there")
+    else:
+      print(f"{split}: not written (--split)")
   print(f"dataset: {os.path.abspath(args.out)}")
   return 0
 
