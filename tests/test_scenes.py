@@ -271,3 +271,39 @@ def test_grid_command_and_trainer(tmp_path):
   w, h = Image.open(out).size
   assert w == 3 * (128 + 4) + 4 and h > 5 * 128  # All 5 test samples, 128 px cells.
   assert grid.main(["--data", str(tmp_path / "none"), "--out", out]) == 2
+
+
+def test_killed_writer_leaves_no_split_and_ensure_finishes(tmp_path):
+  import glob  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  from tests.conftest import REPO  # pylint: disable=g-import-not-at-top
+  d = str(tmp_path / "data")
+  args = dict(resolution=24, num_train=3000, num_validation=2, num_test=2)  # As below.
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "m4.data.scenes", "--out", d, "--num", "3000",
+       "--num_validation", "2", "--num_test", "2", "--resolution", "24"],
+      cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 120
+    while not glob.glob(os.path.join(d, ".train.array_record.partial.*")):
+      assert proc.poll() is None and time.time() < deadline, "the writer never started"
+      time.sleep(0.05)
+    time.sleep(0.3)
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  assert not os.path.exists(scenes.split_path(d, "train"))  # No half split.
+  with pytest.raises(FileNotFoundError, match="incomplete"):
+    scenes.ScenesSource(d, "train")
+  # Other parameters are refused; the same ones finish the job (here only the
+  # small splits, to keep the test short).
+  with pytest.raises(workdir.ConfigError, match="num_train"):
+    scenes.ensure(d, {**args, "num_train": 30}, progress=False)
+  scenes.ensure(d, args, splits=("validation", "test"), progress=False)
+  assert not glob.glob(os.path.join(d, ".*partial*"))  # The dead writer's file is gone.
+  source = scenes.ScenesSource(d, "validation")
+  assert _equal(source[1], scenes.render(1, split="validation", seed=0, resolution=24))

@@ -885,6 +885,8 @@ def ensure(data_dir: str, config: Mapping[str, Any] | None = None, *,
     workdir.write_json(spec_path, spec.to_json())
   for split in splits:
     _check_split(split)
+  for split in SPLITS:
+    _remove_stale_partials(data_dir, split)
   missing = []
   for split in SPLITS:
     path = split_path(data_dir, split)
