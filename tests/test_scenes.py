@@ -126,6 +126,7 @@ def test_caption_names_every_object_left_to_right(samples):
     named = [(scenes.SIZES.index(a), scenes.COLORS.index(b), scenes.SHAPES.index(c))
              for a, b, c in _OBJECT.findall(s["caption"])]
     assert named == list(zip(sc["size"][:n], sc["color"][:n], sc["shape"][:n])), s["caption"]
+    assert scenes.parse_caption(s["caption"]) == named
     assert np.all(np.diff(sc["center_px"][:n, 0]) >= 0)
     relations = _OBJECT.split(s["caption"])[4:-1:4]  # The text between objects.
     assert len(relations) == n - 1
@@ -135,6 +136,7 @@ def test_caption_names_every_object_left_to_right(samples):
         assert rel == "left of"
       else:
         assert rel == ("in front of" if sc["depth_m"][k] < sc["depth_m"][k + 1] else "behind")
+  assert scenes.parse_caption("A red cube and two small blue spheres") == [(-1, 0, 1), (0, 5, 0)]
   # The longest caption fits the caption modality (48 tokens incl. [SOS]/[EOS]).
   words = scenes.render(0, resolution=32, min_objects=scenes.MAX_OBJECTS_LIMIT,
                         max_objects=scenes.MAX_OBJECTS_LIMIT)["caption"].split()
@@ -238,7 +240,8 @@ def test_grid_draws_cells_where_expected(tmp_path):
   depth = np.linspace(1, 10, 32 * 32).reshape(32, 32).astype(np.float32)
   depth[0] = 0
   rows = [{"rgb": rgb, "depth": depth, "semseg": semseg},
-          {"rgb": rgb.astype(np.float32) / 255, "semseg": semseg, "tok": np.arange(16).reshape(4, 4)}]
+          {"rgb": rgb.astype(np.float32) / 255, "semseg": semseg,
+           "tok": np.arange(16).reshape(4, 4)}]
   path = grid.save_grid(str(tmp_path / "g.png"), rows, ["a caption", "another"], cell_size=64)
   img = np.asarray(Image.open(path).convert("RGB"))
   pad, title_h = 4, 12 + 4 + 4  # As make_grid lays out a 12 pt font.
@@ -263,7 +266,8 @@ def test_grid_command_and_trainer(tmp_path):
   assert summary["samples"] == {"train": 12, "validation": 5, "test": 5}
   assert summary["generated"]["samples"] == 22 and summary["render_samples_per_sec_1core"] > 0
   assert Image.open(summary["grid"]).size[0] == 3 * (128 + 4) + 4
-  assert scenes_trainer.run(config, str(tmp_path / "job"))["generated"] == "reused an existing dataset"
+  again = scenes_trainer.run(config, str(tmp_path / "job"))
+  assert again["generated"] == "reused an existing dataset"
 
   out = str(tmp_path / "cli.png")
   assert grid.main(["--data", str(tmp_path / "data"), "--split", "test", "--num", "8",

@@ -59,6 +59,7 @@ import dataclasses
 import glob
 import multiprocessing
 import os
+import re
 import socket
 import sys
 import time
@@ -559,6 +560,20 @@ def caption_words(shape: int, color: int, size: int) -> str:
   return f"a {SIZES[size]} {COLORS[color]} {SHAPES[shape]}"
 
 
+_PHRASE = re.compile(r"\b(?:(%s) )?(%s) (%s)s?\b" % (
+    "|".join(SIZES), "|".join(COLORS), "|".join(SHAPES)))
+
+
+def parse_caption(caption: str) -> list[tuple[int, int, int]]:
+  """The objects a caption names: (size, color, shape) ids, size -1 if absent.
+
+  Reads "[size] colour shape" phrases in order, so it also scores generated
+  captions, e.g. precision / recall of (colour, shape) pairs against `scene`.
+  """
+  return [(SIZES.index(z) if z else -1, COLORS.index(c), SHAPES.index(s))
+          for z, c, s in _PHRASE.findall(caption.lower())]
+
+
 def _caption(shape, color, size, center_px, depth, resolution) -> str:
   """Objects in array order (left to right), each related to the next."""
   parts = [caption_words(shape[0], color[0], size[0])]
@@ -996,7 +1011,8 @@ def main(argv=None):
       render(i, split="test", **render_args)
     seconds = time.perf_counter() - t0
     print(f"rendered {args.benchmark} samples in {seconds:.2f} s: "
-          f"{args.benchmark / seconds:.1f} samples/s, {1000 * seconds / args.benchmark:.2f} ms/sample "
+          f"{args.benchmark / seconds:.1f} samples/s,"
+          f" {1000 * seconds / args.benchmark:.2f} ms/sample "
           f"({render_args})")
     return 0
   if not args.out:
