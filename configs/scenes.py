@@ -3,7 +3,7 @@
     python -m m4.main --config=configs/scenes.py --workdir=workdirs/scenes
 
 writes the dataset to workdirs/scenes/data (10k train / 1k validation / 1k
-test at 64 px; about 3 minutes with 2 workers on 2 idle cores) and a grid of
+test at 64 px; 3.5 minutes with 2 workers on the shared 2-core machine) and a grid of
 validation samples to workdirs/scenes/scenes_grid.png. The same data without
 m4.main: `python -m m4.data.scenes --out DIR --num 10000 --workers 2`.
 """

@@ -126,6 +126,7 @@ def test_caption_names_every_object_left_to_right(samples):
     named = [(scenes.SIZES.index(a), scenes.COLORS.index(b), scenes.SHAPES.index(c))
              for a, b, c in _OBJECT.findall(s["caption"])]
     assert named == list(zip(sc["size"][:n], sc["color"][:n], sc["shape"][:n])), s["caption"]
+    assert scenes.parse_caption(s["caption"]) == named
     assert np.all(np.diff(sc["center_px"][:n, 0]) >= 0)
     relations = _OBJECT.split(s["caption"])[4:-1:4]  # The text between objects.
     assert len(relations) == n - 1
@@ -135,6 +136,7 @@ def test_caption_names_every_object_left_to_right(samples):
         assert rel == "left of"
       else:
         assert rel == ("in front of" if sc["depth_m"][k] < sc["depth_m"][k + 1] else "behind")
+  assert scenes.parse_caption("A red cube and two small blue spheres") == [(-1, 0, 1), (0, 5, 0)]
   # The longest caption fits the caption modality (48 tokens incl. [SOS]/[EOS]).
   words = scenes.render(0, resolution=32, min_objects=scenes.MAX_OBJECTS_LIMIT,
                         max_objects=scenes.MAX_OBJECTS_LIMIT)["caption"].split()
@@ -202,7 +204,7 @@ def test_ensure_writes_reuses_refuses_and_resumes(tmp_path):
   # An interrupted run: one split missing, a dead writer's temp file left.
   test_file = scenes.split_path(d, "test")
   os.remove(test_file)
-  stale = os.path.join(d, ".test.array_record.partial.999999999")
+  stale = scenes._partial_path(d, "test", 999999999)  # pylint: disable=protected-access
   open(stale, "wb").write(b"half")
   stats = {}
   scenes.ensure(d, SMALL, progress=False, stats=stats)
@@ -222,6 +224,14 @@ def test_ensure_refuses_foreign_directory(tmp_path):
   assert sorted(os.listdir(d)) == ["train.array_record"]
   with pytest.raises(FileNotFoundError, match="spec.json"):
     scenes.ScenesSource(str(d), "train")
+  # A dataset an older renderer made is refused, not reused.
+  old = tmp_path / "old"
+  old.mkdir()
+  spec = {**scenes.SceneSpec(**SMALL).to_json(), "renderer_version": scenes.RENDERER_VERSION - 1}
+  workdir.write_json(str(old / "spec.json"), spec)
+  with pytest.raises(workdir.ConfigError, match="renderer_version"):
+    scenes.ensure(str(old), SMALL, progress=False)
+  assert sorted(os.listdir(old)) == ["spec.json"]
 
 
 def test_grid_draws_cells_where_expected(tmp_path):
@@ -230,7 +240,8 @@ def test_grid_draws_cells_where_expected(tmp_path):
   depth = np.linspace(1, 10, 32 * 32).reshape(32, 32).astype(np.float32)
   depth[0] = 0
   rows = [{"rgb": rgb, "depth": depth, "semseg": semseg},
-          {"rgb": rgb.astype(np.float32) / 255, "semseg": semseg, "tok": np.arange(16).reshape(4, 4)}]
+          {"rgb": rgb.astype(np.float32) / 255, "semseg": semseg,
+           "tok": np.arange(16).reshape(4, 4)}]
   path = grid.save_grid(str(tmp_path / "g.png"), rows, ["a caption", "another"], cell_size=64)
   img = np.asarray(Image.open(path).convert("RGB"))
   pad, title_h = 4, 12 + 4 + 4  # As make_grid lays out a 12 pt font.
@@ -255,7 +266,8 @@ def test_grid_command_and_trainer(tmp_path):
   assert summary["samples"] == {"train": 12, "validation": 5, "test": 5}
   assert summary["generated"]["samples"] == 22 and summary["render_samples_per_sec_1core"] > 0
   assert Image.open(summary["grid"]).size[0] == 3 * (128 + 4) + 4
-  assert scenes_trainer.run(config, str(tmp_path / "job"))["generated"] == "reused an existing dataset"
+  again = scenes_trainer.run(config, str(tmp_path / "job"))
+  assert again["generated"] == "reused an existing dataset"
 
   out = str(tmp_path / "cli.png")
   assert grid.main(["--data", str(tmp_path / "data"), "--split", "test", "--num", "8",
@@ -263,3 +275,39 @@ def test_grid_command_and_trainer(tmp_path):
   w, h = Image.open(out).size
   assert w == 3 * (128 + 4) + 4 and h > 5 * 128  # All 5 test samples, 128 px cells.
   assert grid.main(["--data", str(tmp_path / "none"), "--out", out]) == 2
+
+
+def test_killed_writer_leaves_no_split_and_ensure_finishes(tmp_path):
+  import glob  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  from tests.conftest import REPO  # pylint: disable=g-import-not-at-top
+  d = str(tmp_path / "data")
+  args = dict(resolution=24, num_train=3000, num_validation=2, num_test=2)  # As below.
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "m4.data.scenes", "--out", d, "--num", "3000",
+       "--num_validation", "2", "--num_test", "2", "--resolution", "24"],
+      cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 120
+    while not glob.glob(os.path.join(d, ".train.array_record.partial.*")):
+      assert proc.poll() is None and time.time() < deadline, "the writer never started"
+      time.sleep(0.05)
+    time.sleep(0.3)
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  assert not os.path.exists(scenes.split_path(d, "train"))  # No half split.
+  with pytest.raises(FileNotFoundError, match="incomplete"):
+    scenes.ScenesSource(d, "train")
+  # Other parameters are refused; the same ones finish the job (here only the
+  # small splits, to keep the test short).
+  with pytest.raises(workdir.ConfigError, match="num_train"):
+    scenes.ensure(d, {**args, "num_train": 30}, progress=False)
+  scenes.ensure(d, args, splits=("validation", "test"), progress=False)
+  assert not glob.glob(os.path.join(d, ".*partial*"))  # The dead writer's file is gone.
+  source = scenes.ScenesSource(d, "validation")
+  assert _equal(source[1], scenes.render(1, split="validation", seed=0, resolution=24))

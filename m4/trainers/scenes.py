@@ -57,6 +57,6 @@ def run(config, workdir: str) -> dict:
     summary["generated"] = "reused an existing dataset"
   if config.benchmark_samples:
     summary["render_samples_per_sec_1core"] = benchmark(spec, config.benchmark_samples)
-  summary["grid"] = grid_lib.scenes_grid(os.path.join(workdir, "scenes_grid.png"), data.dir,
-                                         config.grid_split, config.grid_rows)
+  summary["grid"] = grid_lib.scenes_grid(os.path.abspath(os.path.join(workdir, "scenes_grid.png")),
+                                         data.dir, config.grid_split, config.grid_rows)
   return summary
