@@ -39,6 +39,9 @@ class FourMConfig:
       models: all False).
     norm_eps: LayerNorm epsilon.
     tie_heads: each output head is its modality's decoder token embedding.
+    share_modality_embeddings: a modality that is both an input and a target
+      has one modality embedding for encoder and decoder (4M's default);
+      False gives the decoder its own (FourM(share_modality_embeddings=False)).
     patch_size, pixel_channels: patch embedding of `pixels` modalities.
     num_encoder_tokens, num_decoder_tokens: the fixed encoder / decoder slots
       per sample (call arguments may override them).
@@ -71,6 +74,7 @@ class FourMConfig:
   norm_bias: bool = False
   norm_eps: float = 1e-6
   tie_heads: bool = True
+  share_modality_embeddings: bool = True
   patch_size: int = 16
   pixel_channels: int = 3
   num_encoder_tokens: int = 128

@@ -98,6 +98,11 @@ class FourM(nnx.Module):
     self.modality_embed = nnx.Dict()
     for name in dict.fromkeys(cfg.encoder_modalities + cfg.decoder_modalities):
       self.modality_embed[name] = p(emb_init, (d,), ("embed",))
+    if not cfg.share_modality_embeddings:  # The decoder's own, where both have one.
+      self.decoder_modality_embed = nnx.Dict()
+      for name in cfg.decoder_modalities:
+        if name in cfg.encoder_modalities:
+          self.decoder_modality_embed[name] = p(emb_init, (d,), ("embed",))
     self.mask_token = p(emb_init, (d,), ("embed",))
 
     self.encoder = layers.Blocks(cfg, cfg.encoder_depth, cross=False, rngs=rngs)
@@ -155,6 +160,11 @@ class FourM(nnx.Module):
     bias = getattr(self, f"{prefix}_bias", None)
     return layers.layer_norm(x, getattr(self, f"{prefix}_scale")[...],
                              None if bias is None else bias[...], self.cfg.norm_eps)
+
+  def decoder_modality_embedding(self, name: str) -> Array:
+    """(D,) modality embedding the decoder adds for modality `name`."""
+    own = getattr(self, "decoder_modality_embed", None)
+    return (own if own is not None and name in own else self.modality_embed)[name][...]
 
   def head(self, name: str) -> Array:
     """(V, D) output matrix of decoder modality `name`."""
@@ -241,7 +251,8 @@ class FourM(nnx.Module):
     for (i, name), sel, dam in zip(present, selectable, spans_src):
       here = slots.of(i)
       tok, emb, tgt = self._decoder_tokens(batch, name, slots, i)
-      y = jnp.where(here[..., None], (tok + (emb + self.modality_embed[name][...])).astype(self.dtype), y)
+      mod_emb = self.decoder_modality_embedding(name)
+      y = jnp.where(here[..., None], (tok + (emb + mod_emb)).astype(self.dtype), y)
       targets = jnp.where(here, tgt, targets)
       # Attention spans as 4M's decoder_attention_mask: the token of rank r
       # (among its modality's targets) sees ranks < cumsum(dam)[r].

@@ -1,1 +1,1 @@
-"""Offline tools: checkpoint conversion, benchmarks."""
+"""Offline tools: image grids, pre-tokenization, checkpoint conversion, benchmarks."""

@@ -247,6 +247,13 @@ def plan(tensors: dict[str, np.ndarray], ref_cfg: dict, *, suffix: str = "",
     r = next(r for r in enc_refs if kinds[r] == modalities.PIXELS)
     channels = tensors[f"encoder_embeddings.{r}.proj.weight"].shape[1] // (patch * patch)
   mlp_ratio = float(_lookup(ref_cfg, "mlp_ratio", 4.0))
+  share_mod_emb = _lookup(ref_cfg, "share_modality_embeddings")
+  if share_mod_emb is None:  # Infer: shared modality embeddings are stored as equal copies.
+    share_mod_emb = all(np.array_equal(tensors[f"decoder_embeddings.{r}.mod_emb"],
+                                       tensors[f"encoder_embeddings.{r}.mod_emb"])
+                        for r in dec_refs if r in enc_refs and r in names
+                        and f"decoder_embeddings.{r}.mod_emb" in tensors
+                        and f"encoder_embeddings.{r}.mod_emb" in tensors)
   cfg = configs.FourMConfig(
       encoder_modalities=tuple(names[r] for r in enc_refs if r in names),
       decoder_modalities=tuple(names[r] for r in dec_refs if r in names),
@@ -256,7 +263,8 @@ def plan(tensors: dict[str, np.ndarray], ref_cfg: dict, *, suffix: str = "",
       proj_bias="encoder.0.attn.proj.bias" in tensors,
       mlp_bias="encoder.0.mlp.fc1.bias" in tensors, norm_bias=bool(norm_bias),
       norm_eps=float(norm_kwargs.get("eps", _lookup(ref_cfg, "norm_eps", 1e-6))),
-      tie_heads=all(tied.values()) if tied else True, patch_size=patch,
+      tie_heads=all(tied.values()) if tied else True,
+      share_modality_embeddings=bool(share_mod_emb), patch_size=patch,
       pixel_channels=channels,
       num_encoder_tokens=int(ref_cfg.get("num_encoder_tokens", ref_cfg.get("num_input_tokens", 128))),
       num_decoder_tokens=int(ref_cfg.get("num_decoder_tokens", ref_cfg.get("num_target_tokens", 128))),
@@ -402,8 +410,10 @@ def rules(p: Plan) -> tuple[list[Rule], list[tuple[str, np.ndarray]], list[tuple
       ties.append((f"{pre}.to_logits.weight", f"{pre}.token_emb.weight"))
     else:
       add(f"{pre}.to_logits.weight", ("heads", name), _identity())
-    if name in enc:
+    if name in enc and cfg.share_modality_embeddings:
       ties.append((f"{pre}.mod_emb", f"encoder_embeddings.{enc[name]}.mod_emb"))
+    elif name in enc:
+      add(f"{pre}.mod_emb", ("decoder_modality_embed", name), _vector())
     else:
       add(f"{pre}.mod_emb", ("modality_embed", name), _vector())
     buffers.append((f"{pre}.pos_emb", _positions(spec, cfg.dim)))

@@ -1,0 +1,1 @@
+"""Tokenizers: VQ image tokenizers and the WordPiece text tokenizer."""
