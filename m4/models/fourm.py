@@ -321,7 +321,7 @@ class FourM(nnx.Module):
     position = jnp.where(position >= mod.num_tokens, 0, position)
     tok = jnp.take(self.decoder_embed[name][...], ids.astype(jnp.int32), axis=0)
     pos = jnp.take(E.sincos_1d(self._length(name), cfg.dim), position, axis=0)
-    x = (tok + (pos + self.modality_embed[name][...])).astype(self.dtype)[:, None]
+    x = (tok + (pos + self.decoder_modality_embedding(name))).astype(self.dtype)[:, None]
     context_mask = cache["context_valid"][:, None, None, :]
     y, cache = self.decoder.step(x, cache, cache["index"], context_mask)
     cache["index"] = cache["index"] + 1
@@ -338,7 +338,8 @@ class FourM(nnx.Module):
 
     "mod": mean over the decoder modalities in the batch of each one's mean
     cross-entropy (one without targets adds 0 but counts in the divisor, as
-    the reference); "token": mean over all target tokens.
+    the reference); "token": the plain mean over all target tokens (not the
+    reference's "token" option, which weights modalities by tokens x vocab).
     """
     cfg = self.cfg
     present = self._present(batch, cfg.decoder_modalities)
