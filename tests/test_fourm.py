@@ -18,7 +18,8 @@ NAMES = ("rgb", "depth", "semseg", "caption")
 def _tiny(**overrides):
   cfg = configs.preset("tiny", encoder_modalities=NAMES, decoder_modalities=NAMES,
                        num_encoder_tokens=48, num_decoder_tokens=48, **overrides)
-  return fourm.FourM(cfg, rngs=nnx.Rngs(0))
+  # rbg keys: the same initialisers, 3x faster to compile on CPU than threefry.
+  return fourm.FourM(cfg, rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +151,7 @@ def test_pixel_patches_go_to_their_slots():
                                           roles=(modalities.INPUT,)))
   cfg = configs.preset("tiny", encoder_modalities=("pix_test",), decoder_modalities=("rgb",),
                        num_encoder_tokens=4, num_decoder_tokens=4, patch_size=2)
-  m = fourm.FourM(cfg, rngs=nnx.Rngs(0))
+  m = fourm.FourM(cfg, rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
   image = np.zeros((1, 4, 4, 3), np.float32)
   image[0, 2:4, 0:2] = 1.0  # Patch at row 1, column 0: position 2.
   batch = {"pix_test": {"tensor": image, "input_mask": np.ones((1, 4), bool)}}

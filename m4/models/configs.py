@@ -10,7 +10,6 @@ jitted functions. Every field can be set from a config file (`config.model.*`).
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Mapping
 
 from m4 import modalities
@@ -193,26 +192,3 @@ def from_config(model_config: Mapping[str, Any] | Any) -> FourMConfig:
     return FourMConfig(**{**base, **d})
   except TypeError as e:
     raise workdir.ConfigError(f"config.model: {e}") from None
-
-
-def trunk_param_count(cfg: FourMConfig) -> int:
-  """Parameters of the transformer blocks, final norms and context projection.
-
-  This is how the 4M paper counts model size (4M-B: 198M, L: 705M, XL: 2.8B):
-  without the per-modality embeddings and heads.
-  """
-  d, f = cfg.dim, cfg.mlp_hidden
-  norm = d * (2 if cfg.norm_bias else 1)
-  attn = 4 * d * d + (3 * d if cfg.qkv_bias else 0) + (d if cfg.proj_bias else 0)
-  cross = 4 * d * d + (3 * d if cfg.qkv_bias else 0) + (d if cfg.proj_bias else 0)
-  n_in = 2 if cfg.gated else 1
-  mlp = (n_in + 1) * d * f + ((n_in * f + d) if cfg.mlp_bias else 0)
-  enc = cfg.encoder_depth * (attn + mlp + 2 * norm) + norm
-  dec = cfg.decoder_depth * (attn + cross + mlp + 4 * norm) + norm
-  return enc + dec + d * d + d
-
-
-def count_params(state) -> int:
-  """Number of scalars in an nnx.State (or any pytree of arrays/ShapeDtypeStructs)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  return sum(math.prod(x.shape) for x in jax.tree.leaves(state) if hasattr(x, "shape"))
