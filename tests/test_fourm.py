@@ -161,6 +161,20 @@ def test_pixel_patches_go_to_their_slots():
   assert norms[2] > 0 and np.all(norms[[0, 1, 3]] == 0)
 
 
+@pytest.mark.parametrize("change, what", [(dict(remat="full"), "grads"),
+                                          (dict(scan_layers=False), "loss")])
+def test_layer_options_give_the_same_results(model, change, what):
+  batch = _batch(seed=8)
+  other = nnx.eval_shape(lambda: fourm.FourM(model.cfg.replace(**change), rngs=nnx.Rngs(0)))
+  nnx.update(other, nnx.state(model, nnx.Param))
+  if what == "grads":  # Rematerialisation only changes the backward pass.
+    fn = nnx.jit(lambda m, b: nnx.to_pure_dict(nnx.grad(lambda m, b: m(b)[0])(m, b)))
+  else:
+    fn = nnx.jit(lambda m, b: m(b)[1])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+               fn(model, batch), fn(other, batch))
+
+
 def test_init_matches_the_reference_scheme(model):
   d = model.cfg.dim
   qkv = np.asarray(model.encoder.qkv[...])

@@ -16,7 +16,7 @@ proj (H, hd, D), cross q (D, H, hd), cross kv (D, 2, H, hd), mlp_in
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -159,7 +159,6 @@ class Blocks(nnx.Module):
     for i in range(self.depth):
       x = body(jax.tree.map(lambda a: a[i], params), x)
     return x
-
 
   def context_kv(self, context: Array) -> tuple[Array, Array]:
     """Per-layer keys and values of the context: two (L, B, S, H, hd) arrays."""
