@@ -274,3 +274,21 @@ def test_a_few_steps_learn_a_batch():
   assert losses[0] > 0.9 * chance
   assert losses[-1] < 0.5 * chance, losses
   assert all(float(metrics[f"accuracy/{n}"]) > 0.2 for n in NAMES), metrics  # Chance < 0.002.
+
+
+def test_bad_configs_and_batches_are_named(model):
+  from m4 import workdir  # pylint: disable=g-import-not-at-top
+  base = dict(encoder_modalities=["rgb"], decoder_modalities=["rgb"])
+  for fields, match in ((dict(base, dimm=3), r"unknown fields \['dimm'\]"),
+                        (dict(base, remat="x"), "config.model.remat"),
+                        (dict(base, size="XXL"), "config.model.size"),
+                        (dict(base, dim=66, num_heads=4), "config.model.dim")):
+    with pytest.raises(workdir.ConfigError, match=match):
+      configs.from_config(fields)
+  cfg = configs.from_config(dict(base, size="tiny", encoder_modalities=["thermal"]))
+  with pytest.raises(workdir.ConfigError, match="encoder_modalities.*thermal"):
+    fourm.FourM(cfg, rngs=nnx.Rngs(0))
+  batch = _batch()
+  batch["depth"] = dict(batch["depth"], tensor=batch["depth"]["tensor"][:, :10])
+  with pytest.raises(ValueError, match=r"batch\['depth'\]\['tensor'\].*\(B, 64\)"):
+    model.encode(batch)
