@@ -110,6 +110,10 @@ def test_caption_decoder_is_causal(model):
   changed = {k for k in a if not np.allclose(a[k], c[k], atol=1e-6)}
   # Slot p reads id p: only slots reading the changed id (and later) move.
   assert changed == {("caption", b, last - 1)}
+  # Without decoder_attention_mask the model uses 4M's: the same outputs.
+  bare = {k: {f: a for f, a in v.items() if f != "decoder_attention_mask"}
+          for k, v in batch.items()}
+  _assert_same(_per_token(dec_a), _per_token(_forward(model, bare)[1]))
 
 
 def test_cached_caption_decoding_matches_teacher_forcing(model):
