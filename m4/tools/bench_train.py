@@ -8,7 +8,9 @@ synthetic masked batch (m4.models.synthetic, `config.bench.alpha`), and the
 training step of m4.trainers.pretrain; compiles it (timed separately), runs
 `config.bench.warmup` steps, then times `config.bench.steps` steps. Prints
 one JSON line: step seconds (median, min, max), tokens/s (encoder + decoder
-tokens per sample x batch / median step), compile seconds, peak memory, and
+tokens per sample x batch / median step), CPU seconds per step (all
+threads; robust to other jobs sharing the machine), compile seconds, peak
+memory, and
 the average head vocabulary per target token (the heads' share of the work).
 With `config.bench.breakdown=True` it also times the forward pass (loss) and
 forward + backward (gradients) alone, so backward = grads - forward and
@@ -84,12 +86,13 @@ def bench(config) -> dict:
   for _ in range(config.bench.warmup):
     state, metrics = compiled(state, batch)
   jax.block_until_ready(state)
-  times = []
+  times, cpu = [], []
   for _ in range(config.bench.steps):
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     state, metrics = compiled(state, batch)
     jax.block_until_ready((state, metrics))
     times.append(time.perf_counter() - t)
+    cpu.append(time.process_time() - c)
   median = float(np.median(times))
   tokens = config.batch_size * (cfg.num_encoder_tokens + cfg.num_decoder_tokens)
   parts = {}
@@ -106,6 +109,7 @@ def bench(config) -> dict:
   return {
       "step_s_median": round(median, 4), "step_s_min": round(min(times), 4),
       "step_s_max": round(max(times), 4), "tokens_per_s": round(tokens / median, 1),
+      "step_cpu_s_median": round(float(np.median(cpu)), 4),
       "compile_s": round(compile_s, 2),
       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
       "step_temp_mb": round(getattr(mem, "temp_size_in_bytes", 0) / 2**20, 1) if mem else None,
