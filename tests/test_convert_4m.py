@@ -109,3 +109,15 @@ def test_cli_writes_a_loadable_model_and_checks(tmp_path, converted):
                           f"--out={out}"], env=env, cwd=REPO, capture_output=True, text=True,
                          timeout=600)
   assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_released_style_config_gives_the_same_plan(source):
+  """A config as 4M's released checkpoints have (no per-modality details)."""
+  tensors, ref_cfg = source
+  released = dict(num_heads=4, mlp_ratio=4.0, act_layer="SiLU", gated_mlp=True, norm_bias=False,
+                  patch_size=16, image_size=64,
+                  domains_in=["tok_rgb@224", "tok_depth@224", "tok_semseg@224", "caption"],
+                  domains_out=["tok_rgb@224", "tok_depth@224", "tok_semseg@224", "caption"])
+  want, got = C.plan(tensors, ref_cfg), C.plan(tensors, released)
+  assert got.names == want.names and got.specs == want.specs
+  assert got.cfg.replace(num_encoder_tokens=24, num_decoder_tokens=24) == want.cfg

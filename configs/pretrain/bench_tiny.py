@@ -37,5 +37,6 @@ def get_config(arg=None):
       lr=1e-4, warmup_steps=100, final_lr_ratio=0.0, b1=0.9, b2=0.95, eps=1e-8,
       weight_decay=0.05, clip_norm=1.0))
   # Synthetic masked batches: Dirichlet(alpha) budget splits (4M's all-to-all).
-  c.bench = ml_collections.ConfigDict(dict(warmup=2, steps=10, alpha=1.0))
+  # breakdown: also time forward and forward + backward alone.
+  c.bench = ml_collections.ConfigDict(dict(warmup=2, steps=10, alpha=1.0, breakdown=False))
   return c

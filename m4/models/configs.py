@@ -10,7 +10,6 @@ jitted functions. Every field can be set from a config file (`config.model.*`).
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Mapping
 
 from m4 import modalities
@@ -20,6 +19,7 @@ MLP_TYPES = ("swiglu", "gelu")
 LOSS_TYPES = ("mod", "token")
 REMAT = ("none", "full", "dots")
 DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION = (None, "xla", "cudnn", "einsum")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +57,8 @@ class FourMConfig:
     remat: "none", "full" (recompute each block in the backward pass) or
       "dots" (keep matmul outputs, recompute the rest).
     attention_impl: `implementation` of jax.nn.dot_product_attention (None:
-      let JAX pick; "cudnn" for the fused GPU kernel).
+      let JAX pick; "xla"; "cudnn" for the fused GPU kernel), or "einsum" for
+      m4's own head-major einsums (the same math).
     head_chunk_size: tokens per chunk when scoring decoder tokens with their
       modality's head (the loss never materialises all logits at once).
     init_std: std of the normal initialisers (embeddings, mask token).
@@ -104,11 +105,11 @@ class FourMConfig:
     req(self.dim % 4 == 0, f"{where}.dim", "must divide by 4 (2-D sin-cos positions).")
     req(self.encoder_depth >= 1 and self.decoder_depth >= 1, f"{where}.encoder_depth",
         "encoder_depth and decoder_depth must be >= 1.")
-    req(self.mlp_type in MLP_TYPES, f"{where}.mlp_type", f"{self.mlp_type!r} not in {MLP_TYPES}.")
-    req(self.loss_type in LOSS_TYPES, f"{where}.loss_type", f"{self.loss_type!r} not in {LOSS_TYPES}.")
-    req(self.remat in REMAT, f"{where}.remat", f"{self.remat!r} not in {REMAT}.")
-    req(self.dtype in DTYPES, f"{where}.dtype", f"{self.dtype!r} not in {DTYPES}.")
-    req(self.param_dtype in DTYPES, f"{where}.param_dtype", f"{self.param_dtype!r} not in {DTYPES}.")
+    for field, allowed in (("mlp_type", MLP_TYPES), ("loss_type", LOSS_TYPES),
+                           ("remat", REMAT), ("dtype", DTYPES), ("param_dtype", DTYPES),
+                           ("attention_impl", ATTENTION)):
+      value = getattr(self, field)
+      req(value in allowed, f"{where}.{field}", f"{value!r} not in {allowed}.")
     req(self.head_chunk_size >= 1, f"{where}.head_chunk_size", "must be >= 1.")
     req(self.num_encoder_tokens >= 1 and self.num_decoder_tokens >= 1,
         f"{where}.num_encoder_tokens", "token counts must be >= 1.")
@@ -186,33 +187,10 @@ def from_config(model_config: Mapping[str, Any] | Any) -> FourMConfig:
   unknown = sorted(set(d) - fields)
   if unknown:
     raise workdir.ConfigError(f"config.model: unknown fields {unknown}; known: {sorted(fields)}.")
-  base = dict(SIZES[size]) if size else {}
   if size and size not in SIZES:
     raise workdir.ConfigError(f"config.model.size: {size!r} is not one of {sorted(SIZES)}.")
+  base = dict(SIZES[size]) if size else {}
   try:
     return FourMConfig(**{**base, **d})
   except TypeError as e:
     raise workdir.ConfigError(f"config.model: {e}") from None
-
-
-def trunk_param_count(cfg: FourMConfig) -> int:
-  """Parameters of the transformer blocks, final norms and context projection.
-
-  This is how the 4M paper counts model size (4M-B: 198M, L: 705M, XL: 2.8B):
-  without the per-modality embeddings and heads.
-  """
-  d, f = cfg.dim, cfg.mlp_hidden
-  norm = d * (2 if cfg.norm_bias else 1)
-  attn = 4 * d * d + (3 * d if cfg.qkv_bias else 0) + (d if cfg.proj_bias else 0)
-  cross = 4 * d * d + (3 * d if cfg.qkv_bias else 0) + (d if cfg.proj_bias else 0)
-  n_in = 2 if cfg.gated else 1
-  mlp = (n_in + 1) * d * f + ((n_in * f + d) if cfg.mlp_bias else 0)
-  enc = cfg.encoder_depth * (attn + mlp + 2 * norm) + norm
-  dec = cfg.decoder_depth * (attn + cross + mlp + 4 * norm) + norm
-  return enc + dec + d * d + d
-
-
-def count_params(state) -> int:
-  """Number of scalars in an nnx.State (or any pytree of arrays/ShapeDtypeStructs)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  return sum(math.prod(x.shape) for x in jax.tree.leaves(state) if hasattr(x, "shape"))

@@ -8,7 +8,10 @@
 
 `batch` is m4's masked batch: {modality: {tensor, input_mask, target_mask,
 decoder_attention_mask}} with masks True = selected. Modalities of the model
-that the batch lacks are skipped; other keys are ignored. Per token, results
+that the batch lacks are skipped; other keys are ignored. Without a
+decoder_attention_mask, a modality's targets attend as in 4M's batches (all
+targets of an image see each other; text targets are causal), which is
+handy for generation. Per token, results
 equal the reference 4M's (apple/ml-4m FourM.forward); see
 /work/shared/4M_REFERENCE.md for the behaviour reproduced.
 """
@@ -236,7 +239,13 @@ class FourM(nnx.Module):
     selectable, spans_src = [], []
     for _, name in present:
       target = self._field(batch, name, "target_mask", self._length(name)).astype(bool)
-      dam = self._field(batch, name, "decoder_attention_mask", self._length(name))
+      if "decoder_attention_mask" in batch[name]:
+        dam = self._field(batch, name, "decoder_attention_mask", self._length(name))
+      else:  # 4M's defaults: all targets of an image see each other; text is causal.
+        dam = target.astype(jnp.int32)
+        if modalities.get(name).kind != modalities.SEQUENCE:
+          dam = jnp.where(jnp.arange(dam.shape[1]) == jnp.argmax(target, axis=1)[:, None],
+                          jnp.sum(dam, axis=1, keepdims=True), 0)
       if modalities.get(name).kind == modalities.SEQUENCE:
         # Slot p reads id p and predicts id p + 1: both must be targets.
         target, dam = target[:, :-1] & target[:, 1:], dam[:, :-1]

@@ -60,16 +60,21 @@ def _run(y, heads, weights, modality, valid, targets, chunk: int, vary: tuple,
       t = jnp.where(ok, jax.lax.dynamic_slice_in_dim(ts, start, chunk), 0)
       w = jnp.where(ok, jax.lax.dynamic_slice_in_dim(ws, start, chunk), 0.0)
       logits = jnp.einsum("cd,vd->cv", rows, w_c, preferred_element_type=jnp.float32)
-      lse = jax.nn.logsumexp(logits, axis=-1)
-      ce = lse - jnp.take_along_axis(logits, t[:, None], axis=1)[:, 0]
+      # One exp pass serves the loss and its gradient.
+      top = jnp.max(logits, axis=-1)
+      e = jnp.exp(logits - top[:, None])
+      total = jnp.sum(e, axis=-1)
+      picked = jnp.take_along_axis(logits, t[:, None], axis=1)[:, 0]
+      ce = top + jnp.log(total) - picked
       c = dict(c)
       c["loss"] = c["loss"] + jnp.sum(w * ce)
       c["ce"] = c["ce"].at[i].add(jnp.sum(jnp.where(ok, ce, 0.0)))
-      hit = ok & (jnp.argmax(logits, axis=-1) == t)
+      hit = ok & (picked >= top)  # The target has the largest logit.
       c["correct"] = c["correct"].at[i].add(jnp.sum(hit.astype(jnp.float32)))
       if with_grads:
-        g = jnp.exp(logits - lse[:, None]) - jax.nn.one_hot(t, logits.shape[1], dtype=jnp.float32)
-        g = (g * w[:, None]).astype(y.dtype)
+        onehot = jnp.arange(logits.shape[1])[None, :] == t[:, None]
+        g = e * (w / total)[:, None] - jnp.where(onehot, w[:, None], 0.0)
+        g = g.astype(y.dtype)
         dx_rows = jnp.einsum("cv,vd->cd", g, w_c, preferred_element_type=jnp.float32)
         old = jax.lax.dynamic_slice_in_dim(c["dx"], start, chunk)
         c["dx"] = jax.lax.dynamic_update_slice_in_dim(c["dx"], old + dx_rows, start, 0)

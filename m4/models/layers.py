@@ -15,8 +15,9 @@ proj (H, hd, D), cross q (D, H, hd), cross kv (D, 2, H, hd), mlp_in
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -75,6 +76,68 @@ def layer_norm(x: Array, scale: Array, bias: Array | None, eps: float) -> Array:
 def _dense(x: Array, w: Array, spec: str, b: Array | None = None) -> Array:
   y = jnp.einsum(spec, x, w.astype(x.dtype))
   return y if b is None else y + b.astype(x.dtype)
+
+
+# XLA:CPU fuses elementwise producers (norms, activation derivatives) into the
+# transposed copies that weight-gradient matmuls need, and those fused copies
+# are slow. The two ops below give the backward pass explicitly and pin its
+# intermediates with optimization barriers, so each is computed once and the
+# matmuls read plain arrays. The math is unchanged.
+
+
+@jax.custom_vjp
+def linear(x: Array, w: Array) -> Array:
+  """(T, K) x (K, N) -> (T, N)."""
+  return x @ w
+
+
+def _linear_fwd(x, w):
+  return x @ w, (x, w)
+
+
+def _linear_bwd(res, g):
+  x, w = res
+  g, x = jax.lax.optimization_barrier((g, x))
+  return g @ w.T, x.T @ g
+
+
+linear.defvjp(_linear_fwd, _linear_bwd)
+
+
+def _mlp_forward(act, x, w_in, w_out):
+  h = [x @ w_in[:, k] for k in range(w_in.shape[1])]
+  hidden = act(h[0]) * h[1] if len(h) == 2 else act(h[0])
+  return hidden @ w_out, (h, hidden)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def fused_mlp(act, x: Array, w_in: Array, w_out: Array) -> Array:
+  """act(x w_in[:, 0]) [* x w_in[:, 1]] w_out; x (T, D), w_in (D, G, F)."""
+  return _mlp_forward(act, x, w_in, w_out)[0]
+
+
+def _fused_mlp_fwd(act, x, w_in, w_out):
+  y, (h, hidden) = _mlp_forward(act, x, w_in, w_out)
+  return y, (x, w_in, w_out, h, hidden)
+
+
+def _fused_mlp_bwd(act, res, g):
+  x, w_in, w_out, h, hidden = res
+  g, hidden, x = jax.lax.optimization_barrier((g, hidden, x))
+  d_out = hidden.T @ g
+  d_hidden = g @ w_out.T
+  a, act_vjp = jax.vjp(act, h[0])
+  if len(h) == 2:
+    dh = [act_vjp(d_hidden * h[1])[0], d_hidden * a]
+  else:
+    dh = [act_vjp(d_hidden)[0]]
+  dh = jax.lax.optimization_barrier(dh)
+  dx = sum(d @ w_in[:, k].T for k, d in enumerate(dh))
+  d_in = jnp.stack([x.T @ d for d in dh], axis=1)
+  return dx, d_in, d_out
+
+
+fused_mlp.defvjp(_fused_mlp_fwd, _fused_mlp_bwd)
 
 
 def attention(q: Array, k: Array, v: Array, mask: Array, impl: str | None) -> Array:
@@ -160,7 +223,6 @@ class Blocks(nnx.Module):
       x = body(jax.tree.map(lambda a: a[i], params), x)
     return x
 
-
   def context_kv(self, context: Array) -> tuple[Array, Array]:
     """Per-layer keys and values of the context: two (L, B, S, H, hd) arrays."""
     return jax.lax.map(lambda p: cross_kv(self.cfg, p, context), self.stacked())
@@ -193,45 +255,63 @@ def _get(p: dict, name: str):
   return p.get(name)
 
 
+def _silu(x):
+  return jax.nn.silu(x)
+
+
+def _gelu(x):
+  return jax.nn.gelu(x, approximate=False)
+
+
 def mlp(cfg: FourMConfig, p: dict, x: Array) -> Array:
-  # Slicing the weights rather than the fused output keeps the backward pass
-  # free of pad + add copies of activations.
-  w, b = p["mlp_in"], _get(p, "mlp_in_bias")
+  w_in, b_in = p["mlp_in"].astype(x.dtype), _get(p, "mlp_in_bias")
+  act = _silu if cfg.gated else _gelu
+  if b_in is None and _get(p, "mlp_out_bias") is None:
+    b, t, d = x.shape
+    y = fused_mlp(act, x.reshape(b * t, d), w_in, p["mlp_out"].astype(x.dtype))
+    return y.reshape(b, t, d)
   names = ("batch", "length", "mlp")
-  h1 = sharding.constrain(_dense(x, w[:, 0], "btd,df->btf", None if b is None else b[0]), names)
+  h1 = sharding.constrain(_dense(x, w_in[:, 0], "btd,df->btf", b_in[0]), names)
   if cfg.gated:
-    h3 = sharding.constrain(_dense(x, w[:, 1], "btd,df->btf", None if b is None else b[1]), names)
-    hidden = jax.nn.silu(h1) * h3
+    h3 = sharding.constrain(_dense(x, w_in[:, 1], "btd,df->btf", b_in[1]), names)
+    hidden = act(h1) * h3
   else:
-    hidden = jax.nn.gelu(h1, approximate=False)
+    hidden = act(h1)
   return _dense(hidden, p["mlp_out"], "btf,fd->btd", _get(p, "mlp_out_bias"))
 
 
-def _project(x: Array, w: Array, b: Array | None, k: int) -> Array:
-  """Part k of a fused (D, K, H, hd) projection: (B, T, H, hd)."""
-  y = _dense(x, w[:, k], "btd,dhe->bthe", None if b is None else b[k])
-  return sharding.constrain(y, ("batch", "length", "heads", "kv"))
+def _linear_nd(x: Array, w: Array, n_in: int, b: Array | None = None) -> Array:
+  """Contracts x's last `n_in` dims with w's first `n_in` dims via `linear`."""
+  lead, k = x.shape[:x.ndim - n_in], math.prod(w.shape[:n_in])
+  y = linear(x.reshape(-1, k), w.astype(x.dtype).reshape(k, -1))
+  y = y.reshape(lead + w.shape[n_in:])
+  return y if b is None else y + b.astype(x.dtype)
+
+
+def _project(x: Array, w: Array, b: Array | None) -> Array:
+  """A fused (D, K, H, hd) projection: (B, T, K, H, hd)."""
+  y = _linear_nd(x, w, 1, b)
+  return sharding.constrain(y, ("batch", "length", None, "heads", "kv"))
 
 
 def self_attention(cfg: FourMConfig, p: dict, x: Array, mask: Array) -> Array:
-  w, b = p["qkv"], _get(p, "qkv_bias")
-  q, k, v = (_project(x, w, b, i) for i in range(3))
-  out = attention(q, k, v, mask, cfg.attention_impl)
-  return _dense(out, p["proj"], "bthe,hed->btd", _get(p, "proj_bias"))
+  qkv = _project(x, p["qkv"], _get(p, "qkv_bias"))
+  out = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], mask, cfg.attention_impl)
+  return _linear_nd(out, p["proj"], 2, _get(p, "proj_bias"))
 
 
 def cross_kv(cfg: FourMConfig, p: dict, context: Array) -> tuple[Array, Array]:
   """Keys and values of the (normalised) context, each (B, S, H, hd)."""
   ctx = layer_norm(context, p["context_norm_scale"], _get(p, "context_norm_bias"), cfg.norm_eps)
-  w, b = p["cross_kv"], _get(p, "cross_kv_bias")
-  return _project(ctx, w, b, 0), _project(ctx, w, b, 1)
+  kv = _project(ctx, p["cross_kv"], _get(p, "cross_kv_bias"))
+  return kv[:, :, 0], kv[:, :, 1]
 
 
 def cross_attention(cfg: FourMConfig, p: dict, x: Array, kv: tuple[Array, Array],
                     mask: Array) -> Array:
-  q = _dense(x, p["cross_q"], "btd,dhe->bthe", _get(p, "cross_q_bias"))
+  q = _linear_nd(x, p["cross_q"], 1, _get(p, "cross_q_bias"))
   out = attention(q, kv[0], kv[1], mask, cfg.attention_impl)
-  return _dense(out, p["cross_proj"], "bthe,hed->btd", _get(p, "cross_proj_bias"))
+  return _linear_nd(out, p["cross_proj"], 2, _get(p, "cross_proj_bias"))
 
 
 def _norm(cfg, p, name, x):
@@ -255,14 +335,13 @@ def layer(cfg: FourMConfig, p: dict, x: Array, mask: Array, context: Array | Non
 def cached_layer(cfg: FourMConfig, p: dict, x: Array, k_cache: Array, v_cache: Array,
                  index: Array, cross: tuple[Array, Array], context_mask: Array):
   """`layer` for one new decoder token that attends to cached ones (causal)."""
-  h = _norm(cfg, p, "norm1", x)
-  w, b = p["qkv"], _get(p, "qkv_bias")
-  q, k, v = (_project(h, w, b, i) for i in range(3))
+  qkv = _project(_norm(cfg, p, "norm1", x), p["qkv"], _get(p, "qkv_bias"))
+  q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
   k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), index, axis=1)
   v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), index, axis=1)
   mask = (jnp.arange(k_cache.shape[1]) <= index)[None, None, None, :]
   out = attention(q, k_cache, v_cache, mask, cfg.attention_impl)
-  x = x + _dense(out, p["proj"], "bthe,hed->btd", _get(p, "proj_bias"))
+  x = x + _linear_nd(out, p["proj"], 2, _get(p, "proj_bias"))
   x = x + cross_attention(cfg, p, _norm(cfg, p, "query_norm", x), cross, context_mask)
   x = x + mlp(cfg, p, _norm(cfg, p, "norm2", x))
   return x, k_cache, v_cache

@@ -8,8 +8,13 @@ synthetic masked batch (m4.models.synthetic, `config.bench.alpha`), and the
 training step of m4.trainers.pretrain; compiles it (timed separately), runs
 `config.bench.warmup` steps, then times `config.bench.steps` steps. Prints
 one JSON line: step seconds (median, min, max), tokens/s (encoder + decoder
-tokens per sample x batch / median step), compile seconds, peak memory, and
+tokens per sample x batch / median step), CPU seconds per step (all
+threads; robust to other jobs sharing the machine), compile seconds, peak
+memory, and
 the average head vocabulary per target token (the heads' share of the work).
+With `config.bench.breakdown=True` it also times the forward pass (loss) and
+forward + backward (gradients) alone, so backward = grads - forward and
+optimizer = step - grads.
 """
 
 from __future__ import annotations
@@ -34,6 +39,22 @@ def _target_vocab(batch, names):
     total += k * mod.vocab_size
     count += k
   return total / max(count, 1)
+
+
+def _time(fn, args, warmup: int, steps: int) -> tuple[list[float], float]:
+  """(step seconds, compile seconds) of a jitted `fn(*args)`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  t0 = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  for _ in range(warmup):
+    jax.block_until_ready(compiled(*args))
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - t)
+  return times, compile_s
 
 
 def bench(config) -> dict:
@@ -65,19 +86,30 @@ def bench(config) -> dict:
   for _ in range(config.bench.warmup):
     state, metrics = compiled(state, batch)
   jax.block_until_ready(state)
-  times = []
+  times, cpu = [], []
   for _ in range(config.bench.steps):
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     state, metrics = compiled(state, batch)
     jax.block_until_ready((state, metrics))
     times.append(time.perf_counter() - t)
+    cpu.append(time.process_time() - c)
   median = float(np.median(times))
   tokens = config.batch_size * (cfg.num_encoder_tokens + cfg.num_decoder_tokens)
+  parts = {}
+  if config.bench.breakdown:
+    graphdef = nnx.graphdef(model)
+    loss = lambda p, b: nnx.merge(graphdef, p)(b)[0]
+    for name, fn in (("forward", loss), ("forward_backward", jax.grad(loss))):
+      t, _ = _time(fn, (state.params, batch), config.bench.warmup, config.bench.steps)
+      parts[f"{name}_s_median"] = round(float(np.median(t)), 4)
+    parts["backward_s"] = round(parts["forward_backward_s_median"] - parts["forward_s_median"], 4)
+    parts["optimizer_s"] = round(median - parts["forward_backward_s_median"], 4)
   mem = compiled.memory_analysis()
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   return {
       "step_s_median": round(median, 4), "step_s_min": round(min(times), 4),
       "step_s_max": round(max(times), 4), "tokens_per_s": round(tokens / median, 1),
+      "step_cpu_s_median": round(float(np.median(cpu)), 4),
       "compile_s": round(compile_s, 2),
       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
       "step_temp_mb": round(getattr(mem, "temp_size_in_bytes", 0) / 2**20, 1) if mem else None,
@@ -85,7 +117,7 @@ def bench(config) -> dict:
       "tokens_per_step": tokens, "mean_target_vocab": round(vocab, 1),
       "loss": round(float(metrics["loss"]), 4), "steps_timed": len(times),
       "load_avg_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
-      "backend": jax.default_backend(),
+      "backend": jax.default_backend(), **parts,
   }
 
 

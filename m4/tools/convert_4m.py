@@ -266,8 +266,10 @@ def plan(tensors: dict[str, np.ndarray], ref_cfg: dict, *, suffix: str = "",
       tie_heads=all(tied.values()) if tied else True,
       share_modality_embeddings=bool(share_mod_emb), patch_size=patch,
       pixel_channels=channels,
-      num_encoder_tokens=int(ref_cfg.get("num_encoder_tokens", ref_cfg.get("num_input_tokens", 128))),
-      num_decoder_tokens=int(ref_cfg.get("num_decoder_tokens", ref_cfg.get("num_target_tokens", 128))),
+      num_encoder_tokens=int(ref_cfg.get("num_encoder_tokens",
+                                         ref_cfg.get("num_input_tokens", 128))),
+      num_decoder_tokens=int(ref_cfg.get("num_decoder_tokens",
+                                         ref_cfg.get("num_target_tokens", 128))),
       loss_type="token" if ref_cfg.get("loss_type") == "token" else "mod")
   hidden = need("encoder.0.mlp.fc1.weight").shape[0]
   if cfg.mlp_hidden != hidden:

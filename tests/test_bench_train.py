@@ -1,0 +1,22 @@
+"""The training-step benchmark tool runs and reports consistent figures."""
+
+import runpy
+
+import numpy as np
+
+from m4.tools import bench_train
+from tests.conftest import REPO
+
+
+def test_bench_reports_steady_state_steps():
+  config = runpy.run_path(f"{REPO}/configs/pretrain/bench_tiny.py")["get_config"]()
+  config.batch_size = 4
+  config.model.update(dim=32, encoder_depth=1, decoder_depth=1, num_heads=2,
+                      num_encoder_tokens=16, num_decoder_tokens=16)
+  config.bench.update(warmup=1, steps=3)
+  out = bench_train.bench(config)
+  assert out["steps_timed"] == 3
+  assert 0 < out["step_s_min"] <= out["step_s_median"] <= out["step_s_max"]
+  np.testing.assert_allclose(out["tokens_per_s"], 4 * 32 / out["step_s_median"], rtol=1e-2)
+  assert out["compile_s"] > 0 and out["peak_rss_mb"] > 0 and np.isfinite(out["loss"])
+  assert 4096 <= out["mean_target_vocab"] <= 30000
