@@ -1,0 +1,1 @@
+"""m4's data: sources of raw samples, transforms, masking, grain pipelines."""

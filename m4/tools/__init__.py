@@ -1,0 +1,1 @@
+"""Offline tools: image grids, pre-tokenization, checkpoint conversion."""
