@@ -1,0 +1,239 @@
+"""One geometry for every modality of a sample, and per-modality value scales.
+
+    crop = transforms.AlignedCrop(size=(64, 64), crop_scale=(0.6, 1.0), flip=True)
+    out = crop(raw_sample, np.random.default_rng(0))   # or ds.random_map(crop)
+    x = transforms.normalize("depth", out["depth"])       # numpy or jax
+
+`AlignedCrop` picks one crop box and one flip per sample and applies them to
+every image-like key, so the modalities stay pixel-aligned:
+
+  * rgb:    antialiased bilinear (PIL), uint8 -> float32 in [0, 1];
+  * depth:  nearest neighbour (never blends depth across object edges),
+            float32 metres, 0 = invalid;
+  * semseg: nearest neighbour, int32 class ids, 255 = unlabelled.
+
+Both samplers map output pixel (i, j) to the same source point
+`box_origin + (index + 0.5) * box_size / out_size`, so an output pixel of
+depth or semseg is the source pixel under the centre of the matching rgb
+pixel. Flipped captions have "left" and "right" swapped, and the pixel
+coordinates in `scene` (keys ending in `_px`, (x, y) order) follow the crop,
+resize and flip. Everything else passes through.
+
+Value scales (`normalize` / `denormalize`, numpy or jax arrays):
+
+  * rgb:    [0, 1] -> [-1, 1].
+  * depth:  metres -> (ln(clip(d, DEPTH_MIN_M, DEPTH_MAX_M)) - LOG_DEPTH_MEAN)
+            / LOG_DEPTH_STD, about [-3.9, 3.0]; invalid depth (0, negative or
+            not finite) -> DEPTH_INVALID (-6), far below every valid value.
+            `denormalize` returns 0 (invalid) for values below
+            DEPTH_INVALID_BELOW (-5), so a model can predict "no depth" (e.g.
+            sky) and it survives the round trip.
+  * semseg: class ids, unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Mapping, Sequence
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+IMAGE_KEYS = ("rgb", "depth", "semseg")
+SEMSEG_IGNORE = 255
+
+DEPTH_MIN_M = 0.1
+DEPTH_MAX_M = 100.0
+LOG_DEPTH_MEAN = math.log(5.0)  # 5 m maps to 0.
+LOG_DEPTH_STD = 1.0  # One unit per factor e (2.7x) in distance.
+DEPTH_INVALID = -6.0
+DEPTH_INVALID_BELOW = -5.0
+
+
+def _xp(x):
+  return jnp if isinstance(x, jax.Array) else np
+
+
+def _data_key(modality: str) -> str:
+  """The raw key of `modality` ("rgb" for a registered "rgb@224", ...)."""
+  if modality in IMAGE_KEYS:
+    return modality
+  from m4 import modalities  # pylint: disable=g-import-not-at-top
+  try:
+    key = modalities.get(modality).data_key
+  except KeyError:
+    key = None
+  if key not in IMAGE_KEYS:
+    raise ValueError(f"normalize/denormalize: modality {modality!r} has no value scale;"
+                     f" known: {IMAGE_KEYS} (or registered modalities made from them).")
+  return key
+
+
+def depth_valid(depth, *, normalized: bool = False):
+  """Boolean mask of valid depth, in metres or (normalized=True) normalised."""
+  xp = _xp(depth)
+  if normalized:
+    return depth >= DEPTH_INVALID_BELOW
+  return xp.isfinite(depth) & (depth > 0)
+
+
+def normalize(modality: str, x):
+  """Raw units (per the data contract) -> the model's scale. See module doc."""
+  key = _data_key(modality)
+  xp = _xp(x)
+  if key == "rgb":
+    return xp.asarray(x, xp.float32) * 2.0 - 1.0
+  if key == "depth":
+    x = xp.asarray(x, xp.float32)
+    valid = depth_valid(x)
+    d = xp.clip(xp.where(valid, x, 1.0), DEPTH_MIN_M, DEPTH_MAX_M)
+    z = (xp.log(d) - LOG_DEPTH_MEAN) / LOG_DEPTH_STD
+    return xp.where(valid, z, DEPTH_INVALID).astype(xp.float32)
+  return xp.asarray(x, xp.int32)  # semseg
+
+
+def denormalize(modality: str, x):
+  """The model's scale -> raw units; rgb is clipped to [0, 1]."""
+  key = _data_key(modality)
+  xp = _xp(x)
+  if key == "rgb":
+    return xp.clip((xp.asarray(x, xp.float32) + 1.0) * 0.5, 0.0, 1.0)
+  if key == "depth":
+    x = xp.asarray(x, xp.float32)
+    d = xp.exp(xp.clip(x * LOG_DEPTH_STD + LOG_DEPTH_MEAN,
+                       math.log(DEPTH_MIN_M), math.log(DEPTH_MAX_M)))
+    return xp.where(x >= DEPTH_INVALID_BELOW, d, 0.0).astype(xp.float32)
+  return xp.asarray(x, xp.int32)
+
+
+def to_contract(sample: Mapping[str, Any]) -> dict:
+  """Raw dtypes -> transformed dtypes (rgb float [0, 1], semseg int32)."""
+  out = dict(sample)
+  if "rgb" in out:
+    out["rgb"] = np.asarray(out["rgb"], np.float32) / np.float32(255.0)
+  if "depth" in out:
+    out["depth"] = np.asarray(out["depth"], np.float32)
+  if "semseg" in out:
+    out["semseg"] = np.asarray(out["semseg"], np.int32)
+  return out
+
+
+def _image_size(sample: Mapping[str, Any]) -> tuple[int, int]:
+  sizes = {k: np.shape(sample[k])[:2] for k in IMAGE_KEYS if k in sample}
+  if not sizes:
+    raise ValueError(f"sample {sample.get('id')}: no image key among {IMAGE_KEYS}"
+                     f" (keys: {sorted(sample)}).")
+  if len(set(sizes.values())) > 1:
+    raise ValueError(f"sample {sample.get('id')}: image modalities differ in size: {sizes}.")
+  return next(iter(sizes.values()))
+
+
+_LEFT_RIGHT = re.compile(r"\b(left|right)\b")
+
+
+def swap_left_right(text: str) -> str:
+  """The caption of the mirrored image: "left" <-> "right" as whole words."""
+  return _LEFT_RIGHT.sub(lambda m: "right" if m.group(1) == "left" else "left", text)
+
+
+class AlignedCrop(grain.transforms.RandomMap):
+  """Random crop + resize + horizontal flip, identical for every modality.
+
+  Training (`random=True`): the crop covers a fraction in `crop_scale` of the
+  image area, with aspect ratio (relative to the output's) in `crop_ratio`,
+  log-uniform; it is mirrored with probability 0.5 when `flip`. Ten draws are
+  tried; if none fits, the central crop is taken. Evaluation (`random=False`):
+  the largest central crop with the output's aspect ratio, never flipped.
+  """
+
+  def __init__(self, size: Sequence[int], *, crop_scale: Sequence[float] = (1.0, 1.0),
+               crop_ratio: Sequence[float] = (1.0, 1.0), flip: bool = False,
+               random: bool = True):
+    size = (int(size), int(size)) if np.ndim(size) == 0 else tuple(int(s) for s in size)
+    if len(size) != 2 or min(size) <= 0:
+      raise ValueError(f"image_size must be a positive int or (h, w), got {size}.")
+    lo, hi = (float(v) for v in crop_scale)
+    if not 0 < lo <= hi <= 1:
+      raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {tuple(crop_scale)}.")
+    rlo, rhi = (float(v) for v in crop_ratio)
+    if not 0 < rlo <= rhi:
+      raise ValueError(f"crop_ratio must satisfy 0 < min <= max, got {tuple(crop_ratio)}.")
+    self.size = size
+    self.crop_scale = (lo, hi)
+    self.crop_ratio = (rlo, rhi)
+    self.flip = bool(flip)
+    self.random = bool(random)
+
+  def crop_box(self, height: int, width: int, rng: np.random.Generator | None):
+    """(y0, x0, h, w, flipped) of the crop for an image of this size."""
+    out_h, out_w = self.size
+    aspect = out_w / out_h
+    if self.random and rng is not None:
+      log_lo, log_hi = math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1])
+      for _ in range(10):
+        area = height * width * rng.uniform(*self.crop_scale)
+        ratio = aspect * math.exp(rng.uniform(log_lo, log_hi))
+        w = int(round(math.sqrt(area * ratio)))
+        h = int(round(math.sqrt(area / ratio)))
+        if 0 < w <= width and 0 < h <= height:
+          y0 = int(rng.integers(0, height - h + 1))
+          x0 = int(rng.integers(0, width - w + 1))
+          flipped = self.flip and bool(rng.random() < 0.5)
+          return y0, x0, h, w, flipped
+    w = min(width, max(1, int(round(height * aspect))))
+    h = min(height, max(1, int(round(w / aspect))))
+    flipped = self.random and rng is not None and self.flip and bool(rng.random() < 0.5)
+    return (height - h) // 2, (width - w) // 2, h, w, flipped
+
+  def random_map(self, element, rng: np.random.Generator):
+    return self.apply(element, rng if self.random else None)
+
+  def __call__(self, element, rng: np.random.Generator | None = None):
+    return self.apply(element, rng)
+
+  def apply(self, sample: Mapping[str, Any], rng: np.random.Generator | None) -> dict:
+    height, width = _image_size(sample)
+    y0, x0, h, w, flipped = self.crop_box(height, width, rng)
+    out_h, out_w = self.size
+    # Source pixel under the centre of each output pixel (nearest neighbour).
+    rows = np.minimum(y0 + ((np.arange(out_h) + 0.5) * (h / out_h)).astype(np.int64), height - 1)
+    cols = np.minimum(x0 + ((np.arange(out_w) + 0.5) * (w / out_w)).astype(np.int64), width - 1)
+    if flipped:
+      cols = cols[::-1]
+    out = dict(sample)
+    if "rgb" in sample:
+      rgb = Image.fromarray(np.asarray(sample["rgb"], np.uint8))
+      rgb = np.asarray(rgb.resize((out_w, out_h), Image.BILINEAR, box=(x0, y0, x0 + w, y0 + h)))
+      if flipped:
+        rgb = rgb[:, ::-1]
+      out["rgb"] = rgb.astype(np.float32) * np.float32(1 / 255)
+    if "depth" in sample:
+      out["depth"] = np.asarray(sample["depth"], np.float32)[rows[:, None], cols[None, :]]
+    if "semseg" in sample:
+      out["semseg"] = np.asarray(sample["semseg"], np.int32)[rows[:, None], cols[None, :]]
+    if flipped and "caption" in sample:
+      out["caption"] = swap_left_right(str(sample["caption"]))
+    if "scene" in sample:
+      out["scene"] = self._move_points(sample["scene"], (y0, x0, h, w, flipped))
+    return out
+
+  def _move_points(self, scene: Mapping[str, Any], box) -> dict:
+    """Pixel coordinates (x, y) of `*_px` scene arrays, through the crop."""
+    y0, x0, h, w, flipped = box
+    out_h, out_w = self.size
+    scene = dict(scene)
+    for key, value in scene.items():
+      if not key.endswith("_px"):
+        continue
+      pts = np.asarray(value, np.float32)
+      pad = np.all(pts == -1, axis=-1, keepdims=True)
+      x = (pts[..., 0] - x0) * (out_w / w)
+      y = (pts[..., 1] - y0) * (out_h / h)
+      if flipped:
+        x = out_w - x
+      scene[key] = np.where(pad, np.float32(-1), np.stack([x, y], -1)).astype(np.float32)
+    return scene
