@@ -7,7 +7,8 @@ per sample (the raw-sample contract of m4.data):
 
   rgb      uint8 (H, W, 3): diffuse + hemispheric ambient shading, cast
            shadows, a sky gradient; anti-aliased by supersampling.
-  depth    float32 (H, W): z-depth in metres of the pixel-centre ray; sky = 0.
+  depth    float32 (H, W): z-depth in metres of the pixel-centre ray, at most
+           GROUND_FAR (25 m; the ground ends there); sky = 0 (invalid).
   semseg   uint8 (H, W): CLASSES ids of the pixel-centre ray (0 sky, 1 ground,
            2 + shape id for objects).
   caption  str: every object, left to right as the camera sees it, e.g.
@@ -94,6 +95,9 @@ DISTANCE = (6.0, 7.5)
 LOOK_AT_HEIGHT = (0.9, 1.3)
 LAYOUT_HALF = (2.2, 1.5)  # Lateral and depth half-extent of the layout area.
 LIGHT_ELEVATION_DEG = (35.0, 60.0)
+# The ground ends GROUND_FAR metres (z-depth) from the camera: beyond is sky,
+# so every valid depth is finite and at most GROUND_FAR.
+GROUND_FAR = 25.0
 GAP = 0.12  # Minimal free space between two objects' footprints.
 # A scene is redrawn (same objects, new layout and camera) unless every object
 # covers at least this fraction of the image and its own centre pixel ...
@@ -428,7 +432,7 @@ def _cast(scene: _Scene, o, d):
   """Nearest hit: (t, id, part) with id -1 sky, 0 ground, 1 + k object k."""
   with np.errstate(divide="ignore", invalid="ignore"):
     t_ground = np.where(d[:, 1] < 0, -o[..., 1] / d[:, 1], np.inf)
-  t = np.where(t_ground > _EPS, t_ground, np.inf)
+  t = np.where((t_ground > _EPS) & (t_ground <= GROUND_FAR), t_ground, np.inf)
   ids = np.where(np.isfinite(t), 0, -1)
   part = np.zeros(len(d), np.int8)
   for k in range(len(scene.shape)):

@@ -16,7 +16,7 @@ Both samplers map output pixel (i, j) to the same source point
 `box_origin + (index + 0.5) * box_size / out_size`, so an output pixel of
 depth or semseg is the source pixel under the centre of the matching rgb
 pixel. Flipped captions have "left" and "right" swapped, and the pixel
-coordinates in `scene` (keys ending in `_px`, (x, y) order) follow the crop,
+quantities in `scene` (keys ending in `_px`, see `_move_points`) follow the crop,
 resize and flip. Everything else passes through.
 
 Value scales (`normalize` / `denormalize`, numpy or jax arrays):
@@ -210,7 +210,7 @@ class AlignedCrop(grain.transforms.RandomMap):
       rgb = np.asarray(rgb.resize((out_w, out_h), Image.BILINEAR, box=(x0, y0, x0 + w, y0 + h)))
       if flipped:
         rgb = rgb[:, ::-1]
-      out["rgb"] = rgb.astype(np.float32) * np.float32(1 / 255)
+      out["rgb"] = rgb.astype(np.float32) / np.float32(255)
     if "depth" in sample:
       out["depth"] = np.asarray(sample["depth"], np.float32)[rows[:, None], cols[None, :]]
     if "semseg" in sample:
@@ -222,18 +222,39 @@ class AlignedCrop(grain.transforms.RandomMap):
     return out
 
   def _move_points(self, scene: Mapping[str, Any], box) -> dict:
-    """Pixel coordinates (x, y) of `*_px` scene arrays, through the crop."""
+    """The pixel quantities of `scene` (keys ending in `_px`) through the crop.
+
+    Coordinates are continuous (pixel (r, c) covers [c, c+1) x [r, r+1)),
+    (x, y) order; -1 entries are padding and stay -1. By key: "*box*"
+    (..., 4) boxes (x0, y0, x1, y1) are mapped and clipped to the image;
+    "area*" values scale with the pixel area; other (..., 2) arrays are
+    points (which may fall outside the crop); the rest are lengths (e.g.
+    focal_px), scaled by the geometric mean of the two resize factors. Areas
+    are not reduced for the part of an object a crop cuts off.
+    """
     y0, x0, h, w, flipped = box
     out_h, out_w = self.size
+    sx, sy = out_w / w, out_h / h
     scene = dict(scene)
     for key, value in scene.items():
       if not key.endswith("_px"):
         continue
-      pts = np.asarray(value, np.float32)
-      pad = np.all(pts == -1, axis=-1, keepdims=True)
-      x = (pts[..., 0] - x0) * (out_w / w)
-      y = (pts[..., 1] - y0) * (out_h / h)
-      if flipped:
-        x = out_w - x
-      scene[key] = np.where(pad, np.float32(-1), np.stack([x, y], -1)).astype(np.float32)
+      v = np.asarray(value, np.float32)
+      if "area" in key:
+        new, pad = v * (sx * sy), v == -1
+      elif "box" in key:
+        pad = np.all(v == -1, axis=-1, keepdims=True)
+        bx0, by0, bx1, by1 = ((v[..., i] - o) * s for i, o, s in
+                              ((0, x0, sx), (1, y0, sy), (2, x0, sx), (3, y0, sy)))
+        if flipped:
+          bx0, bx1 = out_w - bx1, out_w - bx0
+        new = np.stack([np.clip(bx0, 0, out_w), np.clip(by0, 0, out_h),
+                        np.clip(bx1, 0, out_w), np.clip(by1, 0, out_h)], -1)
+      elif v.ndim >= 2 and v.shape[-1] == 2:
+        pad = np.all(v == -1, axis=-1, keepdims=True)
+        x, y = (v[..., 0] - x0) * sx, (v[..., 1] - y0) * sy
+        new = np.stack([out_w - x if flipped else x, y], -1)
+      else:
+        new, pad = v * np.sqrt(sx * sy), v == -1
+      scene[key] = np.where(pad, np.float32(-1), new).astype(np.float32)
     return scene

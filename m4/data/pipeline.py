@@ -1,0 +1,210 @@
+"""The one grain pipeline builder every trainer uses, set by `config.data`.
+
+    config.data = pipeline.data_config(kind="scenes", dir="/tmp/scenes", batch_size=64)
+    it = iter(pipeline.make_dataset(config.data, "train", seed=config.seed, training=True,
+                                    transforms=[tokenize, mask]))
+    batch = next(it)          # {"rgb": (B, 64, 64, 3) float32, ..., "id": (B,)}
+    ckpt.save(step, state, data_iter=it)   # the iterator's position is saved
+
+Training: source -> this process's shard (`index % process_count ==
+process_index`: each host reads only its samples) -> shuffle (a new order
+each epoch, from `seed`) -> repeat forever -> `AlignedCrop` (per-sample RNG
+from `seed` and the sample's position in the stream, so results do not depend
+on the number of workers) -> the caller's `transforms` -> optional worker
+processes -> batches of `batch_size // process_count`, remainder dropped.
+Worker processes prefetch samples; batching happens after them, so the
+batches are identical with 0, 1 or N workers (a saved iterator position,
+however, is only valid for the same number of workers).
+
+Evaluation (`training=False`): the split once, in order, sharded the same way,
+with the central crop. Every batch is full (static shapes): the last one is
+padded with copies of a real sample, and the batch gets `valid` (B,) bool,
+False on padding. All processes get the same number of batches.
+
+A source may return None for a sample it skips (`on_error="skip"`): training
+leaves it out; evaluation turns it into padding (valid=False).
+
+The caller's `transforms` are applied in order to each sample: a
+`grain.transforms.RandomMap` (gets a per-sample np.random.Generator derived
+from `seed`), a `grain.transforms.Map`/`Filter`, or a plain callable. They must
+be picklable (cloudpickle) when `num_workers > 0`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from m4.data import sources
+from m4.data import transforms as transforms_lib
+from m4.workdir import ConfigError, require
+
+
+def data_config(**overrides) -> ml_collections.ConfigDict:
+  """A `config.data` with every field the data layer reads, documented here.
+
+  For kind "scenes" it also holds the generation fields of
+  `m4.data.scenes.default_config()` (resolution, max_objects, num_train, ...,
+  `workers` = rendering processes), which `scenes.ensure` reads. Any field can
+  be given as a keyword (or set later / on the command line).
+  """
+  c = ml_collections.ConfigDict()
+  c.kind = overrides.get("kind", "scenes")  # "scenes" | "tfds" | "folder" (sources.py).
+  if c.kind == "scenes":
+    from m4.data import scenes  # pylint: disable=g-import-not-at-top
+    c.update(scenes.default_config())
+  c.dir = ""  # scenes: made/kept here; folder: <dir>/<split>/<modality>/...; tfds: data_dir.
+  c.name = ""  # tfds: dataset name, e.g. "nyu_depth_v2".
+  c.tfds_features = ml_collections.ConfigDict()  # tfds: m4 key -> feature path; empty: shipped.
+  c.on_error = "raise"  # folder: "raise" | "skip" bad samples (skips are counted).
+  c.depth_png_scale = 1000.0  # folder: 16-bit depth png value / this = metres.
+  c.modalities = ()  # Raw keys to keep (plus `id`), e.g. ("rgb", "caption"); (): all.
+  c.train_split = "train"
+  c.eval_split = "validation"
+  c.image_size = (64, 64)  # Output (h, w) of every image modality.
+  c.crop_scale = (1.0, 1.0)  # Training: area fraction range of the random crop.
+  c.crop_ratio = (1.0, 1.0)  # Training: aspect ratio range, relative to image_size's.
+  c.flip = False  # Training: mirror half the samples (captions swap left/right).
+  c.batch_size = 64  # Global batch size; each process gets batch_size / processes.
+  c.num_workers = 0  # Loader worker processes (0: transforms run in this process).
+  c.worker_buffer_size = 8  # Samples each worker prepares ahead.
+  c.read_threads = 1  # Threads per process reading and transforming samples.
+  c.prefetch = 16  # Samples those threads prepare ahead.
+  c.update(overrides)
+  return c
+
+
+def mark_flags_parsed():
+  """grain's worker processes read absl flags; outside `absl.app` they are unparsed."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def stage_seed(seed: int, stage: int) -> int:
+  """Independent 32-bit seeds for the pipeline's random stages."""
+  return int(np.random.SeedSequence([int(seed), int(stage)]).generate_state(1)[0])
+
+
+def _check(data) -> None:
+  require(data.get("kind") in sources.KINDS, "data.kind",
+          f"{data.get('kind')!r} is not one of {sources.KINDS}.")
+  require(int(data.batch_size) > 0, "data.batch_size", f"must be positive, got {data.batch_size}.")
+  require(int(data.num_workers) >= 0, "data.num_workers", f"must be >= 0, got {data.num_workers}.")
+  require(int(data.read_threads) >= 1, "data.read_threads",
+          f"must be >= 1, got {data.read_threads}.")
+
+
+def geometry(data, *, training: bool) -> transforms_lib.AlignedCrop:
+  """The AlignedCrop that `config.data` asks for (central crop if not training)."""
+  try:
+    return transforms_lib.AlignedCrop(
+        data.image_size, crop_scale=data.crop_scale, crop_ratio=data.crop_ratio,
+        flip=data.flip, random=training)
+  except ValueError as e:
+    raise ConfigError(f"config.data: {e}") from None
+
+
+def _apply(ds: grain.MapDataset, transforms: Sequence[Any], seed: int) -> grain.MapDataset:
+  for i, t in enumerate(transforms):
+    if isinstance(t, grain.transforms.RandomMap):
+      ds = ds.random_map(t, seed=stage_seed(seed, 10 + i))
+    elif isinstance(t, grain.transforms.Filter):
+      ds = ds.filter(t)
+    elif isinstance(t, grain.transforms.Map) or callable(t):
+      ds = ds.map(t)
+    else:
+      raise TypeError(f"transforms[{i}]: {t!r} is not a grain transform or a callable.")
+  return ds
+
+
+class _ReadPadded(grain.transforms.Map):
+  """Evaluation: position k of this process -> its sample, or padding."""
+
+  def __init__(self, source, process_index: int, process_count: int):
+    self.source, self.index, self.count = source, process_index, process_count
+    self._pad = None
+
+  def _padding(self):
+    if self._pad is None:
+      for i in range(len(self.source)):
+        sample = self.source[i]
+        if sample is not None:
+          self._pad = sample
+          break
+      else:
+        raise ValueError(f"{self.source!r}: no readable sample to pad with.")
+    return self._pad
+
+  def map(self, k):
+    i = self.index + self.count * int(k)
+    sample = self.source[i] if i < len(self.source) else None
+    if sample is None:
+      return dict(self._padding(), valid=np.False_)
+    return dict(sample, valid=np.True_)
+
+
+def make_dataset(data, split: str, *, seed: int, training: bool,
+                 transforms: Sequence[Any] = (), source=None,
+                 process_index: int | None = None,
+                 process_count: int | None = None) -> grain.IterDataset:
+  """The grain dataset of host-local batches of `split` (see module doc).
+
+  Args:
+    data: the `config.data` ConfigDict (fields: `data_config`).
+    split: split name, e.g. data.train_split.
+    seed: the config's seed; shuffling and random crops derive from it.
+    training: shuffle + repeat + random crops + drop remainder, or one
+      ordered, padded pass with central crops.
+    transforms: per-sample transforms applied after the geometry.
+    source: a random-access source to use instead of `make_source(data, split)`.
+    process_index, process_count: this host's shard (default: jax's).
+
+  Returns:
+    A grain IterDataset; `iter()` of it is a checkpointable DatasetIterator.
+  """
+  _check(data)
+  p = jax.process_index() if process_index is None else int(process_index)
+  n_proc = jax.process_count() if process_count is None else int(process_count)
+  require(int(data.batch_size) % n_proc == 0, "data.batch_size",
+          f"{data.batch_size} does not divide over {n_proc} processes.")
+  batch = int(data.batch_size) // n_proc
+  source = sources.make_source(data, split) if source is None else source
+  n = len(source)
+  if n < n_proc:
+    raise ConfigError(f"config.data: split {split!r} of {source!r} has {n} samples,"
+                      f" fewer than the {n_proc} processes.")
+  crop = geometry(data, training=training)
+  if training:
+    ds = grain.MapDataset.source(source)[p::n_proc]
+    ds = ds.shuffle(seed=stage_seed(seed, 0)).repeat(None)
+    ds = ds.random_map(crop, seed=stage_seed(seed, 1))
+  else:
+    per_process = math.ceil(math.ceil(n / n_proc) / batch) * batch
+    ds = grain.MapDataset.range(per_process).map(_ReadPadded(source, p, n_proc))
+    ds = ds.map(lambda x: crop.apply(x, None))
+  ds = _apply(ds, transforms, seed)
+  read = grain.ReadOptions(num_threads=int(data.read_threads), prefetch_buffer_size=int(data.prefetch))
+  it_ds = ds.to_iter_dataset(read)
+  if int(data.num_workers) > 0:
+    mark_flags_parsed()
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=int(data.num_workers), per_worker_buffer_size=int(data.worker_buffer_size)))
+  return it_ds.batch(batch, drop_remainder=training)
+
+
+def make_iterator(data, split: str, **kwargs):
+  """`iter(make_dataset(...))`: a checkpointable grain DatasetIterator."""
+  return iter(make_dataset(data, split, **kwargs))
+
+
+def num_eval_batches(data, num_samples: int, process_count: int | None = None) -> int:
+  """How many batches an evaluation pass over `num_samples` gives each process."""
+  n_proc = jax.process_count() if process_count is None else int(process_count)
+  batch = int(data.batch_size) // n_proc
+  return math.ceil(math.ceil(num_samples / n_proc) / batch)

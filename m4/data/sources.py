@@ -1,0 +1,344 @@
+"""Random-access sources of raw samples (the data contract), by `data.kind`.
+
+    source = sources.make_source(config.data, "train")
+    len(source), source[0]   # {"rgb": uint8 (H, W, 3), "depth": ..., "id": 0}
+
+Kinds:
+  * `scenes`: the procedural scenes dataset in `data.dir`, made on first use
+    (`m4.data.scenes.ensure(data.dir, data)`, which reads the generation
+    fields of `data`: resolution, max_objects, num_train, ...).
+  * `tfds`: TFDS dataset `data.name` read with `tfds.data_source` (ArrayRecord,
+    no TensorFlow graph at read time) from `data.dir` (TFDS's default when
+    empty). `data.tfds_features` maps m4 keys to feature paths ("a/b" for
+    nested features); empty uses `TFDS_FEATURES[data.name]`.
+  * `folder`: aligned files `data.dir/<split>/<modality>/<sample_id>.<ext>`.
+
+Every source yields numpy per the contract: rgb uint8 (H, W, 3), depth float32
+metres with NaN/inf/negative set to 0, semseg uint8, caption str, and `id`
+(int64, the index within the split).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from absl import logging
+from PIL import Image
+
+from m4.workdir import ConfigError
+
+KINDS = ("scenes", "tfds", "folder")
+
+# m4 key -> TFDS feature path. A feature holding several texts (COCO has five
+# captions per image) gives its first one, in the order stored in the record,
+# which TFDS keeps fixed: the same caption every epoch, on every host.
+TFDS_FEATURES = {
+    "nyu_depth_v2": {"rgb": "image", "depth": "depth"},
+    "coco_captions": {"rgb": "image", "caption": "captions/text"},
+}
+
+FOLDER_EXTENSIONS = {
+    "rgb": (".png", ".jpg", ".jpeg"),
+    "depth": (".png", ".npy"),
+    "semseg": (".png",),
+    "caption": (".txt",),
+}
+ON_ERROR = ("raise", "skip")
+
+
+def make_source(data, split: str):
+  """The random-access source of `split` for the `config.data` ConfigDict."""
+  kind = data.get("kind")
+  if kind not in KINDS:
+    raise ConfigError(f"config.data.kind: {kind!r} is not one of {KINDS}.")
+  keep = tuple(data.get("modalities") or ())
+  if kind == "scenes":
+    from m4.data import scenes  # pylint: disable=g-import-not-at-top
+    directory = scenes.ensure(data.dir, data)  # Reads the SceneSpec fields of `data`.
+    source = scenes.ScenesSource(directory, split)
+  elif kind == "tfds":
+    source = TfdsSource(data.name, split, data_dir=data.get("dir") or None,
+                        features=dict(data.get("tfds_features") or {}) or None)
+  else:
+    source = FolderSource(os.path.join(data.dir, split), modalities=keep or None,
+                          on_error=data.get("on_error", "raise"),
+                          depth_png_scale=data.get("depth_png_scale", 1000.0))
+  return source if not keep else SelectKeys(source, keep)
+
+
+class SelectKeys:
+  """Keeps the given raw keys (and `id`) of another source's samples."""
+
+  def __init__(self, source, keys: Sequence[str]):
+    self.source = source
+    self.keys = tuple(keys)
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int):
+    sample = self.source[index]
+    if sample is None:
+      return None
+    missing = [k for k in self.keys if k not in sample]
+    if missing:
+      raise KeyError(f"{self.source!r}[{index}] has no {missing} (config.data.modalities);"
+                     f" it has {sorted(sample)}.")
+    return {k: v for k, v in sample.items() if k in self.keys or k == "id"}
+
+  def __repr__(self) -> str:
+    return f"SelectKeys({self.source!r}, {self.keys})"
+
+
+# ---------------------------------------------------------------------------
+# Value conversions shared by the readers.
+
+
+def as_rgb(x, where: str) -> np.ndarray:
+  x = np.asarray(x)
+  if x.ndim == 2:
+    x = x[..., None]
+  if x.ndim != 3 or x.shape[-1] not in (1, 3, 4):
+    raise ValueError(f"{where}: rgb must be (H, W, 3), got shape {x.shape}.")
+  if x.dtype != np.uint8:
+    raise ValueError(f"{where}: rgb must be uint8, got {x.dtype}.")
+  if x.shape[-1] == 1:
+    x = np.repeat(x, 3, axis=-1)
+  return np.ascontiguousarray(x[..., :3])
+
+
+def as_depth(x, where: str, scale: float = 1.0) -> np.ndarray:
+  """Metres, float32; NaN, inf and negative values become 0 (invalid)."""
+  x = np.asarray(x)
+  if x.ndim == 3 and x.shape[-1] == 1:
+    x = x[..., 0]
+  if x.ndim != 2:
+    raise ValueError(f"{where}: depth must be (H, W), got shape {x.shape}.")
+  x = x.astype(np.float32) / np.float32(scale)
+  return np.where(np.isfinite(x) & (x > 0), x, np.float32(0))
+
+
+def as_semseg(x, where: str) -> np.ndarray:
+  x = np.asarray(x)
+  if x.ndim == 3 and x.shape[-1] == 1:
+    x = x[..., 0]
+  if x.ndim != 2:
+    raise ValueError(f"{where}: semseg must be (H, W) class ids, got shape {x.shape}.")
+  if x.dtype != np.uint8:
+    if x.size and (x.min() < 0 or x.max() > 255):
+      raise ValueError(f"{where}: semseg class ids must be in [0, 255], got"
+                       f" [{x.min()}, {x.max()}].")
+    x = x.astype(np.uint8)
+  return x
+
+
+def as_caption(x, where: str) -> str:
+  if isinstance(x, np.ndarray) and x.ndim > 0 or isinstance(x, (list, tuple)):
+    if len(x) == 0:
+      raise ValueError(f"{where}: no caption.")
+    x = x[0]  # The first of several captions (see TFDS_FEATURES).
+  if isinstance(x, np.ndarray):
+    x = x.item()
+  if isinstance(x, bytes):
+    x = x.decode("utf-8")
+  if not isinstance(x, str):
+    raise ValueError(f"{where}: caption must be text, got {type(x).__name__}.")
+  return x
+
+
+CONVERT = {"rgb": as_rgb, "depth": as_depth, "semseg": as_semseg, "caption": as_caption}
+
+
+# ---------------------------------------------------------------------------
+# TFDS.
+
+
+class TfdsSource:
+  """A TFDS split through `tfds.data_source`, with features renamed to m4 keys."""
+
+  def __init__(self, name: str, split: str, *, data_dir: str | None = None,
+               features: Mapping[str, str] | None = None):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    if not name:
+      raise ConfigError("config.data.name: a TFDS dataset name is required for kind 'tfds'.")
+    if features is None:
+      if name.split(":")[0].split("/")[0] not in TFDS_FEATURES:
+        raise ConfigError(
+            f"config.data.tfds_features: no shipped mapping for TFDS dataset {name!r}"
+            f" (shipped: {sorted(TFDS_FEATURES)}); give one, e.g. {{'rgb': 'image'}}.")
+      features = TFDS_FEATURES[name.split(":")[0].split("/")[0]]
+    unknown = set(features) - set(CONVERT)
+    if unknown:
+      raise ConfigError(f"config.data.tfds_features: unknown m4 keys {sorted(unknown)};"
+                        f" known: {sorted(CONVERT)}.")
+    self.name, self.split, self.features = name, split, dict(features)
+    self.source = tfds.data_source(name, split=split, data_dir=data_dir)
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> dict:
+    record = self.source[index]
+    out = {}
+    for key, path in self.features.items():
+      value = record
+      for part in path.split("/"):
+        if not isinstance(value, Mapping) or part not in value:
+          raise KeyError(f"TFDS {self.name}[{self.split}][{index}]: no feature {path!r}"
+                         f" (config.data.tfds_features.{key}).")
+        value = value[part]
+      out[key] = CONVERT[key](value, f"TFDS {self.name}[{self.split}][{index}].{path}")
+    out["id"] = np.int64(index)
+    return out
+
+  def __repr__(self) -> str:
+    return f"TfdsSource({self.name!r}, {self.split!r})"
+
+
+# ---------------------------------------------------------------------------
+# Aligned folders.
+
+
+class FolderError(ValueError):
+  """A sample of a folder dataset is missing, unreadable or misaligned."""
+
+
+class FolderSource:
+  """Aligned files `root/<modality>/<sample_id>.<ext>`, one file per modality.
+
+  Files: rgb png/jpg (converted to RGB); depth 16-bit png, metres =
+  value / `depth_png_scale` (1000: millimetres; 0 = invalid), or npy float
+  metres (H, W); semseg single-channel png (mode L or P) of class ids, 255 =
+  unlabelled; caption utf-8 txt. Sample ids sort as strings.
+
+  Listing happens at construction: an id present in one modality and missing
+  in another, two files for one id, or a file with an unknown extension is a
+  FolderError naming the path. Reading decodes every file and checks that the
+  images agree in size; failures name the file. With `on_error="skip"` such
+  samples are left out instead (reads then return None, which the pipeline
+  drops) and counted in `skipped` (a list of (path, reason)), each logged once.
+  """
+
+  def __init__(self, root: str, *, modalities: Sequence[str] | None = None,
+               on_error: str = "raise", depth_png_scale: float = 1000.0):
+    if on_error not in ON_ERROR:
+      raise ConfigError(f"config.data.on_error: {on_error!r} is not one of {ON_ERROR}.")
+    if not os.path.isdir(root):
+      raise ConfigError(f"config.data.dir: no folder dataset at {root!r}"
+                        " (expected <dir>/<split>/<modality>/<sample_id>.<ext>).")
+    if modalities is None:
+      modalities = [m for m in FOLDER_EXTENSIONS if os.path.isdir(os.path.join(root, m))]
+      if not modalities:
+        raise ConfigError(f"config.data.dir: {root!r} holds none of the modality folders"
+                          f" {sorted(FOLDER_EXTENSIONS)}.")
+    for m in modalities:
+      if m not in FOLDER_EXTENSIONS:
+        raise ConfigError(f"config.data.modalities: {m!r} cannot be read from folders;"
+                          f" known: {sorted(FOLDER_EXTENSIONS)}.")
+      if not os.path.isdir(os.path.join(root, m)):
+        raise ConfigError(f"config.data.modalities: no folder {os.path.join(root, m)!r}.")
+    self.root, self.modalities = root, tuple(modalities)
+    self.on_error, self.depth_png_scale = on_error, float(depth_png_scale)
+    self.skipped: list[tuple[str, str]] = []
+    self._lock = threading.Lock()
+    self._logged: set[str] = set()
+    self.files = self._list()  # [{modality: path}], one per sample, sorted by id.
+
+  def _fail(self, path: str, reason: str):
+    if self.on_error == "raise":
+      raise FolderError(f"{path}: {reason}")
+    with self._lock:
+      self.skipped.append((path, reason))
+      if path not in self._logged:
+        self._logged.add(path)
+        logging.warning("folder source: skipping %s: %s", path, reason)
+
+  @property
+  def num_skipped(self) -> int:
+    return len(self.skipped)
+
+  def _list(self) -> list[dict[str, str]]:
+    by_id = collections.defaultdict(dict)
+    for m in self.modalities:
+      folder = os.path.join(self.root, m)
+      for name in sorted(os.listdir(folder)):
+        if name.startswith("."):
+          continue
+        path = os.path.join(folder, name)
+        stem, ext = os.path.splitext(name)
+        if ext.lower() not in FOLDER_EXTENSIONS[m]:
+          self._fail(path, f"unknown extension for {m}; expected one of {FOLDER_EXTENSIONS[m]}.")
+          continue
+        if m in by_id[stem]:
+          self._fail(path, f"a second {m} file for sample {stem!r} (first: {by_id[stem][m]}).")
+          by_id[stem][m] = None  # Neither file can be trusted.
+          continue
+        by_id[stem][m] = path
+    files = []
+    for stem in sorted(by_id):
+      entry = by_id[stem]
+      missing = [m for m in self.modalities if m not in entry]
+      if missing or any(p is None for p in entry.values()):
+        if missing:
+          have = next(p for p in entry.values() if p)
+          exts = "|".join(e.lstrip(".") for e in FOLDER_EXTENSIONS[missing[0]])
+          self._fail(os.path.join(self.root, missing[0], f"{stem}.{{{exts}}}"),
+                     f"missing: sample {stem!r} has {have} but no {missing[0]} file.")
+        continue
+      files.append(entry)
+    return files
+
+  def __len__(self) -> int:
+    return len(self.files)
+
+  def _read(self, modality: str, path: str):
+    if modality == "caption":
+      with open(path, encoding="utf-8") as f:
+        return f.read().strip()
+    if modality == "depth" and path.endswith(".npy"):
+      return as_depth(np.load(path, allow_pickle=False), path)
+    with Image.open(path) as im:
+      im.load()
+      if modality == "rgb":
+        return as_rgb(np.asarray(im.convert("RGB")), path)
+      if modality == "depth":
+        if im.mode not in ("I;16", "I;16B", "I;16L", "I"):
+          raise ValueError(f"depth PNGs must be 16-bit (mode I;16), got mode {im.mode}.")
+        return as_depth(np.asarray(im), path, self.depth_png_scale)
+      if im.mode not in ("L", "P"):
+        raise ValueError(f"semseg PNGs hold class ids in one channel (mode L or P),"
+                         f" got mode {im.mode}.")
+      return as_semseg(np.asarray(im), path)
+
+  def __getitem__(self, index: int) -> dict | None:
+    entry = self.files[index]
+    sample = {}
+    for m, path in entry.items():
+      try:
+        sample[m] = self._read(m, path)
+      except (OSError, ValueError, UnicodeDecodeError, SyntaxError) as e:
+        self._fail(path, f"cannot read {m}: {e}")
+        return None
+    sizes = {entry[m]: sample[m].shape[:2] for m in sample if m != "caption"}
+    if len(set(sizes.values())) > 1:
+      self._fail(entry[self.modalities[0]],
+                 "image sizes differ: " + ", ".join(f"{p} {s}" for p, s in sizes.items()))
+      return None
+    sample["id"] = np.int64(index)
+    return sample
+
+  def __repr__(self) -> str:
+    return f"FolderSource({self.root!r}, {self.modalities})"
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state.pop("_lock")
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
