@@ -12,8 +12,9 @@ of largest cosine similarity (ViT-VQGAN's recipe; the low `dim` is the
 factorised lookup). The codebook is not trained by gradients: each code is the
 normalised exponential moving average of the encoder outputs assigned to it.
 A code whose moving-average assignment count falls below `dead_threshold`
-(assignments per step) is re-seeded from the current batch's encoder outputs;
-all counts start at 0, so the first update seeds every code from data.
+(assignments per step) is re-seeded from the current batch's encoder outputs.
+The moving averages start at 0, so the first update puts every code on data:
+the mean direction of the outputs assigned to it, or a restart.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class VectorQuantizer(nnx.Module):
     self.restart_noise = restart_noise
     codes = l2_normalize(jax.random.normal(rngs.params(), (num_codes, dim)))
     self.codebook = CodebookState(codes)
-    self.ema_sum = CodebookState(codes)
+    self.ema_sum = CodebookState(jnp.zeros((num_codes, dim), jnp.float32))
     self.ema_count = CodebookState(jnp.zeros((num_codes,), jnp.float32))
 
   def lookup(self, indices: jax.Array) -> jax.Array:
@@ -113,17 +114,19 @@ class VectorQuantizer(nnx.Module):
     ema_count = d * self.ema_count.get_value() + (1 - d) * count
     ema_sum = d * self.ema_sum.get_value() + (1 - d) * total
 
-    # Re-seed codes that (almost) nobody uses from random current outputs.
+    # Re-seed codes that (almost) nobody uses from current outputs, picked with
+    # probability proportional to their distance from their code (k-means++
+    # style: badly represented outputs get codes first). A restarted code gets
+    # the threshold count: unless it attracts assignments in the next step it
+    # is restarted again.
     dead = ema_count < self.dead_threshold
     pick_key, noise_key = jax.random.split(key)
-    pick = jax.random.randint(pick_key, (self.num_codes,), 0, z.shape[0])
+    distance = jnp.sum(jnp.square(z - jnp.take(self.codebook.get_value(), idx, axis=0)), -1)
+    pick = jax.random.categorical(pick_key, jnp.log(distance + 1e-6), shape=(self.num_codes,))
     noise = self.restart_noise * jax.random.normal(noise_key, (self.num_codes, self.dim))
     seeds = l2_normalize(z[pick] + noise)
-    # A restarted code starts at the threshold-level count: it must attract
-    # assignments to survive, but is not re-seeded again at once.
-    fresh_count = jnp.full_like(ema_count, 2.0 * self.dead_threshold)
-    ema_count = jnp.where(dead, fresh_count, ema_count)
-    ema_sum = jnp.where(dead[:, None], seeds * fresh_count[:, None], ema_sum)
+    ema_count = jnp.where(dead, self.dead_threshold, ema_count)
+    ema_sum = jnp.where(dead[:, None], seeds * self.dead_threshold, ema_sum)
 
     self.ema_count.set_value(ema_count)
     self.ema_sum.set_value(ema_sum)

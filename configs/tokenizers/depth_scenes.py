@@ -1,0 +1,27 @@
+"""VQ tokenizer for depth on the scenes dataset: 64 px -> 8x8 tokens, 1024 codes.
+
+    python -m m4.main --config=configs/tokenizers/depth_scenes.py --workdir=workdirs/tokenizers/vq_depth
+    python -m m4.main --config=configs/tokenizers/depth_scenes.py:quick --workdir=DIR
+
+Depth is modelled as normalised log-depth (m4.data.transforms) with a robust
+loss over valid pixels and a validity (sky) channel. `quick` is sized for the
+quickstart; the default is the full run recorded in experiments/tokenizers/.
+"""
+
+from m4.trainers import tokenizer
+
+
+def get_config(arg=None):
+  c = tokenizer.default_config("depth")
+  c.data.dir = "workdirs/data/scenes"
+  c.data.flip = True
+  c.io.loss_weights = {"depth": 1.0, "valid": 0.1}
+  if arg == "quick":
+    c.model.channels = (16, 32, 64)
+    c.data.batch_size = 32
+    c.num_steps = 200
+    c.optimizer.warmup_steps = 50
+    c.eval.num_samples = 256
+  elif arg is not None:
+    raise ValueError(f"depth_scenes: unknown variant {arg!r}; use no argument or 'quick'.")
+  return c

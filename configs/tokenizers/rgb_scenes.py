@@ -1,0 +1,28 @@
+"""VQ tokenizer for RGB on the scenes dataset: 64 px -> 8x8 tokens, 1024 codes.
+
+    python -m m4.main --config=configs/tokenizers/rgb_scenes.py --workdir=workdirs/tokenizers/vq_rgb
+    python -m m4.main --config=configs/tokenizers/rgb_scenes.py:quick --workdir=DIR
+
+`quick` is sized for the quickstart (a couple of minutes on 2 CPU cores,
+lower quality); the default is the full run recorded in
+experiments/tokenizers/. The codebook size and the token grid come from the
+modality registry (m4/modalities.py).
+"""
+
+from m4.trainers import tokenizer
+
+
+def get_config(arg=None):
+  c = tokenizer.default_config("rgb")
+  c.data.dir = "workdirs/data/scenes"
+  c.data.flip = True
+  c.io.loss_weights = {"mse": 1.0, "l1": 0.1}
+  if arg == "quick":
+    c.model.channels = (16, 32, 64)
+    c.data.batch_size = 32
+    c.num_steps = 200
+    c.optimizer.warmup_steps = 50
+    c.eval.num_samples = 256
+  elif arg is not None:
+    raise ValueError(f"rgb_scenes: unknown variant {arg!r}; use no argument or 'quick'.")
+  return c

@@ -1,0 +1,29 @@
+"""VQ tokenizer for semantic maps on the scenes dataset: 64 px -> 8x8 tokens, 512 codes.
+
+    python -m m4.main --config=configs/tokenizers/semseg_scenes.py --workdir=workdirs/tokenizers/vq_semseg
+    python -m m4.main --config=configs/tokenizers/semseg_scenes.py:quick --workdir=DIR
+
+Classes are one-hot inputs and cross-entropy outputs (255 = unlabelled is
+ignored). `quick` is sized for the quickstart; the default is the full run
+recorded in experiments/tokenizers/.
+"""
+
+from m4.data import scenes
+from m4.trainers import tokenizer
+
+
+def get_config(arg=None):
+  c = tokenizer.default_config("semseg")
+  c.data.dir = "workdirs/data/scenes"
+  c.data.flip = True
+  c.io.num_classes = len(scenes.CLASSES)
+  c.io.loss_weights = {"ce": 1.0}
+  if arg == "quick":
+    c.model.channels = (16, 32, 64)
+    c.data.batch_size = 32
+    c.num_steps = 200
+    c.optimizer.warmup_steps = 50
+    c.eval.num_samples = 256
+  elif arg is not None:
+    raise ValueError(f"semseg_scenes: unknown variant {arg!r}; use no argument or 'quick'.")
+  return c
