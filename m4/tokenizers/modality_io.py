@@ -55,7 +55,7 @@ class ModalityIO:
   key: str = ""  # The raw-sample key: "rgb", "depth" or "semseg".
   in_channels: int = 0
   out_channels: int = 0
-  spatial_ndim: int = 3  # Raw batch rank: (B, H, W) or (B, H, W, C).
+  headline: tuple[str, ...] = ()  # Training metrics the progress line shows first.
 
   def __init__(self, name: str, loss_weights: Mapping[str, float] | None = None):
     self.name = name
@@ -106,6 +106,7 @@ class ModalityIO:
 
 class RgbIO(ModalityIO):
   key, in_channels, out_channels = "rgb", 3, 3
+  headline = ("psnr",)
 
   @staticmethod
   def default_weights():
@@ -157,6 +158,7 @@ class RgbIO(ModalityIO):
 
 class DepthIO(ModalityIO):
   key, in_channels, out_channels = "depth", 2, 2
+  headline = ("delta1_log",)
 
   @staticmethod
   def default_weights():
@@ -225,6 +227,7 @@ class DepthIO(ModalityIO):
 
 class SemsegIO(ModalityIO):
   key = "semseg"
+  headline = ("pixel_accuracy",)
 
   def __init__(self, name, loss_weights=None, *, num_classes: int):
     super().__init__(name, loss_weights)

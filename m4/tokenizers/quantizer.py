@@ -130,5 +130,7 @@ class VectorQuantizer(nnx.Module):
 
     self.ema_count.set_value(ema_count)
     self.ema_sum.set_value(ema_sum)
-    self.codebook.set_value(l2_normalize(ema_sum))
+    # A code that has never been assigned (nor restarted) keeps its initial value.
+    codes = jnp.where((ema_count > 0)[:, None], l2_normalize(ema_sum), self.codebook.get_value())
+    self.codebook.set_value(codes)
     return dead.sum().astype(jnp.int32)

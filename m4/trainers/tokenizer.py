@@ -289,7 +289,8 @@ def run(config, workdir: str) -> dict:
       means = jax.tree.map(lambda *v: np.mean(np.stack(v)), *jax.device_get(pending))
       means["codes_restarted"] = means["codes_restarted"] * len(pending)  # A sum, not a mean.
       means["learning_rate"] = trainer.schedule(step - 1)
-      logger.write(step, means)
+      first = ["loss", *trainer.io.headline, "batch_codebook_usage", "batch_perplexity"]
+      logger.write(step, {k: means[k] for k in first + sorted(set(means) - set(first))})
       pending = []
     if step % config.checkpoint_every == 0 or step == num_steps:
       ckpt.save(step, trainer.to_checkpoint(state), data_iter=it,
