@@ -16,5 +16,16 @@ def get_config(arg=None):
   config.trainer = "quickstart"
   config.seed = 0
   config.stages = ml_collections.ConfigDict()
-  config.order = ()  # Stage names in the order they run.
+
+  # Stage "data": the scenes dataset in WORKDIR/data (4000 train / 256
+  # validation / 256 test at 64 px: about a minute with 2 workers on 2 cores)
+  # and a grid of it. Later stages read it through `data` below.
+  data = ml_collections.ConfigDict(dict(
+      kind="scenes", dir="{root}/data", resolution=64, min_objects=1, max_objects=4,
+      seed=0, antialias=2, num_train=4000, num_validation=256, num_test=256, workers=2))
+  config.stages.data = ml_collections.ConfigDict(dict(
+      trainer="scenes", data=data, grid_split="validation", grid_rows=8,
+      benchmark_samples=50))
+
+  config.order = ("data",)  # Stage names in the order they run.
   return config

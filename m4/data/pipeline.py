@@ -26,14 +26,15 @@ leaves it out; evaluation turns it into padding (valid=False).
 
 The caller's `transforms` are applied in order to each sample: a
 `grain.transforms.RandomMap` (gets a per-sample np.random.Generator derived
-from `seed`), a `grain.transforms.Map`/`Filter`, or a plain callable. They must
-be picklable (cloudpickle) when `num_workers > 0`.
+from `seed`), a `grain.transforms.Map`/`Filter` (a Filter in evaluation makes
+batches short), or a plain callable. They must be picklable (cloudpickle) when
+`num_workers > 0`; close such an iterator (`it.close()`) when done with it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import grain
 import jax
@@ -50,8 +51,10 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
 
   For kind "scenes" it also holds the generation fields of
   `m4.data.scenes.default_config()` (resolution, max_objects, num_train, ...,
-  `workers` = rendering processes), which `scenes.ensure` reads. Any field can
-  be given as a keyword (or set later / on the command line).
+  `workers` = rendering processes), which `scenes.ensure` reads; its `seed` is
+  the dataset's generation seed, while order and crops follow the `seed` given
+  to `make_dataset` (the config's top-level seed). Any field can be given as a
+  keyword (or set later / on the command line).
   """
   c = ml_collections.ConfigDict()
   c.kind = overrides.get("kind", "scenes")  # "scenes" | "tfds" | "folder" (sources.py).
@@ -73,6 +76,7 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
   c.batch_size = 64  # Global batch size; each process gets batch_size / processes.
   c.num_workers = 0  # Loader worker processes (0: transforms run in this process).
   c.worker_buffer_size = 8  # Samples each worker prepares ahead.
+  c.min_shm_size = 1 << 20  # Workers send arrays below this many bytes pickled, not in shm.
   c.read_threads = 1  # Threads per process reading and transforming samples.
   c.prefetch = 16  # Samples those threads prepare ahead.
   c.update(overrides)
@@ -193,6 +197,9 @@ def make_dataset(data, split: str, *, seed: int, training: bool,
   it_ds = ds.to_iter_dataset(read)
   if int(data.num_workers) > 0:
     mark_flags_parsed()
+    # Small arrays travel pickled: a shared-memory block per array costs more.
+    it_ds = grain.experimental.WithOptionsIterDataset(
+        it_ds, grain.experimental.DatasetOptions(min_shm_size=int(data.min_shm_size)))
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=int(data.num_workers), per_worker_buffer_size=int(data.worker_buffer_size)))
   return it_ds.batch(batch, drop_remainder=training)

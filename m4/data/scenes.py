@@ -1,9 +1,12 @@
 """The scenes dataset: small procedural 3D scenes, every modality exactly aligned.
 
-A few objects (sphere, cube, cylinder, cone) of several colours and sizes stand
-on a ground plane under a sky, seen from a random camera and lit by a sun that
-casts shadows. Vectorised numpy ray casting with analytic intersections gives,
-per sample (the raw-sample contract of m4.data):
+Between min_objects and max_objects (at most 5) objects, each a shape of
+SHAPES, a colour of COLORS and a size of SIZES, stand on a ground plane under
+a sky, seen from a random camera (45 degree field of view, no roll) and lit by
+a sun that casts shadows. Objects never intersect; every object is visible
+(its centre pixel and at least 0.8 % of the image). Vectorised numpy ray
+casting with analytic intersections gives, per sample (the raw-sample
+contract of m4.data):
 
   rgb      uint8 (H, W, 3): diffuse + hemispheric ambient shading, cast
            shadows, a sky gradient; anti-aliased by supersampling.
@@ -15,8 +18,9 @@ per sample (the raw-sample contract of m4.data):
            "a large red sphere left of a small blue cube in front of a medium
            gray cone" (each relation links an object to the next one).
   labels   {"count": int32 number of objects,
-            "largest_shape": int32 SHAPES id of the largest object}; sizes are
-           drawn so that exactly one object has the largest size.
+            "largest_shape": int32 SHAPES id of the largest object}: the
+           object whose size (in SIZES) is largest; sizes are drawn so that
+           exactly one object has the largest size.
   scene    per-object arrays padded to max_objects with -1, objects sorted left
            to right (the caption's order): shape, color, size (ids into SHAPES,
            COLORS, SIZES), center_px (x = column, y = row, continuous pixel
@@ -42,7 +46,10 @@ Each split is written to a temporary file and renamed when complete, so an
 interrupted run leaves no half split behind; rerunning resumes with the
 missing splits. Files other than these in DIR are never touched.
 
-    python -m m4.data.scenes --out /tmp/scenes --num 4000
+    python -m m4.data.scenes --out /tmp/scenes --num 4000 [--workers 2]
+        [--num_validation 400 --num_test 400 --resolution 64 --max_objects 4
+         --seed 0 --split train]   # validation/test default to num // 10
+    python -m m4.data.scenes --benchmark 500   # renders only, prints samples/s
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ import dataclasses
 import glob
 import multiprocessing
 import os
+import re
+import socket
 import sys
 import time
 from typing import Any, Iterator, Mapping
@@ -91,9 +100,15 @@ AMBIENT, DIFFUSE = 0.42, 0.68
 # azimuth, elevation and distance and looks at a point above it.
 FOV_DEG = 45.0
 ELEVATION_DEG = (17.0, 27.0)
-DISTANCE = (6.0, 7.5)
-LOOK_AT_HEIGHT = (0.9, 1.3)
-LAYOUT_HALF = (2.2, 1.5)  # Lateral and depth half-extent of the layout area.
+DISTANCE = (5.6, 7.0)
+LOOK_AT_HEIGHT = (0.5, 0.9)
+LAYOUT_DEPTH = (-2.0, 1.4)  # Layout area: metres beyond the centre, seen from
+LAYOUT_LATERAL = 0.75  # the camera, and this fraction of the half-width of
+# the view at that depth to either side.
+# Footprints (plus GAP) cover at most this fraction of the layout area; a
+# crowded scene is scaled up (layout, camera distance and height), so it is
+# seen from further away.
+PACKING = 0.4
 LIGHT_ELEVATION_DEG = (35.0, 60.0)
 # The ground ends GROUND_FAR metres (z-depth) from the camera: beyond is sky,
 # so every valid depth is finite and at most GROUND_FAR.
@@ -101,19 +116,21 @@ GROUND_FAR = 25.0
 GAP = 0.12  # Minimal free space between two objects' footprints.
 # A scene is redrawn (same objects, new layout and camera) unless every object
 # covers at least this fraction of the image and its own centre pixel ...
-MIN_VISIBLE_FRACTION = 0.004
-MAX_ATTEMPTS = 200
+MIN_VISIBLE_FRACTION = 0.008
+MAX_ATTEMPTS = 1000
 # ... and its centre lies at least this fraction of the width inside the image.
 CENTRE_MARGIN = 0.08
 # Consecutive objects (left to right) are "left of" each other when their
 # centres are at least this fraction of the width apart, otherwise "in front
 # of" / "behind" by depth.
 LEFT_OF_FRACTION = 0.1
-MAX_OBJECTS_LIMIT = 6  # Keeps captions within 48 tokens: 7 * K - 3 words.
+MAX_OBJECTS_LIMIT = 5  # More do not fit the layout; captions: <= 7 * K - 3 words.
 _EPS = 1e-6
 
-# Bumped whenever the renderer's output changes; datasets record it.
-RENDERER_VERSION = 1
+# Bumped whenever the renderer's output changes; datasets record it and ensure()
+# refuses a dataset made by another version. 2: closer framing, at most 5
+# objects, crowded scenes seen from further away.
+RENDERER_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,11 +276,18 @@ def _sample_layout(rng, shape, color, size) -> _Scene | None:
   elevation = np.deg2rad(rng.uniform(*ELEVATION_DEG))
   distance = rng.uniform(*DISTANCE)
   centre = np.array([rng.uniform(-0.3, 0.3), 0.0, rng.uniform(-0.3, 0.3)])
+  tan = np.tan(np.deg2rad(FOV_DEG) / 2)
+  near, far = LAYOUT_DEPTH
+  area = (far - near) * 2 * LAYOUT_LATERAL * tan * (distance * np.cos(elevation)
+                                                      + (near + far) / 2)
+  foot = _footprint(shape, size)
+  scale = max(1.0, np.sqrt(np.sum(np.pi * (foot + GAP / 2) ** 2) / (PACKING * area)))
+  distance, near, far = scale * distance, scale * near, scale * far
   back = np.array([np.cos(azimuth) * np.cos(elevation), np.sin(elevation),
                    np.sin(azimuth) * np.cos(elevation)])
   cam_pos = centre + distance * back
   # Looking above the layout's centre leaves room for the sky.
-  target = centre + [0.0, rng.uniform(*LOOK_AT_HEIGHT), 0.0]
+  target = centre + [0.0, scale * rng.uniform(*LOOK_AT_HEIGHT), 0.0]
   forward = (target - cam_pos) / np.linalg.norm(target - cam_pos)
   right = np.cross(forward, [0.0, 1.0, 0.0])
   right /= np.linalg.norm(right)
@@ -273,16 +297,17 @@ def _sample_layout(rng, shape, color, size) -> _Scene | None:
   fwd_h /= np.linalg.norm(fwd_h)
 
   n = len(shape)
-  foot = _footprint(shape, size)
   position = np.zeros((n, 3))
-  for k in range(n):
+  placed = []
+  for k in np.argsort(-foot, kind="stable"):  # Largest first packs best.
     for _ in range(100):
-      u = rng.uniform(-LAYOUT_HALF[0], LAYOUT_HALF[0])
-      v = rng.uniform(-LAYOUT_HALF[1], LAYOUT_HALF[1])
+      v = rng.uniform(near, far)
+      u = rng.uniform(-1, 1) * LAYOUT_LATERAL * tan * (distance * np.cos(elevation) + v)
       p = centre + u * right + v * fwd_h
-      d = np.linalg.norm(position[:k, [0, 2]] - p[[0, 2]], axis=-1)
-      if np.all(d >= foot[:k] + foot[k] + GAP):
+      d = np.linalg.norm(position[placed][:, [0, 2]] - p[[0, 2]], axis=-1)
+      if np.all(d >= foot[placed] + foot[k] + GAP):
         position[k] = p
+        placed.append(k)
         break
     else:
       return None
@@ -390,7 +415,37 @@ def _rotate_y(v, angle):
   return np.stack([c * x + s * z, y, -s * x + c * z], axis=-1)
 
 
-def _hit_object(scene: _Scene, k: int, o, d):
+def _hit_object(scene: _Scene, k: int, o, d, dd=None, oo=None):
+  """(t, part) of rays with object k: one origin o (3,) and directions d (n, 3)
+  (dd: their squared norms), or origins o (n, 3) (oo: their squared norms) and
+  one unit direction d (3,).
+
+  Only rays that meet the object's bounding sphere are intersected exactly.
+  """
+  h = float(scene.height[k])
+  centre = scene.position[k] + [0.0, h / 2, 0.0]
+  radius2 = float(_footprint(scene.shape[k], scene.size[k])) ** 2 + (h / 2) ** 2
+  if np.ndim(o) == 1:
+    oc = o - centre
+    b = d @ oc
+    disc = b * b - dd * (oc @ oc - radius2)
+  else:
+    b = o @ d - centre @ d
+    disc = b * b - (oo - 2 * (o @ centre) + centre @ centre - radius2)
+  # Meets the sphere, and not only behind the origin (far root > 0).
+  idx = np.flatnonzero((disc >= 0) & (b < np.sqrt(np.maximum(disc, 0))))
+  n = len(d) if np.ndim(o) == 1 else len(o)
+  t = np.full(n, np.inf)
+  part = np.zeros(n, np.int8)
+  if idx.size:
+    if np.ndim(o) == 1:
+      t[idx], part[idx] = _hit_object_exact(scene, k, o, d[idx])
+    else:
+      t[idx], part[idx] = _hit_object_exact(scene, k, o[idx], np.broadcast_to(d, (idx.size, 3)))
+  return t, part
+
+
+def _hit_object_exact(scene: _Scene, k: int, o, d):
   """(t, part) of rays (o, d) with object k (in its local frame)."""
   shape = SHAPES[scene.shape[k]]
   r = float(scene.radius[k])
@@ -435,8 +490,9 @@ def _cast(scene: _Scene, o, d):
   t = np.where((t_ground > _EPS) & (t_ground <= GROUND_FAR), t_ground, np.inf)
   ids = np.where(np.isfinite(t), 0, -1)
   part = np.zeros(len(d), np.int8)
+  dd = np.einsum("ij,ij->i", d, d)
   for k in range(len(scene.shape)):
-    tk, pk = _hit_object(scene, k, o, d)
+    tk, pk = _hit_object(scene, k, o, d, dd=dd)
     closer = tk < t
     t = np.where(closer, tk, t)
     ids = np.where(closer, k + 1, ids)
@@ -447,35 +503,37 @@ def _cast(scene: _Scene, o, d):
 def _shadowed(scene: _Scene, p) -> np.ndarray:
   """True where the light is blocked for points p (n, 3)."""
   blocked = np.zeros(len(p), bool)
-  d = np.broadcast_to(scene.light, p.shape)
+  pp = np.einsum("ij,ij->i", p, p)
   for k in range(len(scene.shape)):
-    t, _ = _hit_object(scene, k, p, d)
+    t, _ = _hit_object(scene, k, p, scene.light, oo=pp)
     blocked |= np.isfinite(t)
   return blocked
 
 
 def _shade(scene: _Scene, d, t, ids, part) -> np.ndarray:
-  """Linear RGB of camera rays d with nearest hits (t, ids, part)."""
-  up = d[:, 1] / np.linalg.norm(d, axis=-1)
-  sky_w = np.clip(up / 0.45, 0, 1)[:, None] ** 0.7
-  rgb = SKY_HORIZON * (1 - sky_w) + SKY_ZENITH * sky_w
-  hit = ids >= 0
-  p = scene.cam_pos + t[hit, None] * d[hit]
+  """RGB in [0, 1] of camera rays d with nearest hits (t, ids, part)."""
+  rgb = np.empty((len(d), 3))
+  hit = np.flatnonzero(ids >= 0)
+  sky = np.flatnonzero(ids < 0)
+  ds = d[sky]
+  up = ds[:, 1] / np.sqrt(np.einsum("ij,ij->i", ds, ds))
+  sky_w = np.sqrt(np.clip(up / 0.45, 0, 1))[:, None]
+  rgb[sky] = SKY_HORIZON * (1 - sky_w) + SKY_ZENITH * sky_w
+  th, hid, hpart = t[hit], ids[hit], part[hit]
+  p = scene.cam_pos + th[:, None] * d[hit]
   normal = np.zeros_like(p)
   normal[:, 1] = 1.0  # Ground.
-  albedo = np.broadcast_to(GROUND_ALBEDO, p.shape).copy()
-  hid, hpart = ids[hit], part[hit]
   for k in range(len(scene.shape)):
-    sel = hid == k + 1
-    if np.any(sel):
+    sel = np.flatnonzero(hid == k + 1)
+    if sel.size:
       normal[sel] = _normal_object(scene, k, p[sel], hpart[sel])
-      albedo[sel] = ALBEDO[scene.color[k]]
+  albedo = np.concatenate([GROUND_ALBEDO[None], ALBEDO[scene.color]])[hid]
   lit = ~_shadowed(scene, p + 1e-4 * normal)
   lambert = np.maximum(normal @ scene.light, 0.0) * lit
   ambient = AMBIENT * (0.75 + 0.25 * normal[:, 1])  # Brighter facing the sky.
   colour = albedo * (ambient + DIFFUSE * lambert)[:, None]
   # A little haze towards the horizon colour with distance.
-  fog = (1 - np.exp(-t[hit] / 60.0))[:, None]
+  fog = (1 - np.exp(-th / 60.0))[:, None]
   rgb[hit] = colour * (1 - fog) + SKY_HORIZON * fog
   return rgb
 
@@ -502,6 +560,20 @@ def caption_words(shape: int, color: int, size: int) -> str:
   return f"a {SIZES[size]} {COLORS[color]} {SHAPES[shape]}"
 
 
+_PHRASE = re.compile(r"\b(?:(%s) )?(%s) (%s)s?\b" % (
+    "|".join(SIZES), "|".join(COLORS), "|".join(SHAPES)))
+
+
+def parse_caption(caption: str) -> list[tuple[int, int, int]]:
+  """The objects a caption names: (size, color, shape) ids, size -1 if absent.
+
+  Reads "[size] colour shape" phrases in order, so it also scores generated
+  captions, e.g. precision / recall of (colour, shape) pairs against `scene`.
+  """
+  return [(SIZES.index(z) if z else -1, COLORS.index(c), SHAPES.index(s))
+          for z, c, s in _PHRASE.findall(caption.lower())]
+
+
 def _caption(shape, color, size, center_px, depth, resolution) -> str:
   """Objects in array order (left to right), each related to the next."""
   parts = [caption_words(shape[0], color[0], size[0])]
@@ -520,6 +592,41 @@ def _caption(shape, color, size, center_px, depth, resolution) -> str:
 # Rendering.
 
 
+def _find_layout(rng, shape, color, size, res: int):
+  """Draws layouts until every object is visible enough; returns the scene
+  with its pixel-centre hits (t, ids) and the objects' centres and areas."""
+  n = len(shape)
+  min_px = max(1, int(round(MIN_VISIBLE_FRACTION * res * res)))
+  for _ in range(MAX_ATTEMPTS):
+    scene = _sample_layout(rng, shape, color, size)
+    if scene is None:
+      continue
+    t, ids, _ = _cast(scene, scene.cam_pos, _camera_rays(scene, res, 1))
+    ids = ids.reshape(res, res)
+    centre = scene.position + np.array([0, 1, 0]) * scene.height[:, None] / 2
+    center_px, depth_m = _project(scene, centre, res)
+    margin = CENTRE_MARGIN * res
+    if not np.all((center_px >= margin) & (center_px <= res - margin)) or np.any(depth_m <= 0):
+      continue
+    area = np.bincount(ids.ravel() + 1, minlength=n + 2)[2:]
+    col, row = np.floor(center_px).astype(int).T
+    if np.all(area >= min_px) and np.all(ids[row, col] == np.arange(1, n + 1)):
+      return scene, t.reshape(res, res), ids, center_px, depth_m, area
+  return None
+
+
+def _sort_left_to_right(scene: _Scene, ids, center_px, depth_m, area):
+  """Reorders the objects (and object ids 1 + k in `ids`) by image column."""
+  n = len(scene.shape)
+  order = np.argsort(center_px[:, 0], kind="stable")
+  rank = np.zeros(n + 2, np.int64)  # Indexed by ids + 1: sky, ground, objects.
+  rank[order + 2] = np.arange(1, n + 1)
+  for name in ("shape", "color", "size", "position", "rotation"):
+    setattr(scene, name, getattr(scene, name)[order])
+  ids = np.where(ids > 0, rank[ids + 1], ids)
+  return ids, center_px[order], depth_m[order], area[order]
+
+
 def render(index: int, *, seed: int = 0, split: str = "train", resolution: int = 64,
            min_objects: int = 1, max_objects: int = 4, antialias: int = 2) -> dict:
   """Sample `index` of `split`: a raw-sample dict (see the module docstring).
@@ -530,43 +637,19 @@ def render(index: int, *, seed: int = 0, split: str = "train", resolution: int =
   spec = SceneSpec(resolution=resolution, min_objects=min_objects, max_objects=max_objects,
                    seed=seed, antialias=antialias)
   rng = _rng(spec.seed, split, int(index))
+  # What is in the scene is drawn once; only where it stands may be redrawn.
   shape, color, size = _sample_objects(rng, spec.min_objects, spec.max_objects)
   n, res = len(shape), spec.resolution
-  min_px = max(1, int(round(MIN_VISIBLE_FRACTION * res * res)))
-  for _ in range(MAX_ATTEMPTS):
-    scene = _sample_layout(rng, shape, color, size)
-    if scene is None:
-      continue
-    d = _camera_rays(scene, res, 1)
-    t, ids, _ = _cast(scene, scene.cam_pos, d)
-    ids = ids.reshape(res, res)
-    centre = scene.position + np.array([0, 1, 0]) * scene.height[:, None] / 2
-    center_px, depth_m = _project(scene, centre, res)
-    col, row = np.floor(center_px).astype(int).T
-    margin = CENTRE_MARGIN * res
-    inside = (np.all((center_px >= margin) & (center_px <= res - margin), axis=-1)
-              & (depth_m > 0))
-    area = np.bincount(ids.ravel() + 1, minlength=n + 2)[2:]
-    if not np.all(inside) or np.any(area < min_px):
-      continue
-    if np.all(ids[row, col] == np.arange(1, n + 1)):
-      break
-  else:
+  found = _find_layout(rng, shape, color, size, res)
+  if found is None:
     raise RuntimeError(f"scenes: no valid layout for {split} sample {index} "
                        f"after {MAX_ATTEMPTS} attempts (seed {seed}).")
+  scene, t, ids, center_px, depth_m, area = found
+  ids, center_px, depth_m, area = _sort_left_to_right(scene, ids, center_px, depth_m, area)
 
-  # Objects left to right, as the caption names them.
-  order = np.argsort(center_px[:, 0], kind="stable")
-  remap = np.zeros(n + 2, np.int64)  # ids (-1 sky, 0 ground, 1+k) -> 1 + rank.
-  remap[order + 2] = np.arange(1, n + 1)
-  for name in ("shape", "color", "size", "position", "rotation"):
-    setattr(scene, name, getattr(scene, name)[order])
-  center_px, depth_m, area = center_px[order], depth_m[order], area[order]
-  ids = np.where(ids > 0, remap[ids + 1], ids)
-
-  semseg = np.where(ids < 0, SKY, np.where(ids == 0, GROUND,
-                                           FIRST_OBJECT_CLASS + scene.shape[np.maximum(ids, 1) - 1]))
-  depth = np.where(np.isfinite(t), t, 0.0).reshape(res, res)
+  semseg = np.where(ids < 0, SKY, np.where(
+      ids == 0, GROUND, FIRST_OBJECT_CLASS + scene.shape[np.maximum(ids, 1) - 1]))
+  depth = np.where(np.isfinite(t), t, 0.0)
   a = spec.antialias
   d = _camera_rays(scene, res, a)
   linear = _shade(scene, d, *_cast(scene, scene.cam_pos, d))
@@ -658,9 +741,14 @@ def _pid_alive(pid: int) -> bool:
   return True
 
 
+def _partial_path(data_dir: str, split: str, pid: int | str) -> str:
+  """A writer's temp file: named by host and process, so writers never clash."""
+  return os.path.join(data_dir, f".{split}.array_record.partial.{socket.gethostname()}.{pid}")
+
+
 def _remove_stale_partials(data_dir: str, split: str):
-  """Deletes temp files of `split` left by writers that no longer run."""
-  for path in glob.glob(os.path.join(data_dir, f".{split}.array_record.partial.*")):
+  """Deletes temp files of `split` left by this host's writers that are gone."""
+  for path in glob.glob(_partial_path(data_dir, split, "*")):
     try:
       pid = int(path.rsplit(".", 1)[1])
     except ValueError:
@@ -706,7 +794,7 @@ def write_split(data_dir: str, spec: SceneSpec, split: str, *, workers: int = 1,
       return write_split(data_dir, spec, split, progress=progress, renderer=renderer)
   _remove_stale_partials(data_dir, split)
   final = split_path(data_dir, split)
-  tmp = os.path.join(data_dir, f".{split}.array_record.partial.{os.getpid()}")
+  tmp = _partial_path(data_dir, split, os.getpid())
   n = spec.num(split)
   t0 = time.time()
   writer = array_record_module.ArrayRecordWriter(tmp, RECORD_OPTIONS)
@@ -736,10 +824,18 @@ def _num_records(path: str) -> int:
     reader.close()
 
 
-def _compare_spec(data_dir: str, stored: Mapping[str, Any], spec: SceneSpec):
+def _given_fields(config: Mapping[str, Any] | None) -> list[str]:
+  """The SceneSpec fields that `config` sets (not None)."""
+  config = config or {}
+  return [f.name for f in dataclasses.fields(SceneSpec)
+          if f.name in config and config[f.name] is not None]
+
+
+def _compare_spec(data_dir: str, stored: Mapping[str, Any], spec: SceneSpec,
+                  fields: list[str]):
   from m4 import workdir  # pylint: disable=g-import-not-at-top
   wanted = spec.to_json()
-  for key in ["renderer_version"] + [f.name for f in dataclasses.fields(SceneSpec)]:
+  for key in ["renderer_version"] + fields:
     if stored.get(key) != wanted[key]:
       raise workdir.ConfigError(
           f"{data_dir} holds a scenes dataset made with {key}={stored.get(key)!r}, but the"
@@ -748,7 +844,8 @@ def _compare_spec(data_dir: str, stored: Mapping[str, Any], spec: SceneSpec):
 
 
 def ensure(data_dir: str, config: Mapping[str, Any] | None = None, *,
-           progress: bool = True, stats: dict | None = None) -> str:
+           splits: tuple[str, ...] = SPLITS, progress: bool = True,
+           stats: dict | None = None) -> str:
   """Makes the dataset `config` describes in `data_dir`, or reuses it.
 
   Args:
@@ -756,9 +853,11 @@ def ensure(data_dir: str, config: Mapping[str, Any] | None = None, *,
       left alone).
     config: a data config (ConfigDict or dict) with SceneSpec fields
       (resolution, min_objects, max_objects, seed, antialias, num_train,
-      num_validation, num_test; missing ones take SceneSpec's defaults) and
-      optionally `workers` (processes that render; 1 = this one). Other
-      fields are ignored.
+      num_validation, num_test) and optionally `workers` (processes that
+      render; 1 = this one). Other fields are ignored. A field the config sets
+      must match an existing dataset; a field it leaves out (or None) accepts
+      what is stored, and takes SceneSpec's default for a new dataset.
+    splits: the splits to write if missing (others are only checked).
     progress: show a tqdm bar per split.
     stats: if given, filled with {split: write_split(...) figures} for the
       splits written now.
@@ -772,8 +871,14 @@ def ensure(data_dir: str, config: Mapping[str, Any] | None = None, *,
       spec, or a split with the wrong number of records. Nothing is changed.
   """
   from m4 import workdir  # pylint: disable=g-import-not-at-top
-  spec = SceneSpec.from_config(config)
-  workers = int((config or {}).get("workers", 1) or 1)
+  try:
+    spec = SceneSpec.from_config(config)
+  except ValueError as e:
+    raise workdir.ConfigError(f"config.data: {e}") from None
+  workers = (config or {}).get("workers", 1)
+  workers = 1 if workers is None else workers
+  if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    raise workdir.ConfigError(f"config.data.workers: must be an integer >= 1, got {workers!r}.")
   if not data_dir:
     raise workdir.ConfigError("config.data.dir: the scenes dataset needs a directory.")
   os.makedirs(data_dir, exist_ok=True)
@@ -784,7 +889,8 @@ def ensure(data_dir: str, config: Mapping[str, Any] | None = None, *,
       stored = workdir.read_json(spec_path)
     except ValueError as e:
       raise workdir.ConfigError(f"{spec_path}: unreadable scenes spec ({e}).") from None
-    _compare_spec(data_dir, stored, spec)
+    _compare_spec(data_dir, stored, spec, _given_fields(config))
+    spec = _spec_from_json(spec_path, stored)
   elif present:
     raise workdir.ConfigError(
         f"{data_dir} holds {', '.join(s + '.array_record' for s in present)} but no"
@@ -792,11 +898,16 @@ def ensure(data_dir: str, config: Mapping[str, Any] | None = None, *,
         " directory; nothing was changed.")
   else:
     workdir.write_json(spec_path, spec.to_json())
+  for split in splits:
+    _check_split(split)
+  for split in SPLITS:
+    _remove_stale_partials(data_dir, split)
   missing = []
   for split in SPLITS:
     path = split_path(data_dir, split)
     if not os.path.exists(path):
-      missing.append(split)
+      if split in splits:
+        missing.append(split)
       continue
     found = _num_records(path)
     if found != spec.num(split):
@@ -820,8 +931,15 @@ def read_spec(data_dir: str) -> SceneSpec:
     raise FileNotFoundError(
         f"{path} not found: {data_dir} is not a scenes dataset (make one with"
         " `python -m m4.data.scenes --out DIR` or scenes.ensure).")
-  stored = workdir.read_json(path)
-  return SceneSpec(**{f.name: stored[f.name] for f in dataclasses.fields(SceneSpec)})
+  return _spec_from_json(path, workdir.read_json(path))
+
+
+def _spec_from_json(path: str, stored: Mapping[str, Any]) -> SceneSpec:
+  from m4 import workdir  # pylint: disable=g-import-not-at-top
+  try:
+    return SceneSpec(**{f.name: stored[f.name] for f in dataclasses.fields(SceneSpec)})
+  except (KeyError, TypeError, ValueError) as e:
+    raise workdir.ConfigError(f"{path}: not a valid scenes spec ({e!r}).") from None
 
 
 class ScenesSource:
@@ -867,7 +985,9 @@ def main(argv=None):
       prog="python -m m4.data.scenes",
       description="Renders the scenes dataset into DIR (train/validation/test ArrayRecord"
       " files + spec.json); an existing dataset with the same parameters is reused.")
-  p.add_argument("--out", required=True, help="dataset directory")
+  p.add_argument("--out", help="dataset directory")
+  p.add_argument("--benchmark", type=int, default=0, metavar="N",
+                 help="only time rendering N samples in this process (writes nothing)")
   p.add_argument("--num", type=int, default=SceneSpec.num_train, help="training samples")
   p.add_argument("--num_validation", type=int, default=None,
                  help="validation samples (default: max(1, num // 10))")
@@ -879,7 +999,24 @@ def main(argv=None):
   p.add_argument("--seed", type=int, default=SceneSpec.seed)
   p.add_argument("--antialias", type=int, default=SceneSpec.antialias)
   p.add_argument("--workers", type=int, default=1, help="rendering processes")
+  p.add_argument("--split", action="append", choices=SPLITS,
+                 help="write only this split now (repeatable; default: all)")
   args = p.parse_args(argv)
+  if args.benchmark:
+    render_args = dict(resolution=args.resolution, min_objects=args.min_objects,
+                       max_objects=args.max_objects, seed=args.seed, antialias=args.antialias)
+    render(0, split="test", **render_args)  # Warm up.
+    t0 = time.perf_counter()
+    for i in range(args.benchmark):
+      render(i, split="test", **render_args)
+    seconds = time.perf_counter() - t0
+    print(f"rendered {args.benchmark} samples in {seconds:.2f} s: "
+          f"{args.benchmark / seconds:.1f} samples/s,"
+          f" {1000 * seconds / args.benchmark:.2f} ms/sample "
+          f"({render_args})")
+    return 0
+  if not args.out:
+    p.error("--out is required (or --benchmark N)")
   held_out = max(1, args.num // 10)
   config = dict(
       num_train=args.num,
@@ -891,7 +1028,7 @@ def main(argv=None):
   from m4 import workdir  # pylint: disable=g-import-not-at-top
   stats = {}
   try:
-    ensure(args.out, config, stats=stats)
+    ensure(args.out, config, splits=tuple(args.split or SPLITS), stats=stats)
   except (workdir.ConfigError, ValueError) as e:
     print(f"m4.data.scenes: error: {e}", file=sys.stderr)
     return 2
@@ -900,8 +1037,10 @@ def main(argv=None):
       s = stats[split]
       print(f"{split}: wrote {s['samples']} samples in {s['seconds']:.1f} s"
             f" ({s['samples_per_sec']:.1f} samples/s)")
-    else:
+    elif os.path.exists(split_path(args.out, split)):
       print(f"{split}: {config['num_' + split]} samples, already there")
+    else:
+      print(f"{split}: not written (--split)")
   print(f"dataset: {os.path.abspath(args.out)}")
   return 0
 

@@ -9,7 +9,8 @@ Kinds:
     fields of `data`: resolution, max_objects, num_train, ...).
   * `tfds`: TFDS dataset `data.name` read with `tfds.data_source` (ArrayRecord,
     no TensorFlow graph at read time) from `data.dir` (TFDS's default when
-    empty). `data.tfds_features` maps m4 keys to feature paths ("a/b" for
+    empty). Nothing is downloaded: prepare the dataset once with
+    `tfds build NAME --file_format=array_record [--data_dir=DIR]`. `data.tfds_features` maps m4 keys to feature paths ("a/b" for
     nested features); empty uses `TFDS_FEATURES[data.name]`.
   * `folder`: aligned files `data.dir/<split>/<modality>/<sample_id>.<ext>`.
 
@@ -176,7 +177,14 @@ class TfdsSource:
       raise ConfigError(f"config.data.tfds_features: unknown m4 keys {sorted(unknown)};"
                         f" known: {sorted(CONVERT)}.")
     self.name, self.split, self.features = name, split, dict(features)
-    self.source = tfds.data_source(name, split=split, data_dir=data_dir)
+    try:
+      self.source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ConfigError(
+          f"config.data.name={name!r}: cannot open split {split!r} in data_dir"
+          f" {data_dir or '(TFDS default)'}: {str(e).splitlines()[0] if str(e) else e!r}."
+          f" Prepare it once with: tfds build {name} --file_format=array_record"
+          + (f" --data_dir={data_dir}" if data_dir else "")) from e
 
   def __len__(self) -> int:
     return len(self.source)
@@ -220,7 +228,8 @@ class FolderSource:
   FolderError naming the path. Reading decodes every file and checks that the
   images agree in size; failures name the file. With `on_error="skip"` such
   samples are left out instead (reads then return None, which the pipeline
-  drops) and counted in `skipped` (a list of (path, reason)), each logged once.
+  drops) and counted: `skipped` maps each bad file to its reason (logged once;
+  a file read again in a later epoch counts once).
   """
 
   def __init__(self, root: str, *, modalities: Sequence[str] | None = None,
@@ -243,18 +252,16 @@ class FolderSource:
         raise ConfigError(f"config.data.modalities: no folder {os.path.join(root, m)!r}.")
     self.root, self.modalities = root, tuple(modalities)
     self.on_error, self.depth_png_scale = on_error, float(depth_png_scale)
-    self.skipped: list[tuple[str, str]] = []
+    self.skipped: dict[str, str] = {}
     self._lock = threading.Lock()
-    self._logged: set[str] = set()
     self.files = self._list()  # [{modality: path}], one per sample, sorted by id.
 
   def _fail(self, path: str, reason: str):
     if self.on_error == "raise":
       raise FolderError(f"{path}: {reason}")
     with self._lock:
-      self.skipped.append((path, reason))
-      if path not in self._logged:
-        self._logged.add(path)
+      if path not in self.skipped:
+        self.skipped[path] = reason
         logging.warning("folder source: skipping %s: %s", path, reason)
 
   @property

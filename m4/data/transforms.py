@@ -212,9 +212,9 @@ class AlignedCrop(grain.transforms.RandomMap):
         rgb = rgb[:, ::-1]
       out["rgb"] = rgb.astype(np.float32) / np.float32(255)
     if "depth" in sample:
-      out["depth"] = np.asarray(sample["depth"], np.float32)[rows[:, None], cols[None, :]]
+      out["depth"] = np.asarray(sample["depth"])[rows][:, cols].astype(np.float32)
     if "semseg" in sample:
-      out["semseg"] = np.asarray(sample["semseg"], np.int32)[rows[:, None], cols[None, :]]
+      out["semseg"] = np.asarray(sample["semseg"])[rows][:, cols].astype(np.int32)
     if flipped and "caption" in sample:
       out["caption"] = swap_left_right(str(sample["caption"]))
     if "scene" in sample:

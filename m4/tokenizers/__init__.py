@@ -1,4 +1,4 @@
-"""Tokenizers: images of each modality <-> discrete tokens.
+"""Tokenizers: VQ image tokenizers (here) and the WordPiece text tokenizer (`text`).
 
     from m4 import tokenizers
     tok = tokenizers.load("vq_rgb")              # a name, or a directory
@@ -15,6 +15,8 @@ each directory of the search path:
   2. else `$M4_TOKENIZERS` (directories separated by os.pathsep), if set;
   3. else `<repo>/tokenizers` then `<repo>/workdirs/tokenizers` (where the
      documented full trainings write: `--workdir=workdirs/tokenizers/vq_rgb`).
+
+Text tokenizers load with `m4.tokenizers.text.load("wordpiece_scenes")`.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""Offline tools: image grids, pre-tokenization, checkpoint conversion."""
+"""Offline tools: image grids, pre-tokenization, checkpoint conversion, benchmarks."""

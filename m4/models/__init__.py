@@ -1,0 +1,1 @@
+"""The 4M model: configs, layers, embeddings, heads and the encoder-decoder."""

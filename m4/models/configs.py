@@ -1,0 +1,215 @@
+"""The 4M model's hyper-parameters, its size presets, and parameter counts.
+
+    cfg = configs.preset("B", encoder_modalities=("rgb", "depth"), ...)
+    cfg = configs.from_config(config.model)     # from an ml_collections config
+
+A `FourMConfig` is frozen and hashable, so it can be a static argument of
+jitted functions. Every field can be set from a config file (`config.model.*`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+from m4 import modalities
+from m4 import workdir
+
+MLP_TYPES = ("swiglu", "gelu")
+LOSS_TYPES = ("mod", "token")
+REMAT = ("none", "full", "dots")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class FourMConfig:
+  """What a 4M encoder-decoder is.
+
+  Attributes:
+    encoder_modalities: registry names the encoder reads (role "input").
+    decoder_modalities: registry names the decoder predicts (role "target").
+    dim: width D.
+    encoder_depth, decoder_depth: numbers of blocks.
+    num_heads: attention heads (D must divide by it).
+    mlp_ratio: MLP hidden width / D before SwiGLU's 2/3 (4M: 4).
+    mlp_type: "swiglu" (fc2(silu(fc1 x) * fc3 x), hidden int(2 r D / 3)) or
+      "gelu" (fc2(gelu(fc1 x)), hidden int(r D)).
+    qkv_bias, proj_bias, mlp_bias, norm_bias: optional biases (4M's released
+      models: all False).
+    norm_eps: LayerNorm epsilon.
+    tie_heads: each output head is its modality's decoder token embedding.
+    share_modality_embeddings: a modality that is both an input and a target
+      has one modality embedding for encoder and decoder (4M's default);
+      False gives the decoder its own (FourM(share_modality_embeddings=False)).
+    patch_size, pixel_channels: patch embedding of `pixels` modalities.
+    num_encoder_tokens, num_decoder_tokens: the fixed encoder / decoder slots
+      per sample (call arguments may override them).
+    loss_type: "mod" (mean over target modalities of each modality's mean
+      cross-entropy; 4M's default) or "token" (mean over all target tokens).
+    dtype: compute dtype of matmuls (LayerNorm, softmax and losses stay f32).
+    param_dtype: dtype parameters are stored in.
+    scan_layers: run the blocks with lax.scan over stacked parameters (fast
+      compiles); False unrolls them (same parameters, same results).
+    remat: "none", "full" (recompute each block in the backward pass) or
+      "dots" (keep matmul outputs, recompute the rest).
+    attention_impl: `implementation` of jax.nn.dot_product_attention (None:
+      let JAX pick; "cudnn" for the fused GPU kernel).
+    head_chunk_size: tokens per chunk when scoring decoder tokens with their
+      modality's head (the loss never materialises all logits at once).
+    init_std: std of the normal initialisers (embeddings, mask token).
+  """
+
+  encoder_modalities: tuple[str, ...]
+  decoder_modalities: tuple[str, ...]
+  dim: int = 768
+  encoder_depth: int = 12
+  decoder_depth: int = 12
+  num_heads: int = 12
+  mlp_ratio: float = 4.0
+  mlp_type: str = "swiglu"
+  qkv_bias: bool = False
+  proj_bias: bool = False
+  mlp_bias: bool = False
+  norm_bias: bool = False
+  norm_eps: float = 1e-6
+  tie_heads: bool = True
+  share_modality_embeddings: bool = True
+  patch_size: int = 16
+  pixel_channels: int = 3
+  num_encoder_tokens: int = 128
+  num_decoder_tokens: int = 128
+  loss_type: str = "mod"
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  scan_layers: bool = True
+  remat: str = "none"
+  attention_impl: str | None = None
+  head_chunk_size: int = 128
+  init_std: float = 0.02
+
+  def __post_init__(self):
+    object.__setattr__(self, "encoder_modalities", tuple(self.encoder_modalities))
+    object.__setattr__(self, "decoder_modalities", tuple(self.decoder_modalities))
+    self.validate()
+
+  def validate(self):
+    where = "model"
+    req = workdir.require
+    req(self.dim > 0 and self.dim % self.num_heads == 0, f"{where}.dim",
+        f"{self.dim} must be a positive multiple of num_heads={self.num_heads}.")
+    req(self.dim % 4 == 0, f"{where}.dim", "must divide by 4 (2-D sin-cos positions).")
+    req(self.encoder_depth >= 1 and self.decoder_depth >= 1, f"{where}.encoder_depth",
+        "encoder_depth and decoder_depth must be >= 1.")
+    req(self.mlp_type in MLP_TYPES, f"{where}.mlp_type", f"{self.mlp_type!r} not in {MLP_TYPES}.")
+    req(self.loss_type in LOSS_TYPES, f"{where}.loss_type", f"{self.loss_type!r} not in {LOSS_TYPES}.")
+    req(self.remat in REMAT, f"{where}.remat", f"{self.remat!r} not in {REMAT}.")
+    req(self.dtype in DTYPES, f"{where}.dtype", f"{self.dtype!r} not in {DTYPES}.")
+    req(self.param_dtype in DTYPES, f"{where}.param_dtype", f"{self.param_dtype!r} not in {DTYPES}.")
+    req(self.head_chunk_size >= 1, f"{where}.head_chunk_size", "must be >= 1.")
+    req(self.num_encoder_tokens >= 1 and self.num_decoder_tokens >= 1,
+        f"{where}.num_encoder_tokens", "token counts must be >= 1.")
+    req(len(self.encoder_modalities) > 0, f"{where}.encoder_modalities", "is empty.")
+    req(len(self.decoder_modalities) > 0, f"{where}.decoder_modalities", "is empty.")
+    for field in ("encoder_modalities", "decoder_modalities"):
+      names = getattr(self, field)
+      req(len(set(names)) == len(names), f"{where}.{field}", f"has duplicates: {names}.")
+
+  # Derived sizes.
+  @property
+  def head_dim(self) -> int:
+    return self.dim // self.num_heads
+
+  @property
+  def mlp_hidden(self) -> int:
+    hidden = int(self.dim * self.mlp_ratio)
+    return int(2 * hidden / 3) if self.mlp_type == "swiglu" else hidden
+
+  @property
+  def gated(self) -> bool:
+    return self.mlp_type == "swiglu"
+
+  def check_modalities(self) -> None:
+    """Raises ConfigError unless every modality is registered for its role."""
+    for field, role in (("encoder_modalities", modalities.INPUT),
+                        ("decoder_modalities", modalities.TARGET)):
+      for name in getattr(self, field):
+        try:
+          mod = modalities.get(name)
+        except KeyError as e:
+          raise workdir.ConfigError(f"config.model.{field}: {e.args[0]}") from None
+        workdir.require(role in mod.roles, f"model.{field}",
+                        f"modality {name!r} cannot be an {role} (roles {mod.roles}).")
+        if mod.kind == modalities.PIXELS:
+          workdir.require(mod.grid is not None, f"model.{field}", f"{name!r} has no grid.")
+        if mod.kind == modalities.SEQUENCE:
+          workdir.require(self.dim % 2 == 0, "model.dim", "must be even for 1-D positions.")
+
+  def replace(self, **changes) -> "FourMConfig":
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict:
+    d = dataclasses.asdict(self)
+    d["encoder_modalities"] = list(self.encoder_modalities)
+    d["decoder_modalities"] = list(self.decoder_modalities)
+    return d
+
+
+# 4M's sizes (apple/ml-4m `fm_*_swiglu_nobias`): depths, width, heads.
+SIZES = {
+    "tiny": dict(encoder_depth=2, decoder_depth=2, dim=64, num_heads=4),
+    "cpu": dict(encoder_depth=4, decoder_depth=4, dim=256, num_heads=4),
+    "B": dict(encoder_depth=12, decoder_depth=12, dim=768, num_heads=12),
+    "L": dict(encoder_depth=24, decoder_depth=24, dim=1024, num_heads=16),
+    "XL": dict(encoder_depth=24, decoder_depth=24, dim=2048, num_heads=32),
+}
+
+
+def preset(size: str, **overrides) -> FourMConfig:
+  """A size from SIZES in 4M's released recipe (SwiGLU, no biases, eps 1e-6)."""
+  if size not in SIZES:
+    raise workdir.ConfigError(f"config.model.size: {size!r} is not one of {sorted(SIZES)}.")
+  return FourMConfig(**{**SIZES[size], **overrides})
+
+
+def from_config(model_config: Mapping[str, Any] | Any) -> FourMConfig:
+  """A FourMConfig from `config.model` (a ConfigDict or dict).
+
+  `size` (optional) names a preset that the other fields override.
+  """
+  d = dict(model_config.to_dict() if hasattr(model_config, "to_dict") else model_config)
+  size = d.pop("size", None)
+  fields = {f.name for f in dataclasses.fields(FourMConfig)}
+  unknown = sorted(set(d) - fields)
+  if unknown:
+    raise workdir.ConfigError(f"config.model: unknown fields {unknown}; known: {sorted(fields)}.")
+  base = dict(SIZES[size]) if size else {}
+  if size and size not in SIZES:
+    raise workdir.ConfigError(f"config.model.size: {size!r} is not one of {sorted(SIZES)}.")
+  try:
+    return FourMConfig(**{**base, **d})
+  except TypeError as e:
+    raise workdir.ConfigError(f"config.model: {e}") from None
+
+
+def trunk_param_count(cfg: FourMConfig) -> int:
+  """Parameters of the transformer blocks, final norms and context projection.
+
+  This is how the 4M paper counts model size (4M-B: 198M, L: 705M, XL: 2.8B):
+  without the per-modality embeddings and heads.
+  """
+  d, f = cfg.dim, cfg.mlp_hidden
+  norm = d * (2 if cfg.norm_bias else 1)
+  attn = 4 * d * d + (3 * d if cfg.qkv_bias else 0) + (d if cfg.proj_bias else 0)
+  cross = 4 * d * d + (3 * d if cfg.qkv_bias else 0) + (d if cfg.proj_bias else 0)
+  n_in = 2 if cfg.gated else 1
+  mlp = (n_in + 1) * d * f + ((n_in * f + d) if cfg.mlp_bias else 0)
+  enc = cfg.encoder_depth * (attn + mlp + 2 * norm) + norm
+  dec = cfg.decoder_depth * (attn + cross + mlp + 4 * norm) + norm
+  return enc + dec + d * d + d
+
+
+def count_params(state) -> int:
+  """Number of scalars in an nnx.State (or any pytree of arrays/ShapeDtypeStructs)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(state) if hasattr(x, "shape"))

@@ -1,0 +1,132 @@
+"""Output heads: each decoder token is scored only by its own modality's head.
+
+`grouped_cross_entropy` sorts the decoder tokens of a batch by modality and
+walks each modality's tokens in chunks of `chunk` rows, so the work is
+sum_m (tokens of m) x V_m (as the reference) rather than every token times
+every vocabulary, and no (tokens, V) logits array is ever materialised. The
+gradient is computed in the same pass (a fused linear + softmax
+cross-entropy with a custom VJP): per chunk, logits, softmax - one-hot, and
+the two gradient matmuls, while the chunk is still in cache.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def _run(y, heads, weights, modality, valid, targets, chunk: int, with_grads: bool):
+  """Loss sum, per-modality statistics and (optionally) gradients."""
+  b, m, d = y.shape
+  n = len(heads)
+  total = b * m
+  x = y.reshape(total, d)
+  key = jnp.where(valid, modality, n).reshape(total).astype(jnp.int32)
+  order = jnp.argsort(key, stable=True)
+  counts = jnp.bincount(key, length=n + 1)[:n].astype(jnp.int32)
+  starts = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(counts)[:-1]])
+  pad = lambda a: jnp.concatenate([a, jnp.zeros((chunk,) + a.shape[1:], a.dtype)])
+  xs = pad(x[order])
+  ts = pad(targets.reshape(total)[order].astype(jnp.int32))
+  ws = pad(weights.reshape(total)[order].astype(jnp.float32))
+  carry = dict(loss=jnp.zeros((), jnp.float32), ce=jnp.zeros((n,), jnp.float32),
+               correct=jnp.zeros((n,), jnp.float32))
+  if with_grads:
+    carry["dx"] = jnp.zeros(xs.shape, jnp.float32)
+  grads = []
+  rows_idx = jnp.arange(chunk)
+  for i, w_head in enumerate(heads):
+    w_c = w_head.astype(y.dtype)
+
+    def body(k, c, i=i, w_c=w_c):
+      start = starts[i] + k * chunk
+      rows = jax.lax.dynamic_slice_in_dim(xs, start, chunk)
+      ok = k * chunk + rows_idx < counts[i]
+      t = jnp.where(ok, jax.lax.dynamic_slice_in_dim(ts, start, chunk), 0)
+      w = jnp.where(ok, jax.lax.dynamic_slice_in_dim(ws, start, chunk), 0.0)
+      logits = jnp.einsum("cd,vd->cv", rows, w_c, preferred_element_type=jnp.float32)
+      lse = jax.nn.logsumexp(logits, axis=-1)
+      ce = lse - jnp.take_along_axis(logits, t[:, None], axis=1)[:, 0]
+      c = dict(c)
+      c["loss"] = c["loss"] + jnp.sum(w * ce)
+      c["ce"] = c["ce"].at[i].add(jnp.sum(jnp.where(ok, ce, 0.0)))
+      hit = ok & (jnp.argmax(logits, axis=-1) == t)
+      c["correct"] = c["correct"].at[i].add(jnp.sum(hit.astype(jnp.float32)))
+      if with_grads:
+        g = jnp.exp(logits - lse[:, None]) - jax.nn.one_hot(t, logits.shape[1], dtype=jnp.float32)
+        g = (g * w[:, None]).astype(y.dtype)
+        dx_rows = jnp.einsum("cv,vd->cd", g, w_c, preferred_element_type=jnp.float32)
+        old = jax.lax.dynamic_slice_in_dim(c["dx"], start, chunk)
+        c["dx"] = jax.lax.dynamic_update_slice_in_dim(c["dx"], old + dx_rows, start, 0)
+        c[f"dw{i}"] = c[f"dw{i}"] + jnp.einsum("cv,cd->vd", g, rows,
+                                               preferred_element_type=jnp.float32)
+      return c
+
+    if with_grads:
+      carry[f"dw{i}"] = jnp.zeros(w_head.shape, jnp.float32)
+    num_chunks = (counts[i] + chunk - 1) // chunk
+    carry = jax.lax.fori_loop(0, num_chunks, body, carry)
+    if with_grads:
+      grads.append(carry.pop(f"dw{i}").astype(w_head.dtype))
+  stats = (carry["ce"], carry["correct"], counts.astype(jnp.float32))
+  if not with_grads:
+    return carry["loss"], stats, None
+  inverse = jnp.argsort(order)
+  dx = carry["dx"][:total][inverse].reshape(b, m, d).astype(y.dtype)
+  return carry["loss"], stats, (dx, tuple(grads))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _grouped(y, heads, weights, modality, valid, targets, chunk):
+  loss, stats, _ = _run(y, heads, weights, modality, valid, targets, chunk, False)
+  return loss, stats
+
+
+def _grouped_fwd(y, heads, weights, modality, valid, targets, chunk):
+  loss, stats, (dx, dws) = _run(y, heads, weights, modality, valid, targets, chunk, True)
+  return (loss, stats), (dx, dws, weights, modality, valid, targets)
+
+
+def _grouped_bwd(chunk, res, cotangents):
+  del chunk
+  dx, dws, weights, modality, valid, targets = res
+  g = cotangents[0]
+  zero = lambda a: (jnp.zeros_like(a) if jnp.issubdtype(a.dtype, jnp.floating)
+                    else None)
+  return ((g * dx).astype(dx.dtype), tuple((g * dw).astype(dw.dtype) for dw in dws),
+          jnp.zeros_like(weights), zero(modality), zero(valid), zero(targets))
+
+
+_grouped.defvjp(_grouped_fwd, _grouped_bwd)
+
+
+def grouped_cross_entropy(y: Array, heads: Sequence[Array], *, modality: Array,
+                          valid: Array, targets: Array, weights: Array,
+                          chunk: int = 128):
+  """Weighted softmax cross-entropy, each token under its modality's head.
+
+  Args:
+    y: (B, M, D) decoder outputs.
+    heads: per modality index i, its (V_i, D) output matrix.
+    modality: (B, M) int, index into `heads` (ignored where not valid).
+    valid: (B, M) bool.
+    targets: (B, M) int target ids.
+    weights: (B, M) float loss weight of each token (not differentiated).
+    chunk: rows per matmul.
+
+  Returns:
+    (loss, (ce_sum, correct, count)): loss = sum of weights * cross-entropy
+    over valid tokens; per modality the summed cross-entropy, the number of
+    tokens whose argmax is the target, and the number of tokens (float32).
+  """
+  return _grouped(y, tuple(heads), weights, modality, valid, targets, int(chunk))
+
+
+def logits(y: Array, head: Array) -> Array:
+  """(..., D) x (V, D) -> (..., V) float32 logits."""
+  return jnp.einsum("...d,vd->...v", y, head.astype(y.dtype), preferred_element_type=jnp.float32)

@@ -1,0 +1,80 @@
+"""Saved models: a directory with config.json and an orbax checkpoint.
+
+    pretrained.save(directory, model, extra={"source": ...})
+    model = pretrained.load(directory)                  # on the default device
+    model = pretrained.load(directory, mesh=mesh)       # sharded by logical names
+
+`config.json` holds `model` (FourMConfig fields) and `modalities` (registry
+specs, registered on load); the parameters are `state["model"]` of the
+checkpoint in `directory/checkpoints`, readable with
+`m4.checkpoints.restore_subtree(directory, target, key="model")`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import jax
+from flax import nnx
+
+from m4 import checkpoints
+from m4 import modalities
+from m4 import sharding
+from m4 import workdir
+from m4.models import configs
+from m4.models.fourm import FourM
+
+CONFIG = "config.json"
+
+
+def model_config_dict(cfg: configs.FourMConfig) -> dict:
+  """The config.json content describing a model and its modalities."""
+  names = dict.fromkeys(cfg.encoder_modalities + cfg.decoder_modalities)
+  return {"model": cfg.to_dict(),
+          "modalities": {n: modalities.get(n).to_dict() for n in names}}
+
+
+def save(directory: str, model: FourM, *, step: int = 0,
+         extra: Mapping[str, Any] | None = None) -> str:
+  """Writes `directory/config.json` and `directory/checkpoints/<step>`."""
+  if os.path.exists(os.path.join(directory, "checkpoints")):
+    raise FileExistsError(f"{directory}/checkpoints already exists; not overwriting it.")
+  os.makedirs(directory, exist_ok=True)
+  workdir.write_json(os.path.join(directory, CONFIG),
+                     {**model_config_dict(model.cfg), **dict(extra or {})})
+  with checkpoints.Checkpointer(os.path.join(directory, "checkpoints"), async_save=False) as ck:
+    ck.save(step, {"model": nnx.state(model, nnx.Param)})
+  return directory
+
+
+def read_config(directory: str) -> configs.FourMConfig:
+  """Registers the saved modalities and returns the model config."""
+  path = os.path.join(directory, CONFIG)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist (not a saved m4 model).")
+  d = workdir.read_json(path)
+  if "model" not in d:
+    raise workdir.ConfigError(f"{path}: no 'model' entry.")
+  modalities.register_from_config(d.get("modalities"))
+  return configs.from_config(d["model"])
+
+
+def load(directory: str, *, mesh=None, rules=sharding.DEFAULT_RULES,
+         **overrides) -> FourM:
+  """The model saved in `directory`; `overrides` replace config fields
+  (e.g. dtype, remat) that do not change the parameters."""
+  cfg = read_config(directory)
+  if overrides:
+    cfg = cfg.replace(**overrides)
+  abstract = nnx.eval_shape(lambda: FourM(cfg, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  params = nnx.state(abstract, nnx.Param)
+  if mesh is not None:
+    shardings = sharding.state_shardings(params, mesh, rules)
+    params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          params, shardings)
+  restored = checkpoints.restore_subtree(directory, params, key="model")
+  nnx.update(abstract, restored)
+  del graphdef, state
+  return abstract

@@ -1,0 +1,313 @@
+"""The scenes dataset: determinism, alignment, captions, labels, storage, grid."""
+
+import hashlib
+import os
+import pickle
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from m4 import workdir
+from m4.data import scenes
+from m4.tools import grid
+
+RES = 48
+ARGS = dict(seed=3, resolution=RES, min_objects=1, max_objects=4)
+SMALL = dict(resolution=32, num_train=12, num_validation=5, num_test=5, seed=1)
+
+
+def _equal(a, b) -> bool:
+  """Same structure, types, dtypes and bits."""
+  if isinstance(a, dict):
+    return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+  if type(a) is not type(b):
+    return False
+  if isinstance(a, (np.ndarray, np.generic)):
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+  return a == b
+
+
+@pytest.fixture(scope="module")
+def samples():
+  return [scenes.render(i, split="validation", **ARGS) for i in range(24)]
+
+
+def _ground_depth(sample) -> np.ndarray:
+  """z-depth of the ground plane per row, from the stored camera (inf: none)."""
+  s = sample["scene"]
+  res = sample["depth"].shape[0]
+  right, up, forward = s["camera_rotation"].astype(np.float64)
+  tan = res / 2 / float(s["focal_px"])
+  y = -((np.arange(res) + 0.5) / res * 2 - 1) * tan
+  dy = forward[1] + y * up[1]  # right[1] is 0: the camera does not roll.
+  t = -float(s["camera_position"][1]) / dy
+  return np.where((dy < 0) & (t <= scenes.GROUND_FAR), t, np.inf)
+
+
+def test_render_is_deterministic():
+  a = scenes.render(7, split="train", **ARGS)
+  assert _equal(a, scenes.render(7, split="train", **ARGS))
+  assert not np.array_equal(a["rgb"], scenes.render(7, split="train", **{**ARGS, "seed": 4})["rgb"])
+  assert not np.array_equal(a["rgb"], scenes.render(8, split="train", **ARGS)["rgb"])
+
+
+def test_contract(samples):
+  for s in samples:
+    assert s["rgb"].shape == (RES, RES, 3) and s["rgb"].dtype == np.uint8
+    assert s["depth"].shape == (RES, RES) and s["depth"].dtype == np.float32
+    assert s["semseg"].shape == (RES, RES) and s["semseg"].dtype == np.uint8
+    assert np.all(np.isfinite(s["depth"])) and np.all(s["depth"] >= 0)
+    assert s["depth"].max() <= scenes.GROUND_FAR
+    assert np.all((s["depth"] == 0) == (s["semseg"] == scenes.SKY))
+    assert s["semseg"].max() < len(scenes.CLASSES)
+    assert s["id"].dtype == np.int64
+    n = int(s["labels"]["count"])
+    assert s["labels"]["count"].dtype == np.int32 and 1 <= n <= 4
+    for key in ("shape", "color", "size", "center_px", "area_px", "bbox_px"):
+      arr = s["scene"][key]
+      assert arr.shape[0] == 4, key
+      assert np.all(arr[n:] == -1) and np.all(arr[:n] >= 0), key
+    assert s["scene"]["center_px"].dtype == np.float32
+
+
+def test_semseg_depth_and_scene_graph_align(samples):
+  for s in samples:
+    n = int(s["labels"]["count"])
+    sc, sem, depth = s["scene"], s["semseg"], s["depth"]
+    for k in range(n):
+      x, y = np.floor(sc["center_px"][k]).astype(int)
+      assert sem[y, x] == scenes.FIRST_OBJECT_CLASS + sc["shape"][k]
+      # The surface at the centre pixel is in front of the object's centre.
+      assert sc["depth_m"][k] - 2.5 * sc["radius"][k] < depth[y, x] < sc["depth_m"][k] + 0.05
+      x0, y0, x1, y1 = sc["bbox_px"][k]
+      assert x0 <= x < x1 and y0 <= y < y1
+    # Visible areas add up to each object class's pixels.
+    for shape in range(len(scenes.SHAPES)):
+      mine = sc["shape"][:n] == shape
+      assert sc["area_px"][:n][mine].sum() == np.sum(sem == scenes.FIRST_OBJECT_CLASS + shape)
+    # Every ground pixel has exactly the ground plane's depth; every object
+    # pixel is in front of the ground behind it: no holes or speckles at edges.
+    ground = np.broadcast_to(_ground_depth(s)[:, None], depth.shape)
+    on_ground = sem == scenes.GROUND
+    np.testing.assert_allclose(depth[on_ground], ground[on_ground], rtol=1e-4)
+    objects = sem >= scenes.FIRST_OBJECT_CLASS
+    assert np.all(depth[objects] > 0) and np.all(depth[objects] <= ground[objects] * (1 + 1e-4))
+
+
+def test_ground_depth_grows_up_the_image(samples):
+  for s in samples:
+    for col in range(RES):
+      rows = np.nonzero(s["semseg"][:, col] == scenes.GROUND)[0][::-1]  # Bottom up.
+      assert len(rows) > 0
+      assert s["semseg"][-1, col] != scenes.SKY  # Ground or an object at the bottom.
+      assert np.all(np.diff(s["depth"][rows, col]) > 0)
+
+
+def test_shadows_fall_on_the_ground(samples):
+  with_shadow = 0
+  for s in samples:
+    lum = s["rgb"].astype(np.float32).mean(-1)
+    ground = s["semseg"] == scenes.GROUND
+    row_max = np.where(ground, lum, 0).max(axis=1, keepdims=True)
+    with_shadow += np.any(ground & (lum < 0.8 * row_max))
+  assert with_shadow >= 0.8 * len(samples)
+
+
+_OBJECT = re.compile(r"a (%s) (%s) (%s)" % ("|".join(scenes.SIZES), "|".join(scenes.COLORS),
+                                            "|".join(scenes.SHAPES)))
+
+
+def test_caption_names_every_object_left_to_right(samples):
+  for s in samples:
+    n = int(s["labels"]["count"])
+    sc = s["scene"]
+    named = [(scenes.SIZES.index(a), scenes.COLORS.index(b), scenes.SHAPES.index(c))
+             for a, b, c in _OBJECT.findall(s["caption"])]
+    assert named == list(zip(sc["size"][:n], sc["color"][:n], sc["shape"][:n])), s["caption"]
+    assert scenes.parse_caption(s["caption"]) == named
+    assert np.all(np.diff(sc["center_px"][:n, 0]) >= 0)
+    relations = _OBJECT.split(s["caption"])[4:-1:4]  # The text between objects.
+    assert len(relations) == n - 1
+    for k, rel in enumerate(relations):
+      rel = rel.strip()
+      if sc["center_px"][k + 1, 0] - sc["center_px"][k, 0] >= scenes.LEFT_OF_FRACTION * RES:
+        assert rel == "left of"
+      else:
+        assert rel == ("in front of" if sc["depth_m"][k] < sc["depth_m"][k + 1] else "behind")
+  assert scenes.parse_caption("A red cube and two small blue spheres") == [(-1, 0, 1), (0, 5, 0)]
+  # The longest caption fits the caption modality (48 tokens incl. [SOS]/[EOS]).
+  words = scenes.render(0, resolution=32, min_objects=scenes.MAX_OBJECTS_LIMIT,
+                        max_objects=scenes.MAX_OBJECTS_LIMIT)["caption"].split()
+  assert len(words) <= 7 * scenes.MAX_OBJECTS_LIMIT - 3 <= 46
+
+
+def test_labels_agree_with_scene_graph(samples):
+  counts = set()
+  for s in samples:
+    n = int(s["labels"]["count"])
+    size = s["scene"]["size"][:n]
+    assert np.sum(s["scene"]["shape"] >= 0) == n
+    big = np.flatnonzero(size == size.max())
+    assert len(big) == 1  # The largest object is unique.
+    assert s["labels"]["largest_shape"] == s["scene"]["shape"][big[0]]
+    counts.add(n)
+  assert counts == {1, 2, 3, 4}
+
+
+def test_splits_never_overlap():
+  hashes = {}
+  for split in scenes.SPLITS:
+    for i in range(12):
+      rgb = scenes.render(i, split=split, seed=0, resolution=24)["rgb"]
+      hashes.setdefault(hashlib.sha1(rgb.tobytes()).hexdigest(), []).append((split, i))
+  assert all(len(v) == 1 for v in hashes.values())
+
+
+def test_bad_parameters_are_named():
+  with pytest.raises(ValueError, match="max_objects"):
+    scenes.render(0, max_objects=9)
+  with pytest.raises(ValueError, match="split"):
+    scenes.render(0, split="val")
+  with pytest.raises(workdir.ConfigError, match="config.data: .*resolution"):
+    scenes.ensure("/nonexistent/never", {"resolution": 4})
+
+
+def _fingerprint(d):
+  return {name: (os.stat(os.path.join(d, name)).st_mtime_ns,
+                 hashlib.sha1(open(os.path.join(d, name), "rb").read()).hexdigest())
+          for name in sorted(os.listdir(d))}
+
+
+def test_ensure_writes_reuses_refuses_and_resumes(tmp_path):
+  d = str(tmp_path / "data")
+  assert scenes.ensure(d, {**SMALL, "workers": 2}, progress=False) == d
+  spec = scenes.read_spec(d)
+  # Stored samples equal the in-memory renderer's, bit for bit (2 workers wrote them).
+  for split in scenes.SPLITS:
+    source = scenes.ScenesSource(d, split)
+    assert len(source) == spec.num(split)
+    for i in (0, len(source) - 1):
+      assert _equal(source[i], scenes.render(i, split=split, **spec.render_args()))
+  assert _equal(pickle.loads(pickle.dumps(source))[1], source[1])  # For grain workers.
+
+  before = _fingerprint(d)
+  scenes.ensure(d, SMALL, progress=False)  # Same parameters: reused.
+  scenes.ensure(d, {"dir": d}, progress=False)  # Parameters left out: whatever is there.
+  assert _fingerprint(d) == before
+  for field, value in (("max_objects", 3), ("num_train", 13), ("seed", 2)):
+    with pytest.raises(workdir.ConfigError, match=f"{re.escape(d)}.*{field}"):
+      scenes.ensure(d, {**SMALL, field: value}, progress=False)
+  assert _fingerprint(d) == before
+
+  # An interrupted run: one split missing, a dead writer's temp file left.
+  test_file = scenes.split_path(d, "test")
+  os.remove(test_file)
+  stale = scenes._partial_path(d, "test", 999999999)  # pylint: disable=protected-access
+  open(stale, "wb").write(b"half")
+  stats = {}
+  scenes.ensure(d, SMALL, progress=False, stats=stats)
+  assert list(stats) == ["test"] and not os.path.exists(stale)
+  after = _fingerprint(d)
+  assert after["train.array_record"] == before["train.array_record"]
+  assert after["test.array_record"][1] == before["test.array_record"][1]  # Same bytes.
+
+
+def test_ensure_refuses_foreign_directory(tmp_path):
+  d = tmp_path / "other"
+  d.mkdir()
+  (d / "train.array_record").write_bytes(b"not ours")
+  with pytest.raises(workdir.ConfigError, match="no spec.json"):
+    scenes.ensure(str(d), SMALL, progress=False)
+  assert (d / "train.array_record").read_bytes() == b"not ours"
+  assert sorted(os.listdir(d)) == ["train.array_record"]
+  with pytest.raises(FileNotFoundError, match="spec.json"):
+    scenes.ScenesSource(str(d), "train")
+  # A dataset an older renderer made is refused, not reused.
+  old = tmp_path / "old"
+  old.mkdir()
+  spec = {**scenes.SceneSpec(**SMALL).to_json(), "renderer_version": scenes.RENDERER_VERSION - 1}
+  workdir.write_json(str(old / "spec.json"), spec)
+  with pytest.raises(workdir.ConfigError, match="renderer_version"):
+    scenes.ensure(str(old), SMALL, progress=False)
+  assert sorted(os.listdir(old)) == ["spec.json"]
+
+
+def test_grid_draws_cells_where_expected(tmp_path):
+  rgb = np.random.default_rng(0).integers(0, 256, (32, 32, 3)).astype(np.uint8)
+  semseg = np.arange(32 * 32).reshape(32, 32) % 6
+  depth = np.linspace(1, 10, 32 * 32).reshape(32, 32).astype(np.float32)
+  depth[0] = 0
+  rows = [{"rgb": rgb, "depth": depth, "semseg": semseg},
+          {"rgb": rgb.astype(np.float32) / 255, "semseg": semseg,
+           "tok": np.arange(16).reshape(4, 4)}]
+  path = grid.save_grid(str(tmp_path / "g.png"), rows, ["a caption", "another"], cell_size=64)
+  img = np.asarray(Image.open(path).convert("RGB"))
+  pad, title_h = 4, 12 + 4 + 4  # As make_grid lays out a 12 pt font.
+  assert img.shape[1] == 4 * (64 + pad) + pad
+  np.testing.assert_array_equal(img[title_h:title_h + 64, pad:pad + 64],
+                                np.repeat(np.repeat(rgb, 2, 0), 2, 1))
+  x = pad + 2 * (64 + pad)  # The semseg column through the fixed palette.
+  np.testing.assert_array_equal(img[title_h:title_h + 64:2, x:x + 64:2],
+                                grid.SEMSEG_PALETTE[semseg])
+  x = pad + 64 + pad  # Depth: invalid row black, near brighter than far.
+  assert np.all(img[title_h:title_h + 2, x:x + 64] == 0)
+  assert img[title_h + 2, x].sum() > img[title_h + 63, x + 63].sum()
+
+
+def test_grid_command_and_trainer(tmp_path):
+  from m4.trainers import scenes as scenes_trainer  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict(dict(
+      trainer="scenes", data=dict(kind="scenes", dir=str(tmp_path / "data"), workers=1, **SMALL),
+      grid_split="validation", grid_rows=4, benchmark_samples=3))
+  summary = scenes_trainer.run(config, str(tmp_path / "job"))
+  assert summary["samples"] == {"train": 12, "validation": 5, "test": 5}
+  assert summary["generated"]["samples"] == 22 and summary["render_samples_per_sec_1core"] > 0
+  assert Image.open(summary["grid"]).size[0] == 3 * (128 + 4) + 4
+  again = scenes_trainer.run(config, str(tmp_path / "job"))
+  assert again["generated"] == "reused an existing dataset"
+
+  out = str(tmp_path / "cli.png")
+  assert grid.main(["--data", str(tmp_path / "data"), "--split", "test", "--num", "8",
+                    "--out", out]) == 0
+  w, h = Image.open(out).size
+  assert w == 3 * (128 + 4) + 4 and h > 5 * 128  # All 5 test samples, 128 px cells.
+  assert grid.main(["--data", str(tmp_path / "none"), "--out", out]) == 2
+
+
+def test_killed_writer_leaves_no_split_and_ensure_finishes(tmp_path):
+  import glob  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  from tests.conftest import REPO  # pylint: disable=g-import-not-at-top
+  d = str(tmp_path / "data")
+  args = dict(resolution=24, num_train=3000, num_validation=2, num_test=2)  # As below.
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "m4.data.scenes", "--out", d, "--num", "3000",
+       "--num_validation", "2", "--num_test", "2", "--resolution", "24"],
+      cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 120
+    while not glob.glob(os.path.join(d, ".train.array_record.partial.*")):
+      assert proc.poll() is None and time.time() < deadline, "the writer never started"
+      time.sleep(0.05)
+    time.sleep(0.3)
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  assert not os.path.exists(scenes.split_path(d, "train"))  # No half split.
+  with pytest.raises(FileNotFoundError, match="incomplete"):
+    scenes.ScenesSource(d, "train")
+  # Other parameters are refused; the same ones finish the job (here only the
+  # small splits, to keep the test short).
+  with pytest.raises(workdir.ConfigError, match="num_train"):
+    scenes.ensure(d, {**args, "num_train": 30}, progress=False)
+  scenes.ensure(d, args, splits=("validation", "test"), progress=False)
+  assert not glob.glob(os.path.join(d, ".*partial*"))  # The dead writer's file is gone.
+  source = scenes.ScenesSource(d, "validation")
+  assert _equal(source[1], scenes.render(1, split="validation", seed=0, resolution=24))
