@@ -8,13 +8,19 @@ loss over valid pixels and a validity (sky) channel. `quick` is sized for the
 quickstart; the default is the full run recorded in experiments/tokenizers/.
 """
 
+import os
+import runpy
+
 from m4.trainers import tokenizer
+
+# The shared scenes training data (random crops of 60-100 % of the area, flips).
+_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                     "data", "scenes64.py")
 
 
 def get_config(arg=None):
   c = tokenizer.default_config("depth")
-  c.data.dir = "workdirs/data/scenes"
-  c.data.flip = True
+  c.data = runpy.run_path(_DATA)["get_config"]().data
   c.io.loss_weights = {"depth": 1.0, "valid": 0.1}
   c.model.channels = (32, 64, 128)  # 64 px -> space-to-depth 2 -> 32, 16, 8.
   c.model.num_res_blocks = 1

@@ -9,13 +9,19 @@ experiments/tokenizers/. The codebook size and the token grid come from the
 modality registry (m4/modalities.py).
 """
 
+import os
+import runpy
+
 from m4.trainers import tokenizer
+
+# The shared scenes training data (random crops of 60-100 % of the area, flips).
+_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                     "data", "scenes64.py")
 
 
 def get_config(arg=None):
   c = tokenizer.default_config("rgb")
-  c.data.dir = "workdirs/data/scenes"
-  c.data.flip = True
+  c.data = runpy.run_path(_DATA)["get_config"]().data
   c.io.loss_weights = {"mse": 1.0, "l1": 0.1}
   c.model.channels = (32, 64, 128)  # 64 px -> space-to-depth 2 -> 32, 16, 8.
   c.model.num_res_blocks = 1

@@ -8,14 +8,20 @@ ignored). `quick` is sized for the quickstart; the default is the full run
 recorded in experiments/tokenizers/.
 """
 
+import os
+import runpy
+
 from m4.data import scenes
 from m4.trainers import tokenizer
+
+# The shared scenes training data (random crops of 60-100 % of the area, flips).
+_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                     "data", "scenes64.py")
 
 
 def get_config(arg=None):
   c = tokenizer.default_config("semseg")
-  c.data.dir = "workdirs/data/scenes"
-  c.data.flip = True
+  c.data = runpy.run_path(_DATA)["get_config"]().data
   c.io.num_classes = len(scenes.CLASSES)
   c.io.loss_weights = {"ce": 1.0}
   c.model.channels = (32, 64, 128)  # 64 px -> space-to-depth 2 -> 32, 16, 8.
