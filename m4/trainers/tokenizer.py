@@ -63,7 +63,7 @@ def default_config(modality: str = "rgb") -> ml_collections.ConfigDict:
   c.trainer = "tokenizer"
   c.modality = modality
   c.seed = 0
-  c.data = pipeline.data_config(kind="scenes", dir="workdirs/data/scenes", batch_size=64)
+  c.data = pipeline.data_config(kind="scenes", dir="workdirs/data/scenes64", batch_size=64)
   c.model = ml_collections.ConfigDict(dict(
       channels=(64, 128, 256), num_res_blocks=1, code_dim=32, patch=None,
       ema_decay=0.99, dead_threshold=0.03, restart_noise=0.01))
@@ -108,15 +108,20 @@ def spec_from_config(config, step: int | None = None, metrics=None) -> vq_tokeni
       model=config.model.to_dict(), io=io, step=step, metrics=metrics)
 
 
-def make_optimizer(opt) -> optax.GradientTransformation:
+def make_optimizer(opt, total_steps: int):
+  """(AdamW with warmup + cosine decay and gradient clipping, its schedule).
+
+  Weight decay applies to kernels (ndim > 1), not to biases and norm scales.
+  """
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=opt.learning_rate, warmup_steps=opt.warmup_steps,
-      decay_steps=max(opt.total_steps, opt.warmup_steps + 1), end_value=opt.end_learning_rate)
+      decay_steps=max(int(total_steps), opt.warmup_steps + 1), end_value=opt.end_learning_rate)
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-  return optax.chain(
+  tx = optax.chain(
       optax.clip_by_global_norm(opt.grad_clip),
       optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay,
-                  mask=decay_mask)), schedule
+                  mask=decay_mask))
+  return tx, schedule
 
 
 class Trainer:
@@ -127,12 +132,13 @@ class Trainer:
     self.mesh = mesh
     self.rules = sharding.rules_from_config(config.get("sharding_rules"))
     self.spec = spec_from_config(config)
-    model, self.io = vq_tokenizer.build(self.spec, nnx.Rngs(config.seed))
+    try:
+      model, self.io = vq_tokenizer.build(self.spec, nnx.Rngs(config.seed))
+    except (TypeError, ValueError) as e:
+      raise workdir_lib.ConfigError(f"config.model / config.io: {e}") from None
     self.vocab_size = model.quantizer.num_codes
     self.graphdef, params, codebook = nnx.split(model, nnx.Param, quantizer_lib.CodebookState)
-    opt = config.optimizer.to_dict()
-    opt["total_steps"] = config.num_steps
-    self.tx, self.schedule = make_optimizer(_Namespace(opt))
+    self.tx, self.schedule = make_optimizer(config.optimizer, config.num_steps)
     replicated = NamedSharding(mesh, P())
     self.initial = jax.device_put({
         "params": params, "codebook": codebook, "opt": self.tx.init(params),
@@ -187,12 +193,6 @@ class Trainer:
     counts = jnp.zeros((self.vocab_size,), jnp.float32).at[q.indices.reshape(valid.shape[0], -1)].add(
         jnp.broadcast_to(valid[:, None].astype(jnp.float32), (valid.shape[0], q.indices[0].size)))
     return sums, counts, q.indices, self.io.postprocess(output)
-
-
-class _Namespace:
-
-  def __init__(self, d):
-    self.__dict__.update(d)
 
 
 def _check_config(config):
