@@ -116,11 +116,11 @@ class VQVAE(nnx.Module):
 
   def __init__(self, *, in_channels: int, out_channels: int, vocab_size: int,
                downsample: int, channels: Sequence[int] = (64, 128, 256),
-               num_res_blocks: int = 1, code_dim: int = 32, patch: int | None = None,
+               num_res_blocks: int = 1, code_dim: int = 32, patch: int | None = 0,
                ema_decay: float = 0.99, dead_threshold: float = 0.03,
                restart_noise: float = 0.01, rngs: nnx.Rngs):
     channels = tuple(int(c) for c in channels)
-    if patch is None:  # Whatever the levels do not downsample, the patch does.
+    if not patch:  # 0 (or None): whatever the levels do not downsample, the patch does.
       patch = downsample // 2 ** (len(channels) - 1)
     if patch < 1 or patch * 2 ** (len(channels) - 1) != downsample:
       raise ValueError(

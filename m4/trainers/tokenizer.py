@@ -19,7 +19,8 @@ Config fields (all read here; see configs/tokenizers/*.py):
   seed                 initialisation, data order, restarts
   data                 m4.data.pipeline config (data.batch_size = global batch)
   model                VQVAE settings: channels, num_res_blocks, code_dim,
-                       patch, ema_decay, dead_threshold, restart_noise
+                       patch (0: derived), ema_decay, dead_threshold,
+                       restart_noise
   io                   loss_weights (per modality), num_classes (semseg)
   commitment           weight of the quantizer's commitment loss
   optimizer            learning_rate, warmup_steps, end_learning_rate,
@@ -65,7 +66,7 @@ def default_config(modality: str = "rgb") -> ml_collections.ConfigDict:
   c.seed = 0
   c.data = pipeline.data_config(kind="scenes", dir="workdirs/data/scenes64", batch_size=64)
   c.model = ml_collections.ConfigDict(dict(
-      channels=(64, 128, 256), num_res_blocks=1, code_dim=32, patch=None,
+      channels=(64, 128, 256), num_res_blocks=1, code_dim=32, patch=0,
       ema_decay=0.99, dead_threshold=0.03, restart_noise=0.01))
   c.io = ml_collections.ConfigDict()
   c.io.loss_weights = ml_collections.ConfigDict()  # Empty: modality_io's defaults.
