@@ -73,3 +73,49 @@ def make_tokenizer(directory, name, seed=0):
 def make_tokenizers(root, seed=0):
   return {n: make_tokenizer(os.path.join(root, f"tok_{n}"), n, seed + i)
           for i, n in enumerate(("rgb", "depth", "semseg"))}
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def assets(tmp_path_factory):
+  """{data, tokenizers} shared by the test modules of one session (made once)."""
+  root = tmp_path_factory.getbasetemp() / "pretrain_assets"
+  root.mkdir(exist_ok=True)
+  return {"data": make_data(str(root / "data")), "tokenizers": make_tokenizers(str(root)),
+          "root": str(root)}
+
+
+def pretokenize_config(assets_, **overrides):
+  """configs/pretokenize/scenes.py on the tests' data and tokenizers."""
+  import runpy  # pylint: disable=g-import-not-at-top
+  c = runpy.run_path(os.path.join(REPO, "configs", "pretokenize", "scenes.py"))["get_config"]()
+  c.data = data_config(assets_["data"])
+  c.tokenizers.update(assets_["tokenizers"])
+  c.update(dict(samples_per_shard=40, random_views=2, batch_size=48, grid_samples=0))
+  c.update(overrides)
+  return c
+
+
+
+def pretrain_config(assets_, shards, **overrides):
+  """configs/pretrain/scenes_tiny.py shrunk: 2+2 blocks of width 64, batch 16,
+  8 steps, one eval batch, no pictures, no TensorBoard."""
+  import runpy  # pylint: disable=g-import-not-at-top
+  c = runpy.run_path(os.path.join(REPO, "configs", "pretrain", "scenes_tiny.py"))["get_config"]()
+  c.data = data_config(assets_["data"], batch_size=16)
+  c.tokens.dir = shards
+  c.tokenizers.update(assets_["tokenizers"])
+  c.model.update(dim=64, encoder_depth=2, decoder_depth=2, num_heads=2)
+  c.optimizer.update(warmup_steps=2, lr=1e-3)
+  c.update(dict(total_steps=8, log_every=1, checkpoint_every=4, tensorboard=False))
+  c.eval.update(dict(every=0, batch_size=8, num_batches=1, baseline_batches=1, grid_samples=0,
+                     cross_modal_every_eval=False))
+  c.eval.cross_modal.targets = ()
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c

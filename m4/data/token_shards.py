@@ -161,17 +161,17 @@ def read_spec(directory: str) -> dict:
   return spec
 
 
-def _diff(a, b, prefix: str = "") -> str | None:
-  """The first path where two JSON-like values differ."""
+def _diff(a, b, prefix: str = "") -> list[str]:
+  """The paths where two JSON-like values differ."""
   if isinstance(a, Mapping) and isinstance(b, Mapping):
+    out = []
     for k in sorted(set(a) | set(b)):
       if k not in a or k not in b:
-        return f"{prefix}{k}"
-      d = _diff(a[k], b[k], f"{prefix}{k}.")
-      if d:
-        return d
-    return None
-  return None if a == b else prefix.rstrip(".") or "(root)"
+        out.append(f"{prefix}{k}")
+      else:
+        out += _diff(a[k], b[k], f"{prefix}{k}.")
+    return out
+  return [] if a == b else [prefix.rstrip(".") or "(root)"]
 
 
 def write_or_check_spec(directory: str, spec: Mapping[str, Any]) -> dict:
@@ -184,11 +184,12 @@ def write_or_check_spec(directory: str, spec: Mapping[str, Any]) -> dict:
   if os.path.exists(path):
     stored = workdir.read_json(path)
     canonical = _canonical(spec)
-    where = _diff(stored, canonical)
-    if where is not None:
+    differ = _diff(stored, canonical)
+    if differ:
+      what = "; ".join(f"{w}: stored {_get(stored, w)!r}, now {_get(canonical, w)!r}"
+                       for w in differ[:4])
       raise ConfigError(
-          f"{path}: these token shards were made with another setting ({where}: stored"
-          f" {_get(stored, where)!r}, now {_get(canonical, where)!r}); nothing was"
+          f"{path}: these token shards were made with other settings ({what}); nothing was"
           " changed. Use a new directory, or the settings the shards were made with.")
     return stored
   workdir.write_json(path, spec)

@@ -291,9 +291,15 @@ class _Metrics:
     self.pending = []
     self.t0 = time.time()
     self.paused = 0.0  # Seconds of evaluation / checkpointing since t0.
+    self.untimed = 0  # Steps since t0 that the rate leaves out (compilation).
 
   def add(self, step: int, metrics):
     self.pending.append((step, metrics))
+
+  def restart_clock(self):
+    """Times from now on: the steps so far (e.g. the compiling one) are not timed."""
+    jax.block_until_ready(self.pending[-1][1])
+    self.t0, self.paused, self.untimed = time.time(), 0.0, len(self.pending)
 
   def flush(self) -> tuple[int, dict[str, float]] | None:
     """(last step, mean metrics since the last flush); raises on non-finite values."""
@@ -307,16 +313,18 @@ class _Metrics:
         raise FloatingPointError(step, bad)
     mean = {k: float(np.mean([m[k] for m in values])) for k in values[0]}
     seconds = time.time() - self.t0 - self.paused
-    self.pending, self.t0, self.paused = [], time.time(), 0.0
-    return steps[-1], dict(mean, _steps=len(steps), _seconds=seconds)
+    timed = len(steps) - self.untimed
+    self.pending, self.t0, self.paused, self.untimed = [], time.time(), 0.0, 0
+    return steps[-1], dict(mean, _steps=timed, _seconds=seconds)
 
 
 def _train_metrics(mean: Mapping[str, float], tokens_per_step: int) -> dict[str, float]:
   """Logged names: headline figures first (the progress line shows six)."""
-  rate = mean["_steps"] / max(mean["_seconds"], 1e-9)
   out = {"train/loss": mean["loss"], "lr": mean.get("lr", float("nan")),
-         "grad_norm": mean["grad_norm"], "tokens_per_sec": rate * tokens_per_step,
-         "train_steps_per_sec": rate}
+         "grad_norm": mean["grad_norm"]}
+  if mean["_steps"] > 0:  # Not when the interval holds only the compiling step.
+    rate = mean["_steps"] / max(mean["_seconds"], 1e-9)
+    out.update(tokens_per_sec=rate * tokens_per_step, train_steps_per_sec=rate)
   for k in sorted(mean):
     if k.startswith(("loss/", "accuracy/")):
       out[f"train/{k}"] = mean[k]
@@ -429,6 +437,8 @@ def run(config, workdir_path: str) -> dict:
       batch = pretrain_eval.model_batch(next(train_it), names)
       state, metrics = step_fn(state, sharding.to_global(batch, mesh, rules))
       meter.add(step, metrics)
+      if step == start + 1:
+        meter.restart_clock()
       do_ckpt = step % int(config.checkpoint_every) == 0 or step == total
       if step % int(config.log_every) == 0 or do_ckpt or preemption.requested:
         flush()  # Checks every step's values before anything is saved.

@@ -124,6 +124,8 @@ class PretrainEval:
 
   def cross_modal(self, params) -> dict[str, float]:
     """Token accuracy (and loss) of each target predicted from the inputs alone."""
+    if not self.targets:
+      return {}
     sums = {t: np.zeros(3) for t in self.targets}
     for batch in self._token_batches(self.ev.split, int(self.ev.num_batches)):
       for t in self.targets:
@@ -140,8 +142,8 @@ class PretrainEval:
 
   def baseline(self) -> dict[str, float]:
     """Accuracy of the constant predictors on the eval split (module docstring)."""
-    if self._baseline is not None:
-      return self._baseline
+    if self._baseline is not None or not self.targets:
+      return self._baseline or {}
     counts = {}
     for batch in self._token_batches(self.config.data.train_split,
                                      int(self.ev.baseline_batches)):
