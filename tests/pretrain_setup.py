@@ -1,8 +1,15 @@
-"""Small scenes data and untrained VQ tokenizers for the pretraining tests.
+"""Small scenes data and hand-set VQ tokenizers for the pretraining tests.
 
-Tokenizer weights are drawn with numpy (a jitted random init takes ~15 s to
-compile on 2 cores); their tokens are a fixed function of the pixels, which
-is all pre-tokenization and pretraining tests need.
+The tokenizers are not trained (training takes minutes; a jitted random init
+alone ~15 s to compile on 2 cores): their weights are set with numpy so that
+a token says something about its patch, as a trained tokenizer's would. The
+encoder averages each input channel over the 4x4 patch (rgb: the colour;
+depth: log-depth and validity; semseg: the class fractions); its
+GroupNorm + SiLU, scaled up, keep the channels above their image mean; each
+channel has a 2-D direction, and the codebook repeats NUM_BINS directions,
+so the token is the angle bin of the patch's above-mean channels (e.g. its
+class for semseg). The decoders are random: pictures of decoded
+tokens are noise.
 """
 
 import os
@@ -18,7 +25,8 @@ from m4.tokenizers import modality_io
 from m4.tokenizers import vq_tokenizer
 
 RESOLUTION = 32
-TINY_VQ = dict(channels=(16, 32), num_res_blocks=1, code_dim=8, patch=2)
+TINY_VQ = dict(channels=(8,), num_res_blocks=0, code_dim=2, patch=4)
+NUM_BINS = 16
 
 
 SIZES = dict(num_train=96, num_validation=24, num_test=8)
@@ -37,15 +45,43 @@ def make_data(directory):
   return directory
 
 
-def _fill(path, shape, rng):
+def _directions(in_channels, channels):
+  """Angle of each encoder channel's code direction (-1: unused channel).
+
+  semseg (one channel per class): sky, ground and all objects get three
+  directions 120 degrees apart (a token says sky / ground / object, or a mix);
+  other modalities: channel c at 2 pi c / in_channels.
+  """
+  c = np.arange(channels)
+  if in_channels == len(scenes.CLASSES):
+    angle = 2 * np.pi / 3 * np.minimum(c, 2)
+  else:
+    angle = 2 * np.pi * c / in_channels
+  return np.where(c < in_channels, angle, -1.0)
+
+
+def _fill(path, shape, rng, in_channels):
   keys = [str(getattr(k, "key", k)) for k in path]
-  if keys[-1] == "scale" or keys[-1] == "ema_count":
+  name = "/".join(keys)
+  if name == "encoder/norm/scale":  # silu(30 z) keeps only channels above the image mean.
+    return np.full(shape, 30.0, np.float32)
+  if keys[-1] in ("scale", "ema_count"):
     return np.ones(shape, np.float32)
   if keys[-1] == "bias":
     return np.zeros(shape, np.float32)
-  x = rng.standard_normal(shape).astype(np.float32)
   if keys[-1] in ("codebook", "ema_sum"):
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+    angle = 2 * np.pi * (np.arange(shape[0]) % NUM_BINS) / NUM_BINS
+    return np.stack([np.cos(angle), np.sin(angle)], -1).astype(np.float32)
+  if name == "encoder/stem/kernel":  # Patch mean of each input channel.
+    kernel = np.zeros(shape, np.float32)
+    k = np.arange(shape[2])
+    kernel[1, 1, k, k % in_channels] = 1.0 / (shape[2] // in_channels)
+    return kernel
+  if name == "encoder/proj/kernel":  # Channel c -> a direction (see _directions).
+    angle = _directions(in_channels, shape[2])
+    kernel = np.stack([np.cos(angle), np.sin(angle)], -1) * (angle >= 0)[:, None]
+    return kernel.reshape(shape).astype(np.float32)
+  x = rng.standard_normal(shape).astype(np.float32)
   return x / np.sqrt(np.prod(shape[:-1]))
 
 
@@ -62,7 +98,8 @@ def make_tokenizer(directory, name, seed=0):
   graphdef, state = nnx.split(abstract)
   rng = np.random.default_rng(seed)
   import jax  # pylint: disable=g-import-not-at-top
-  pure = jax.tree_util.tree_map_with_path(lambda p, x: _fill(p, x.shape, rng),
+  in_channels = modality_io.make(name, **io).in_channels
+  pure = jax.tree_util.tree_map_with_path(lambda p, x: _fill(p, x.shape, rng, in_channels),
                                           nnx.to_pure_dict(state))
   nnx.replace_by_pure_dict(state, pure)
   model = nnx.merge(graphdef, state)

@@ -238,11 +238,23 @@ def from_checkpoint(template: TrainState, tree: Mapping[str, Any]) -> TrainState
 
 
 class _Preemption:
-  """Records a SIGTERM; the loop checkpoints and stops at the end of the step."""
+  """Records a SIGTERM; the loop checkpoints and stops at the end of a step.
+
+  With several processes they must stop at the same step: `stop_now` is
+  asked at every logging step and is true on all processes when any of them
+  got the signal.
+  """
 
   def __init__(self):
     self.requested = False
     self._old = None
+
+  def stop_now(self) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    flags = multihost_utils.process_allgather(np.asarray(self.requested))
+    return bool(np.any(flags))
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
@@ -274,14 +286,13 @@ def _check_config(config, cfg) -> None:
   require(int(m.num_target_tokens) == cfg.num_decoder_tokens, "model.num_decoder_tokens",
           f"{cfg.num_decoder_tokens} slots, but config.masking.num_target_tokens is"
           f" {m.num_target_tokens}; make them equal.")
-  for n in m.modalities:
-    mod = modalities.get(n)
-    if modalities.INPUT in mod.roles:
-      require(n in cfg.encoder_modalities, "model.encoder_modalities",
-              f"masking gives inputs of {n!r}, which the encoder does not read.")
-    if modalities.TARGET in mod.roles:
-      require(n in cfg.decoder_modalities, "model.decoder_modalities",
-              f"masking gives targets of {n!r}, which the decoder does not predict.")
+  for c, comp in m.mixture.items():
+    for key, field, names in (("input_alphas", "encoder_modalities", cfg.encoder_modalities),
+                              ("target_alphas", "decoder_modalities", cfg.decoder_modalities)):
+      for n, alpha in comp[key].items():
+        require(float(alpha) == 0 or n in names, f"model.{field}",
+                f"config.masking.mixture.{c}.{key} gives {n!r} alpha {alpha}, but it is not"
+                f" one of {names}.")
 
 
 class _Metrics:
@@ -311,7 +322,14 @@ class _Metrics:
       bad = {k: float(v) for k, v in m.items() if not np.isfinite(v)}
       if bad:
         raise FloatingPointError(step, bad)
-    mean = {k: float(np.mean([m[k] for m in values])) for k in values[0]}
+    mean = {}
+    for k in values[0]:
+      if k.startswith(("loss/", "accuracy/")):  # Over the interval's tokens of that modality.
+        tokens = np.array([m["tokens/" + k.split("/", 1)[1]] for m in values])
+        if tokens.sum() > 0:
+          mean[k] = float(np.sum(np.array([m[k] for m in values]) * tokens) / tokens.sum())
+      elif not k.startswith("tokens/"):
+        mean[k] = float(np.mean([m[k] for m in values]))
     seconds = time.time() - self.t0 - self.paused
     timed = len(steps) - self.untimed
     self.pending, self.t0, self.paused, self.untimed = [], time.time(), 0.0, 0
@@ -440,12 +458,14 @@ def run(config, workdir_path: str) -> dict:
       if step == start + 1:
         meter.restart_clock()
       do_ckpt = step % int(config.checkpoint_every) == 0 or step == total
-      if step % int(config.log_every) == 0 or do_ckpt or preemption.requested:
+      # One process stops at the step it got SIGTERM; several agree at a logging step.
+      if step % int(config.log_every) == 0 or do_ckpt or (
+          preemption.requested and jax.process_count() == 1):
         flush()  # Checks every step's values before anything is saved.
-      if preemption.requested:
-        save(step)
-        stopped_by = step
-        break
+        if preemption.stop_now():
+          save(step)
+          stopped_by = step
+          break
       if do_ckpt:
         save(step)
       if int(config.eval.every) and step % int(config.eval.every) == 0 and step != total:
@@ -478,5 +498,6 @@ def run(config, workdir_path: str) -> dict:
       "seconds": round(time.time() - t_start, 1),
       **{k: v for k, v in pictures.items() if v},
   }
-  workdir.write_json(os.path.join(workdir_path, "eval", "final.json"), {**final, **summary})
+  if jax.process_index() == 0:
+    workdir.write_json(os.path.join(workdir_path, "eval", "final.json"), {**final, **summary})
   return summary

@@ -76,8 +76,10 @@ class PretrainEval:
       where = jnp.where(dec.slots.valid, dec.slots.position, grid.shape[1])  # Padding: dropped.
       return grid.at[rows, where].set(ids, mode="drop")
 
-    self._metrics = jax.jit(metrics, static_argnums=(2, 3))
-    self._predict = jax.jit(predict, static_argnums=(2, 3, 4))
+    # Replicated outputs: every process can read them (multi-host).
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    self._metrics = jax.jit(metrics, static_argnums=(2, 3), out_shardings=replicated)
+    self._predict = jax.jit(predict, static_argnums=(2, 3, 4), out_shardings=replicated)
 
   def _global(self, batch):
     return sharding.to_global(batch, self.mesh, self.rules)
@@ -153,6 +155,7 @@ class PretrainEval:
         grid = np.asarray(batch[mod.data_key]).reshape(len(ok), -1)[ok]
         c = counts.setdefault(t, np.zeros((mod.num_tokens, mod.vocab_size), np.int64))
         np.add.at(c, (np.broadcast_to(np.arange(mod.num_tokens), grid.shape), grid), 1)
+    counts = {t: _sum_over_processes(c) for t, c in counts.items()}
     per_position = {t: c.argmax(1) for t, c in counts.items()}
     overall = {t: c.sum(0).argmax() for t, c in counts.items()}
     hits = {t: np.zeros(3) for t in self.targets}
@@ -162,7 +165,8 @@ class PretrainEval:
         grid = np.asarray(batch[modalities_lib.get(t).data_key]).reshape(len(ok), -1)[ok]
         hits[t] += [(grid == per_position[t]).sum(), (grid == overall[t]).sum(), grid.size]
     out = {}
-    for t, (pos, ovr, n) in hits.items():
+    for t, h in hits.items():
+      pos, ovr, n = _sum_over_processes(h)
       out[f"{t}/per_position"] = float(pos / max(n, 1))
       out[f"{t}/overall"] = float(ovr / max(n, 1))
       out[f"{t}/best"] = float(max(pos, ovr) / max(n, 1))
@@ -172,7 +176,11 @@ class PretrainEval:
   # ---------------------------------------------------------------- pictures
 
   def prediction_grid(self, params, path: str, num: int) -> str | None:
-    """PNG: inputs | per target: true tokens decoded | predicted tokens decoded."""
+    """PNG: inputs | per target: true tokens decoded | predicted tokens decoded.
+
+    Every process computes (the model is sharded); process 0 draws the
+    first `num` samples of its first batch.
+    """
     from m4.tools import grid as grid_lib  # pylint: disable=g-import-not-at-top
     try:
       vq = self.data.vq_tokenizers()
@@ -204,13 +212,23 @@ class PretrainEval:
       titles[f"true:{t}"], titles[f"pred:{t}"] = f"{t} (true tokens)", f"{t} (predicted)"
     captions = [f"{self.ev.split} {int(batch['id'][i])}: token accuracy "
                 + ", ".join(rows[i].pop("_acc")) for i in range(num)]
+    if jax.process_index() != 0:
+      return path
     return grid_lib.save_grid(path, rows, captions, kinds=kinds, titles=titles)
+
+
+def _sum_over_processes(x: np.ndarray) -> np.ndarray:
+  """Elementwise sum of a host-side array over all processes."""
+  if jax.process_count() == 1:
+    return x
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(np.asarray(x))).sum(0)
 
 
 def plot_curves(workdir: str, path: str) -> str | None:
   """PNG: training and held-out loss, and held-out accuracies, against steps."""
   rows = workdir_lib.read_metrics(workdir)
-  if not rows:
+  if not rows or jax.process_index() != 0:
     return None
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
