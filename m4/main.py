@@ -4,11 +4,19 @@
 can be overridden on the command line as `--config.a.b=value`. The resolved
 config is written to `DIR/config.json`; running again on the same workdir
 resumes (or skips what is done).
+
+Multi-host: run the same command on every host with `--distributed`
+(`jax.distributed.initialize()`, which finds its peers on Cloud TPU, Slurm
+and Open MPI), or name them: `--coordinator_address=HOST0:PORT
+--num_processes=N --process_id=I`. Each process reads its own share of the
+data; process 0 writes config, metrics and pictures; checkpoints are written
+by all.
 """
 
 import runpy
 import sys
 
+import jax
 from absl import app
 from absl import flags
 from absl import logging
@@ -19,6 +27,12 @@ from m4 import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file with get_config().")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Multi-host: jax.distributed.initialize() with auto-detection.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "", "Multi-host: HOST:PORT of process 0 (implies --distributed).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 
 
 def _fail(message: str):
@@ -73,9 +87,19 @@ def _parse_flags(argv):
   return rest
 
 
+def _init_distributed():
+  """jax.distributed.initialize, before anything touches a JAX backend."""
+  if not (_DISTRIBUTED.value or _COORDINATOR.value):
+    return
+  jax.distributed.initialize(coordinator_address=_COORDINATOR.value or None,
+                             num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  logging.info("m4: process %d of %d", jax.process_index(), jax.process_count())
+
+
 def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  _init_distributed()
   config = _CONFIG.value
   workdir = _WORKDIR.value
   workdir_lib.write_config(config, workdir)
@@ -84,7 +108,7 @@ def main(argv):
     summary = trainers.get(config.trainer)(config, workdir)
   except workdir_lib.ConfigError as e:
     _fail(str(e))
-  if summary:
+  if summary and jax.process_index() == 0:
     print(workdir_lib.format_summary(summary))
 
 
