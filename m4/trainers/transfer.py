@@ -1,0 +1,392 @@
+"""The `transfer` job: downstream tasks on a 4M encoder, beside a from-scratch baseline.
+
+    python -m m4.main --config=configs/transfer/scenes.py --workdir=DIR --config.init=PRETRAIN_DIR
+
+For every task x label fraction x seed, the job trains each init ("pretrained":
+the encoder of the checkpoint at `config.init`, read with
+m4.checkpoints.restore_subtree; "scratch": the same encoder randomly
+initialised) with each protocol ("probe": frozen encoder, trained head;
+"finetune": everything trained, layer-wise learning-rate decay), evaluates on
+the held-out split `data.eval_split`, and writes
+
+    DIR/runs/<task>/<run>/     metrics.jsonl, TensorBoard, checkpoints/ (if enabled)
+    DIR/eval/<run>.json        the run's test metrics and settings
+    DIR/eval/results.md        the table: scratch and pretrained side by side
+    DIR/eval/results.json      every run's result
+    DIR/eval/results.png       the headline metrics as bars
+    DIR/eval/<task>_<budget>_predictions.png   dense tasks: inputs, labels and each
+                                                run's predictions on test samples
+
+A run whose eval json exists is skipped, and a run with checkpoints resumes,
+so the same command continues an interrupted job. Paired runs share the label
+subset, the data order and the head's initialisation (all from the seed).
+
+Config fields (configs/transfer/scenes.py documents a full example):
+  seeds: seeds to run; each gives the label subset, data order and inits.
+  init: directory of a pretraining run or a saved model (m4.models.pretrained
+    layout: config.json with `model` [+ `modalities`], checkpoints/); "" when
+    only "scratch" runs. init_key: the checkpoint key of the model's state.
+    init_step: the checkpoint step (-1: latest).
+  model: FourMConfig fields: the architecture when `init` is "" (then with
+    `size` and encoder/decoder modalities), else overrides that keep the
+    parameters (dtype, remat, attention_impl).
+  inits, protocols, label_fractions: what to run.
+  tasks.<name>: m4.models.transfer.TaskSpec fields (kind, inputs, target,
+    num_classes, label_smoothing).
+  tokenizers.<modality>: tokenizer name or directory of each VQ-token input.
+  pixel_normalization: "symmetric" or "imagenet", for pixel inputs.
+  data: the pipeline's `config.data` (train_split, eval_split, image_size,
+    crops, batch_size, ...); `modalities` is set per task.
+  probe, finetune: num_steps (or num_epochs over the labelled subset when
+    num_steps is 0), learning_rate, min_learning_rate, warmup_steps,
+    weight_decay, layer_decay (finetune), grad_clip, head_hidden,
+    b1, b2 (AdamW).
+  eval: num_samples (0: the whole split), num_examples (samples in pictures).
+  log_every, checkpoint_every (0: no checkpoints), mesh, sharding_rules.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from m4 import checkpoints
+from m4 import evaluators
+from m4 import modalities
+from m4 import sharding
+from m4 import workdir as workdir_lib
+from m4.data import pipeline
+from m4.data import sources
+from m4.data import subsets
+from m4.data import transforms
+from m4.evaluators import report
+from m4.models import configs
+from m4.models import pretrained
+from m4.models import transfer
+from m4.workdir import ConfigError, require
+
+INITS = ("pretrained", "scratch")
+PROTOCOLS = ("probe", "finetune")
+
+
+# ------------------------------------------------------------------ optimizer
+
+
+def _no_decay(path) -> bool:
+  keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+  return any("norm" in k or "bias" in k for k in keys) or "modality_embed" in keys
+
+
+@functools.lru_cache(maxsize=None)
+def make_optimizer(*, learning_rate: float, min_learning_rate: float, warmup_steps: int,
+                   num_steps: int, weight_decay: float, layer_decay: float, depth: int,
+                   grad_clip: float, b1: float, b2: float) -> optax.GradientTransformation:
+  """AdamW, warmup + cosine schedule, optional clipping and layer-wise decay.
+
+  Cached, so runs with the same settings share one compiled train step.
+  Weight decay skips norms, biases and modality embeddings; with
+  layer_decay < 1 each update is scaled by transfer.layer_scales (BEiT's
+  per-layer learning rates).
+  """
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, learning_rate, max(int(warmup_steps), 1), max(int(num_steps), 2),
+      end_value=min_learning_rate)
+  mask = lambda params: jax.tree_util.tree_map_with_path(lambda p, _: not _no_decay(p), params)
+  parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
+  parts.append(optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay, mask=mask))
+  if layer_decay < 1.0:
+    scale = lambda updates, params=None: jax.tree.map(
+        lambda u, s: u * s, updates, transfer.layer_scales(updates, depth, layer_decay))
+    parts.append(optax.stateless(scale))
+  return optax.chain(*parts)
+
+
+def schedule_value(settings, num_steps: int, step: int) -> float:
+  s = optax.warmup_cosine_decay_schedule(
+      0.0, settings.learning_rate, max(int(settings.warmup_steps), 1), max(num_steps, 2),
+      end_value=settings.min_learning_rate)
+  return float(s(step))
+
+
+# ------------------------------------------------------------------ steps
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), donate_argnums=(4, 5))
+def train_step(graphdef, task, frozen, tx, params, opt_state, rest, enc, targets):
+  """One optimizer step on the trainable `params` (a pure dict)."""
+
+  def loss_fn(p):
+    model = nnx.merge(graphdef, nnx.State(p), rest)
+    return transfer.loss(task, model(enc, frozen=frozen), targets)
+
+  loss, grads = jax.value_and_grad(loss_fn)(params)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  params = optax.apply_updates(params, updates)
+  return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+
+# ------------------------------------------------------------------ runs
+
+
+def budget_name(fraction: float) -> str:
+  """0.1 -> "10pct", 0.005 -> "0.5pct"."""
+  pct = float(fraction) * 100
+  return f"{pct:g}pct"
+
+
+def run_name(task: str, init: str, protocol: str, fraction: float, seed: int) -> str:
+  return f"{task}__{init}__{protocol}__{budget_name(fraction)}__s{seed}"
+
+
+def check_config(config) -> None:
+  """Early, named errors for the fields every run needs."""
+  for field in ("seeds", "inits", "protocols", "label_fractions", "tasks", "data", "probe",
+                "finetune", "eval"):
+    require(field in config, field, "is required (see configs/transfer/scenes.py).")
+  require(len(config.seeds) > 0, "seeds", "needs at least one seed.")
+  for init in config.inits:
+    require(init in INITS, "inits", f"{init!r} is not one of {INITS}.")
+  for protocol in config.protocols:
+    require(protocol in PROTOCOLS, "protocols", f"{protocol!r} is not one of {PROTOCOLS}.")
+  for f in config.label_fractions:
+    require(0 < float(f) <= 1, "label_fractions", f"{f} is not in (0, 1].")
+  require(len(config.tasks) > 0, "tasks", "no task to run.")
+  if "pretrained" in config.inits:
+    require(bool(config.get("init")), "init",
+            "the 'pretrained' init needs the directory of a pretraining run or saved model"
+            " (--config.init=DIR), or drop it from config.inits.")
+    require(os.path.isdir(config.init), "init", f"{config.init!r} is not a directory.")
+  require(config.log_every > 0, "log_every", "must be positive.")
+  require(config.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0: none).")
+  for protocol in config.protocols:
+    s = config[protocol]
+    require(s.num_steps > 0 or s.num_epochs > 0, f"{protocol}.num_steps",
+            "set num_steps or num_epochs.")
+    require(s.learning_rate > 0, f"{protocol}.learning_rate", "must be positive.")
+    require(0 < s.layer_decay <= 1, f"{protocol}.layer_decay", "must be in (0, 1].")
+    require(protocol == "finetune" or s.layer_decay == 1.0, f"{protocol}.layer_decay",
+            "a probe trains no encoder layer; keep 1.0.")
+    require(s.head_hidden >= 0, f"{protocol}.head_hidden", "must be >= 0.")
+
+
+def on_mesh(tree, mesh):
+  """Leaves not yet placed by name (e.g. optax's step counts) replicated on the mesh,
+  so the train step sees the same shardings at every call (one compile)."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.tree.map(
+      lambda x: x if isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding)
+      else jax.device_put(x, replicated), tree)
+
+
+class _Context:
+  """What all runs of one job share: mesh, base model config, tokenizers, paths."""
+
+  def __init__(self, config, workdir: str):
+    self.config = config
+    self.workdir = os.path.abspath(workdir)
+    self.eval_dir = os.path.join(self.workdir, "eval")
+    self.mesh = sharding.make_mesh(config.get("mesh"))
+    self.rules = sharding.rules_from_config(config.get("sharding_rules"))
+    shards = sharding.num_batch_shards(self.mesh, self.rules)
+    require(config.data.batch_size % shards == 0, "data.batch_size",
+            f"{config.data.batch_size} does not split over the {shards} batch shards of the mesh.")
+    if config.get("init"):
+      try:
+        self.base = pretrained.read_config(config.init)
+      except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"config.init: {e}") from None
+    else:
+      require(bool(config.model.get("encoder_modalities")), "model.encoder_modalities",
+              "without config.init the model's architecture comes from config.model.")
+      self.base = configs.from_config(config.model)
+    self.overrides = dict(config.model) if config.get("init") else {}
+    self._tokenizers = {}
+
+  def tokenizer(self, name: str):
+    if name not in self._tokenizers:
+      spec = self.config.tokenizers.get(name) if "tokenizers" in self.config else None
+      spec = spec or modalities.get(name).tokenizer
+      require(bool(spec), f"tokenizers.{name}", "names no tokenizer for this input.")
+      from m4 import tokenizers  # pylint: disable=g-import-not-at-top
+      try:
+        self._tokenizers[name] = tokenizers.load(spec)
+      except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"config.tokenizers.{name}: {e}") from None
+    return self._tokenizers[name]
+
+  def encoder_inputs(self, task: transfer.TaskSpec) -> transfer.EncoderInputs:
+    toks = {n: self.tokenizer(n) for n in task.inputs
+            if modalities.get(n).kind == modalities.IMAGE}
+    return transfer.EncoderInputs(task.inputs, toks,
+                                  pixel_normalization=self.config.pixel_normalization)
+
+  def place(self, tree):
+    return sharding.to_global(tree, self.mesh, self.rules)
+
+
+def _task_data(config, task: transfer.TaskSpec):
+  data = ml_collections.ConfigDict(config.data.to_dict())
+  data.modalities = task.raw_keys()
+  return data
+
+
+def _check_targets(task: transfer.TaskSpec, targets: np.ndarray) -> None:
+  if task.kind == transfer.DEPTH:
+    return
+  t = np.asarray(targets)
+  bad = (t < 0) | (t >= task.num_classes)
+  if task.kind == transfer.SEGMENTATION:
+    bad &= t != transforms.SEMSEG_IGNORE
+  if bad.any():
+    raise ConfigError(f"config.tasks.{task.name}.num_classes: labels of {task.target!r} include"
+                      f" {sorted(set(t[bad].tolist()))[:5]}, outside [0, {task.num_classes}).")
+
+
+def build_model(ctx: _Context, task: transfer.TaskSpec, init: str, protocol: str,
+                seed: int) -> transfer.TransferModel:
+  """The task's model on the mesh: encoder pretrained or random, fresh head."""
+  cfg = transfer.backbone_config(ctx.base, task.inputs, ctx.overrides)
+  settings = ctx.config[protocol]
+  make = lambda: transfer.TransferModel(
+      cfg, task, image_size=ctx.config.data.image_size, head_hidden=settings.head_hidden,
+      rngs=nnx.Rngs(params=seed))
+  # Built eagerly (op by op: no compile of a whole init, which costs more than
+  # a small model's training here), then placed by the parameters' logical names.
+  with sharding.use(ctx.mesh, ctx.rules):
+    model = make()
+  state = nnx.state(model)
+  nnx.update(model, jax.device_put(state, sharding.state_shardings(state, ctx.mesh, ctx.rules)))
+  if init == "pretrained":
+    step = int(ctx.config.init_step)
+    try:
+      transfer.restore_encoder(model, ctx.config.init, key=ctx.config.init_key,
+                               step=None if step < 0 else step)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+      raise ConfigError(f"config.init: cannot read the encoder from {ctx.config.init!r}:"
+                        f" {str(e).splitlines()[0] if str(e) else e!r}") from None
+  return model
+
+
+def train_and_evaluate(ctx: _Context, task: transfer.TaskSpec, init: str, protocol: str,
+                       fraction: float, seed: int, label: str = "") -> dict:
+  """One run (see the module doc); returns its result dict."""
+  config = ctx.config
+  name = run_name(task.name, init, protocol, fraction, seed)
+  result_path = os.path.join(ctx.eval_dir, f"{name}.json")
+  if os.path.exists(result_path):
+    print(f"{label}{name}: done before, skipped", flush=True)
+    return workdir_lib.read_json(result_path)
+  t0 = time.time()
+  run_dir = os.path.join(ctx.workdir, "runs", task.name, name.split("__", 1)[1])
+  settings = config[protocol]
+  data = _task_data(config, task)
+  source = subsets.LabelSubset(sources.make_source(data, data.train_split), fraction, seed)
+  batch_size = int(data.batch_size)
+  num_steps = int(settings.num_steps) or math.ceil(settings.num_epochs * len(source) / batch_size)
+  inputs = ctx.encoder_inputs(task)
+
+  model = build_model(ctx, task, init, protocol, seed)
+  frozen = protocol == "probe"
+  graphdef, trainable, rest = nnx.split(model, transfer.trainable_filter(model, protocol), ...)
+  params = nnx.to_pure_dict(trainable)
+  tx = make_optimizer(
+      learning_rate=float(settings.learning_rate),
+      min_learning_rate=float(settings.min_learning_rate),
+      warmup_steps=int(settings.warmup_steps), num_steps=num_steps,
+      weight_decay=float(settings.weight_decay), layer_decay=float(settings.layer_decay),
+      depth=model.backbone.cfg.encoder_depth, grad_clip=float(settings.grad_clip),
+      b1=float(settings.b1), b2=float(settings.b2))
+  opt_state = on_mesh(tx.init(params), ctx.mesh)
+  it = pipeline.make_iterator(data, data.train_split, seed=seed, training=True, source=source)
+  ckpt = None
+  start = 0
+  if config.checkpoint_every:
+    ckpt = checkpoints.Checkpointer(os.path.join(run_dir, "checkpoints"), max_to_keep=1)
+    if ckpt.latest_step() is not None:
+      state, meta = ckpt.restore({"params": params, "opt_state": opt_state}, data_iter=it)
+      params, opt_state, start = state["params"], state["opt_state"], int(meta["step"])
+  print(f"{label}{name}: {len(source)} labelled samples, {num_steps} steps"
+        f" ({num_steps * batch_size / len(source):.1f} epochs)"
+        + (f", resuming at {start}" if start else ""), flush=True)
+  logger = workdir_lib.MetricLogger(run_dir, num_steps, name=f"{task.name} {init} {protocol}")
+  loss_sum, seen, last = 0.0, 0, {}
+  t_train = time.time()
+  with sharding.use(ctx.mesh, ctx.rules):
+    for step in range(start + 1, num_steps + 1):
+      batch = next(it)
+      targets = np.asarray(task.targets(batch))
+      if step == start + 1:
+        _check_targets(task, targets)
+      params, opt_state, m = train_step(graphdef, task, frozen, tx, params, opt_state, rest,
+                                        ctx.place(inputs(batch)), ctx.place(targets))
+      loss_sum, seen = loss_sum + m["loss"], seen + 1
+      if step % config.log_every == 0 or step == num_steps:
+        last = logger.write(step, {"loss": float(loss_sum) / seen, "grad_norm": m["grad_norm"],
+                                   "lr": schedule_value(settings, num_steps, step)})
+        loss_sum, seen = 0.0, 0
+      if ckpt is not None and (step % config.checkpoint_every == 0 or step == num_steps):
+        ckpt.save(step, {"params": params, "opt_state": opt_state}, data_iter=it,
+                  meta={"run": name})
+  train_seconds = time.time() - t_train
+  if ckpt is not None:
+    ckpt.close()
+  if hasattr(it, "close"):
+    it.close()
+
+  model = nnx.merge(graphdef, nnx.State(params), rest)
+  evaluator = evaluators.get(task.kind)(
+      task=task, data=data, split=data.eval_split, seed=seed, inputs=inputs, mesh=ctx.mesh,
+      rules=ctx.rules, num_examples=config.eval.num_examples,
+      num_samples=config.eval.num_samples)
+  metrics = evaluator.run(model)
+  logger.write(num_steps, {f"test/{k}": v for k, v in metrics.items()}, progress=False)
+  logger.close()
+  result = {
+      "run": name, "task": task.name, "kind": task.kind, "init": init, "protocol": protocol,
+      "label_fraction": float(fraction), "num_labels": len(source), "seed": int(seed),
+      "steps": num_steps, "epochs": num_steps * batch_size / len(source),
+      "train_loss": last.get("loss"), "train_seconds": round(train_seconds, 1),
+      "steps_per_sec": (num_steps - start) / max(train_seconds, 1e-9),
+      "seconds": round(time.time() - t0, 1), "metrics": metrics,
+      "headline": list(evaluator.headline),
+      "higher_is_better": dict(evaluator.higher_is_better),
+      "eval_split": data.eval_split, "init_dir": config.get("init") or "",
+      "run_dir": run_dir,
+  }
+  if evaluator.examples:
+    report.save_examples(os.path.join(ctx.eval_dir, "examples", f"{name}.npz"),
+                         evaluator.examples)
+  workdir_lib.write_json(result_path, result)
+  shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in evaluator.headline)
+  print(f"{label}{name}: {shown} ({result['seconds']:.0f} s)", flush=True)
+  return result
+
+
+def run(config, workdir: str) -> dict:
+  check_config(config)
+  ctx = _Context(config, workdir)
+  tasks = [transfer.TaskSpec.from_config(n, config.tasks[n]) for n in config.tasks]
+  plan = [(task, f, s, init, protocol) for task in tasks for f in config.label_fractions
+          for s in config.seeds for init in config.inits for protocol in config.protocols]
+  t0 = time.time()
+  results = []
+  for i, (task, fraction, seed, init, protocol) in enumerate(plan):
+    results.append(train_and_evaluate(ctx, task, init, protocol, fraction, seed,
+                                      label=f"[transfer {i + 1}/{len(plan)}] "))
+  paths = report.write(ctx.eval_dir, results, title=config.get("title", "Transfer"),
+                       notes=report.describe(config))
+  summary = {"results": paths["table"], "plot": paths["plot"],
+             "runs": len(results), "seconds": round(time.time() - t0, 1)}
+  if paths.get("predictions"):
+    summary["predictions"] = paths["predictions"]
+  summary["headline"] = report.headline(results)
+  return summary
