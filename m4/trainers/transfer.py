@@ -38,11 +38,12 @@ Config fields (configs/transfer/scenes.py documents a full example):
   data: the pipeline's `config.data` (train_split, eval_split, image_size,
     crops, batch_size, ...); `modalities` is set per task.
   probe, finetune: num_steps (or num_epochs over the labelled subset when
-    num_steps is 0), learning_rate, min_learning_rate, warmup_steps,
-    weight_decay, layer_decay (finetune), grad_clip, head_hidden,
+    num_steps is 0), learning_rate, min_learning_rate, warmup_steps (or
+    warmup_epochs when it is 0), weight_decay, layer_decay (finetune), grad_clip, head_hidden,
     b1, b2 (AdamW).
   eval: num_samples (0: the whole split), num_examples (samples in pictures).
   log_every, checkpoint_every (0: no checkpoints), mesh, sharding_rules.
+  prng_impl: jax.random key implementation of the inits ("rbg", "threefry2x32").
 """
 
 from __future__ import annotations
@@ -78,6 +79,54 @@ INITS = ("pretrained", "scratch")
 PROTOCOLS = ("probe", "finetune")
 
 
+def protocol_config(**overrides) -> ml_collections.ConfigDict:
+  """The settings of one protocol (`config.probe` / `config.finetune`)."""
+  c = ml_collections.ConfigDict(dict(
+      num_steps=1000,  # Optimizer steps; 0: use num_epochs.
+      num_epochs=0.0,  # Epochs over the labelled subset (when num_steps is 0).
+      learning_rate=1e-3, min_learning_rate=0.0,  # Linear warmup from 0, then cosine.
+      warmup_steps=50,  # 0: use warmup_epochs.
+      warmup_epochs=0.0,  # Warmup in epochs over the labelled subset (when warmup_steps is 0).
+      weight_decay=0.0,  # AdamW; norms, biases and modality embeddings are not decayed.
+      layer_decay=1.0,  # Finetune: lr of block i scaled by decay ** (depth - i); 1: none.
+      grad_clip=1.0,  # Global-norm clipping; 0: none.
+      head_hidden=0,  # 0: linear readout; > 0: MLP with this hidden width.
+      b1=0.9, b2=0.999))
+  c.update(overrides)
+  return c
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every field the transfer job reads (see the module doc); configs override them."""
+  c = ml_collections.ConfigDict()
+  c.trainer = "transfer"
+  c.title = "Transfer"
+  c.seeds = (0,)
+  c.init = ""
+  c.init_key = "model"
+  c.init_step = -1
+  c.model = ml_collections.ConfigDict()
+  c.modalities = ml_collections.ConfigDict()  # Registry entries the tasks need (name -> fields).
+  c.inits = INITS
+  c.protocols = PROTOCOLS
+  c.label_fractions = (1.0,)
+  c.tasks = ml_collections.ConfigDict()
+  c.tokenizers = ml_collections.ConfigDict()
+  c.pixel_normalization = "symmetric"
+  c.data = pipeline.data_config(eval_split="test")
+  c.probe = protocol_config()
+  c.finetune = protocol_config(learning_rate=1e-4, weight_decay=0.05, layer_decay=0.75)
+  c.eval = ml_collections.ConfigDict(dict(num_samples=0, num_examples=8))
+  c.log_every = 50
+  c.checkpoint_every = 0
+  c.mesh = ml_collections.ConfigDict({"data": -1})
+  c.sharding_rules = None
+  # PRNG of the models' initialisation: "rbg" compiles far faster on CPU than
+  # "threefry2x32" (seconds, not half a minute, for a small model's first build).
+  c.prng_impl = "rbg"
+  return c
+
+
 # ------------------------------------------------------------------ optimizer
 
 
@@ -97,12 +146,12 @@ def make_optimizer(*, learning_rate: float, min_learning_rate: float, warmup_ste
   layer_decay < 1 each update is scaled by transfer.layer_scales (BEiT's
   per-layer learning rates).
   """
-  schedule = optax.warmup_cosine_decay_schedule(
+  lr = optax.warmup_cosine_decay_schedule(
       0.0, learning_rate, max(int(warmup_steps), 1), max(int(num_steps), 2),
       end_value=min_learning_rate)
   mask = lambda params: jax.tree_util.tree_map_with_path(lambda p, _: not _no_decay(p), params)
   parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
-  parts.append(optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay, mask=mask))
+  parts.append(optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay, mask=mask))
   if layer_decay < 1.0:
     scale = lambda updates, params=None: jax.tree.map(
         lambda u, s: u * s, updates, transfer.layer_scales(updates, depth, layer_decay))
@@ -110,11 +159,21 @@ def make_optimizer(*, learning_rate: float, min_learning_rate: float, warmup_ste
   return optax.chain(*parts)
 
 
-def schedule_value(settings, num_steps: int, step: int) -> float:
-  s = optax.warmup_cosine_decay_schedule(
-      0.0, settings.learning_rate, max(int(settings.warmup_steps), 1), max(num_steps, 2),
-      end_value=settings.min_learning_rate)
-  return float(s(step))
+def run_length(settings, num_labels: int, batch_size: int, where: str) -> tuple[int, int]:
+  """(steps, warmup steps) of a protocol for a labelled subset of this size."""
+  per_epoch = num_labels / batch_size
+  steps = int(settings.num_steps) or math.ceil(settings.num_epochs * per_epoch)
+  warmup = int(settings.warmup_steps) or int(round(settings.warmup_epochs * per_epoch))
+  require(steps >= 1, f"{where}.num_steps", "gives no step.")
+  require(warmup < steps, f"{where}.warmup_steps",
+          f"warmup ({warmup} steps) must be shorter than the run ({steps} steps).")
+  return steps, warmup
+
+
+def schedule(settings, num_steps: int, warmup: int):
+  return optax.warmup_cosine_decay_schedule(
+      0.0, float(settings.learning_rate), max(warmup, 1), max(num_steps, 2),
+      end_value=float(settings.min_learning_rate))
 
 
 # ------------------------------------------------------------------ steps
@@ -194,6 +253,10 @@ class _Context:
     self.config = config
     self.workdir = os.path.abspath(workdir)
     self.eval_dir = os.path.join(self.workdir, "eval")
+    try:
+      modalities.register_from_config(config.get("modalities"))
+    except ValueError as e:
+      raise ConfigError(f"config.modalities: {e}") from None
     self.mesh = sharding.make_mesh(config.get("mesh"))
     self.rules = sharding.rules_from_config(config.get("sharding_rules"))
     shards = sharding.num_batch_shards(self.mesh, self.rules)
@@ -258,7 +321,7 @@ def build_model(ctx: _Context, task: transfer.TaskSpec, init: str, protocol: str
   settings = ctx.config[protocol]
   make = lambda: transfer.TransferModel(
       cfg, task, image_size=ctx.config.data.image_size, head_hidden=settings.head_hidden,
-      rngs=nnx.Rngs(params=seed))
+      rngs=nnx.Rngs(params=jax.random.key(seed, impl=ctx.config.prng_impl)))
   # Built eagerly (op by op: no compile of a whole init, which costs more than
   # a small model's training here), then placed by the parameters' logical names.
   with sharding.use(ctx.mesh, ctx.rules):
@@ -291,7 +354,7 @@ def train_and_evaluate(ctx: _Context, task: transfer.TaskSpec, init: str, protoc
   data = _task_data(config, task)
   source = subsets.LabelSubset(sources.make_source(data, data.train_split), fraction, seed)
   batch_size = int(data.batch_size)
-  num_steps = int(settings.num_steps) or math.ceil(settings.num_epochs * len(source) / batch_size)
+  num_steps, warmup = run_length(settings, len(source), batch_size, protocol)
   inputs = ctx.encoder_inputs(task)
 
   model = build_model(ctx, task, init, protocol, seed)
@@ -301,11 +364,12 @@ def train_and_evaluate(ctx: _Context, task: transfer.TaskSpec, init: str, protoc
   tx = make_optimizer(
       learning_rate=float(settings.learning_rate),
       min_learning_rate=float(settings.min_learning_rate),
-      warmup_steps=int(settings.warmup_steps), num_steps=num_steps,
+      warmup_steps=warmup, num_steps=num_steps,
       weight_decay=float(settings.weight_decay), layer_decay=float(settings.layer_decay),
       depth=model.backbone.cfg.encoder_depth, grad_clip=float(settings.grad_clip),
       b1=float(settings.b1), b2=float(settings.b2))
   opt_state = on_mesh(tx.init(params), ctx.mesh)
+  lr = schedule(settings, num_steps, warmup)
   it = pipeline.make_iterator(data, data.train_split, seed=seed, training=True, source=source)
   ckpt = None
   start = 0
@@ -331,7 +395,7 @@ def train_and_evaluate(ctx: _Context, task: transfer.TaskSpec, init: str, protoc
       loss_sum, seen = loss_sum + m["loss"], seen + 1
       if step % config.log_every == 0 or step == num_steps:
         last = logger.write(step, {"loss": float(loss_sum) / seen, "grad_norm": m["grad_norm"],
-                                   "lr": schedule_value(settings, num_steps, step)})
+                                   "lr": lr(step)})
         loss_sum, seen = 0.0, 0
       if ckpt is not None and (step % config.checkpoint_every == 0 or step == num_steps):
         ckpt.save(step, {"params": params, "opt_state": opt_state}, data_iter=it,
