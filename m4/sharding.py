@@ -121,6 +121,11 @@ def use(mesh: Mesh, rules: LogicalRules = DEFAULT_RULES):
     _CTX.mesh, _CTX.rules = old
 
 
+def current() -> tuple[Mesh | None, LogicalRules]:
+  """The (mesh, rules) of the enclosing `use(...)`; (None, ()) outside."""
+  return _CTX.mesh, _CTX.rules
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   """Sharding constraint by logical names; a no-op outside `use(...)`."""
   if _CTX.mesh is None or _CTX.mesh.size == 1:

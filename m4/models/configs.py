@@ -46,7 +46,10 @@ class FourMConfig:
     num_encoder_tokens, num_decoder_tokens: the fixed encoder / decoder slots
       per sample (call arguments may override them).
     loss_type: "mod" (mean over target modalities of each modality's mean
-      cross-entropy; 4M's default) or "token" (mean over all target tokens).
+      cross-entropy; 4M's default, same divisor convention) or "token" (the
+      plain mean over all target tokens; the reference's "token" option
+      instead weights each modality's mean by tokens x vocabulary size, which
+      m4 does not reproduce).
     dtype: compute dtype of matmuls (LayerNorm, softmax and losses stay f32).
     param_dtype: dtype parameters are stored in.
     scan_layers: run the blocks with lax.scan over stacked parameters (fast

@@ -115,6 +115,25 @@ class FourM(nnx.Module):
       self.encoder_norm_bias = p(layers.constant(0.0), (d,), (None,))
       self.decoder_norm_bias = p(layers.constant(0.0), (d,), (None,))
 
+  def decay_mask(self) -> dict:
+    """Pure dict of bools, True for parameters that get weight decay: the
+    matrices of linear layers (not norms, biases, embeddings, mask token)."""
+    linear = {"qkv", "proj", "cross_q", "cross_kv", "cross_proj", "mlp_in", "mlp_out",
+              "context_proj"}
+    pixels = {n for n in self.cfg.encoder_modalities
+              if modalities.get(n).kind == modalities.PIXELS}
+
+    def decays(path):
+      keys = [getattr(k, "key", getattr(k, "name", k)) for k in path]
+      if keys[0] == "heads":
+        return True
+      if keys[0] == "encoder_embed":
+        return keys[1] in pixels
+      return keys[-1] in linear
+
+    params = nnx.to_pure_dict(nnx.state(self, nnx.Param))
+    return jax.tree_util.tree_map_with_path(lambda path, _: decays(path), params)
+
   # ---------------------------------------------------------------- helpers
 
   @property
@@ -263,6 +282,51 @@ class FourM(nnx.Module):
     nxt = E.gather(ids[:, 1:], slots, i)
     return tok, pos, nxt
 
+  # ---------------------------------------------------------------- generation
+
+  def init_cache(self, encoded: Encoded, max_length: int) -> dict[str, Array]:
+    """A decoding cache for up to `max_length` tokens of one sequence modality.
+
+    Holds each decoder layer's cross-attention keys / values of the context
+    (computed once) and room for the self-attention keys / values.
+    """
+    cfg = self.cfg
+    b = encoded.out.shape[0]
+    ck, cv = self.decoder.context_kv(self.context(encoded))
+    shape = (cfg.decoder_depth, b, max_length, cfg.num_heads, cfg.head_dim)
+    return {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype),
+            "cross_k": ck, "cross_v": cv, "context_valid": encoded.slots.valid,
+            "index": jnp.zeros((), jnp.int32)}
+
+  def decode_step(self, cache: dict[str, Array], name: str, ids: Array,
+                  position: Array | int) -> tuple[Array, dict[str, Array]]:
+    """Next-token logits of sequence modality `name` (autoregressive, cached).
+
+    Args:
+      cache: from `init_cache` (or the previous step).
+      name: a decoder modality of kind sequence.
+      ids: (B,) the current token of each sample (the first is the target's
+        opening sentinel, as in 4M's target sequences).
+      position: (B,) or scalar, the token's position among the targets.
+
+    Returns:
+      ((B, V) float32 logits for the following token, updated cache). The
+      same numbers as `decode` + `logits` on the teacher-forced sequence.
+    """
+    cfg = self.cfg
+    mod = modalities.get(name)
+    if mod.kind != modalities.SEQUENCE or name not in cfg.decoder_modalities:
+      raise ValueError(f"decode_step needs a sequence decoder modality; got {name!r}.")
+    position = jnp.broadcast_to(jnp.asarray(position, jnp.int32), ids.shape)
+    position = jnp.where(position >= mod.num_tokens, 0, position)
+    tok = jnp.take(self.decoder_embed[name][...], ids.astype(jnp.int32), axis=0)
+    pos = jnp.take(E.sincos_1d(self._length(name), cfg.dim), position, axis=0)
+    x = (tok + (pos + self.decoder_modality_embedding(name))).astype(self.dtype)[:, None]
+    context_mask = cache["context_valid"][:, None, None, :]
+    y, cache = self.decoder.step(x, cache, cache["index"], context_mask)
+    cache["index"] = cache["index"] + 1
+    return self.logits(self._norm("decoder_norm", y[:, 0]), name), cache
+
   # ---------------------------------------------------------------- heads
 
   def logits(self, out: Array, name: str) -> Array:
@@ -274,7 +338,8 @@ class FourM(nnx.Module):
 
     "mod": mean over the decoder modalities in the batch of each one's mean
     cross-entropy (one without targets adds 0 but counts in the divisor, as
-    the reference); "token": mean over all target tokens.
+    the reference); "token": the plain mean over all target tokens (not the
+    reference's "token" option, which weights modalities by tokens x vocab).
     """
     cfg = self.cfg
     present = self._present(batch, cfg.decoder_modalities)

@@ -16,12 +16,23 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from m4 import sharding
 
 Array = jax.Array
 
 
-def _run(y, heads, weights, modality, valid, targets, chunk: int, with_grads: bool):
-  """Loss sum, per-modality statistics and (optionally) gradients."""
+def _run(y, heads, weights, modality, valid, targets, chunk: int, vary: tuple,
+         with_grads: bool):
+  """Loss sum, per-modality statistics and (optionally) gradients.
+
+  `vary` names the manual mesh axes (inside shard_map) the results vary over.
+  """
+  def zeros(shape, dtype=jnp.float32):
+    z = jnp.zeros(shape, dtype)
+    return jax.lax.pcast(z, vary, to="varying") if vary else z
+
   b, m, d = y.shape
   n = len(heads)
   total = b * m
@@ -34,10 +45,9 @@ def _run(y, heads, weights, modality, valid, targets, chunk: int, with_grads: bo
   xs = pad(x[order])
   ts = pad(targets.reshape(total)[order].astype(jnp.int32))
   ws = pad(weights.reshape(total)[order].astype(jnp.float32))
-  carry = dict(loss=jnp.zeros((), jnp.float32), ce=jnp.zeros((n,), jnp.float32),
-               correct=jnp.zeros((n,), jnp.float32))
+  carry = dict(loss=zeros(()), ce=zeros((n,)), correct=zeros((n,)))
   if with_grads:
-    carry["dx"] = jnp.zeros(xs.shape, jnp.float32)
+    carry["dx"] = zeros(xs.shape)
   grads = []
   rows_idx = jnp.arange(chunk)
   for i, w_head in enumerate(heads):
@@ -68,7 +78,7 @@ def _run(y, heads, weights, modality, valid, targets, chunk: int, with_grads: bo
       return c
 
     if with_grads:
-      carry[f"dw{i}"] = jnp.zeros(w_head.shape, jnp.float32)
+      carry[f"dw{i}"] = zeros(w_head.shape)
     num_chunks = (counts[i] + chunk - 1) // chunk
     carry = jax.lax.fori_loop(0, num_chunks, body, carry)
     if with_grads:
@@ -81,25 +91,28 @@ def _run(y, heads, weights, modality, valid, targets, chunk: int, with_grads: bo
   return carry["loss"], stats, (dx, tuple(grads))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _grouped(y, heads, weights, modality, valid, targets, chunk):
-  loss, stats, _ = _run(y, heads, weights, modality, valid, targets, chunk, False)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _grouped(y, heads, weights, modality, valid, targets, chunk, vary):
+  loss, stats, _ = _run(y, heads, weights, modality, valid, targets, chunk, vary, False)
   return loss, stats
 
 
-def _grouped_fwd(y, heads, weights, modality, valid, targets, chunk):
-  loss, stats, (dx, dws) = _run(y, heads, weights, modality, valid, targets, chunk, True)
+def _grouped_fwd(y, heads, weights, modality, valid, targets, chunk, vary):
+  loss, stats, (dx, dws) = _run(y, heads, weights, modality, valid, targets, chunk, vary, True)
   return (loss, stats), (dx, dws, weights, modality, valid, targets)
 
 
-def _grouped_bwd(chunk, res, cotangents):
+def _grouped_bwd(chunk, vary, res, cotangents):
   del chunk
   dx, dws, weights, modality, valid, targets = res
   g = cotangents[0]
+  dws = tuple((g * dw).astype(dw.dtype) for dw in dws)
+  if vary:  # The heads are replicated: their gradient sums over the batch shards.
+    dws = jax.lax.psum(dws, vary)
   zero = lambda a: (jnp.zeros_like(a) if jnp.issubdtype(a.dtype, jnp.floating)
                     else None)
-  return ((g * dx).astype(dx.dtype), tuple((g * dw).astype(dw.dtype) for dw in dws),
-          jnp.zeros_like(weights), zero(modality), zero(valid), zero(targets))
+  return ((g * dx).astype(dx.dtype), dws, zero(weights), zero(modality), zero(valid),
+          zero(targets))
 
 
 _grouped.defvjp(_grouped_fwd, _grouped_bwd)
@@ -123,8 +136,27 @@ def grouped_cross_entropy(y: Array, heads: Sequence[Array], *, modality: Array,
     (loss, (ce_sum, correct, count)): loss = sum of weights * cross-entropy
     over valid tokens; per modality the summed cross-entropy, the number of
     tokens whose argmax is the target, and the number of tokens (float32).
+
+  Under `m4.sharding.use(mesh, ...)` each device scores its own rows of the
+  batch (shard_map over the batch's mesh axes, heads gathered) and the sums
+  are reduced over devices, instead of sorting the global batch.
   """
-  return _grouped(y, tuple(heads), weights, modality, valid, targets, int(chunk))
+  heads = tuple(heads)
+  mesh, rules = sharding.current()
+  if mesh is None or mesh.size == 1:
+    return _grouped(y, heads, weights, modality, valid, targets, int(chunk), ())
+  axes = sharding.logical_to_spec(("batch",), rules)[0]
+  axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+  rows = P(axes or None)
+
+  def local(y, heads, weights, modality, valid, targets):
+    loss, stats = _grouped(y, heads, weights, modality, valid, targets, int(chunk), axes)
+    if axes:
+      loss, stats = jax.lax.psum((loss, stats), axes)
+    return loss, stats
+
+  return jax.shard_map(local, mesh=mesh, in_specs=(rows, P(), rows, rows, rows, rows),
+                       out_specs=(P(), P()))(y, heads, weights, modality, valid, targets)
 
 
 def logits(y: Array, head: Array) -> Array:

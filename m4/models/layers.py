@@ -82,8 +82,17 @@ def attention(q: Array, k: Array, v: Array, mask: Array, impl: str | None) -> Ar
 
   `mask` (B, 1, T, S) is True where a query may attend. Masked scores get a
   large negative value (not -inf), so a fully masked row is uniform, not NaN.
+  `impl` is jax.nn.dot_product_attention's implementation (None: JAX picks,
+  "cudnn": the fused GPU kernel), or "einsum": the same math as explicit
+  einsums in a head-major layout (fewer transposes on CPU).
   """
-  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+  if impl != "einsum":
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  scores = jnp.einsum("bthe,bshe->bhts", q, k, preferred_element_type=jnp.float32) * scale
+  scores = jnp.where(mask, scores, -0.7 * jnp.finfo(jnp.float32).max)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhts,bshe->bthe", probs, v)
 
 
 class Blocks(nnx.Module):
@@ -152,37 +161,76 @@ class Blocks(nnx.Module):
     return x
 
 
+  def context_kv(self, context: Array) -> tuple[Array, Array]:
+    """Per-layer keys and values of the context: two (L, B, S, H, hd) arrays."""
+    return jax.lax.map(lambda p: cross_kv(self.cfg, p, context), self.stacked())
+
+  def step(self, x: Array, cache: dict[str, Array], index: Array,
+           context_mask: Array) -> tuple[Array, dict[str, Array]]:
+    """One new token per sample through all decoder layers with a KV cache.
+
+    Args:
+      x: (B, 1, D) the new token's input.
+      cache: "k", "v" (L, B, S, H, hd) self-attention keys / values of the
+        previous tokens (slot `index` is written); "cross_k", "cross_v"
+        (L, B, N, H, hd) from `cross_kv`.
+      index: () int32, the new token's slot in the cache.
+      context_mask: (B, 1, 1, N) True at valid context tokens.
+    """
+    cfg = self.cfg
+
+    def body(h, xs):
+      p, k, v, ck, cv = xs
+      h, k, v = cached_layer(cfg, p, h, k, v, index, (ck, cv), context_mask)
+      return h, (k, v)
+
+    xs = (self.stacked(), cache["k"], cache["v"], cache["cross_k"], cache["cross_v"])
+    x, (k, v) = jax.lax.scan(body, x, xs)
+    return x, dict(cache, k=k, v=v)
+
+
 def _get(p: dict, name: str):
   return p.get(name)
 
 
 def mlp(cfg: FourMConfig, p: dict, x: Array) -> Array:
-  hidden = _dense(x, p["mlp_in"], "btd,dgf->btgf", _get(p, "mlp_in_bias"))
-  hidden = sharding.constrain(hidden, ("batch", "length", None, "mlp"))
+  # Slicing the weights rather than the fused output keeps the backward pass
+  # free of pad + add copies of activations.
+  w, b = p["mlp_in"], _get(p, "mlp_in_bias")
+  names = ("batch", "length", "mlp")
+  h1 = sharding.constrain(_dense(x, w[:, 0], "btd,df->btf", None if b is None else b[0]), names)
   if cfg.gated:
-    hidden = jax.nn.silu(hidden[:, :, 0]) * hidden[:, :, 1]
+    h3 = sharding.constrain(_dense(x, w[:, 1], "btd,df->btf", None if b is None else b[1]), names)
+    hidden = jax.nn.silu(h1) * h3
   else:
-    hidden = jax.nn.gelu(hidden[:, :, 0], approximate=False)
+    hidden = jax.nn.gelu(h1, approximate=False)
   return _dense(hidden, p["mlp_out"], "btf,fd->btd", _get(p, "mlp_out_bias"))
 
 
+def _project(x: Array, w: Array, b: Array | None, k: int) -> Array:
+  """Part k of a fused (D, K, H, hd) projection: (B, T, H, hd)."""
+  y = _dense(x, w[:, k], "btd,dhe->bthe", None if b is None else b[k])
+  return sharding.constrain(y, ("batch", "length", "heads", "kv"))
+
+
 def self_attention(cfg: FourMConfig, p: dict, x: Array, mask: Array) -> Array:
-  qkv = _dense(x, p["qkv"], "btd,dkhe->btkhe", _get(p, "qkv_bias"))
-  qkv = sharding.constrain(qkv, ("batch", "length", None, "heads", "kv"))
-  out = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], mask, cfg.attention_impl)
+  w, b = p["qkv"], _get(p, "qkv_bias")
+  q, k, v = (_project(x, w, b, i) for i in range(3))
+  out = attention(q, k, v, mask, cfg.attention_impl)
   return _dense(out, p["proj"], "bthe,hed->btd", _get(p, "proj_bias"))
 
 
-def cross_kv(cfg: FourMConfig, p: dict, context: Array) -> Array:
-  """Keys and values of the (normalised) context: (B, S, 2, H, hd)."""
+def cross_kv(cfg: FourMConfig, p: dict, context: Array) -> tuple[Array, Array]:
+  """Keys and values of the (normalised) context, each (B, S, H, hd)."""
   ctx = layer_norm(context, p["context_norm_scale"], _get(p, "context_norm_bias"), cfg.norm_eps)
-  kv = _dense(ctx, p["cross_kv"], "bsd,dkhe->bskhe", _get(p, "cross_kv_bias"))
-  return sharding.constrain(kv, ("batch", "length", None, "heads", "kv"))
+  w, b = p["cross_kv"], _get(p, "cross_kv_bias")
+  return _project(ctx, w, b, 0), _project(ctx, w, b, 1)
 
 
-def cross_attention(cfg: FourMConfig, p: dict, x: Array, kv: Array, mask: Array) -> Array:
+def cross_attention(cfg: FourMConfig, p: dict, x: Array, kv: tuple[Array, Array],
+                    mask: Array) -> Array:
   q = _dense(x, p["cross_q"], "btd,dhe->bthe", _get(p, "cross_q_bias"))
-  out = attention(q, kv[:, :, 0], kv[:, :, 1], mask, cfg.attention_impl)
+  out = attention(q, kv[0], kv[1], mask, cfg.attention_impl)
   return _dense(out, p["cross_proj"], "bthe,hed->btd", _get(p, "cross_proj_bias"))
 
 
@@ -204,4 +252,17 @@ def layer(cfg: FourMConfig, p: dict, x: Array, mask: Array, context: Array | Non
   return sharding.constrain(x, names)
 
 
-Params = dict[str, Any]
+def cached_layer(cfg: FourMConfig, p: dict, x: Array, k_cache: Array, v_cache: Array,
+                 index: Array, cross: tuple[Array, Array], context_mask: Array):
+  """`layer` for one new decoder token that attends to cached ones (causal)."""
+  h = _norm(cfg, p, "norm1", x)
+  w, b = p["qkv"], _get(p, "qkv_bias")
+  q, k, v = (_project(h, w, b, i) for i in range(3))
+  k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), index, axis=1)
+  v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), index, axis=1)
+  mask = (jnp.arange(k_cache.shape[1]) <= index)[None, None, None, :]
+  out = attention(q, k_cache, v_cache, mask, cfg.attention_impl)
+  x = x + _dense(out, p["proj"], "bthe,hed->btd", _get(p, "proj_bias"))
+  x = x + cross_attention(cfg, p, _norm(cfg, p, "query_norm", x), cross, context_mask)
+  x = x + mlp(cfg, p, _norm(cfg, p, "norm2", x))
+  return x, k_cache, v_cache

@@ -1,0 +1,254 @@
+"""The 4M model: masking semantics, cached decoding, sharding, sizes, learning."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from m4 import modalities
+from m4 import sharding
+from m4.models import configs
+from m4.models import fourm
+from m4.models import synthetic
+
+NAMES = ("rgb", "depth", "semseg", "caption")
+
+
+def _tiny(**overrides):
+  cfg = configs.preset("tiny", encoder_modalities=NAMES, decoder_modalities=NAMES,
+                       num_encoder_tokens=48, num_decoder_tokens=48, **overrides)
+  return fourm.FourM(cfg, rngs=nnx.Rngs(0))
+
+
+@pytest.fixture(scope="module")
+def model():
+  return _tiny()
+
+
+@nnx.jit(static_argnums=(2, 3))
+def _forward(model, batch, n_enc=None, n_dec=None):
+  enc = model.encode(batch, n_enc)
+  dec = model.decode(batch, enc, n_dec)
+  return enc, dec
+
+
+def _per_token(dec, names=NAMES, model_names=NAMES):
+  """{(modality name, sample, position): decoder output} at valid slots."""
+  out, slots = jax.device_get((dec.out, dec.slots))
+  table = {}
+  for b, s in zip(*np.nonzero(slots.valid)):
+    name = model_names[slots.modality[b, s]]
+    if name in names:
+      table[(name, int(b), int(slots.position[b, s]))] = out[b, s]
+  return table
+
+
+def _assert_same(a, b, atol=2e-5):
+  assert a.keys() == b.keys() and a
+  for k in a:
+    np.testing.assert_allclose(a[k], b[k], atol=atol, err_msg=str(k))
+
+
+def _batch(seed=0, batch_size=4, n=40):
+  return synthetic.masked_batch(NAMES, batch_size, n, n, seed=seed)
+
+
+def test_decoder_tokens_ignore_other_modalities_targets(model):
+  batch = _batch()
+  other = {k: dict(v) for k, v in batch.items()}
+  # Other targets for depth: none at all, and fresh random target ids elsewhere.
+  other["depth"]["target_mask"] = np.zeros_like(batch["depth"]["target_mask"])
+  other["depth"]["decoder_attention_mask"] = np.zeros_like(batch["depth"]["decoder_attention_mask"])
+  keep = ("rgb", "semseg", "caption")
+  _, dec_a = _forward(model, batch)
+  _, dec_b = _forward(model, other)
+  _assert_same(_per_token(dec_a, keep), _per_token(dec_b, keep))
+
+
+def test_padding_slots_and_unselected_tokens_change_nothing(model):
+  batch = _batch(seed=1)
+  _, dec_a = _forward(model, batch, 48, 48)
+  noisy = {k: dict(v) for k, v in batch.items()}
+  rng = np.random.default_rng(0)
+  for name in ("rgb", "depth", "semseg"):  # Ids that are neither inputs nor targets.
+    unused = ~(batch[name]["input_mask"] | batch[name]["target_mask"])
+    noisy[name]["tensor"] = np.where(unused, rng.integers(0, 512, unused.shape),
+                                     batch[name]["tensor"]).astype(np.int32)
+  _, dec_b = _forward(model, noisy, 64, 72)  # More encoder and decoder padding.
+  _assert_same(_per_token(dec_a), _per_token(dec_b))
+  assert not np.asarray(dec_b.slots.valid).all()
+
+
+def test_modality_order_does_not_change_per_token_results(model):
+  batch = _batch(seed=2)
+  _, dec_a = _forward(model, batch)
+  order = ("caption", "semseg", "rgb", "depth")
+  cfg = model.cfg.replace(encoder_modalities=order, decoder_modalities=order[::-1])
+  other = nnx.eval_shape(lambda: fourm.FourM(cfg, rngs=nnx.Rngs(1)))
+  nnx.update(other, nnx.state(model, nnx.Param))  # Same parameters, by name.
+  reversed_batch = {k: batch[k] for k in reversed(list(batch))}
+  _, dec_b = _forward(other, reversed_batch)
+  _assert_same(_per_token(dec_a), _per_token(dec_b, model_names=order[::-1]))
+
+
+def test_caption_decoder_is_causal(model):
+  batch = _batch(seed=3)
+  cap = batch["caption"]
+  later = {k: dict(v) for k, v in batch.items()}
+  ll = modalities.get("caption").num_tokens + 1
+  n_tgt = cap["target_mask"].sum(axis=1)
+  b = int(np.argmax(n_tgt))
+  assert n_tgt[b] >= 4
+  last = ll + n_tgt[b] - 1
+  later["caption"]["tensor"] = cap["tensor"].copy()
+  later["caption"]["tensor"][b, last - 1] = (cap["tensor"][b, last - 1] + 1) % 512
+  _, dec_a = _forward(model, batch)
+  _, dec_b = _forward(model, later)
+  a, c = _per_token(dec_a, ("caption",)), _per_token(dec_b, ("caption",))
+  changed = {k for k in a if not np.allclose(a[k], c[k], atol=1e-6)}
+  # Slot p reads id p: only slots reading the changed id (and later) move.
+  assert changed == {("caption", b, last - 1)}
+
+
+def test_cached_caption_decoding_matches_teacher_forcing(model):
+  batch = _batch(seed=4)
+  enc, dec = _forward(model, batch)
+  want = jax.device_get(model.logits(dec.out, "caption"))
+  slots = jax.device_get(dec.slots)
+  cap = batch["caption"]
+  ll = modalities.get("caption").num_tokens + 1
+  steps = int(cap["target_mask"].sum(axis=1).max()) - 1
+  cache = model.init_cache(enc, max_length=steps)
+  step = nnx.jit(lambda m, c, ids, pos: m.decode_step(c, "caption", ids, pos))
+  j = NAMES.index("caption")
+  checked = 0
+  for t in range(steps):
+    logits, cache = step(model, cache, jnp.asarray(cap["tensor"][:, ll + t]), t)
+    for b in range(cap["tensor"].shape[0]):
+      hit = np.nonzero(slots.valid[b] & (slots.modality[b] == j) & (slots.position[b] == ll + t))[0]
+      if hit.size:
+        np.testing.assert_allclose(np.asarray(logits[b]), want[b, hit[0]], atol=2e-5)
+        checked += 1
+  assert checked >= steps
+
+
+def test_encoder_features_for_transfer(model):
+  batch = _batch(seed=5)
+  enc, _ = _forward(model, batch)
+  slots = jax.device_get(enc.slots)
+  for i, name in enumerate(NAMES):  # Every input token appears once, in its slot.
+    b_idx, s_idx = np.nonzero(slots.valid & (slots.modality == i))
+    got = sorted(zip(b_idx.tolist(), slots.position[b_idx, s_idx].tolist()))
+    want_b, want_p = np.nonzero(batch[name]["input_mask"])
+    assert got == sorted(zip(want_b.tolist(), want_p.tolist()))
+  assert np.isfinite(np.asarray(enc.out)).all()  # Padding slots too (never NaN).
+
+
+def test_pixel_patches_go_to_their_slots():
+  modalities.register(modalities.Modality("pix_test", modalities.PIXELS, 0, 4, grid=(2, 2),
+                                          roles=(modalities.INPUT,)))
+  cfg = configs.preset("tiny", encoder_modalities=("pix_test",), decoder_modalities=("rgb",),
+                       num_encoder_tokens=4, num_decoder_tokens=4, patch_size=2)
+  m = fourm.FourM(cfg, rngs=nnx.Rngs(0))
+  image = np.zeros((1, 4, 4, 3), np.float32)
+  image[0, 2:4, 0:2] = 1.0  # Patch at row 1, column 0: position 2.
+  batch = {"pix_test": {"tensor": image, "input_mask": np.ones((1, 4), bool)}}
+  slots = m.encode(batch).slots
+  tokens, _ = m._encoder_tokens(batch, "pix_test", slots, 0, None)
+  norms = np.linalg.norm(np.asarray(tokens[0]), axis=-1)
+  assert norms[2] > 0 and np.all(norms[[0, 1, 3]] == 0)
+
+
+def test_init_matches_the_reference_scheme(model):
+  d = model.cfg.dim
+  qkv = np.asarray(model.encoder.qkv[...])
+  bound = np.sqrt(6 / (d + d))  # Per q / k / v part.
+  assert np.abs(qkv).max() <= bound and np.abs(qkv).max() > 0.95 * bound
+  np.testing.assert_allclose(qkv.std(), bound / np.sqrt(3), rtol=0.05)
+  emb = np.asarray(model.encoder_embed["rgb"][...])
+  np.testing.assert_allclose(emb.std(), 0.02, rtol=0.05)
+  v = modalities.get("rgb").vocab_size
+  tied = np.asarray(model.decoder_embed["rgb"][...])  # Xavier, as the reference ends up.
+  assert np.abs(tied).max() <= np.sqrt(6 / (v + d))
+  assert np.all(np.asarray(model.encoder.norm1_scale[...]) == 1)
+  assert np.all(np.asarray(model.context_proj_bias[...]) == 0)
+
+
+SEVEN = {  # 4M-7's modalities at 224 px (vocabularies as released).
+    "tok_rgb7": dict(kind="image", vocab_size=16384, num_tokens=196, grid=(14, 14)),
+    "tok_depth7": dict(kind="image", vocab_size=8192, num_tokens=196, grid=(14, 14)),
+    "tok_normal7": dict(kind="image", vocab_size=8192, num_tokens=196, grid=(14, 14)),
+    "tok_semseg7": dict(kind="image", vocab_size=4096, num_tokens=196, grid=(14, 14)),
+    "tok_clip7": dict(kind="image", vocab_size=8192, num_tokens=196, grid=(14, 14)),
+    "caption7": dict(kind="sequence", vocab_size=30000, num_tokens=256),
+    "det7": dict(kind="sequence", vocab_size=30000, num_tokens=256),
+    "rgb_pixels7": dict(kind="pixels", vocab_size=0, num_tokens=196, grid=(14, 14),
+                        roles=("input",)),
+}
+
+
+@pytest.mark.parametrize("size, trunk_millions", [("B", 198), ("L", 705), ("XL", 2819)])
+def test_parameter_counts_of_4m_sizes(size, trunk_millions):
+  modalities.register_from_config(SEVEN)
+  outs = tuple(n for n in SEVEN if n != "rgb_pixels7")
+  cfg = configs.preset(size, encoder_modalities=tuple(SEVEN), decoder_modalities=outs)
+  abstract = nnx.eval_shape(lambda: fourm.FourM(cfg, rngs=nnx.Rngs(0)))
+  state = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
+  count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+  # 4M's paper counts the transformer blocks: B 198M, L 705M, XL 2.8B.
+  trunk = count(state["encoder"]) + count(state["decoder"])
+  assert round(trunk / 1e6) == trunk_millions
+  assert count(state) > trunk
+
+
+def test_sharded_step_equals_single_device_step():
+  from m4.trainers import pretrain  # pylint: disable=g-import-not-at-top
+  model = _tiny()
+  # eps 1e-6: a first AdamW step is ~lr * g / (|g| + eps), which for |g| ~ 1e-8
+  # would turn float summation-order noise into visible parameter changes.
+  opt = dict(lr=1e-3, warmup_steps=0, final_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-6,
+             weight_decay=0.05, clip_norm=1.0)
+  tx, schedule = pretrain.make_optimizer(opt, 10, model)
+  graphdef = nnx.graphdef(model)
+  batch = _batch(seed=6, batch_size=8)
+
+  state = pretrain.init_state(model, tx)
+  want_state, want = pretrain.make_train_step(graphdef, tx, schedule=schedule)(state, batch)
+
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  state = pretrain.init_state(_tiny(), tx)  # The same init (the step donated the first).
+  shardings = pretrain.train_state_shardings(state, mesh)
+  state = jax.device_put(state, shardings)
+  step = pretrain.make_train_step(graphdef, tx, schedule=schedule, mesh=mesh,
+                                  state_shardings=shardings)
+  got_state, got = step(state, sharding.to_global(batch, mesh))
+
+  qkv = got_state.params["encoder"]["qkv"]
+  qkv = qkv.get_value() if hasattr(qkv, "get_value") else qkv[...]
+  # (layers, D, 3, H, hd) = (2, 64, 3, 4, 16) over fsdp=2 (D) and tensor=2 (H).
+  assert {s.data.shape for s in qkv.addressable_shards} == {(2, 32, 3, 2, 16)}
+  np.testing.assert_allclose(float(got["loss"]), float(want["loss"]), rtol=1e-6)
+  for k in want:
+    np.testing.assert_allclose(float(got[k]), float(want[k]), rtol=1e-5, atol=1e-6, err_msg=k)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6),
+               nnx.to_pure_dict(want_state.params), nnx.to_pure_dict(got_state.params))
+
+
+def test_a_few_steps_learn_a_batch():
+  from m4.trainers import pretrain  # pylint: disable=g-import-not-at-top
+  model = _tiny()
+  opt = dict(lr=3e-3, warmup_steps=2, final_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8,
+             weight_decay=0.0, clip_norm=1.0)
+  tx, schedule = pretrain.make_optimizer(opt, 40, model)
+  step = pretrain.make_train_step(nnx.graphdef(model), tx, schedule=schedule)
+  state = pretrain.init_state(model, tx)
+  batch = _batch(seed=7, batch_size=4)
+  losses = []
+  for _ in range(40):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+  chance = np.mean([np.log(modalities.get(n).vocab_size) for n in NAMES])
+  assert losses[0] > 0.9 * chance
+  assert losses[-1] < 0.5 * chance, losses
+  assert all(float(metrics[f"accuracy/{n}"]) > 0.2 for n in NAMES), metrics  # Chance < 0.002.
