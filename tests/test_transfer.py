@@ -151,6 +151,54 @@ def test_probe_keeps_the_encoder_frozen_and_finetuning_changes_it(protocol):
     assert all(encoder)
 
 
+# ------------------------------------------------------------------ token inputs
+
+
+def test_token_inputs_and_the_grid_a_dense_head_reads(tmp_path):
+  from m4.tokenizers import vq_tokenizer  # pylint: disable=g-import-not-at-top
+  specs = {"rgb_tok32test": dict(kind="image", vocab_size=64, num_tokens=16, grid=(4, 4),
+                                 data_key="rgb", tokenizer="vq_rgb_tok32test"),
+           "depth_tok32test": dict(kind="image", vocab_size=64, num_tokens=16, grid=(4, 4),
+                                   data_key="depth", tokenizer="vq_depth_tok32test")}
+  modalities.register_from_config(specs)
+  rng = np.random.default_rng(0)
+  batch = {"rgb": rng.random((2, 32, 32, 3), dtype=np.float32),
+           "depth": rng.uniform(0.5, 20, (2, 32, 32)).astype(np.float32)}
+  c = trainer.default_config()
+  toks = {}
+  for i, name in enumerate(specs):
+    spec = vq_tokenizer.TokenizerSpec(
+        modality=modalities.get(name).to_dict(), image_size=(32, 32),
+        model=dict(channels=(8, 16), num_res_blocks=1, code_dim=8, patch=4),
+        io={"loss_weights": {}})
+    model, io = vq_tokenizer.build(spec, _rngs(i))
+    toks[name] = vq_tokenizer.VQTokenizer(model, io, spec)
+    c.tokenizers[name] = toks[name].save(str(tmp_path / name))
+  # The trainer loads each input's tokenizer from config.tokenizers.
+  c.init, c.inits = "", ("scratch",)
+  c.model = dict(encoder_modalities=tuple(specs), decoder_modalities=("rgb",), dim=32,
+                 encoder_depth=1, decoder_depth=1, num_heads=2)
+  c.data.batch_size = 8
+  ctx = trainer._Context(c, str(tmp_path / "wd"))  # pylint: disable=protected-access
+  task = transfer.TaskSpec.from_config("seg", dict(kind="segmentation", inputs=tuple(specs),
+                                                   target="semseg", num_classes=6))
+  enc = ctx.encoder_inputs(task)(batch)
+  for name, key in (("rgb_tok32test", "rgb"), ("depth_tok32test", "depth")):
+    np.testing.assert_array_equal(enc[name]["tensor"],
+                                  np.asarray(toks[name].encode(batch[key])).reshape(2, 16))
+    assert enc[name]["input_mask"].all() and not enc[name]["target_mask"].any()
+  model = transfer.TransferModel(transfer.backbone_config(ctx.base, task.inputs), task,
+                                 image_size=(32, 32), rngs=_rngs(0))
+  # Dense heads read slot k * 16 + i * 4 + j as modality k's cell (i, j).
+  slots = model.backbone.encode(enc).slots
+  np.testing.assert_array_equal(slots.modality, np.repeat([[0, 1]], 16, axis=1).repeat(2, 0))
+  np.testing.assert_array_equal(slots.position, np.tile(np.arange(16), 2)[None].repeat(2, 0))
+  assert model.head.readout.norm.scale.shape == (2 * 32,)  # rgb and depth features side by side.
+  assert model(enc).shape == (2, 32, 32, 6)
+  with pytest.raises(workdir.ConfigError, match=r"tokenizers.rgb_tok32test.*needs a tokenizer"):
+    transfer.EncoderInputs(("rgb_tok32test",), {})
+
+
 # ------------------------------------------------------------------ metrics
 
 
@@ -276,10 +324,39 @@ def test_end_to_end_scenes_table_both_inits_and_protocols(tmp_path, scenes_dir):
   assert probe["metrics"]["pixel_accuracy"] > majority + 0.1, (probe["metrics"], majority)
   assert probe["metrics"]["miou"] > 1.5 / 6
 
-  # Running again skips every finished run.
-  mtime = (wd / "eval" / results[0]["run"]).with_suffix(".json").stat().st_mtime
+  # Running again skips every finished run; other settings are refused, not mixed in.
+  first = wd / "eval" / f"{results[0]['run']}.json"
+  mtime = first.stat().st_mtime
   trainer.run(c, str(wd))
-  assert (wd / "eval" / results[0]["run"]).with_suffix(".json").stat().st_mtime == mtime
+  c.probe.learning_rate = 0.5
+  with pytest.raises(workdir.ConfigError, match=r"made with other settings \(optimizer differ"):
+    trainer.run(c, str(wd))
+  assert first.stat().st_mtime == mtime
+
+
+def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, scenes_dir, monkeypatch):
+  c = _scenes_config(scenes_dir, "")
+  c.inits, c.protocols = ("scratch",), ("finetune",)
+  c.checkpoint_every = 3
+  c.model = _tiny_cfg().to_dict()  # The end-to-end test's model: its compiled steps are reused.
+  whole = trainer.run(c, str(tmp_path / "whole"))
+  step = trainer.train_step
+  calls = []
+
+  def crash_at_five(*args):
+    calls.append(1)
+    if len(calls) == 5:
+      raise KeyboardInterrupt("stopped after a checkpoint at step 3")
+    return step(*args)
+
+  monkeypatch.setattr(trainer, "train_step", crash_at_five)
+  with pytest.raises(KeyboardInterrupt):
+    trainer.run(c, str(tmp_path / "cut"))
+  monkeypatch.setattr(trainer, "train_step", step)
+  resumed = trainer.run(c, str(tmp_path / "cut"))
+  assert resumed["headline"] == whole["headline"]
+  get = lambda d: json.loads((tmp_path / d / "eval" / "results.json").read_text())[0]
+  assert get("cut")["train_loss"] == get("whole")["train_loss"]
 
 
 # ------------------------------------------------------------------ TFDS benchmarks

@@ -55,8 +55,9 @@ def get_config(arg=None):
     c.data[field] = None
 
   c.probe.update(dict(num_steps=1500, learning_rate=1e-3, warmup_steps=50))
+  # The per-patch head predicts 8 x 8 x classes values per token: keep it light.
   c.finetune.update(dict(num_steps=1500, learning_rate=3e-4, warmup_steps=50, weight_decay=0.05,
-                         layer_decay=0.75, head_hidden=256))
+                         layer_decay=0.75, head_hidden=128))
   c.eval.num_examples = 8
   c.log_every = 50
   c.checkpoint_every = 500
@@ -64,8 +65,9 @@ def get_config(arg=None):
   if variant == "quick":
     for name in ("largest_shape", "depth", "semseg_rgbd"):
       del c.tasks[name]
-    c.probe.num_steps = c.finetune.num_steps = 150
-    c.probe.warmup_steps = c.finetune.warmup_steps = 15
+    c.probe.num_steps = c.finetune.num_steps = 120
+    c.probe.warmup_steps = c.finetune.warmup_steps = 12
+    c.finetune.head_hidden = 64
     c.checkpoint_every = 0
     c.log_every = 25
     c.eval.num_examples = 6

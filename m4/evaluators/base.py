@@ -93,15 +93,23 @@ class DatasetEvaluator:
         enc = self._place(self.inputs(batch))
         preds, s = _step(graphdef, type(self).batch_sums, self.task.num_classes, state, enc,
                          self._place(targets), self._place(valid))
-        s = jax.tree.map(lambda x: np.asarray(x, np.float64), s)
+        s = jax.tree.map(lambda x: np.asarray(x.addressable_data(0), np.float64), s)
         sums = s if sums is None else jax.tree.map(np.add, sums, s)
         if sum(len(k["target"]) for k in kept) < self.num_examples:
-          kept.append(self._keep(batch, targets, np.asarray(preds), valid))
+          kept.append(self._keep(batch, targets, self._local(preds), valid))
     self.examples = {k: np.concatenate([e[k] for e in kept])[:self.num_examples]
                      for k in kept[0]} if kept else {}
     metrics = self.finalize(sums)
     metrics["num_samples"] = float(sums["count"]) if "count" in sums else float(len(self.source))
     return metrics
+
+  def _local(self, x) -> np.ndarray:
+    """This process's rows of a batch-sharded result."""
+    if self.mesh is None or jax.process_count() == 1:
+      return np.asarray(x)
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    spec = sharding.batch_spec(self.rules, x.ndim)
+    return np.asarray(multihost_utils.global_array_to_host_local_array(x, self.mesh, spec))
 
   def _keep(self, batch, targets, preds, valid) -> dict[str, np.ndarray]:
     keep = {"target": targets[valid], "prediction": preds[valid],

@@ -31,7 +31,16 @@ def save_examples(path: str, examples: Mapping[str, np.ndarray]) -> str:
 
 
 def _order(values, preferred):
-  return sorted(set(values), key=lambda v: (preferred.index(v) if v in preferred else 99, v))
+  return sorted(set(values), key=lambda v: _rank(v, preferred))
+
+
+def _rank(value, preferred) -> tuple:
+  return (preferred.index(value) if value in preferred else len(preferred), value)
+
+
+def _row_order(key) -> tuple:
+  """(task, fraction, protocol) rows: by budget, then probe before finetune."""
+  return (key[1], _rank(key[2], PROTOCOL_ORDER))
 
 
 def _budget(result) -> str:
@@ -64,8 +73,7 @@ def table(results: Sequence[Mapping[str, Any]]) -> str:
   groups = _groups(results)
   tasks = list(dict.fromkeys(r["task"] for r in results))
   for task in tasks:
-    keys = sorted((k for k in groups if k[0] == task),
-                  key=lambda k: (k[1], _order([k[2]], PROTOCOL_ORDER)[0] != "probe", k[2]))
+    keys = sorted((k for k in groups if k[0] == task), key=_row_order)
     first = next(iter(groups[keys[0]].values()))[0]
     for metric in first["headline"]:
       arrow = "↑" if first["higher_is_better"].get(metric, True) else "↓"
@@ -114,9 +122,7 @@ def plot(path: str, results: Sequence[Mapping[str, Any]]) -> str:
   fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
   colors = {"scratch": "#9e9e9e", "pretrained": "#1f77b4"}
   for ax, (task, metric, higher) in zip(axes.ravel(), panels):
-    keys = sorted((k for k in groups if k[0] == task),
-                  key=lambda k: (k[1], PROTOCOL_ORDER.index(k[2]) if k[2] in PROTOCOL_ORDER
-                                 else 9))
+    keys = sorted((k for k in groups if k[0] == task), key=_row_order)
     x = np.arange(len(keys))
     width = 0.8 / max(len(inits), 1)
     for j, init in enumerate(inits):
@@ -151,9 +157,7 @@ def prediction_grids(eval_dir: str, results: Sequence[Mapping[str, Any]],
     runs = [r for r in dense if r["task"] == task and r["label_fraction"] == fraction]
     seed = min(r["seed"] for r in runs)
     runs = sorted((r for r in runs if r["seed"] == seed),
-                  key=lambda r: (_order([r["protocol"]], PROTOCOL_ORDER)[0] != "probe",
-                                 r["protocol"], INIT_ORDER.index(r["init"])
-                                 if r["init"] in INIT_ORDER else 9))
+                  key=lambda r: (_rank(r["protocol"], PROTOCOL_ORDER), _rank(r["init"], INIT_ORDER)))
     loaded = {}
     for r in runs:
       path = os.path.join(eval_dir, "examples", f"{r['run']}.npz")

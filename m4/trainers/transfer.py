@@ -48,7 +48,9 @@ Config fields (configs/transfer/scenes.py documents a full example):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import math
 import os
 import time
@@ -339,17 +341,55 @@ def build_model(ctx: _Context, task: transfer.TaskSpec, init: str, protocol: str
   return model
 
 
+def run_settings(ctx: _Context, task: transfer.TaskSpec, init: str, protocol: str,
+                 fraction: float, seed: int) -> dict:
+  """Everything a run's result depends on, as JSON (stored with the run)."""
+  config = ctx.config
+  data = {k: config.data.get(k) for k in (
+      "kind", "name", "dir", "train_split", "eval_split", "image_size", "crop_scale",
+      "crop_ratio", "flip", "batch_size", "tfds_features", "tfds_semseg_reduce_zero")}
+  out = {"task": dataclasses.asdict(task), "init": init, "protocol": protocol,
+         "label_fraction": float(fraction), "seed": int(seed),
+         "optimizer": config[protocol].to_dict(), "model": ctx.overrides, "data": data,
+         "inputs": {n: (config.tokenizers.get(n) or modalities.get(n).tokenizer)
+                    if modalities.get(n).kind == modalities.IMAGE
+                    else config.pixel_normalization for n in task.inputs},
+         "eval": config.eval.to_dict(), "prng_impl": config.prng_impl}
+  if init == "pretrained":
+    out["init_dir"] = os.path.abspath(config.init)
+    out["init_key"], out["init_step"] = config.init_key, int(config.init_step)
+  return json.loads(json.dumps(workdir_lib._to_builtin(out)))  # pylint: disable=protected-access
+
+
+def _check_same(path: str, settings: dict) -> None:
+  """A run's stored settings must be today's: results are never mixed or replaced."""
+  stored = workdir_lib.read_json(path)
+  stored = stored.get("settings", stored)
+  diff = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+  if diff:
+    raise ConfigError(
+        f"{path} was made with other settings ({', '.join(diff)} differ); use another"
+        " --workdir, or move that run away to redo it. Nothing was changed.")
+
+
 def train_and_evaluate(ctx: _Context, task: transfer.TaskSpec, init: str, protocol: str,
                        fraction: float, seed: int, label: str = "") -> dict:
   """One run (see the module doc); returns its result dict."""
   config = ctx.config
   name = run_name(task.name, init, protocol, fraction, seed)
   result_path = os.path.join(ctx.eval_dir, f"{name}.json")
+  run_dir = os.path.join(ctx.workdir, "runs", task.name, name.split("__", 1)[1])
+  settings_path = os.path.join(run_dir, "run.json")
+  run_config = run_settings(ctx, task, init, protocol, fraction, seed)
   if os.path.exists(result_path):
+    _check_same(result_path, run_config)
     print(f"{label}{name}: done before, skipped", flush=True)
     return workdir_lib.read_json(result_path)
+  if os.path.exists(settings_path):
+    _check_same(settings_path, run_config)
+  elif jax.process_index() == 0:
+    workdir_lib.write_json(settings_path, run_config)
   t0 = time.time()
-  run_dir = os.path.join(ctx.workdir, "runs", task.name, name.split("__", 1)[1])
   settings = config[protocol]
   data = _task_data(config, task)
   source = subsets.LabelSubset(sources.make_source(data, data.train_split), fraction, seed)
@@ -424,12 +464,13 @@ def train_and_evaluate(ctx: _Context, task: transfer.TaskSpec, init: str, protoc
       "headline": list(evaluator.headline),
       "higher_is_better": dict(evaluator.higher_is_better),
       "eval_split": data.eval_split, "init_dir": config.get("init") or "",
-      "run_dir": run_dir,
+      "run_dir": run_dir, "settings": run_config,
   }
-  if evaluator.examples:
-    report.save_examples(os.path.join(ctx.eval_dir, "examples", f"{name}.npz"),
-                         evaluator.examples)
-  workdir_lib.write_json(result_path, result)
+  if jax.process_index() == 0:
+    if evaluator.examples:
+      report.save_examples(os.path.join(ctx.eval_dir, "examples", f"{name}.npz"),
+                           evaluator.examples)
+    workdir_lib.write_json(result_path, result)
   shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in evaluator.headline)
   print(f"{label}{name}: {shown} ({result['seconds']:.0f} s)", flush=True)
   return result
@@ -446,6 +487,8 @@ def run(config, workdir: str) -> dict:
   for i, (task, fraction, seed, init, protocol) in enumerate(plan):
     results.append(train_and_evaluate(ctx, task, init, protocol, fraction, seed,
                                       label=f"[transfer {i + 1}/{len(plan)}] "))
+  if jax.process_index() != 0:
+    return {"runs": len(results)}
   paths = report.write(ctx.eval_dir, results, title=config.get("title", "Transfer"),
                        notes=report.describe(config))
   summary = {"results": paths["table"], "plot": paths["plot"],
