@@ -91,6 +91,13 @@ def test_layer_decay_gives_each_layer_its_scale():
   assert bb["encoder"]["qkv"].shape == (depth, 1, 1, 1, 1)
   assert float(bb["encoder_norm_scale"]) == 1.0
   assert all(float(s) == 1.0 for s in jax.tree.leaves(scales["head"]))
+  decays = transfer.weight_decay_mask(params)
+  assert decays["backbone"]["encoder"]["qkv"] and decays["backbone"]["encoder_embed"][PIXELS]
+  assert decays["head"]["readout"]["out"]["kernel"]
+  assert not any((decays["backbone"]["encoder"]["norm1_scale"],
+                  decays["backbone"]["modality_embed"][PIXELS],
+                  decays["backbone"]["encoder_norm_scale"], decays["head"]["readout"]["out"]["bias"],
+                  decays["head"]["readout"]["norm"]["scale"]))
   # The probe trains the head only; finetuning adds exactly what `encode` reads.
   _, probe, _ = nnx.split(model, transfer.trainable_filter(model, "probe"), ...)
   assert set(nnx.to_pure_dict(probe)) == {"head"}

@@ -215,6 +215,29 @@ def restore_encoder(model: TransferModel, directory: str, key: str = "model",
   nnx.update(model.backbone, restored)
 
 
+_LINEAR = ("qkv", "proj", "mlp_in", "mlp_out")  # FourM's encoder matrices.
+
+
+def _keys(path) -> tuple[str, ...]:
+  return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def weight_decay_mask(params: Mapping[str, Any]):
+  """True for the parameters that get weight decay, as FourM.decay_mask: the
+  matrices of linear layers (encoder blocks, pixel patch embeddings, the
+  head's kernels); not norms, biases, token or modality embeddings."""
+
+  def decays(path, _):
+    keys = _keys(path)
+    if keys[0] == "head":
+      return keys[-1] == "kernel"
+    if keys[1] == "encoder_embed":
+      return modalities.get(keys[2]).kind == modalities.PIXELS
+    return keys[1] == "encoder" and keys[-1] in _LINEAR
+
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
 def layer_scales(params: Mapping[str, Any], depth: int, decay: float):
   """Per-parameter learning-rate scales of layer-wise decay (BEiT/MultiMAE).
 
@@ -227,8 +250,7 @@ def layer_scales(params: Mapping[str, Any], depth: int, decay: float):
   blocks = np.asarray(decay, np.float64) ** (depth - np.arange(depth))
 
   def one(path, x):
-    keys = tuple(getattr(k, "key", getattr(k, "name", k)) for k in path)
-    keys = tuple(str(k) for k in keys)
+    keys = _keys(path)
     if keys[0] == "backbone" and keys[1] in _EMBED_KEYS:
       return np.full((), decay ** (depth + 1), np.float32)
     if keys[0] == "backbone" and keys[1] == "encoder":

@@ -89,7 +89,7 @@ def protocol_config(**overrides) -> ml_collections.ConfigDict:
       learning_rate=1e-3, min_learning_rate=0.0,  # Linear warmup from 0, then cosine.
       warmup_steps=50,  # 0: use warmup_epochs.
       warmup_epochs=0.0,  # Warmup in epochs over the labelled subset (when warmup_steps is 0).
-      weight_decay=0.0,  # AdamW; norms, biases and modality embeddings are not decayed.
+      weight_decay=0.0,  # AdamW, on linear matrices only (transfer.weight_decay_mask).
       layer_decay=1.0,  # Finetune: lr of block i scaled by decay ** (depth - i); 1: none.
       grad_clip=1.0,  # Global-norm clipping; 0: none.
       head_hidden=0,  # 0: linear readout; > 0: MLP with this hidden width.
@@ -132,11 +132,6 @@ def default_config() -> ml_collections.ConfigDict:
 # ------------------------------------------------------------------ optimizer
 
 
-def _no_decay(path) -> bool:
-  keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-  return any("norm" in k or "bias" in k for k in keys) or "modality_embed" in keys
-
-
 @functools.lru_cache(maxsize=None)
 def make_optimizer(*, learning_rate: float, min_learning_rate: float, warmup_steps: int,
                    num_steps: int, weight_decay: float, layer_decay: float, depth: int,
@@ -144,16 +139,16 @@ def make_optimizer(*, learning_rate: float, min_learning_rate: float, warmup_ste
   """AdamW, warmup + cosine schedule, optional clipping and layer-wise decay.
 
   Cached, so runs with the same settings share one compiled train step.
-  Weight decay skips norms, biases and modality embeddings; with
+  Weight decay applies to linear matrices (transfer.weight_decay_mask); with
   layer_decay < 1 each update is scaled by transfer.layer_scales (BEiT's
   per-layer learning rates).
   """
   lr = optax.warmup_cosine_decay_schedule(
       0.0, learning_rate, max(int(warmup_steps), 1), max(int(num_steps), 2),
       end_value=min_learning_rate)
-  mask = lambda params: jax.tree_util.tree_map_with_path(lambda p, _: not _no_decay(p), params)
   parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
-  parts.append(optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay, mask=mask))
+  parts.append(optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay,
+                           mask=transfer.weight_decay_mask))
   if layer_decay < 1.0:
     scale = lambda updates, params=None: jax.tree.map(
         lambda u, s: u * s, updates, transfer.layer_scales(updates, depth, layer_decay))
@@ -372,6 +367,65 @@ def _check_same(path: str, settings: dict) -> None:
         " --workdir, or move that run away to redo it. Nothing was changed.")
 
 
+def _train(ctx: _Context, task: transfer.TaskSpec, init: str, protocol: str, data, source,
+           seed: int, run_dir: str, logger: workdir_lib.MetricLogger, note: str):
+  """Trains one run (resuming from its checkpoints); returns (model, figures)."""
+  config, settings = ctx.config, ctx.config[protocol]
+  batch_size = int(data.batch_size)
+  num_steps, warmup = run_length(settings, len(source), batch_size, protocol)
+  inputs = ctx.encoder_inputs(task)
+  model = build_model(ctx, task, init, protocol, seed)
+  frozen = protocol == "probe"
+  graphdef, trainable, rest = nnx.split(model, transfer.trainable_filter(model, protocol), ...)
+  params = nnx.to_pure_dict(trainable)
+  tx = make_optimizer(
+      learning_rate=float(settings.learning_rate),
+      min_learning_rate=float(settings.min_learning_rate),
+      warmup_steps=warmup, num_steps=num_steps,
+      weight_decay=float(settings.weight_decay), layer_decay=float(settings.layer_decay),
+      depth=model.backbone.cfg.encoder_depth, grad_clip=float(settings.grad_clip),
+      b1=float(settings.b1), b2=float(settings.b2))
+  opt_state = on_mesh(tx.init(params), ctx.mesh)
+  lr = schedule(settings, num_steps, warmup)
+  it = pipeline.make_iterator(data, data.train_split, seed=seed, training=True, source=source)
+  ckpt, start = None, 0
+  if config.checkpoint_every:
+    ckpt = checkpoints.Checkpointer(os.path.join(run_dir, "checkpoints"), max_to_keep=1)
+    if ckpt.latest_step() is not None:
+      state, meta = ckpt.restore({"params": params, "opt_state": opt_state}, data_iter=it)
+      params, opt_state, start = state["params"], state["opt_state"], int(meta["step"])
+  print(f"{note}{len(source)} labelled samples, {num_steps} steps"
+        f" ({num_steps * batch_size / len(source):.1f} epochs)"
+        + (f", resuming at {start}" if start else ""), flush=True)
+  logger.total_steps = num_steps
+  loss_sum, seen, last = 0.0, 0, {}
+  t0 = time.time()
+  with sharding.use(ctx.mesh, ctx.rules):
+    for step in range(start + 1, num_steps + 1):
+      batch = next(it)
+      targets = np.asarray(task.targets(batch))
+      if step == start + 1:
+        _check_targets(task, targets)
+      params, opt_state, m = train_step(graphdef, task, frozen, tx, params, opt_state, rest,
+                                        ctx.place(inputs(batch)), ctx.place(targets))
+      loss_sum, seen = loss_sum + m["loss"], seen + 1
+      if step % config.log_every == 0 or step == num_steps:
+        last = logger.write(step, {"loss": float(loss_sum) / seen, "grad_norm": m["grad_norm"],
+                                   "lr": lr(step)})
+        loss_sum, seen = 0.0, 0
+      if ckpt is not None and (step % config.checkpoint_every == 0 or step == num_steps):
+        ckpt.save(step, {"params": params, "opt_state": opt_state}, data_iter=it)
+  seconds = time.time() - t0
+  if ckpt is not None:
+    ckpt.close()
+  if hasattr(it, "close"):
+    it.close()
+  figures = {"steps": num_steps, "epochs": num_steps * batch_size / len(source),
+             "train_loss": last.get("loss"), "train_seconds": round(seconds, 1),
+             "steps_per_sec": (num_steps - start) / max(seconds, 1e-9)}
+  return nnx.merge(graphdef, nnx.State(params), rest), figures
+
+
 def train_and_evaluate(ctx: _Context, task: transfer.TaskSpec, init: str, protocol: str,
                        fraction: float, seed: int, label: str = "") -> dict:
   """One run (see the module doc); returns its result dict."""
@@ -390,77 +444,22 @@ def train_and_evaluate(ctx: _Context, task: transfer.TaskSpec, init: str, protoc
   elif jax.process_index() == 0:
     workdir_lib.write_json(settings_path, run_config)
   t0 = time.time()
-  settings = config[protocol]
   data = _task_data(config, task)
   source = subsets.LabelSubset(sources.make_source(data, data.train_split), fraction, seed)
-  batch_size = int(data.batch_size)
-  num_steps, warmup = run_length(settings, len(source), batch_size, protocol)
-  inputs = ctx.encoder_inputs(task)
-
-  model = build_model(ctx, task, init, protocol, seed)
-  frozen = protocol == "probe"
-  graphdef, trainable, rest = nnx.split(model, transfer.trainable_filter(model, protocol), ...)
-  params = nnx.to_pure_dict(trainable)
-  tx = make_optimizer(
-      learning_rate=float(settings.learning_rate),
-      min_learning_rate=float(settings.min_learning_rate),
-      warmup_steps=warmup, num_steps=num_steps,
-      weight_decay=float(settings.weight_decay), layer_decay=float(settings.layer_decay),
-      depth=model.backbone.cfg.encoder_depth, grad_clip=float(settings.grad_clip),
-      b1=float(settings.b1), b2=float(settings.b2))
-  opt_state = on_mesh(tx.init(params), ctx.mesh)
-  lr = schedule(settings, num_steps, warmup)
-  it = pipeline.make_iterator(data, data.train_split, seed=seed, training=True, source=source)
-  ckpt = None
-  start = 0
-  if config.checkpoint_every:
-    ckpt = checkpoints.Checkpointer(os.path.join(run_dir, "checkpoints"), max_to_keep=1)
-    if ckpt.latest_step() is not None:
-      state, meta = ckpt.restore({"params": params, "opt_state": opt_state}, data_iter=it)
-      params, opt_state, start = state["params"], state["opt_state"], int(meta["step"])
-  print(f"{label}{name}: {len(source)} labelled samples, {num_steps} steps"
-        f" ({num_steps * batch_size / len(source):.1f} epochs)"
-        + (f", resuming at {start}" if start else ""), flush=True)
-  logger = workdir_lib.MetricLogger(run_dir, num_steps, name=f"{task.name} {init} {protocol}")
-  loss_sum, seen, last = 0.0, 0, {}
-  t_train = time.time()
-  with sharding.use(ctx.mesh, ctx.rules):
-    for step in range(start + 1, num_steps + 1):
-      batch = next(it)
-      targets = np.asarray(task.targets(batch))
-      if step == start + 1:
-        _check_targets(task, targets)
-      params, opt_state, m = train_step(graphdef, task, frozen, tx, params, opt_state, rest,
-                                        ctx.place(inputs(batch)), ctx.place(targets))
-      loss_sum, seen = loss_sum + m["loss"], seen + 1
-      if step % config.log_every == 0 or step == num_steps:
-        last = logger.write(step, {"loss": float(loss_sum) / seen, "grad_norm": m["grad_norm"],
-                                   "lr": lr(step)})
-        loss_sum, seen = 0.0, 0
-      if ckpt is not None and (step % config.checkpoint_every == 0 or step == num_steps):
-        ckpt.save(step, {"params": params, "opt_state": opt_state}, data_iter=it,
-                  meta={"run": name})
-  train_seconds = time.time() - t_train
-  if ckpt is not None:
-    ckpt.close()
-  if hasattr(it, "close"):
-    it.close()
-
-  model = nnx.merge(graphdef, nnx.State(params), rest)
+  logger = workdir_lib.MetricLogger(run_dir, name=f"{task.name} {init} {protocol}")
+  model, figures = _train(ctx, task, init, protocol, data, source, seed, run_dir, logger,
+                          note=f"{label}{name}: ")
   evaluator = evaluators.get(task.kind)(
-      task=task, data=data, split=data.eval_split, seed=seed, inputs=inputs, mesh=ctx.mesh,
-      rules=ctx.rules, num_examples=config.eval.num_examples,
+      task=task, data=data, split=data.eval_split, seed=seed, inputs=ctx.encoder_inputs(task),
+      mesh=ctx.mesh, rules=ctx.rules, num_examples=config.eval.num_examples,
       num_samples=config.eval.num_samples)
   metrics = evaluator.run(model)
-  logger.write(num_steps, {f"test/{k}": v for k, v in metrics.items()}, progress=False)
+  logger.write(figures["steps"], {f"test/{k}": v for k, v in metrics.items()}, progress=False)
   logger.close()
   result = {
       "run": name, "task": task.name, "kind": task.kind, "init": init, "protocol": protocol,
       "label_fraction": float(fraction), "num_labels": len(source), "seed": int(seed),
-      "steps": num_steps, "epochs": num_steps * batch_size / len(source),
-      "train_loss": last.get("loss"), "train_seconds": round(train_seconds, 1),
-      "steps_per_sec": (num_steps - start) / max(train_seconds, 1e-9),
-      "seconds": round(time.time() - t0, 1), "metrics": metrics,
+      **figures, "seconds": round(time.time() - t0, 1), "metrics": metrics,
       "headline": list(evaluator.headline),
       "higher_is_better": dict(evaluator.higher_is_better),
       "eval_split": data.eval_split, "init_dir": config.get("init") or "",
