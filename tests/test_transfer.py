@@ -96,8 +96,8 @@ def test_layer_decay_gives_each_layer_its_scale():
   assert decays["head"]["readout"]["out"]["kernel"]
   assert not any((decays["backbone"]["encoder"]["norm1_scale"],
                   decays["backbone"]["modality_embed"][PIXELS],
-                  decays["backbone"]["encoder_norm_scale"], decays["head"]["readout"]["out"]["bias"],
-                  decays["head"]["readout"]["norm"]["scale"]))
+                  decays["backbone"]["encoder_norm_scale"],
+                  decays["head"]["readout"]["out"]["bias"]))
   # The probe trains the head only; finetuning adds exactly what `encode` reads.
   _, probe, _ = nnx.split(model, transfer.trainable_filter(model, "probe"), ...)
   assert set(nnx.to_pure_dict(probe)) == {"head"}
@@ -136,18 +136,22 @@ def test_probe_keeps_the_encoder_frozen_and_finetuning_changes_it(protocol):
   task = _task()
   model = transfer.TransferModel(cfg, task, image_size=(32, 32), rngs=_rngs(0))
   before = jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-  graphdef, trainable, rest = nnx.split(model, transfer.trainable_filter(model, protocol), ...)
-  params = nnx.to_pure_dict(trainable)
+  graphdef, trainable, stats, rest = nnx.split(
+      model, transfer.trainable_filter(model, protocol), nnx.BatchStat, ...)
+  params, stats = nnx.to_pure_dict(trainable), nnx.to_pure_dict(stats)
   tx = trainer.make_optimizer(learning_rate=1e-2, min_learning_rate=0.0, warmup_steps=1,
                               num_steps=4, weight_decay=0.05, layer_decay=0.75, depth=3,
                               grad_clip=1.0, b1=0.9, b2=0.999)
   opt_state = tx.init(params)
   enc, labels = _batch()
   for _ in range(3):
-    params, opt_state, metrics = trainer.train_step(graphdef, task, protocol == "probe", tx,
-                                                    params, opt_state, rest, enc, labels)
+    params, stats, opt_state, metrics = trainer.train_step(
+        graphdef, task, protocol == "probe", tx, params, stats, opt_state, rest, enc, labels)
   assert np.isfinite(float(metrics["loss"]))
-  after = nnx.to_pure_dict(nnx.state(nnx.merge(graphdef, nnx.State(params), rest), nnx.Param))
+  trained = nnx.merge(graphdef, nnx.State(params), nnx.State(stats), rest)
+  after = nnx.to_pure_dict(nnx.state(trained, nnx.Param))
+  # The head's batch statistics moved towards the features' (running averages).
+  assert float(jnp.abs(trained.head.readout.norm.mean[...]).max()) > 0
   changed = jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)), before, after)
   encoder = [changed["backbone"]["encoder"][k] for k in changed["backbone"]["encoder"]]
   encoder.append(changed["backbone"]["encoder_embed"][PIXELS])
@@ -200,7 +204,7 @@ def test_token_inputs_and_the_grid_a_dense_head_reads(tmp_path):
   slots = model.backbone.encode(enc).slots
   np.testing.assert_array_equal(slots.modality, np.repeat([[0, 1]], 16, axis=1).repeat(2, 0))
   np.testing.assert_array_equal(slots.position, np.tile(np.arange(16), 2)[None].repeat(2, 0))
-  assert model.head.readout.norm.scale.shape == (2 * 32,)  # rgb and depth features side by side.
+  assert model.head.readout.norm.mean.shape == (2 * 32,)  # rgb and depth features side by side.
   assert model(enc).shape == (2, 32, 32, 6)
   with pytest.raises(workdir.ConfigError, match=r"tokenizers.rgb_tok32test.*needs a tokenizer"):
     transfer.EncoderInputs(("rgb_tok32test",), {})
@@ -307,7 +311,7 @@ def test_end_to_end_scenes_table_both_inits_and_protocols(tmp_path, scenes_dir):
   table = (wd / "eval" / "results.md").read_text()
   header = next(l for l in table.splitlines() if l.startswith("| task"))
   assert "scratch" in header and "pretrained" in header and "Δ" in header
-  rows = [l for l in table.splitlines() if l.startswith("| semseg")]
+  rows = [l for l in table.splitlines() if l.startswith("| semseg |")]
   assert {r.split("|")[4].strip() for r in rows} == {"probe", "finetune"}
   assert all("50 % (60)" in r for r in rows), rows
   results = json.loads((wd / "eval" / "results.json").read_text())

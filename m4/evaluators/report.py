@@ -92,6 +92,17 @@ def table(results: Sequence[Mapping[str, Any]]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def runs_table(results: Sequence[Mapping[str, Any]]) -> str:
+  """One line per run: length, final training loss and time."""
+  lines = ["| run | labels | steps | epochs | train loss | train s | steps/s | total s |",
+           "|---|---|---|---|---|---|---|---|"]
+  for r in results:
+    loss = f"{r['train_loss']:.4g}" if r.get("train_loss") is not None else ""
+    lines.append(f"| {r['run']} | {r['num_labels']} | {r['steps']} | {r['epochs']:.1f} | {loss}"
+                 f" | {r['train_seconds']:.0f} | {r['steps_per_sec']:.2f} | {r['seconds']:.0f} |")
+  return "\n".join(lines) + "\n"
+
+
 def describe(config) -> list[str]:
   """Lines naming what a transfer config ran (for the head of results.md)."""
   lines = [f"init: `{config.get('init') or '(none)'}`",
@@ -206,7 +217,8 @@ def write(eval_dir: str, results: Sequence[Mapping[str, Any]], *, title: str = "
           notes: Sequence[str] = ()) -> dict:
   """results.md, results.json, results.png and the prediction grids."""
   os.makedirs(eval_dir, exist_ok=True)
-  body = [f"# {title}", ""] + [f"- {n}" for n in notes] + ["", table(results)]
+  body = ([f"# {title}", ""] + [f"- {n}" for n in notes]
+          + ["", table(results), "## Runs", "", runs_table(results)])
   md = os.path.join(eval_dir, "results.md")
   tmp = f"{md}.tmp.{os.getpid()}"
   with open(tmp, "w", encoding="utf-8") as f:

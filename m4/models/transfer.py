@@ -140,13 +140,14 @@ class TransferModel(nnx.Module):
   """FourM's encoder (all input tokens) followed by a task head."""
 
   def __init__(self, cfg: configs.FourMConfig, task: TaskSpec, *, image_size: Sequence[int],
-               head_hidden: int = 0, rngs: nnx.Rngs):
+               head_hidden: int = 0, head_norm: str = "batch", rngs: nnx.Rngs):
     self.task = task
     self.backbone = FourM(cfg, rngs=rngs)
     self.inputs = tuple(cfg.encoder_modalities)
+    require(head_norm in heads.NORMS, "head_norm", f"{head_norm!r} is not one of {heads.NORMS}.")
     if task.kind == CLASSIFICATION:
       self.head = heads.ClassificationHead(cfg.dim, task.num_classes, hidden=head_hidden,
-                                           rngs=rngs)
+                                           norm=head_norm, rngs=rngs)
       return
     grids = {n: modalities.get(n).grid for n in self.inputs}
     require(len(set(grids.values())) == 1, f"tasks.{task.name}.inputs",
@@ -158,21 +159,22 @@ class TransferModel(nnx.Module):
     self.grid = (h, w)
     out = task.num_classes if task.kind == SEGMENTATION else 1
     self.head = heads.DenseHead(cfg.dim * len(self.inputs), out, size[0] // h,
-                                hidden=head_hidden, rngs=rngs)
+                                hidden=head_hidden, norm=head_norm, rngs=rngs)
 
-  def __call__(self, batch, *, frozen: bool = False) -> jax.Array:
+  def __call__(self, batch, *, frozen: bool = False, train: bool = False) -> jax.Array:
     """Head outputs: (B, C) logits, (B, H, W, C) logits or (B, H, W, 1) log-depth.
 
-    `frozen` stops gradients at the encoder output (linear probing).
+    `frozen` stops gradients at the encoder output (linear probing); `train`
+    normalises with batch statistics and updates the running ones.
     """
     enc = self.backbone.encode(batch, self.backbone.cfg.num_encoder_tokens)
     out = jax.lax.stop_gradient(enc.out) if frozen else enc.out
     if self.task.kind == CLASSIFICATION:
-      return self.head(out, enc.slots.valid)
+      return self.head(out, enc.slots.valid, train)
     b, _, d = out.shape
     h, w = self.grid
     grid = out.reshape(b, len(self.inputs), h, w, d).transpose(0, 2, 3, 1, 4)
-    return self.head(grid.reshape(b, h, w, len(self.inputs) * d))
+    return self.head(grid.reshape(b, h, w, len(self.inputs) * d), train)
 
 
 def is_encoder_path(path: Sequence[Any], inputs: Sequence[str]) -> bool:

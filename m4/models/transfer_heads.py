@@ -1,12 +1,17 @@
 """Small task heads on encoder features, and the loss each is trained with.
 
     head = ClassificationHead(dim, num_classes, hidden=0, rngs=rngs)
-    logits = head(tokens, valid)                # (B, N, D), (B, N) -> (B, C)
+    logits = head(tokens, valid, train=True)    # (B, N, D), (B, N) -> (B, C)
     head = DenseHead(dim, out_channels=6, patch=8, hidden=0, rngs=rngs)
     logits = head(grid)                         # (B, h, w, D) -> (B, h*8, w*8, 6)
 
-Both are standard and light: LayerNorm, then one linear layer (`hidden=0`,
-a linear probe's readout) or a GELU MLP with one hidden layer. The dense head
+Both are standard and light: a normalisation, then one linear layer
+(`hidden=0`, a linear probe's readout) or a GELU MLP with one hidden layer.
+`norm="batch"` (default) standardises each feature with batch statistics
+(running averages at evaluation), without scale or bias, as MAE's linear
+probe: mean-pooled encoder features differ between images by about 1 % of
+their size, which a per-sample LayerNorm (`norm="layer"`) keeps, so a head
+behind it barely learns. Heads take `train=True` while training. The dense head
 predicts the p x p pixels of each token's patch from that token alone and
 lays them out in place (a learned "pixel shuffle" upsampling), as a linear
 per-patch decoder. The last layer starts at zero, so every run starts from
@@ -32,16 +37,29 @@ Array = jax.Array
 IGNORE = transforms.SEMSEG_IGNORE
 
 
-class _Readout(nnx.Module):
-  """LayerNorm -> [Linear -> GELU] -> Linear (zero-initialised)."""
+NORMS = ("batch", "layer")
 
-  def __init__(self, dim: int, out: int, *, hidden: int, rngs: nnx.Rngs):
-    self.norm = nnx.LayerNorm(dim, epsilon=1e-6, rngs=rngs)
+
+class _Readout(nnx.Module):
+  """Norm -> [Linear -> GELU] -> Linear (zero-initialised)."""
+
+  def __init__(self, dim: int, out: int, *, hidden: int, norm: str, rngs: nnx.Rngs):
+    if norm not in NORMS:
+      raise ValueError(f"head norm {norm!r} is not one of {NORMS}.")
+    if norm == "batch":
+      self.norm = nnx.BatchNorm(dim, momentum=0.9, epsilon=1e-6, use_bias=False,
+                                use_scale=False, rngs=rngs)
+    else:
+      self.norm = nnx.LayerNorm(dim, epsilon=1e-6, rngs=rngs)
     self.hidden = nnx.Linear(dim, hidden, rngs=rngs) if hidden else None
     self.out = nnx.Linear(hidden or dim, out, kernel_init=nnx.initializers.zeros, rngs=rngs)
 
-  def __call__(self, x: Array) -> Array:
-    x = self.norm(x.astype(jnp.float32))
+  def __call__(self, x: Array, train: bool) -> Array:
+    x = x.astype(jnp.float32)
+    if isinstance(self.norm, nnx.BatchNorm):
+      x = self.norm(x, use_running_average=not train)
+    else:
+      x = self.norm(x)
     if self.hidden is not None:
       x = jax.nn.gelu(self.hidden(x))
     return self.out(x)
@@ -50,29 +68,30 @@ class _Readout(nnx.Module):
 class ClassificationHead(nnx.Module):
   """Mean of the valid encoder tokens -> readout -> (B, num_classes) logits."""
 
-  def __init__(self, dim: int, num_classes: int, *, hidden: int = 0, rngs: nnx.Rngs):
-    self.readout = _Readout(dim, num_classes, hidden=hidden, rngs=rngs)
+  def __init__(self, dim: int, num_classes: int, *, hidden: int = 0, norm: str = "batch",
+               rngs: nnx.Rngs):
+    self.readout = _Readout(dim, num_classes, hidden=hidden, norm=norm, rngs=rngs)
 
-  def __call__(self, tokens: Array, valid: Array) -> Array:
+  def __call__(self, tokens: Array, valid: Array, train: bool = False) -> Array:
     w = valid[..., None].astype(jnp.float32)
     pooled = jnp.sum(tokens.astype(jnp.float32) * w, axis=1) / jnp.maximum(jnp.sum(w, 1), 1.0)
-    return self.readout(pooled)
+    return self.readout(pooled, train)
 
 
 class DenseHead(nnx.Module):
   """Token grid (B, h, w, D) -> per-patch readout -> (B, h*p, w*p, C)."""
 
   def __init__(self, dim: int, out_channels: int, patch: int, *, hidden: int = 0,
-               rngs: nnx.Rngs):
+               norm: str = "batch", rngs: nnx.Rngs):
     self.patch = int(patch)
     self.out_channels = int(out_channels)
     self.readout = _Readout(dim, self.patch * self.patch * self.out_channels, hidden=hidden,
-                            rngs=rngs)
+                            norm=norm, rngs=rngs)
 
-  def __call__(self, grid: Array) -> Array:
+  def __call__(self, grid: Array, train: bool = False) -> Array:
     b, h, w, _ = grid.shape
     p, c = self.patch, self.out_channels
-    x = self.readout(grid).reshape(b, h, w, p, p, c)
+    x = self.readout(grid, train).reshape(b, h, w, p, p, c)
     return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * p, w * p, c)
 
 

@@ -39,8 +39,8 @@ Config fields (configs/transfer/scenes.py documents a full example):
     crops, batch_size, ...); `modalities` is set per task.
   probe, finetune: num_steps (or num_epochs over the labelled subset when
     num_steps is 0), learning_rate, min_learning_rate, warmup_steps (or
-    warmup_epochs when it is 0), weight_decay, layer_decay (finetune), grad_clip, head_hidden,
-    b1, b2 (AdamW).
+    warmup_epochs when it is 0), weight_decay, layer_decay (finetune), grad_clip,
+    head_hidden, head_norm, b1, b2 (AdamW).
   eval: num_samples (0: the whole split), num_examples (samples in pictures).
   log_every, checkpoint_every (0: no checkpoints), mesh, sharding_rules.
   prng_impl: jax.random key implementation of the inits ("rbg", "threefry2x32").
@@ -93,6 +93,7 @@ def protocol_config(**overrides) -> ml_collections.ConfigDict:
       layer_decay=1.0,  # Finetune: lr of block i scaled by decay ** (depth - i); 1: none.
       grad_clip=1.0,  # Global-norm clipping; 0: none.
       head_hidden=0,  # 0: linear readout; > 0: MLP with this hidden width.
+      head_norm="batch",  # Before the readout: "batch" (MAE's probe) or "layer".
       b1=0.9, b2=0.999))
   c.update(overrides)
   return c
@@ -176,18 +177,20 @@ def schedule(settings, num_steps: int, warmup: int):
 # ------------------------------------------------------------------ steps
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), donate_argnums=(4, 5))
-def train_step(graphdef, task, frozen, tx, params, opt_state, rest, enc, targets):
-  """One optimizer step on the trainable `params` (a pure dict)."""
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), donate_argnums=(4, 5, 6))
+def train_step(graphdef, task, frozen, tx, params, stats, opt_state, rest, enc, targets):
+  """One optimizer step on the trainable `params`; `stats` are the heads'
+  running batch statistics, updated (both pure dicts)."""
 
   def loss_fn(p):
-    model = nnx.merge(graphdef, nnx.State(p), rest)
-    return transfer.loss(task, model(enc, frozen=frozen), targets)
+    model = nnx.merge(graphdef, nnx.State(p), nnx.State(stats), rest)
+    loss = transfer.loss(task, model(enc, frozen=frozen, train=True), targets)
+    return loss, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
 
-  loss, grads = jax.value_and_grad(loss_fn)(params)
+  (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   updates, opt_state = tx.update(grads, opt_state, params)
   params = optax.apply_updates(params, updates)
-  return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+  return params, stats, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
 
 
 # ------------------------------------------------------------------ runs
@@ -316,9 +319,10 @@ def build_model(ctx: _Context, task: transfer.TaskSpec, init: str, protocol: str
   """The task's model on the mesh: encoder pretrained or random, fresh head."""
   cfg = transfer.backbone_config(ctx.base, task.inputs, ctx.overrides)
   settings = ctx.config[protocol]
+  key = jax.random.key(seed, impl=ctx.config.prng_impl)
   make = lambda: transfer.TransferModel(
       cfg, task, image_size=ctx.config.data.image_size, head_hidden=settings.head_hidden,
-      rngs=nnx.Rngs(params=jax.random.key(seed, impl=ctx.config.prng_impl)))
+      head_norm=settings.head_norm, rngs=nnx.Rngs(params=key))
   # Built eagerly (op by op: no compile of a whole init, which costs more than
   # a small model's training here), then placed by the parameters' logical names.
   with sharding.use(ctx.mesh, ctx.rules):
@@ -376,8 +380,9 @@ def _train(ctx: _Context, task: transfer.TaskSpec, init: str, protocol: str, dat
   inputs = ctx.encoder_inputs(task)
   model = build_model(ctx, task, init, protocol, seed)
   frozen = protocol == "probe"
-  graphdef, trainable, rest = nnx.split(model, transfer.trainable_filter(model, protocol), ...)
-  params = nnx.to_pure_dict(trainable)
+  graphdef, trainable, stats, rest = nnx.split(
+      model, transfer.trainable_filter(model, protocol), nnx.BatchStat, ...)
+  params, stats = nnx.to_pure_dict(trainable), nnx.to_pure_dict(stats)
   tx = make_optimizer(
       learning_rate=float(settings.learning_rate),
       min_learning_rate=float(settings.min_learning_rate),
@@ -392,8 +397,10 @@ def _train(ctx: _Context, task: transfer.TaskSpec, init: str, protocol: str, dat
   if config.checkpoint_every:
     ckpt = checkpoints.Checkpointer(os.path.join(run_dir, "checkpoints"), max_to_keep=1)
     if ckpt.latest_step() is not None:
-      state, meta = ckpt.restore({"params": params, "opt_state": opt_state}, data_iter=it)
-      params, opt_state, start = state["params"], state["opt_state"], int(meta["step"])
+      state, meta = ckpt.restore({"params": params, "stats": stats, "opt_state": opt_state},
+                                 data_iter=it)
+      params, stats, opt_state = state["params"], state["stats"], state["opt_state"]
+      start = int(meta["step"])
   print(f"{note}{len(source)} labelled samples, {num_steps} steps"
         f" ({num_steps * batch_size / len(source):.1f} epochs)"
         + (f", resuming at {start}" if start else ""), flush=True)
@@ -406,15 +413,17 @@ def _train(ctx: _Context, task: transfer.TaskSpec, init: str, protocol: str, dat
       targets = np.asarray(task.targets(batch))
       if step == start + 1:
         _check_targets(task, targets)
-      params, opt_state, m = train_step(graphdef, task, frozen, tx, params, opt_state, rest,
-                                        ctx.place(inputs(batch)), ctx.place(targets))
+      params, stats, opt_state, m = train_step(graphdef, task, frozen, tx, params, stats,
+                                               opt_state, rest, ctx.place(inputs(batch)),
+                                               ctx.place(targets))
       loss_sum, seen = loss_sum + m["loss"], seen + 1
       if step % config.log_every == 0 or step == num_steps:
         last = logger.write(step, {"loss": float(loss_sum) / seen, "grad_norm": m["grad_norm"],
                                    "lr": lr(step)})
         loss_sum, seen = 0.0, 0
       if ckpt is not None and (step % config.checkpoint_every == 0 or step == num_steps):
-        ckpt.save(step, {"params": params, "opt_state": opt_state}, data_iter=it)
+        ckpt.save(step, {"params": params, "stats": stats, "opt_state": opt_state},
+                  data_iter=it)
   seconds = time.time() - t0
   if ckpt is not None:
     ckpt.close()
@@ -423,7 +432,7 @@ def _train(ctx: _Context, task: transfer.TaskSpec, init: str, protocol: str, dat
   figures = {"steps": num_steps, "epochs": num_steps * batch_size / len(source),
              "train_loss": last.get("loss"), "train_seconds": round(seconds, 1),
              "steps_per_sec": (num_steps - start) / max(seconds, 1e-9)}
-  return nnx.merge(graphdef, nnx.State(params), rest), figures
+  return nnx.merge(graphdef, nnx.State(params), nnx.State(stats), rest), figures
 
 
 def train_and_evaluate(ctx: _Context, task: transfer.TaskSpec, init: str, protocol: str,
