@@ -10,8 +10,9 @@ Prepare the data once (manual download): `tfds build imagenet2012
 epochs, label smoothing 0.1, mean-pooled tokens, random resized crops (8-100 %
 of the area) and flips; top-1 on the 50k validation images. Not in m4: drop
 path, mixup / cutmix, RandAugment (so expect lower absolute numbers than the
-papers). The linear probe trains a LayerNorm + linear head with AdamW for 90
-epochs (MAE: LARS, batch 16384). Label fractions are m4's seeded subsets, not
+papers). The linear probe standardises the pooled features with batch
+statistics (MAE's BatchNorm without affine) and trains a linear head with
+AdamW for 90 epochs (MAE: LARS, batch 16384). Label fractions are m4's seeded subsets, not
 the SimCLR 1 % / 10 % lists. Variant `:mock` shrinks the job for tests on
 `tfds.testing.mock_data`.
 """
@@ -40,7 +41,8 @@ def get_config(arg=None):
                      crop_ratio=(0.75, 1.333), flip=True, batch_size=1024, num_workers=8,
                      modalities=()))
   c.finetune.update(dict(num_steps=0, num_epochs=100, learning_rate=2e-3, warmup_steps=0,
-                         warmup_epochs=5, weight_decay=0.05, layer_decay=0.65, head_hidden=0))
+                         warmup_epochs=5, weight_decay=0.05, layer_decay=0.65, head_hidden=0,
+                         head_norm="layer"))  # MAE's fc_norm on the mean-pooled tokens.
   c.probe.update(dict(num_steps=0, num_epochs=90, learning_rate=1e-3, warmup_steps=0,
                       warmup_epochs=10))
   c.log_every = 100
