@@ -1,7 +1,6 @@
 """Transfer on the scenes dataset: 4M-pretrained encoder vs. the same encoder from scratch.
 
-    python -m m4.main --config=configs/transfer/scenes.py --workdir=workdirs/transfer_scenes \
-        --config.init=workdirs/pretrain_scenes_tiny
+    python -m m4.main --config=configs/transfer/scenes.py --workdir=workdirs/transfer_scenes
 
 Five tasks from the scenes samples' labels: object count and shape of the
 largest object (classification), semantic segmentation and depth from RGB,
@@ -9,8 +8,13 @@ and segmentation from RGB + depth (an extra input modality, as MultiMAE).
 Each runs with 10 % of the training labels, probed (frozen encoder, linear
 head) and fine-tuned (layer-wise lr decay 0.75, MLP head), from the
 pretrained and from a random init: 20 runs, written side by side to
-WORKDIR/eval/results.md. The encoder reads RGB (and depth) as the VQ tokens
-the model was pretrained on (`tokenizers`).
+WORKDIR/eval/results.md. The pretrained model is the run of
+configs/pretrain/scenes_tiny.py (`init`), on the same dataset
+(configs/data/scenes64.py: its train split's labels are subsampled, its test
+split is held out). The encoder reads RGB (and depth) as the VQ tokens it was
+pretrained on (`tokenizers`): that model has no raw-pixel input, whose patch
+embedding would start untrained (a `pixels` modality in `tasks.*.inputs`
+works the same way for models that have one).
 
 Variants: `:quick` (the quickstart stage: two tasks, short runs, about three
 minutes on 2 CPU cores), `:tiny` (tests: a few steps).
@@ -26,7 +30,7 @@ def get_config(arg=None):
   c = transfer.default_config()
   c.title = "Transfer on scenes (64 px)"
   c.seeds = (0,)
-  c.init = ""  # The pretraining run (or saved model) directory: --config.init=DIR.
+  c.init = "workdirs/pretrain/scenes_tiny"  # A pretraining run (or saved model) directory.
   c.inits = ("pretrained", "scratch")
   c.protocols = ("probe", "finetune")
   c.label_fractions = (0.1,)
@@ -45,9 +49,9 @@ def get_config(arg=None):
   c.tokenizers.depth = "vq_depth"
   c.pixel_normalization = "symmetric"  # For pixel inputs: [0, 1] -> [-1, 1].
 
-  # The scenes dataset of configs/scenes.py; None fields accept what is stored.
+  # The scenes dataset of configs/data/scenes64.py; None fields accept what is stored.
   c.data.update(dict(
-      kind="scenes", dir="workdirs/scenes/data", image_size=(64, 64),
+      kind="scenes", dir="workdirs/data/scenes64", image_size=(64, 64),
       crop_scale=(1.0, 1.0), flip=True,  # Crops could cut objects out of count labels.
       batch_size=32, eval_split="test", num_workers=0))
   for field in ("resolution", "min_objects", "max_objects", "seed", "antialias", "num_train",

@@ -168,7 +168,8 @@ def prediction_grids(eval_dir: str, results: Sequence[Mapping[str, Any]],
     runs = [r for r in dense if r["task"] == task and r["label_fraction"] == fraction]
     seed = min(r["seed"] for r in runs)
     runs = sorted((r for r in runs if r["seed"] == seed),
-                  key=lambda r: (_rank(r["protocol"], PROTOCOL_ORDER), _rank(r["init"], INIT_ORDER)))
+                  key=lambda r: (_rank(r["protocol"], PROTOCOL_ORDER),
+                                 _rank(r["init"], INIT_ORDER)))
     loaded = {}
     for r in runs:
       path = os.path.join(eval_dir, "examples", f"{r['run']}.npz")

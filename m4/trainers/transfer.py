@@ -54,7 +54,6 @@ import json
 import math
 import os
 import time
-from typing import Any
 
 import jax
 import ml_collections
