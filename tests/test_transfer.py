@@ -248,6 +248,29 @@ def test_segmentation_and_depth_metrics_match_numpy():
     assert m[k] == pytest.approx(np.mean(v), rel=1e-5), k
 
 
+def test_results_table_puts_the_inits_side_by_side(tmp_path):
+  from m4.evaluators import report  # pylint: disable=g-import-not-at-top
+
+  def result(init, protocol, seed, top1):
+    return {"run": f"count__{init}__{protocol}__10pct__s{seed}", "task": "count",
+            "kind": "classification", "init": init, "protocol": protocol, "seed": seed,
+            "label_fraction": 0.1, "num_labels": 400, "metrics": {"top1": top1, "chance": 0.3},
+            "headline": ["top1"], "higher_is_better": {"top1": True}, "steps": 10, "epochs": 0.8,
+            "train_loss": 1.0, "train_seconds": 2.0, "steps_per_sec": 5.0, "seconds": 3.0}
+
+  results = [result("pretrained", "finetune", 0, 0.8), result("scratch", "finetune", 0, 0.5),
+             result("pretrained", "probe", 0, 0.6), result("scratch", "probe", 0, 0.4),
+             result("pretrained", "probe", 1, 0.7), result("scratch", "probe", 1, 0.4)]
+  lines = report.table(results).splitlines()
+  assert lines[0] == ("| task | metric | labels | protocol | scratch | pretrained"
+                      " | Δ pretrained − scratch |")
+  assert lines[2] == ("| count | top1 ↑ (chance 0.3) | 10 % (400) | probe | 0.4 ± 0 (2)"
+                      " | 0.65 ± 0.05 (2) | +0.25 |")
+  assert lines[3] == "| count | top1 ↑ (chance 0.3) | 10 % (400) | finetune | 0.5 | 0.8 | +0.3 |"
+  paths = report.write(str(tmp_path), results)
+  assert os.path.getsize(paths["plot"]) > 0 and "## Runs" in open(paths["table"]).read()
+
+
 def test_bad_task_configs_name_the_field():
   _register()
   with pytest.raises(workdir.ConfigError, match=r"tasks.t.kind"):
