@@ -22,6 +22,16 @@ def _tokenizer_stage(modality: str, data: ml_collections.ConfigDict):
   return config
 
 
+def _transfer_stage(data: ml_collections.ConfigDict):
+  """configs/transfer/scenes.py:quick on the quickstart's data, tokenizers and model."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "transfer", "scenes.py")
+  config = runpy.run_path(path)["get_config"]("quick")
+  config.data.update(data)
+  config.tokenizers.update({"rgb": "{root}/tok_rgb", "depth": "{root}/tok_depth"})
+  config.init = "{root}/pretrain"
+  return config
+
+
 def get_config(arg=None):
   del arg
   config = ml_collections.ConfigDict()
@@ -46,4 +56,10 @@ def get_config(arg=None):
     config.stages[f"tok_{modality}"] = _tokenizer_stage(modality, data)
 
   config.order = ("data", "tok_rgb", "tok_depth", "tok_semseg")  # Stage names in the order they run.
+
+  # Stage "transfer": count and segmentation from RGB tokens with 10 % of the
+  # labels, probed and fine-tuned, from the pretrained model and from scratch,
+  # side by side in WORKDIR/transfer/eval/results.md (about three minutes).
+  config.stages.transfer = _transfer_stage(data)
+  config.order += ("transfer",)
   return config

@@ -150,3 +150,24 @@ def test_folder_mismatched_sizes_name_both_files(tmp_path):
     source[1]
   skip = sources.make_source(_folder_config(tmp_path, on_error="skip"), "train")
   assert skip[0] is None and skip[1] is None and skip[2] is not None and skip.num_skipped == 2
+
+
+def test_tfds_imagenet_label_and_ade20k_semseg_conventions():
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  with tfds.testing.mock_data(num_examples=3):
+    source = sources.make_source(_tfds_config("imagenet2012"), "train")
+    raw = tfds.data_source("imagenet2012", split="train")
+    sample = source[2]
+    assert set(sample) == {"rgb", "labels", "id"}
+    assert sample["labels"]["label"].dtype == np.int32
+    assert sample["labels"]["label"] == raw[2]["label"]
+    ade = sources.make_source(_tfds_config("scene_parse150"), "train")
+    raw = tfds.data_source("scene_parse150", split="train")[1]["annotation"][..., 0]
+    got = ade[1]["semseg"]
+    # ADE20K's class 0 ("other") is unlabelled; classes 1..150 become 0..149.
+    np.testing.assert_array_equal(got, np.where(raw == 0, 255, raw.astype(np.int64) - 1))
+    kept = sources.make_source(_tfds_config("scene_parse150", tfds_semseg_reduce_zero=False),
+                               "train")[1]["semseg"]
+    np.testing.assert_array_equal(kept, raw)
+  with pytest.raises(ConfigError, match=r"tfds_features: unknown m4 keys \['labels/'\]"):
+    sources.TfdsSource("imagenet2012", "train", features={"labels/": "label"})

@@ -72,6 +72,7 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
   c.dir = ""  # scenes: made/kept here; folder: <dir>/<split>/<modality>/...; tfds: data_dir.
   c.name = ""  # tfds: dataset name, e.g. "nyu_depth_v2".
   c.tfds_features = ml_collections.ConfigDict()  # tfds: m4 key -> feature path; empty: shipped.
+  c.tfds_semseg_reduce_zero = None  # tfds: semseg 0 -> 255, k -> k-1; None: per dataset (sources).
   c.on_error = "raise"  # folder: "raise" | "skip" bad samples (skips are counted).
   c.depth_png_scale = 1000.0  # folder: 16-bit depth png value / this = metres.
   c.modalities = ()  # Raw keys to keep (plus `id`), e.g. ("rgb", "caption"); (): all.

@@ -11,7 +11,12 @@ Kinds:
     no TensorFlow graph at read time) from `data.dir` (TFDS's default when
     empty). Nothing is downloaded: prepare the dataset once with
     `tfds build NAME --file_format=array_record [--data_dir=DIR]`. `data.tfds_features` maps m4 keys to feature paths ("a/b" for
-    nested features); empty uses `TFDS_FEATURES[data.name]`.
+    nested features); empty uses `TFDS_FEATURES[data.name]`. A key
+    "labels/NAME" reads an integer label into `labels[NAME]` (int32). A
+    3-channel semseg feature (ADE20K's annotation PNGs repeat the class map in
+    each channel) is read from its first channel. `data.tfds_semseg_reduce_zero`
+    (None: as `TFDS_SEMSEG_REDUCE_ZERO` lists the dataset) maps class 0
+    ("other", not a class) to 255 and class k to k - 1, as ADE20K is evaluated.
   * `folder`: aligned files `data.dir/<split>/<modality>/<sample_id>.<ext>`.
 
 Every source yields numpy per the contract: rgb uint8 (H, W, 3), depth float32
@@ -40,7 +45,11 @@ KINDS = ("scenes", "tfds", "folder")
 TFDS_FEATURES = {
     "nyu_depth_v2": {"rgb": "image", "depth": "depth"},
     "coco_captions": {"rgb": "image", "caption": "captions/text"},
+    "scene_parse150": {"rgb": "image", "semseg": "annotation"},
+    "imagenet2012": {"rgb": "image", "labels/label": "label"},
 }
+# Datasets whose semseg class 0 means "unlabelled" (the 150 ADE20K classes are 1..150).
+TFDS_SEMSEG_REDUCE_ZERO = ("scene_parse150",)
 
 FOLDER_EXTENSIONS = {
     "rgb": (".png", ".jpg", ".jpeg"),
@@ -63,7 +72,8 @@ def make_source(data, split: str):
     source = scenes.ScenesSource(directory, split)
   elif kind == "tfds":
     source = TfdsSource(data.name, split, data_dir=data.get("dir") or None,
-                        features=dict(data.get("tfds_features") or {}) or None)
+                        features=dict(data.get("tfds_features") or {}) or None,
+                        semseg_reduce_zero=data.get("tfds_semseg_reduce_zero"))
   else:
     source = FolderSource(os.path.join(data.dir, split), modalities=keep or None,
                           on_error=data.get("on_error", "raise"),
@@ -151,7 +161,21 @@ def as_caption(x, where: str) -> str:
   return x
 
 
+def as_label(x, where: str) -> np.int32:
+  x = np.asarray(x)
+  if x.ndim != 0 or not np.issubdtype(x.dtype, np.integer):
+    raise ValueError(f"{where}: a label must be one integer, got {x.dtype} of shape {x.shape}.")
+  return np.int32(x)
+
+
+def reduce_zero_label(semseg: np.ndarray) -> np.ndarray:
+  """Class 0 -> 255 (unlabelled), class k -> k - 1 (uint8)."""
+  semseg = np.asarray(semseg, np.uint8)
+  return np.where(semseg == 0, np.uint8(255), semseg - np.uint8(1)).astype(np.uint8)
+
+
 CONVERT = {"rgb": as_rgb, "depth": as_depth, "semseg": as_semseg, "caption": as_caption}
+LABELS = "labels/"  # Prefix of m4 keys that read integer labels into `labels`.
 
 
 # ---------------------------------------------------------------------------
@@ -162,21 +186,26 @@ class TfdsSource:
   """A TFDS split through `tfds.data_source`, with features renamed to m4 keys."""
 
   def __init__(self, name: str, split: str, *, data_dir: str | None = None,
-               features: Mapping[str, str] | None = None):
+               features: Mapping[str, str] | None = None,
+               semseg_reduce_zero: bool | None = None):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     if not name:
       raise ConfigError("config.data.name: a TFDS dataset name is required for kind 'tfds'.")
+    base = name.split(":")[0].split("/")[0]
     if features is None:
-      if name.split(":")[0].split("/")[0] not in TFDS_FEATURES:
+      if base not in TFDS_FEATURES:
         raise ConfigError(
             f"config.data.tfds_features: no shipped mapping for TFDS dataset {name!r}"
             f" (shipped: {sorted(TFDS_FEATURES)}); give one, e.g. {{'rgb': 'image'}}.")
-      features = TFDS_FEATURES[name.split(":")[0].split("/")[0]]
-    unknown = set(features) - set(CONVERT)
+      features = TFDS_FEATURES[base]
+    unknown = {k for k in features if k not in CONVERT and not (
+        k.startswith(LABELS) and len(k) > len(LABELS) and "/" not in k[len(LABELS):])}
     if unknown:
       raise ConfigError(f"config.data.tfds_features: unknown m4 keys {sorted(unknown)};"
-                        f" known: {sorted(CONVERT)}.")
+                        f" known: {sorted(CONVERT)} and {LABELS}NAME.")
     self.name, self.split, self.features = name, split, dict(features)
+    self.semseg_reduce_zero = (base in TFDS_SEMSEG_REDUCE_ZERO if semseg_reduce_zero is None
+                               else bool(semseg_reduce_zero))
     try:
       self.source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # pylint: disable=broad-except
@@ -199,7 +228,15 @@ class TfdsSource:
           raise KeyError(f"TFDS {self.name}[{self.split}][{index}]: no feature {path!r}"
                          f" (config.data.tfds_features.{key}).")
         value = value[part]
-      out[key] = CONVERT[key](value, f"TFDS {self.name}[{self.split}][{index}].{path}")
+      where = f"TFDS {self.name}[{self.split}][{index}].{path}"
+      if key.startswith(LABELS):
+        out.setdefault("labels", {})[key[len(LABELS):]] = as_label(value, where)
+        continue
+      if key == "semseg" and np.ndim(value) == 3 and np.shape(value)[-1] == 3:
+        value = np.asarray(value)[..., 0]
+      out[key] = CONVERT[key](value, where)
+      if key == "semseg" and self.semseg_reduce_zero:
+        out[key] = reduce_zero_label(out[key])
     out["id"] = np.int64(index)
     return out
 

@@ -1,0 +1,89 @@
+"""Transfer on the scenes dataset: 4M-pretrained encoder vs. the same encoder from scratch.
+
+    python -m m4.main --config=configs/transfer/scenes.py --workdir=workdirs/transfer_scenes
+
+Five tasks from the scenes samples' labels: object count and shape of the
+largest object (classification), semantic segmentation and depth from RGB,
+and segmentation from RGB + depth (an extra input modality, as MultiMAE).
+Each runs with 10 % of the training labels, probed (frozen encoder, linear
+head) and fine-tuned (layer-wise lr decay 0.75, MLP head), from the
+pretrained and from a random init: 20 runs, written side by side to
+WORKDIR/eval/results.md. The pretrained model is the run of
+configs/pretrain/scenes_tiny.py (`init`), on the same dataset
+(configs/data/scenes64.py: its train split's labels are subsampled, its test
+split is held out). The encoder reads RGB (and depth) as the VQ tokens it was
+pretrained on (`tokenizers`): that model has no raw-pixel input, whose patch
+embedding would start untrained (a `pixels` modality in `tasks.*.inputs`
+works the same way for models that have one).
+
+Variants: `:quick` (the quickstart stage: two tasks, short runs, about three
+minutes on 2 CPU cores), `:tiny` (tests: a few steps).
+"""
+
+from m4.trainers import transfer
+
+
+def get_config(arg=None):
+  variant = arg or "full"
+  if variant not in ("full", "quick", "tiny"):
+    raise ValueError(f"configs/transfer/scenes.py: unknown variant {arg!r}; use '', quick or tiny.")
+  c = transfer.default_config()
+  c.title = "Transfer on scenes (64 px)"
+  c.seeds = (0,)
+  c.init = "workdirs/pretrain/scenes_tiny"  # A pretraining run (or saved model) directory.
+  c.inits = ("pretrained", "scratch")
+  c.protocols = ("probe", "finetune")
+  c.label_fractions = (0.1,)
+
+  rgb = ("rgb",)
+  c.tasks.count = dict(kind="classification", inputs=rgb, target="labels/count",
+                       num_classes=6, label_smoothing=0.0)
+  c.tasks.largest_shape = dict(kind="classification", inputs=rgb, target="labels/largest_shape",
+                               num_classes=4, label_smoothing=0.0)
+  c.tasks.semseg = dict(kind="segmentation", inputs=rgb, target="semseg", num_classes=6)
+  c.tasks.depth = dict(kind="depth", inputs=rgb, target="depth")
+  c.tasks.semseg_rgbd = dict(kind="segmentation", inputs=("rgb", "depth"), target="semseg",
+                             num_classes=6)
+  # The VQ tokenizer of each token input (a name on m4.tokenizers' search path or a dir).
+  c.tokenizers.rgb = "vq_rgb"
+  c.tokenizers.depth = "vq_depth"
+  c.pixel_normalization = "symmetric"  # For pixel inputs: [0, 1] -> [-1, 1].
+
+  # The scenes dataset of configs/data/scenes64.py; None fields accept what is stored.
+  c.data.update(dict(
+      kind="scenes", dir="workdirs/data/scenes64", image_size=(64, 64),
+      crop_scale=(1.0, 1.0), flip=True,  # Crops could cut objects out of count labels.
+      batch_size=32, eval_split="test", num_workers=0))
+  for field in ("resolution", "min_objects", "max_objects", "seed", "antialias", "num_train",
+                "num_validation", "num_test"):
+    c.data[field] = None
+
+  c.probe.update(dict(num_steps=1500, learning_rate=1e-3, warmup_steps=50))
+  # The per-patch head predicts 8 x 8 x classes values per token: keep it light.
+  c.finetune.update(dict(num_steps=1500, learning_rate=3e-4, warmup_steps=50, weight_decay=0.05,
+                         layer_decay=0.75, head_hidden=128))
+  c.eval.num_examples = 8
+  c.log_every = 50
+  c.checkpoint_every = 500
+
+  if variant == "quick":
+    for name in ("largest_shape", "depth", "semseg_rgbd"):
+      del c.tasks[name]
+    c.probe.num_steps = c.finetune.num_steps = 120
+    c.probe.warmup_steps = c.finetune.warmup_steps = 12
+    c.finetune.head_hidden = 64
+    c.checkpoint_every = 0
+    c.log_every = 25
+    c.eval.num_examples = 6
+  elif variant == "tiny":
+    for name in ("largest_shape", "semseg_rgbd"):
+      del c.tasks[name]
+    c.data.batch_size = 16
+    c.probe.num_steps = c.finetune.num_steps = 6
+    c.probe.warmup_steps = c.finetune.warmup_steps = 2
+    c.finetune.head_hidden = 16
+    c.checkpoint_every = 0
+    c.log_every = 3
+    c.eval.num_samples = 32
+    c.eval.num_examples = 4
+  return c

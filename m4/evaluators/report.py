@@ -1,0 +1,230 @@
+"""Transfer results side by side: a markdown table, a bar plot, prediction grids.
+
+    paths = report.write(eval_dir, results)   # results: the runs' result dicts
+    # eval_dir/results.md, results.json, results.png, <task>_<budget>_predictions.png
+
+Rows of the table are (task, metric, label budget, protocol); columns are
+the inits (scratch, then pretrained) and their difference. With several
+seeds a cell is "mean ± std (n)"; metrics marked ↑ are better higher, ↓ lower.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from m4 import workdir as workdir_lib
+
+INIT_ORDER = ("scratch", "pretrained")
+PROTOCOL_ORDER = ("probe", "finetune")
+
+
+def save_examples(path: str, examples: Mapping[str, np.ndarray]) -> str:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.tmp.{os.getpid()}.npz"
+  np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in examples.items()})
+  os.replace(tmp, path)
+  return path
+
+
+def _order(values, preferred):
+  return sorted(set(values), key=lambda v: _rank(v, preferred))
+
+
+def _rank(value, preferred) -> tuple:
+  return (preferred.index(value) if value in preferred else len(preferred), value)
+
+
+def _row_order(key) -> tuple:
+  """(task, fraction, protocol) rows: by budget, then probe before finetune."""
+  return (key[1], _rank(key[2], PROTOCOL_ORDER))
+
+
+def _budget(result) -> str:
+  return f"{100 * result['label_fraction']:g} % ({result['num_labels']})"
+
+
+def _cell(values: Sequence[float]) -> str:
+  if not values:
+    return ""
+  if len(values) == 1:
+    return f"{values[0]:.4g}"
+  return f"{np.mean(values):.4g} ± {np.std(values):.2g} ({len(values)})"
+
+
+def _groups(results):
+  """{(task, fraction, protocol): {init: [results over seeds]}}."""
+  out = collections.defaultdict(lambda: collections.defaultdict(list))
+  for r in results:
+    out[(r["task"], r["label_fraction"], r["protocol"])][r["init"]].append(r)
+  return out
+
+
+def table(results: Sequence[Mapping[str, Any]]) -> str:
+  """The markdown table of `results`."""
+  inits = _order([r["init"] for r in results], INIT_ORDER)
+  both = all(i in inits for i in INIT_ORDER)
+  head = ["task", "metric", "labels", "protocol"] + inits + (["Δ pretrained − scratch"]
+                                                             if both else [])
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  groups = _groups(results)
+  tasks = list(dict.fromkeys(r["task"] for r in results))
+  for task in tasks:
+    keys = sorted((k for k in groups if k[0] == task), key=_row_order)
+    first = next(iter(groups[keys[0]].values()))[0]
+    for metric in first["headline"]:
+      arrow = "↑" if first["higher_is_better"].get(metric, True) else "↓"
+      label = f"{metric} {arrow}"
+      if "chance" in first["metrics"]:
+        label += f" (chance {first['metrics']['chance']:.3g})"
+      for key in keys:
+        by_init = groups[key]
+        vals = {i: [r["metrics"][metric] for r in by_init.get(i, [])] for i in inits}
+        sample = next(iter(by_init.values()))[0]
+        row = [task, label, _budget(sample), key[2]] + [_cell(vals[i]) for i in inits]
+        if both:
+          a, b = vals["scratch"], vals["pretrained"]
+          row.append(f"{np.mean(b) - np.mean(a):+.4g}" if a and b else "")
+        lines.append("| " + " | ".join(row) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def runs_table(results: Sequence[Mapping[str, Any]]) -> str:
+  """One line per run: length, final training loss and time."""
+  lines = ["| run | labels | steps | epochs | train loss | train s | steps/s | total s |",
+           "|---|---|---|---|---|---|---|---|"]
+  for r in results:
+    loss = f"{r['train_loss']:.4g}" if r.get("train_loss") is not None else ""
+    lines.append(f"| {r['run']} | {r['num_labels']} | {r['steps']} | {r['epochs']:.1f} | {loss}"
+                 f" | {r['train_seconds']:.0f} | {r['steps_per_sec']:.2f} | {r['seconds']:.0f} |")
+  return "\n".join(lines) + "\n"
+
+
+def describe(config) -> list[str]:
+  """Lines naming what a transfer config ran (for the head of results.md)."""
+  lines = [f"init: `{config.get('init') or '(none)'}`",
+           f"seeds: {list(config.seeds)}; label fractions: {list(config.label_fractions)};"
+           f" evaluated on split `{config.data.eval_split}`"]
+  for p in config.protocols:
+    s = config[p]
+    steps = f"{s.num_steps} steps" if s.num_steps else f"{s.num_epochs} epochs"
+    lines.append(f"{p}: {steps}, batch {config.data.batch_size}, lr {s.learning_rate:g},"
+                 f" weight decay {s.weight_decay:g}, layer decay {s.layer_decay:g},"
+                 f" head hidden {s.head_hidden}")
+  return lines
+
+
+def plot(path: str, results: Sequence[Mapping[str, Any]]) -> str:
+  """Bars of each task's headline metrics: inits side by side per protocol/budget."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  groups = _groups(results)
+  panels = []
+  for task in dict.fromkeys(r["task"] for r in results):
+    first = next(r for r in results if r["task"] == task)
+    panels += [(task, m, first["higher_is_better"].get(m, True)) for m in first["headline"]]
+  inits = _order([r["init"] for r in results], INIT_ORDER)
+  cols = min(len(panels), 3)
+  rows = -(-len(panels) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+  colors = {"scratch": "#9e9e9e", "pretrained": "#1f77b4"}
+  for ax, (task, metric, higher) in zip(axes.ravel(), panels):
+    keys = sorted((k for k in groups if k[0] == task), key=_row_order)
+    x = np.arange(len(keys))
+    width = 0.8 / max(len(inits), 1)
+    for j, init in enumerate(inits):
+      vals = [[r["metrics"][metric] for r in groups[k].get(init, [])] for k in keys]
+      mean = [np.mean(v) if v else np.nan for v in vals]
+      err = [np.std(v) if len(v) > 1 else 0 for v in vals]
+      ax.bar(x + (j - (len(inits) - 1) / 2) * width, mean, width, yerr=err,
+             label=init, color=colors.get(init))
+    ax.set_xticks(x, [f"{k[2]}\n{100 * k[1]:g}%" for k in keys])
+    ax.set_title(f"{task}: {metric} ({'higher' if higher else 'lower'} is better)", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+  for ax in axes.ravel()[len(panels):]:
+    ax.axis("off")
+  axes.ravel()[0].legend(fontsize=8)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp.{os.getpid()}.png"
+  fig.savefig(tmp, dpi=110)
+  plt.close(fig)
+  os.replace(tmp, path)
+  return path
+
+
+def prediction_grids(eval_dir: str, results: Sequence[Mapping[str, Any]],
+                     rows: int = 6) -> list[str]:
+  """One PNG per dense task and label budget (first seed): inputs, label, predictions."""
+  from m4.tools import grid  # pylint: disable=g-import-not-at-top
+  out = []
+  dense = [r for r in results if r["kind"] in ("segmentation", "depth")]
+  keys = dict.fromkeys((r["task"], r["label_fraction"]) for r in dense)
+  for task, fraction in keys:
+    runs = [r for r in dense if r["task"] == task and r["label_fraction"] == fraction]
+    seed = min(r["seed"] for r in runs)
+    runs = sorted((r for r in runs if r["seed"] == seed),
+                  key=lambda r: (_rank(r["protocol"], PROTOCOL_ORDER),
+                                 _rank(r["init"], INIT_ORDER)))
+    loaded = {}
+    for r in runs:
+      path = os.path.join(eval_dir, "examples", f"{r['run']}.npz")
+      if os.path.exists(path):
+        with np.load(path) as z:
+          loaded[r["run"]] = {k: z[k] for k in z.files}
+    if not loaded:
+      continue
+    ref = next(iter(loaded.values()))
+    n = min(rows, len(ref["target"]))
+    kind = "semseg" if runs[0]["kind"] == "segmentation" else "depth"
+    cells, kinds, titles = [], {}, {}
+    for i in range(n):
+      row = {}
+      for k in sorted(k for k in ref if k.startswith("input_")):
+        row[k] = ref[k][i]
+        kinds[k] = k[len("input_"):]
+        titles[k] = k[len("input_"):]
+      row["label"] = ref["target"][i]
+      kinds["label"], titles["label"] = kind, "label"
+      for r in runs:
+        if r["run"] in loaded:
+          col = f"{r['init']}_{r['protocol']}"
+          row[col] = loaded[r["run"]]["prediction"][i]
+          kinds[col], titles[col] = kind, f"{r['init']} {r['protocol']}"
+      cells.append(row)
+    captions = [f"test {int(ref['id'][i])}" for i in range(n)]
+    path = os.path.join(eval_dir, f"{task}_{100 * fraction:g}pct_predictions.png")
+    out.append(grid.save_grid(path, cells, captions, kinds, titles=titles))
+  return out
+
+
+def headline(results: Sequence[Mapping[str, Any]]) -> dict:
+  """{task/protocol/budget: {init: first headline metric (mean over seeds)}}."""
+  out = {}
+  for (task, fraction, protocol), by_init in _groups(results).items():
+    first = next(iter(by_init.values()))[0]
+    metric = first["headline"][0]
+    key = f"{task} {protocol} {100 * fraction:g}% {metric}"
+    out[key] = {i: float(np.mean([r["metrics"][metric] for r in rs]))
+                for i, rs in by_init.items()}
+  return out
+
+
+def write(eval_dir: str, results: Sequence[Mapping[str, Any]], *, title: str = "Transfer",
+          notes: Sequence[str] = ()) -> dict:
+  """results.md, results.json, results.png and the prediction grids."""
+  os.makedirs(eval_dir, exist_ok=True)
+  body = ([f"# {title}", ""] + [f"- {n}" for n in notes]
+          + ["", table(results), "## Runs", "", runs_table(results)])
+  md = os.path.join(eval_dir, "results.md")
+  tmp = f"{md}.tmp.{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write("\n".join(body))
+  os.replace(tmp, md)
+  workdir_lib.write_json(os.path.join(eval_dir, "results.json"), list(results))
+  return {"table": md, "plot": plot(os.path.join(eval_dir, "results.png"), results),
+          "predictions": prediction_grids(eval_dir, results)}

@@ -1,0 +1,328 @@
+"""A 4M encoder with a task head, for transfer (probing and fine-tuning).
+
+    task = transfer.TaskSpec.from_config("semseg", config.tasks.semseg)
+    cfg = transfer.backbone_config(pretrained.read_config(init_dir), task.inputs)
+    model = transfer.TransferModel(cfg, task, image_size=(64, 64), head_hidden=0,
+                                   rngs=nnx.Rngs(0))
+    transfer.restore_encoder(model, init_dir)          # or keep the random init
+    inputs = transfer.EncoderInputs(task.inputs, {"rgb": vq_rgb})
+    out = model(inputs(raw_batch))                     # logits / log-depth
+
+Every token of every input modality is an encoder input (no masking), so the
+encoder's slots hold the modalities in `cfg.encoder_modalities` order, each
+row-major: dense heads read the token grid back from fixed offsets, and with
+several inputs (rgb + depth) concatenate their features per grid cell.
+
+The backbone is m4's FourM with only the task's input modalities and a
+one-block stub decoder (FourM requires one; transfer never calls it, and only
+the parameters `encode` reads are trained, restored or saved).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from m4 import modalities
+from m4.data import transforms
+from m4.models import configs
+from m4.models import transfer_heads as heads
+from m4.models.fourm import FourM
+from m4.workdir import ConfigError, require
+
+CLASSIFICATION, SEGMENTATION, DEPTH = "classification", "segmentation", "depth"
+TASK_KINDS = (CLASSIFICATION, SEGMENTATION, DEPTH)
+PIXEL_NORMALIZATIONS = ("symmetric", "imagenet")
+_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+_IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+# Top-level FourM parameters that `encode` reads (besides per-modality embeddings).
+_ENCODER_KEYS = ("encoder", "encoder_norm_scale", "encoder_norm_bias")
+_EMBED_KEYS = ("encoder_embed", "modality_embed")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+  """A downstream task (`config.tasks.<name>`).
+
+  Attributes:
+    name: the task's key in config.tasks.
+    kind: one of TASK_KINDS.
+    inputs: encoder modalities (registry names) the model reads.
+    target: raw-sample key of the label, "/" for nested keys
+      ("labels/count", "semseg", "depth").
+    num_classes: classes of classification and segmentation tasks.
+    label_smoothing: classification only.
+  """
+
+  name: str
+  kind: str
+  inputs: tuple[str, ...]
+  target: str
+  num_classes: int = 0
+  label_smoothing: float = 0.0
+
+  @classmethod
+  def from_config(cls, name: str, c: Mapping[str, Any]) -> "TaskSpec":
+    where = f"tasks.{name}"
+    d = dict(c.to_dict() if hasattr(c, "to_dict") else c)
+    fields = {f.name for f in dataclasses.fields(cls)} - {"name"}
+    unknown = sorted(set(d) - fields)
+    require(not unknown, where, f"unknown fields {unknown}; known: {sorted(fields)}.")
+    for f in ("kind", "inputs", "target"):
+      require(f in d, f"{where}.{f}", "is required.")
+    d["inputs"] = tuple(d["inputs"]) if not isinstance(d["inputs"], str) else (d["inputs"],)
+    task = cls(name=name, **d)
+    require(task.kind in TASK_KINDS, f"{where}.kind", f"{task.kind!r} is not one of {TASK_KINDS}.")
+    require(len(task.inputs) > 0 and len(set(task.inputs)) == len(task.inputs),
+            f"{where}.inputs", f"needs distinct modalities, got {task.inputs}.")
+    for n in task.inputs:
+      try:
+        mod = modalities.get(n)
+      except KeyError as e:
+        raise ConfigError(f"config.{where}.inputs: {e.args[0]}") from None
+      require(mod.kind in (modalities.IMAGE, modalities.PIXELS), f"{where}.inputs",
+              f"{n!r} is a {mod.kind} modality; transfer reads image tokens or pixels.")
+    if task.kind == DEPTH:
+      require(task.num_classes == 0, f"{where}.num_classes", "depth tasks have no classes.")
+    else:
+      require(task.num_classes >= 2, f"{where}.num_classes",
+              f"a {task.kind} task needs >= 2 classes, got {task.num_classes}.")
+    require(0 <= task.label_smoothing < 1, f"{where}.label_smoothing", "must be in [0, 1).")
+    return task
+
+  @property
+  def dense(self) -> bool:
+    return self.kind != CLASSIFICATION
+
+  def raw_keys(self) -> tuple[str, ...]:
+    """The raw-sample keys a batch of this task needs (inputs and target)."""
+    keys = [modalities.get(n).data_key for n in self.inputs] + [self.target.split("/")[0]]
+    return tuple(dict.fromkeys(keys))
+
+  def targets(self, batch: Mapping[str, Any]):
+    """The label array of a batch."""
+    value = batch
+    for part in self.target.split("/"):
+      if not isinstance(value, Mapping) or part not in value:
+        raise KeyError(f"config.tasks.{self.name}.target: the batch has no {self.target!r}"
+                       f" (keys: {sorted(batch)}).")
+      value = value[part]
+    return value
+
+
+def backbone_config(base: configs.FourMConfig, inputs: Sequence[str],
+                    overrides: Mapping[str, Any] | None = None) -> configs.FourMConfig:
+  """`base` reading only `inputs` (all their tokens) with a stub decoder.
+
+  `overrides` sets FourMConfig fields that do not change the encoder's
+  parameters (dtype, remat, attention_impl, ...).
+  """
+  missing = [n for n in inputs if n not in base.encoder_modalities]
+  require(not missing, "tasks.*.inputs",
+          f"{missing} are not inputs of the model (its encoder reads {base.encoder_modalities}).")
+  order = tuple(n for n in base.encoder_modalities if n in inputs)
+  fields = dict(overrides or {})
+  fields.pop("size", None)
+  known = {f.name for f in dataclasses.fields(configs.FourMConfig)}
+  require(not set(fields) - known, "model", f"unknown fields {sorted(set(fields) - known)}.")
+  num = sum(modalities.get(n).num_tokens for n in order)
+  return base.replace(**{**fields, "encoder_modalities": order,
+                         "decoder_modalities": base.decoder_modalities[:1], "decoder_depth": 1,
+                         "num_encoder_tokens": num, "num_decoder_tokens": 1})
+
+
+class TransferModel(nnx.Module):
+  """FourM's encoder (all input tokens) followed by a task head."""
+
+  def __init__(self, cfg: configs.FourMConfig, task: TaskSpec, *, image_size: Sequence[int],
+               head_hidden: int = 0, head_norm: str = "batch", rngs: nnx.Rngs):
+    self.task = task
+    self.backbone = FourM(cfg, rngs=rngs)
+    self.inputs = tuple(cfg.encoder_modalities)
+    require(head_norm in heads.NORMS, "head_norm", f"{head_norm!r} is not one of {heads.NORMS}.")
+    if task.kind == CLASSIFICATION:
+      self.head = heads.ClassificationHead(cfg.dim, task.num_classes, hidden=head_hidden,
+                                           norm=head_norm, rngs=rngs)
+      return
+    grids = {n: modalities.get(n).grid for n in self.inputs}
+    require(len(set(grids.values())) == 1, f"tasks.{task.name}.inputs",
+            f"a dense task needs inputs on one token grid, got {grids}.")
+    h, w = next(iter(grids.values()))
+    size = tuple(int(s) for s in image_size)
+    require(size[0] % h == 0 and size[1] % w == 0 and size[0] // h == size[1] // w,
+            "data.image_size", f"{size} is not a whole number of ({h}, {w}) token patches.")
+    self.grid = (h, w)
+    out = task.num_classes if task.kind == SEGMENTATION else 1
+    self.head = heads.DenseHead(cfg.dim * len(self.inputs), out, size[0] // h,
+                                hidden=head_hidden, norm=head_norm, rngs=rngs)
+
+  def __call__(self, batch, *, frozen: bool = False, train: bool = False) -> jax.Array:
+    """Head outputs: (B, C) logits, (B, H, W, C) logits or (B, H, W, 1) log-depth.
+
+    `frozen` stops gradients at the encoder output (linear probing); `train`
+    normalises with batch statistics and updates the running ones.
+    """
+    enc = self.backbone.encode(batch, self.backbone.cfg.num_encoder_tokens)
+    out = jax.lax.stop_gradient(enc.out) if frozen else enc.out
+    if self.task.kind == CLASSIFICATION:
+      return self.head(out, enc.slots.valid, train)
+    b, _, d = out.shape
+    h, w = self.grid
+    grid = out.reshape(b, len(self.inputs), h, w, d).transpose(0, 2, 3, 1, 4)
+    return self.head(grid.reshape(b, h, w, len(self.inputs) * d), train)
+
+
+def is_encoder_path(path: Sequence[Any], inputs: Sequence[str]) -> bool:
+  """Whether a parameter path (from the model's root) is read by `encode`."""
+  path = tuple(str(p) for p in path)
+  if len(path) < 2 or path[0] != "backbone":
+    return False
+  return path[1] in _ENCODER_KEYS or (path[1] in _EMBED_KEYS and len(path) > 2
+                                      and path[2] in inputs)
+
+
+def trainable_filter(model: TransferModel, protocol: str):
+  """nnx filter of what a protocol trains: the head ("probe"), or the head
+  and the encoder ("finetune")."""
+  inputs = model.inputs
+
+  def f(path, value):
+    if not isinstance(value, nnx.Param):
+      return False
+    if str(path[0]) == "head":
+      return True
+    return protocol == "finetune" and is_encoder_path(path, inputs)
+
+  return f
+
+
+def encoder_params(model: TransferModel) -> nnx.State:
+  """The backbone parameters `encode` reads (what a pretrained init replaces)."""
+  inputs = model.inputs
+  return nnx.state(model.backbone, lambda p, v: isinstance(v, nnx.Param)
+                   and is_encoder_path(("backbone",) + tuple(p), inputs))
+
+
+def restore_encoder(model: TransferModel, directory: str, key: str = "model",
+                    step: int | None = None) -> None:
+  """Loads the encoder parameters of the checkpoint at `directory` into `model`."""
+  from m4 import checkpoints  # pylint: disable=g-import-not-at-top
+  target = encoder_params(model)
+  restored = checkpoints.restore_subtree(directory, target, key=key, step=step)
+  nnx.update(model.backbone, restored)
+
+
+_LINEAR = ("qkv", "proj", "mlp_in", "mlp_out")  # FourM's encoder matrices.
+
+
+def _keys(path) -> tuple[str, ...]:
+  return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def weight_decay_mask(params: Mapping[str, Any]):
+  """True for the parameters that get weight decay, as FourM.decay_mask: the
+  matrices of linear layers (encoder blocks, pixel patch embeddings, the
+  head's kernels); not norms, biases, token or modality embeddings."""
+
+  def decays(path, _):
+    keys = _keys(path)
+    if keys[0] == "head":
+      return keys[-1] == "kernel"
+    if keys[1] == "encoder_embed":
+      return modalities.get(keys[2]).kind == modalities.PIXELS
+    return keys[1] == "encoder" and keys[-1] in _LINEAR
+
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def layer_scales(params: Mapping[str, Any], depth: int, decay: float):
+  """Per-parameter learning-rate scales of layer-wise decay (BEiT/MultiMAE).
+
+  With L = `depth` blocks, layer ids are 0 for the token/modality
+  embeddings, i + 1 for block i and L + 1 for the final norm and the head;
+  a parameter's scale is decay ** (L + 1 - id). Stacked block parameters
+  (leading axis `layers`) get one scale per block, shaped to broadcast.
+  `params` is a pure nested dict (paths from the model root).
+  """
+  blocks = np.asarray(decay, np.float64) ** (depth - np.arange(depth))
+
+  def one(path, x):
+    keys = _keys(path)
+    if keys[0] == "backbone" and keys[1] in _EMBED_KEYS:
+      return np.full((), decay ** (depth + 1), np.float32)
+    if keys[0] == "backbone" and keys[1] == "encoder":
+      if np.shape(x)[0] != depth:
+        raise ValueError(f"layer_scales: {'/'.join(keys)} has leading axis {np.shape(x)[0]},"
+                         f" not the {depth} blocks.")
+      return blocks.reshape((depth,) + (1,) * (np.ndim(x) - 1)).astype(np.float32)
+    return np.ones((), np.float32)
+
+  return jax.tree_util.tree_map_with_path(one, params)
+
+
+class EncoderInputs:
+  """Raw image batches -> the masked batch the encoder reads (numpy).
+
+  For each input modality: IMAGE modalities are tokenized from their raw key
+  (`modality.data_key`) by `tokenizers[name]` (anything with
+  `encode(images) -> (B, h, w)` ids, e.g. m4.tokenizers.VQTokenizer);
+  PIXELS modalities get the normalised image ("symmetric": [0, 1] -> [-1, 1],
+  m4.data.transforms.normalize; "imagenet": (x - mean) / std per channel, as
+  4M's rgb@224). Every token is an input; nothing is a target.
+  """
+
+  def __init__(self, names: Sequence[str], tokenizers: Mapping[str, Any] | None = None, *,
+               pixel_normalization: str = "symmetric"):
+    require(pixel_normalization in PIXEL_NORMALIZATIONS, "pixel_normalization",
+            f"{pixel_normalization!r} is not one of {PIXEL_NORMALIZATIONS}.")
+    self.names = tuple(names)
+    self.tokenizers = dict(tokenizers or {})
+    self.pixel_normalization = pixel_normalization
+    for n in self.names:
+      if modalities.get(n).kind == modalities.IMAGE:
+        require(n in self.tokenizers, f"tokenizers.{n}",
+                f"input modality {n!r} is made of VQ tokens and needs a tokenizer.")
+
+  def __call__(self, batch: Mapping[str, Any]) -> dict:
+    out = {}
+    for n in self.names:
+      mod = modalities.get(n)
+      x = batch[mod.data_key]
+      b = np.shape(x)[0]
+      if mod.kind == modalities.PIXELS:
+        x = np.asarray(x, np.float32)
+        if self.pixel_normalization == "imagenet":
+          tensor = (x - _IMAGENET_MEAN) / _IMAGENET_STD
+        else:
+          tensor = np.asarray(transforms.normalize(mod.data_key, x))
+      else:
+        tokens = np.asarray(self.tokenizers[n].encode(x))
+        if tokens.shape[1:] != tuple(mod.grid):
+          raise ValueError(f"tokenizer of {n!r} gave tokens of shape {tokens.shape[1:]},"
+                           f" the registry says {tuple(mod.grid)}.")
+        tensor = tokens.reshape(b, -1).astype(np.int32)
+      out[n] = {"tensor": tensor,
+                "input_mask": np.ones((b, mod.num_tokens), bool),
+                "target_mask": np.zeros((b, mod.num_tokens), bool),
+                "decoder_attention_mask": np.zeros((b, mod.num_tokens), np.int32)}
+    return out
+
+
+def predictions(task: TaskSpec, outputs: jax.Array) -> jax.Array:
+  """Head outputs -> predictions: class ids, per-pixel class ids or metres."""
+  if task.kind == DEPTH:
+    return heads.depth_metres(outputs)
+  return jnp.argmax(outputs, axis=-1).astype(jnp.int32)
+
+
+def loss(task: TaskSpec, outputs: jax.Array, targets: jax.Array) -> jax.Array:
+  if task.kind == CLASSIFICATION:
+    return heads.classification_loss(outputs, targets, task.label_smoothing)
+  if task.kind == SEGMENTATION:
+    return heads.segmentation_loss(outputs, targets)
+  return heads.depth_loss(outputs, targets)

@@ -1,0 +1,127 @@
+"""Small task heads on encoder features, and the loss each is trained with.
+
+    head = ClassificationHead(dim, num_classes, hidden=0, rngs=rngs)
+    logits = head(tokens, valid, train=True)    # (B, N, D), (B, N) -> (B, C)
+    head = DenseHead(dim, out_channels=6, patch=8, hidden=0, rngs=rngs)
+    logits = head(grid)                         # (B, h, w, D) -> (B, h*8, w*8, 6)
+
+Both are standard and light: a normalisation, then one linear layer
+(`hidden=0`, a linear probe's readout) or a GELU MLP with one hidden layer.
+`norm="batch"` (default) standardises each feature with batch statistics
+(running averages at evaluation), without scale or bias, as MAE's linear
+probe: mean-pooled encoder features differ between images by about 1 % of
+their size, which a per-sample LayerNorm (`norm="layer"`) keeps, so a head
+behind it barely learns. Heads take `train=True` while training. The dense head
+predicts the p x p pixels of each token's patch from that token alone and
+lays them out in place (a learned "pixel shuffle" upsampling), as a linear
+per-patch decoder. The last layer starts at zero, so every run starts from
+uniform class scores / a constant depth.
+
+Losses (means over the labelled elements, float32):
+  classification  softmax cross-entropy, optional label smoothing;
+  segmentation    per-pixel cross-entropy, class 255 (unlabelled) ignored;
+  depth           L1 between the prediction and the normalised log-depth of
+                  m4.data.transforms.normalize, over valid pixels (depth > 0).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from m4.data import transforms
+
+Array = jax.Array
+IGNORE = transforms.SEMSEG_IGNORE
+
+
+NORMS = ("batch", "layer")
+
+
+class _Readout(nnx.Module):
+  """Norm -> [Linear -> GELU] -> Linear (zero-initialised)."""
+
+  def __init__(self, dim: int, out: int, *, hidden: int, norm: str, rngs: nnx.Rngs):
+    if norm not in NORMS:
+      raise ValueError(f"head norm {norm!r} is not one of {NORMS}.")
+    if norm == "batch":
+      self.norm = nnx.BatchNorm(dim, momentum=0.9, epsilon=1e-6, use_bias=False,
+                                use_scale=False, rngs=rngs)
+    else:
+      self.norm = nnx.LayerNorm(dim, epsilon=1e-6, rngs=rngs)
+    self.hidden = nnx.Linear(dim, hidden, rngs=rngs) if hidden else None
+    self.out = nnx.Linear(hidden or dim, out, kernel_init=nnx.initializers.zeros, rngs=rngs)
+
+  def __call__(self, x: Array, train: bool) -> Array:
+    x = x.astype(jnp.float32)
+    if isinstance(self.norm, nnx.BatchNorm):
+      x = self.norm(x, use_running_average=not train)
+    else:
+      x = self.norm(x)
+    if self.hidden is not None:
+      x = jax.nn.gelu(self.hidden(x))
+    return self.out(x)
+
+
+class ClassificationHead(nnx.Module):
+  """Mean of the valid encoder tokens -> readout -> (B, num_classes) logits."""
+
+  def __init__(self, dim: int, num_classes: int, *, hidden: int = 0, norm: str = "batch",
+               rngs: nnx.Rngs):
+    self.readout = _Readout(dim, num_classes, hidden=hidden, norm=norm, rngs=rngs)
+
+  def __call__(self, tokens: Array, valid: Array, train: bool = False) -> Array:
+    w = valid[..., None].astype(jnp.float32)
+    pooled = jnp.sum(tokens.astype(jnp.float32) * w, axis=1) / jnp.maximum(jnp.sum(w, 1), 1.0)
+    return self.readout(pooled, train)
+
+
+class DenseHead(nnx.Module):
+  """Token grid (B, h, w, D) -> per-patch readout -> (B, h*p, w*p, C)."""
+
+  def __init__(self, dim: int, out_channels: int, patch: int, *, hidden: int = 0,
+               norm: str = "batch", rngs: nnx.Rngs):
+    self.patch = int(patch)
+    self.out_channels = int(out_channels)
+    self.readout = _Readout(dim, self.patch * self.patch * self.out_channels, hidden=hidden,
+                            norm=norm, rngs=rngs)
+
+  def __call__(self, grid: Array, train: bool = False) -> Array:
+    b, h, w, _ = grid.shape
+    p, c = self.patch, self.out_channels
+    x = self.readout(grid, train).reshape(b, h, w, p, p, c)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * p, w * p, c)
+
+
+# ------------------------------------------------------------------ losses
+
+
+def classification_loss(logits: Array, labels: Array, smoothing: float = 0.0) -> Array:
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
+  return jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), targets))
+
+
+def segmentation_loss(logits: Array, labels: Array) -> Array:
+  """Mean cross-entropy over the labelled pixels (labels != 255)."""
+  labelled = labels != IGNORE
+  ce = optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), jnp.where(labelled, labels, 0))
+  return jnp.sum(jnp.where(labelled, ce, 0.0)) / jnp.maximum(jnp.sum(labelled), 1)
+
+
+def depth_loss(pred: Array, depth_m: Array) -> Array:
+  """Mean |pred - normalised log-depth| over valid pixels; pred (B, H, W[, 1])."""
+  if pred.ndim == depth_m.ndim + 1:
+    pred = pred[..., 0]
+  valid = transforms.depth_valid(depth_m)
+  err = jnp.abs(pred.astype(jnp.float32) - transforms.normalize("depth", depth_m))
+  return jnp.sum(jnp.where(valid, err, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def depth_metres(pred: Array) -> Array:
+  """Head output (normalised log-depth) -> metres, always a valid depth."""
+  if pred.ndim == 4:
+    pred = pred[..., 0]
+  return transforms.denormalize("depth", jnp.maximum(pred, transforms.DEPTH_INVALID_BELOW))

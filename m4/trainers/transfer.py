@@ -1,0 +1,506 @@
+"""The `transfer` job: downstream tasks on a 4M encoder, beside a from-scratch baseline.
+
+    python -m m4.main --config=configs/transfer/scenes.py --workdir=DIR --config.init=PRETRAIN_DIR
+
+For every task x label fraction x seed, the job trains each init ("pretrained":
+the encoder of the checkpoint at `config.init`, read with
+m4.checkpoints.restore_subtree; "scratch": the same encoder randomly
+initialised) with each protocol ("probe": frozen encoder, trained head;
+"finetune": everything trained, layer-wise learning-rate decay), evaluates on
+the held-out split `data.eval_split`, and writes
+
+    DIR/runs/<task>/<run>/     metrics.jsonl, TensorBoard, checkpoints/ (if enabled)
+    DIR/eval/<run>.json        the run's test metrics and settings
+    DIR/eval/results.md        the table: scratch and pretrained side by side
+    DIR/eval/results.json      every run's result
+    DIR/eval/results.png       the headline metrics as bars
+    DIR/eval/<task>_<budget>_predictions.png   dense tasks: inputs, labels and each
+                                                run's predictions on test samples
+
+A run whose eval json exists is skipped, and a run with checkpoints resumes,
+so the same command continues an interrupted job. Paired runs share the label
+subset, the data order and the head's initialisation (all from the seed).
+
+Config fields (configs/transfer/scenes.py documents a full example):
+  seeds: seeds to run; each gives the label subset, data order and inits.
+  init: directory of a pretraining run or a saved model (m4.models.pretrained
+    layout: config.json with `model` [+ `modalities`], checkpoints/); "" when
+    only "scratch" runs. init_key: the checkpoint key of the model's state.
+    init_step: the checkpoint step (-1: latest).
+  model: FourMConfig fields: the architecture when `init` is "" (then with
+    `size` and encoder/decoder modalities), else overrides that keep the
+    parameters (dtype, remat, attention_impl).
+  inits, protocols, label_fractions: what to run.
+  tasks.<name>: m4.models.transfer.TaskSpec fields (kind, inputs, target,
+    num_classes, label_smoothing).
+  tokenizers.<modality>: tokenizer name or directory of each VQ-token input.
+  pixel_normalization: "symmetric" or "imagenet", for pixel inputs.
+  data: the pipeline's `config.data` (train_split, eval_split, image_size,
+    crops, batch_size, ...); `modalities` is set per task.
+  probe, finetune: num_steps (or num_epochs over the labelled subset when
+    num_steps is 0), learning_rate, min_learning_rate, warmup_steps (or
+    warmup_epochs when it is 0), weight_decay, layer_decay (finetune), grad_clip,
+    head_hidden, head_norm, b1, b2 (AdamW).
+  eval: num_samples (0: the whole split), num_examples (samples in pictures).
+  log_every, checkpoint_every (0: no checkpoints), mesh, sharding_rules.
+  prng_impl: jax.random key implementation of the inits ("rbg", "threefry2x32").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from m4 import checkpoints
+from m4 import evaluators
+from m4 import modalities
+from m4 import sharding
+from m4 import workdir as workdir_lib
+from m4.data import pipeline
+from m4.data import sources
+from m4.data import subsets
+from m4.data import transforms
+from m4.evaluators import report
+from m4.models import configs
+from m4.models import pretrained
+from m4.models import transfer
+from m4.workdir import ConfigError, require
+
+INITS = ("pretrained", "scratch")
+PROTOCOLS = ("probe", "finetune")
+
+
+def protocol_config(**overrides) -> ml_collections.ConfigDict:
+  """The settings of one protocol (`config.probe` / `config.finetune`)."""
+  c = ml_collections.ConfigDict(dict(
+      num_steps=1000,  # Optimizer steps; 0: use num_epochs.
+      num_epochs=0.0,  # Epochs over the labelled subset (when num_steps is 0).
+      learning_rate=1e-3, min_learning_rate=0.0,  # Linear warmup from 0, then cosine.
+      warmup_steps=50,  # 0: use warmup_epochs.
+      warmup_epochs=0.0,  # Warmup in epochs over the labelled subset (when warmup_steps is 0).
+      weight_decay=0.0,  # AdamW, on linear matrices only (transfer.weight_decay_mask).
+      layer_decay=1.0,  # Finetune: lr of block i scaled by decay ** (depth - i); 1: none.
+      grad_clip=1.0,  # Global-norm clipping; 0: none.
+      head_hidden=0,  # 0: linear readout; > 0: MLP with this hidden width.
+      head_norm="batch",  # Before the readout: "batch" (MAE's probe) or "layer".
+      b1=0.9, b2=0.999))
+  c.update(overrides)
+  return c
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every field the transfer job reads (see the module doc); configs override them."""
+  c = ml_collections.ConfigDict()
+  c.trainer = "transfer"
+  c.title = "Transfer"
+  c.seeds = (0,)
+  c.init = ""
+  c.init_key = "model"
+  c.init_step = -1
+  c.model = ml_collections.ConfigDict()
+  c.modalities = ml_collections.ConfigDict()  # Registry entries the tasks need (name -> fields).
+  c.inits = INITS
+  c.protocols = PROTOCOLS
+  c.label_fractions = (1.0,)
+  c.tasks = ml_collections.ConfigDict()
+  c.tokenizers = ml_collections.ConfigDict()
+  c.pixel_normalization = "symmetric"
+  c.data = pipeline.data_config(eval_split="test")
+  c.probe = protocol_config()
+  c.finetune = protocol_config(learning_rate=1e-4, weight_decay=0.05, layer_decay=0.75)
+  c.eval = ml_collections.ConfigDict(dict(num_samples=0, num_examples=8))
+  c.log_every = 50
+  c.checkpoint_every = 0
+  c.mesh = ml_collections.ConfigDict({"data": -1})
+  c.sharding_rules = None
+  # PRNG of the models' initialisation: "rbg" compiles far faster on CPU than
+  # "threefry2x32" (seconds, not half a minute, for a small model's first build).
+  c.prng_impl = "rbg"
+  return c
+
+
+# ------------------------------------------------------------------ optimizer
+
+
+@functools.lru_cache(maxsize=None)
+def make_optimizer(*, learning_rate: float, min_learning_rate: float, warmup_steps: int,
+                   num_steps: int, weight_decay: float, layer_decay: float, depth: int,
+                   grad_clip: float, b1: float, b2: float) -> optax.GradientTransformation:
+  """AdamW, warmup + cosine schedule, optional clipping and layer-wise decay.
+
+  Cached, so runs with the same settings share one compiled train step.
+  Weight decay applies to linear matrices (transfer.weight_decay_mask); with
+  layer_decay < 1 each update is scaled by transfer.layer_scales (BEiT's
+  per-layer learning rates).
+  """
+  lr = optax.warmup_cosine_decay_schedule(
+      0.0, learning_rate, max(int(warmup_steps), 1), max(int(num_steps), 2),
+      end_value=min_learning_rate)
+  parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
+  parts.append(optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay,
+                           mask=transfer.weight_decay_mask))
+  if layer_decay < 1.0:
+    scale = lambda updates, params=None: jax.tree.map(
+        lambda u, s: u * s, updates, transfer.layer_scales(updates, depth, layer_decay))
+    parts.append(optax.stateless(scale))
+  return optax.chain(*parts)
+
+
+def run_length(settings, num_labels: int, batch_size: int, where: str) -> tuple[int, int]:
+  """(steps, warmup steps) of a protocol for a labelled subset of this size."""
+  per_epoch = num_labels / batch_size
+  steps = int(settings.num_steps) or math.ceil(settings.num_epochs * per_epoch)
+  warmup = int(settings.warmup_steps) or int(round(settings.warmup_epochs * per_epoch))
+  require(steps >= 1, f"{where}.num_steps", "gives no step.")
+  require(warmup < steps, f"{where}.warmup_steps",
+          f"warmup ({warmup} steps) must be shorter than the run ({steps} steps).")
+  return steps, warmup
+
+
+def schedule(settings, num_steps: int, warmup: int):
+  return optax.warmup_cosine_decay_schedule(
+      0.0, float(settings.learning_rate), max(warmup, 1), max(num_steps, 2),
+      end_value=float(settings.min_learning_rate))
+
+
+# ------------------------------------------------------------------ steps
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), donate_argnums=(4, 5, 6))
+def train_step(graphdef, task, frozen, tx, params, stats, opt_state, rest, enc, targets):
+  """One optimizer step on the trainable `params`; `stats` are the heads'
+  running batch statistics, updated (both pure dicts)."""
+
+  def loss_fn(p):
+    model = nnx.merge(graphdef, nnx.State(p), nnx.State(stats), rest)
+    loss = transfer.loss(task, model(enc, frozen=frozen, train=True), targets)
+    return loss, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+
+  (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  params = optax.apply_updates(params, updates)
+  return params, stats, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+
+# ------------------------------------------------------------------ runs
+
+
+def budget_name(fraction: float) -> str:
+  """0.1 -> "10pct", 0.005 -> "0.5pct"."""
+  pct = float(fraction) * 100
+  return f"{pct:g}pct"
+
+
+def run_name(task: str, init: str, protocol: str, fraction: float, seed: int) -> str:
+  return f"{task}__{init}__{protocol}__{budget_name(fraction)}__s{seed}"
+
+
+def check_config(config) -> None:
+  """Early, named errors for the fields every run needs."""
+  for field in ("seeds", "inits", "protocols", "label_fractions", "tasks", "data", "probe",
+                "finetune", "eval"):
+    require(field in config, field, "is required (see configs/transfer/scenes.py).")
+  require(len(config.seeds) > 0, "seeds", "needs at least one seed.")
+  for init in config.inits:
+    require(init in INITS, "inits", f"{init!r} is not one of {INITS}.")
+  for protocol in config.protocols:
+    require(protocol in PROTOCOLS, "protocols", f"{protocol!r} is not one of {PROTOCOLS}.")
+  for f in config.label_fractions:
+    require(0 < float(f) <= 1, "label_fractions", f"{f} is not in (0, 1].")
+  require(len(config.tasks) > 0, "tasks", "no task to run.")
+  if "pretrained" in config.inits:
+    require(bool(config.get("init")), "init",
+            "the 'pretrained' init needs the directory of a pretraining run or saved model"
+            " (--config.init=DIR), or drop it from config.inits.")
+    require(os.path.isdir(config.init), "init", f"{config.init!r} is not a directory.")
+  require(config.log_every > 0, "log_every", "must be positive.")
+  require(config.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0: none).")
+  for protocol in config.protocols:
+    s = config[protocol]
+    require(s.num_steps > 0 or s.num_epochs > 0, f"{protocol}.num_steps",
+            "set num_steps or num_epochs.")
+    require(s.learning_rate > 0, f"{protocol}.learning_rate", "must be positive.")
+    require(0 < s.layer_decay <= 1, f"{protocol}.layer_decay", "must be in (0, 1].")
+    require(protocol == "finetune" or s.layer_decay == 1.0, f"{protocol}.layer_decay",
+            "a probe trains no encoder layer; keep 1.0.")
+    require(s.head_hidden >= 0, f"{protocol}.head_hidden", "must be >= 0.")
+
+
+def on_mesh(tree, mesh):
+  """Leaves not yet placed by name (e.g. optax's step counts) replicated on the mesh,
+  so the train step sees the same shardings at every call (one compile)."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.tree.map(
+      lambda x: x if isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding)
+      else jax.device_put(x, replicated), tree)
+
+
+class _Context:
+  """What all runs of one job share: mesh, base model config, tokenizers, paths."""
+
+  def __init__(self, config, workdir: str):
+    self.config = config
+    self.workdir = os.path.abspath(workdir)
+    self.eval_dir = os.path.join(self.workdir, "eval")
+    try:
+      modalities.register_from_config(config.get("modalities"))
+    except ValueError as e:
+      raise ConfigError(f"config.modalities: {e}") from None
+    self.mesh = sharding.make_mesh(config.get("mesh"))
+    self.rules = sharding.rules_from_config(config.get("sharding_rules"))
+    shards = sharding.num_batch_shards(self.mesh, self.rules)
+    require(config.data.batch_size % shards == 0, "data.batch_size",
+            f"{config.data.batch_size} does not split over the {shards} batch shards of the mesh.")
+    if config.get("init"):
+      try:
+        self.base = pretrained.read_config(config.init)
+      except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"config.init: {e}") from None
+    else:
+      require(bool(config.model.get("encoder_modalities")), "model.encoder_modalities",
+              "without config.init the model's architecture comes from config.model.")
+      self.base = configs.from_config(config.model)
+    self.overrides = dict(config.model) if config.get("init") else {}
+    self._tokenizers = {}
+
+  def tokenizer(self, name: str):
+    if name not in self._tokenizers:
+      spec = self.config.tokenizers.get(name) if "tokenizers" in self.config else None
+      spec = spec or modalities.get(name).tokenizer
+      require(bool(spec), f"tokenizers.{name}", "names no tokenizer for this input.")
+      from m4 import tokenizers  # pylint: disable=g-import-not-at-top
+      try:
+        self._tokenizers[name] = tokenizers.load(spec)
+      except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"config.tokenizers.{name}: {e}") from None
+    return self._tokenizers[name]
+
+  def encoder_inputs(self, task: transfer.TaskSpec) -> transfer.EncoderInputs:
+    toks = {n: self.tokenizer(n) for n in task.inputs
+            if modalities.get(n).kind == modalities.IMAGE}
+    return transfer.EncoderInputs(task.inputs, toks,
+                                  pixel_normalization=self.config.pixel_normalization)
+
+  def place(self, tree):
+    return sharding.to_global(tree, self.mesh, self.rules)
+
+
+def _task_data(config, task: transfer.TaskSpec):
+  data = ml_collections.ConfigDict(config.data.to_dict())
+  data.modalities = task.raw_keys()
+  return data
+
+
+def _check_targets(task: transfer.TaskSpec, targets: np.ndarray) -> None:
+  if task.kind == transfer.DEPTH:
+    return
+  t = np.asarray(targets)
+  bad = (t < 0) | (t >= task.num_classes)
+  if task.kind == transfer.SEGMENTATION:
+    bad &= t != transforms.SEMSEG_IGNORE
+  if bad.any():
+    raise ConfigError(f"config.tasks.{task.name}.num_classes: labels of {task.target!r} include"
+                      f" {sorted(set(t[bad].tolist()))[:5]}, outside [0, {task.num_classes}).")
+
+
+def build_model(ctx: _Context, task: transfer.TaskSpec, init: str, protocol: str,
+                seed: int) -> transfer.TransferModel:
+  """The task's model on the mesh: encoder pretrained or random, fresh head."""
+  cfg = transfer.backbone_config(ctx.base, task.inputs, ctx.overrides)
+  settings = ctx.config[protocol]
+  key = jax.random.key(seed, impl=ctx.config.prng_impl)
+  make = lambda: transfer.TransferModel(
+      cfg, task, image_size=ctx.config.data.image_size, head_hidden=settings.head_hidden,
+      head_norm=settings.head_norm, rngs=nnx.Rngs(params=key))
+  # Built eagerly (op by op: no compile of a whole init, which costs more than
+  # a small model's training here), then placed by the parameters' logical names.
+  with sharding.use(ctx.mesh, ctx.rules):
+    model = make()
+  state = nnx.state(model)
+  nnx.update(model, jax.device_put(state, sharding.state_shardings(state, ctx.mesh, ctx.rules)))
+  if init == "pretrained":
+    step = int(ctx.config.init_step)
+    try:
+      transfer.restore_encoder(model, ctx.config.init, key=ctx.config.init_key,
+                               step=None if step < 0 else step)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+      raise ConfigError(f"config.init: cannot read the encoder from {ctx.config.init!r}:"
+                        f" {str(e).splitlines()[0] if str(e) else e!r}") from None
+  return model
+
+
+def run_settings(ctx: _Context, task: transfer.TaskSpec, init: str, protocol: str,
+                 fraction: float, seed: int) -> dict:
+  """Everything a run's result depends on, as JSON (stored with the run)."""
+  config = ctx.config
+  data = {k: config.data.get(k) for k in (
+      "kind", "name", "dir", "train_split", "eval_split", "image_size", "crop_scale",
+      "crop_ratio", "flip", "batch_size", "tfds_features", "tfds_semseg_reduce_zero")}
+  out = {"task": dataclasses.asdict(task), "init": init, "protocol": protocol,
+         "label_fraction": float(fraction), "seed": int(seed),
+         "optimizer": config[protocol].to_dict(), "model": ctx.overrides, "data": data,
+         "inputs": {n: (config.tokenizers.get(n) or modalities.get(n).tokenizer)
+                    if modalities.get(n).kind == modalities.IMAGE
+                    else config.pixel_normalization for n in task.inputs},
+         "eval": config.eval.to_dict(), "prng_impl": config.prng_impl}
+  if init == "pretrained":
+    out["init_dir"] = os.path.abspath(config.init)
+    out["init_key"], out["init_step"] = config.init_key, int(config.init_step)
+  return json.loads(json.dumps(workdir_lib._to_builtin(out)))  # pylint: disable=protected-access
+
+
+def _check_same(path: str, settings: dict) -> None:
+  """A run's stored settings must be today's: results are never mixed or replaced."""
+  stored = workdir_lib.read_json(path)
+  stored = stored.get("settings", stored)
+  diff = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+  if diff:
+    raise ConfigError(
+        f"{path} was made with other settings ({', '.join(diff)} differ); use another"
+        " --workdir, or move that run away to redo it. Nothing was changed.")
+
+
+def _train(ctx: _Context, task: transfer.TaskSpec, init: str, protocol: str, data, source,
+           seed: int, run_dir: str, logger: workdir_lib.MetricLogger, note: str):
+  """Trains one run (resuming from its checkpoints); returns (model, figures)."""
+  config, settings = ctx.config, ctx.config[protocol]
+  batch_size = int(data.batch_size)
+  num_steps, warmup = run_length(settings, len(source), batch_size, protocol)
+  inputs = ctx.encoder_inputs(task)
+  model = build_model(ctx, task, init, protocol, seed)
+  frozen = protocol == "probe"
+  graphdef, trainable, stats, rest = nnx.split(
+      model, transfer.trainable_filter(model, protocol), nnx.BatchStat, ...)
+  params, stats = nnx.to_pure_dict(trainable), nnx.to_pure_dict(stats)
+  tx = make_optimizer(
+      learning_rate=float(settings.learning_rate),
+      min_learning_rate=float(settings.min_learning_rate),
+      warmup_steps=warmup, num_steps=num_steps,
+      weight_decay=float(settings.weight_decay), layer_decay=float(settings.layer_decay),
+      depth=model.backbone.cfg.encoder_depth, grad_clip=float(settings.grad_clip),
+      b1=float(settings.b1), b2=float(settings.b2))
+  opt_state = on_mesh(tx.init(params), ctx.mesh)
+  lr = schedule(settings, num_steps, warmup)
+  it = pipeline.make_iterator(data, data.train_split, seed=seed, training=True, source=source)
+  ckpt, start = None, 0
+  if config.checkpoint_every:
+    ckpt = checkpoints.Checkpointer(os.path.join(run_dir, "checkpoints"), max_to_keep=1)
+    if ckpt.latest_step() is not None:
+      state, meta = ckpt.restore({"params": params, "stats": stats, "opt_state": opt_state},
+                                 data_iter=it)
+      params, stats, opt_state = state["params"], state["stats"], state["opt_state"]
+      start = int(meta["step"])
+  print(f"{note}{len(source)} labelled samples, {num_steps} steps"
+        f" ({num_steps * batch_size / len(source):.1f} epochs)"
+        + (f", resuming at {start}" if start else ""), flush=True)
+  logger.total_steps = num_steps
+  loss_sum, seen, last = 0.0, 0, {}
+  t0 = time.time()
+  with sharding.use(ctx.mesh, ctx.rules):
+    for step in range(start + 1, num_steps + 1):
+      batch = next(it)
+      targets = np.asarray(task.targets(batch))
+      if step == start + 1:
+        _check_targets(task, targets)
+      params, stats, opt_state, m = train_step(graphdef, task, frozen, tx, params, stats,
+                                               opt_state, rest, ctx.place(inputs(batch)),
+                                               ctx.place(targets))
+      loss_sum, seen = loss_sum + m["loss"], seen + 1
+      if step % config.log_every == 0 or step == num_steps:
+        last = logger.write(step, {"loss": float(loss_sum) / seen, "grad_norm": m["grad_norm"],
+                                   "lr": lr(step)})
+        loss_sum, seen = 0.0, 0
+      if ckpt is not None and (step % config.checkpoint_every == 0 or step == num_steps):
+        ckpt.save(step, {"params": params, "stats": stats, "opt_state": opt_state},
+                  data_iter=it)
+  seconds = time.time() - t0
+  if ckpt is not None:
+    ckpt.close()
+  if hasattr(it, "close"):
+    it.close()
+  figures = {"steps": num_steps, "epochs": num_steps * batch_size / len(source),
+             "train_loss": last.get("loss"), "train_seconds": round(seconds, 1),
+             "steps_per_sec": (num_steps - start) / max(seconds, 1e-9)}
+  return nnx.merge(graphdef, nnx.State(params), nnx.State(stats), rest), figures
+
+
+def train_and_evaluate(ctx: _Context, task: transfer.TaskSpec, init: str, protocol: str,
+                       fraction: float, seed: int, label: str = "") -> dict:
+  """One run (see the module doc); returns its result dict."""
+  config = ctx.config
+  name = run_name(task.name, init, protocol, fraction, seed)
+  result_path = os.path.join(ctx.eval_dir, f"{name}.json")
+  run_dir = os.path.join(ctx.workdir, "runs", task.name, name.split("__", 1)[1])
+  settings_path = os.path.join(run_dir, "run.json")
+  run_config = run_settings(ctx, task, init, protocol, fraction, seed)
+  if os.path.exists(result_path):
+    _check_same(result_path, run_config)
+    print(f"{label}{name}: done before, skipped", flush=True)
+    return workdir_lib.read_json(result_path)
+  if os.path.exists(settings_path):
+    _check_same(settings_path, run_config)
+  elif jax.process_index() == 0:
+    workdir_lib.write_json(settings_path, run_config)
+  t0 = time.time()
+  data = _task_data(config, task)
+  source = subsets.LabelSubset(sources.make_source(data, data.train_split), fraction, seed)
+  logger = workdir_lib.MetricLogger(run_dir, name=f"{task.name} {init} {protocol}")
+  model, figures = _train(ctx, task, init, protocol, data, source, seed, run_dir, logger,
+                          note=f"{label}{name}: ")
+  evaluator = evaluators.get(task.kind)(
+      task=task, data=data, split=data.eval_split, seed=seed, inputs=ctx.encoder_inputs(task),
+      mesh=ctx.mesh, rules=ctx.rules, num_examples=config.eval.num_examples,
+      num_samples=config.eval.num_samples)
+  metrics = evaluator.run(model)
+  logger.write(figures["steps"], {f"test/{k}": v for k, v in metrics.items()}, progress=False)
+  logger.close()
+  result = {
+      "run": name, "task": task.name, "kind": task.kind, "init": init, "protocol": protocol,
+      "label_fraction": float(fraction), "num_labels": len(source), "seed": int(seed),
+      **figures, "seconds": round(time.time() - t0, 1), "metrics": metrics,
+      "headline": list(evaluator.headline),
+      "higher_is_better": dict(evaluator.higher_is_better),
+      "eval_split": data.eval_split, "init_dir": config.get("init") or "",
+      "run_dir": run_dir, "settings": run_config,
+  }
+  if jax.process_index() == 0:
+    if evaluator.examples:
+      report.save_examples(os.path.join(ctx.eval_dir, "examples", f"{name}.npz"),
+                           evaluator.examples)
+    workdir_lib.write_json(result_path, result)
+  shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in evaluator.headline)
+  print(f"{label}{name}: {shown} ({result['seconds']:.0f} s)", flush=True)
+  return result
+
+
+def run(config, workdir: str) -> dict:
+  check_config(config)
+  ctx = _Context(config, workdir)
+  tasks = [transfer.TaskSpec.from_config(n, config.tasks[n]) for n in config.tasks]
+  plan = [(task, f, s, init, protocol) for task in tasks for f in config.label_fractions
+          for s in config.seeds for init in config.inits for protocol in config.protocols]
+  t0 = time.time()
+  results = []
+  for i, (task, fraction, seed, init, protocol) in enumerate(plan):
+    results.append(train_and_evaluate(ctx, task, init, protocol, fraction, seed,
+                                      label=f"[transfer {i + 1}/{len(plan)}] "))
+  if jax.process_index() != 0:
+    return {"runs": len(results)}
+  paths = report.write(ctx.eval_dir, results, title=config.get("title", "Transfer"),
+                       notes=report.describe(config))
+  summary = {"results": paths["table"], "plot": paths["plot"],
+             "runs": len(results), "seconds": round(time.time() - t0, 1)}
+  if paths.get("predictions"):
+    summary["predictions"] = paths["predictions"]
+  summary["headline"] = report.headline(results)
+  return summary

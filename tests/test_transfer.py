@@ -1,0 +1,425 @@
+"""Transfer: label budgets, layer decay, frozen probes, metrics, the job end to end."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import m4  # pylint: disable=unused-import
+from m4 import modalities
+from m4 import workdir
+from m4.data import subsets
+from m4.evaluators import depth as depth_eval
+from m4.evaluators import segmentation as seg_eval
+from m4.models import configs
+from m4.models import pretrained
+from m4.models import transfer
+from m4.models.fourm import FourM
+from m4.trainers import transfer as trainer
+
+# 32 px scenes read as 8 px patches: a 4x4 grid of raw-pixel tokens.
+PIXELS = "rgb_pixels@32test"
+PIXELS_SPEC = dict(kind="pixels", vocab_size=0, num_tokens=16, grid=(4, 4), roles=("input",),
+                   tokenizer=None, data_key="rgb")
+SCENES = dict(resolution=32, min_objects=1, max_objects=3, seed=3, antialias=1, num_train=120,
+              num_validation=4, num_test=32)
+
+
+def _rngs(seed):
+  return nnx.Rngs(jax.random.key(seed, impl="rbg"))  # Compiles fast on CPU.
+
+
+def _register():
+  modalities.register_from_config({PIXELS: PIXELS_SPEC})
+
+
+def _tiny_cfg(**kw):
+  _register()
+  return configs.FourMConfig(**{**dict(
+      encoder_modalities=(PIXELS, "rgb"), decoder_modalities=("rgb",), dim=32,
+      encoder_depth=3, decoder_depth=1, num_heads=2, patch_size=8), **kw})
+
+
+def _task(kind="segmentation", **kw):
+  spec = {"segmentation": dict(kind="segmentation", inputs=(PIXELS,), target="semseg",
+                               num_classes=6),
+          "classification": dict(kind="classification", inputs=(PIXELS,), target="labels/count",
+                                 num_classes=4)}[kind]
+  return transfer.TaskSpec.from_config(kind, {**spec, **kw})
+
+
+# ------------------------------------------------------------------ label budgets
+
+
+def test_label_fractions_pick_distinct_samples_deterministically():
+  n = 1000
+  for fraction, want in ((0.01, 10), (0.1, 100), (0.333, 333), (1.0, 1000), (1e-5, 1)):
+    idx = subsets.label_subset(n, fraction, seed=4)
+    assert len(idx) == want == subsets.budget(n, fraction)
+    assert len(np.unique(idx)) == want and idx.min() >= 0 and idx.max() < n
+    np.testing.assert_array_equal(idx, subsets.label_subset(n, fraction, seed=4))
+  assert not np.array_equal(subsets.label_subset(n, 0.1, 4), subsets.label_subset(n, 0.1, 5))
+  # One seed: the budgets are nested.
+  assert set(subsets.label_subset(n, 0.01, 4)) <= set(subsets.label_subset(n, 0.1, 4))
+  source = subsets.LabelSubset([{"id": i} for i in range(50)], 0.2, seed=1)
+  assert len(source) == 10
+  assert [source[i]["id"] for i in range(10)] == list(subsets.label_subset(50, 0.2, 1))
+  for bad in (0.0, 1.5, -0.1):
+    with pytest.raises(workdir.ConfigError, match="label_fractions"):
+      subsets.label_subset(n, bad, seed=0)
+
+
+# ------------------------------------------------------------------ layer decay
+
+
+def test_layer_decay_gives_each_layer_its_scale():
+  cfg = transfer.backbone_config(_tiny_cfg(), (PIXELS,))
+  model = transfer.TransferModel(cfg, _task(), image_size=(32, 32), rngs=_rngs(0))
+  _, trainable, _ = nnx.split(model, transfer.trainable_filter(model, "finetune"), ...)
+  params = nnx.to_pure_dict(trainable)
+  depth, decay = cfg.encoder_depth, 0.5
+  scales = transfer.layer_scales(params, depth, decay)
+  bb = scales["backbone"]
+  assert float(bb["encoder_embed"][PIXELS]) == decay ** (depth + 1)
+  assert float(bb["modality_embed"][PIXELS]) == decay ** (depth + 1)
+  np.testing.assert_allclose(bb["encoder"]["qkv"].reshape(-1), [0.125, 0.25, 0.5])
+  assert bb["encoder"]["qkv"].shape == (depth, 1, 1, 1, 1)
+  assert float(bb["encoder_norm_scale"]) == 1.0
+  assert all(float(s) == 1.0 for s in jax.tree.leaves(scales["head"]))
+  decays = transfer.weight_decay_mask(params)
+  assert decays["backbone"]["encoder"]["qkv"] and decays["backbone"]["encoder_embed"][PIXELS]
+  assert decays["head"]["readout"]["out"]["kernel"]
+  assert not any((decays["backbone"]["encoder"]["norm1_scale"],
+                  decays["backbone"]["modality_embed"][PIXELS],
+                  decays["backbone"]["encoder_norm_scale"],
+                  decays["head"]["readout"]["out"]["bias"]))
+  # The probe trains the head only; finetuning adds exactly what `encode` reads.
+  _, probe, _ = nnx.split(model, transfer.trainable_filter(model, "probe"), ...)
+  assert set(nnx.to_pure_dict(probe)) == {"head"}
+  assert set(params["backbone"]) == {"encoder", "encoder_embed", "encoder_norm_scale",
+                                     "modality_embed"}
+
+  # Through the optimizer: with constant gradients Adam's step is lr * sign(g),
+  # so block i moves decay ** (depth - i) times as far as the head.
+  tx = trainer.make_optimizer(learning_rate=1e-2, min_learning_rate=1e-2, warmup_steps=1,
+                              num_steps=10, weight_decay=0.0, layer_decay=decay, depth=depth,
+                              grad_clip=0.0, b1=0.9, b2=0.999)
+  grads = jax.tree.map(jnp.ones_like, params)
+  state = tx.init(params)
+  for _ in range(2):
+    updates, state = tx.update(grads, state, params)
+  head_step = float(jnp.abs(updates["head"]["readout"]["out"]["kernel"]).max())
+  assert head_step > 0
+  per_block = jnp.abs(updates["backbone"]["encoder"]["mlp_out"]).max(axis=(1, 2)) / head_step
+  np.testing.assert_allclose(per_block, [0.125, 0.25, 0.5], rtol=1e-4)
+  emb = float(jnp.abs(updates["backbone"]["encoder_embed"][PIXELS]).max()) / head_step
+  np.testing.assert_allclose(emb, decay ** (depth + 1), rtol=1e-4)
+
+
+# ------------------------------------------------------------------ frozen probe
+
+
+def _batch(n=8, seed=0):
+  rng = np.random.default_rng(seed)
+  enc = transfer.EncoderInputs((PIXELS,))({"rgb": rng.random((n, 32, 32, 3), dtype=np.float32)})
+  return enc, rng.integers(0, 6, (n, 32, 32)).astype(np.int32)
+
+
+@pytest.mark.parametrize("protocol", ["probe", "finetune"])
+def test_probe_keeps_the_encoder_frozen_and_finetuning_changes_it(protocol):
+  cfg = transfer.backbone_config(_tiny_cfg(), (PIXELS,))
+  task = _task()
+  model = transfer.TransferModel(cfg, task, image_size=(32, 32), rngs=_rngs(0))
+  before = jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  graphdef, trainable, stats, rest = nnx.split(
+      model, transfer.trainable_filter(model, protocol), nnx.BatchStat, ...)
+  params, stats = nnx.to_pure_dict(trainable), nnx.to_pure_dict(stats)
+  tx = trainer.make_optimizer(learning_rate=1e-2, min_learning_rate=0.0, warmup_steps=1,
+                              num_steps=4, weight_decay=0.05, layer_decay=0.75, depth=3,
+                              grad_clip=1.0, b1=0.9, b2=0.999)
+  opt_state = tx.init(params)
+  enc, labels = _batch()
+  for _ in range(3):
+    params, stats, opt_state, metrics = trainer.train_step(
+        graphdef, task, protocol == "probe", tx, params, stats, opt_state, rest, enc, labels)
+  assert np.isfinite(float(metrics["loss"]))
+  trained = nnx.merge(graphdef, nnx.State(params), nnx.State(stats), rest)
+  after = nnx.to_pure_dict(nnx.state(trained, nnx.Param))
+  # The head's batch statistics moved towards the features' (running averages).
+  assert float(jnp.abs(trained.head.readout.norm.mean[...]).max()) > 0
+  changed = jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)), before, after)
+  encoder = [changed["backbone"]["encoder"][k] for k in changed["backbone"]["encoder"]]
+  encoder.append(changed["backbone"]["encoder_embed"][PIXELS])
+  assert changed["head"]["readout"]["out"]["kernel"]
+  if protocol == "probe":
+    assert not any(jax.tree.leaves(changed["backbone"]))
+  else:
+    assert all(encoder)
+
+
+# ------------------------------------------------------------------ token inputs
+
+
+def test_token_inputs_and_the_grid_a_dense_head_reads(tmp_path):
+  from m4.tokenizers import vq_tokenizer  # pylint: disable=g-import-not-at-top
+  specs = {"rgb_tok32test": dict(kind="image", vocab_size=64, num_tokens=16, grid=(4, 4),
+                                 data_key="rgb", tokenizer="vq_rgb_tok32test"),
+           "depth_tok32test": dict(kind="image", vocab_size=64, num_tokens=16, grid=(4, 4),
+                                   data_key="depth", tokenizer="vq_depth_tok32test")}
+  modalities.register_from_config(specs)
+  rng = np.random.default_rng(0)
+  batch = {"rgb": rng.random((2, 32, 32, 3), dtype=np.float32),
+           "depth": rng.uniform(0.5, 20, (2, 32, 32)).astype(np.float32)}
+  c = trainer.default_config()
+  toks = {}
+  for i, name in enumerate(specs):
+    spec = vq_tokenizer.TokenizerSpec(
+        modality=modalities.get(name).to_dict(), image_size=(32, 32),
+        model=dict(channels=(8, 16), num_res_blocks=1, code_dim=8, patch=4),
+        io={"loss_weights": {}})
+    model, io = vq_tokenizer.build(spec, _rngs(i))
+    toks[name] = vq_tokenizer.VQTokenizer(model, io, spec)
+    c.tokenizers[name] = toks[name].save(str(tmp_path / name))
+  # The trainer loads each input's tokenizer from config.tokenizers.
+  c.init, c.inits = "", ("scratch",)
+  c.model = dict(encoder_modalities=tuple(specs), decoder_modalities=("rgb",), dim=32,
+                 encoder_depth=1, decoder_depth=1, num_heads=2)
+  c.data.batch_size = 8
+  ctx = trainer._Context(c, str(tmp_path / "wd"))  # pylint: disable=protected-access
+  task = transfer.TaskSpec.from_config("seg", dict(kind="segmentation", inputs=tuple(specs),
+                                                   target="semseg", num_classes=6))
+  enc = ctx.encoder_inputs(task)(batch)
+  for name, key in (("rgb_tok32test", "rgb"), ("depth_tok32test", "depth")):
+    np.testing.assert_array_equal(enc[name]["tensor"],
+                                  np.asarray(toks[name].encode(batch[key])).reshape(2, 16))
+    assert enc[name]["input_mask"].all() and not enc[name]["target_mask"].any()
+  model = transfer.TransferModel(transfer.backbone_config(ctx.base, task.inputs), task,
+                                 image_size=(32, 32), rngs=_rngs(0))
+  # Dense heads read slot k * 16 + i * 4 + j as modality k's cell (i, j).
+  slots = model.backbone.encode(enc).slots
+  np.testing.assert_array_equal(slots.modality, np.repeat([[0, 1]], 16, axis=1).repeat(2, 0))
+  np.testing.assert_array_equal(slots.position, np.tile(np.arange(16), 2)[None].repeat(2, 0))
+  assert model.head.readout.norm.mean.shape == (2 * 32,)  # rgb and depth features side by side.
+  assert model(enc).shape == (2, 32, 32, 6)
+  with pytest.raises(workdir.ConfigError, match=r"tokenizers.rgb_tok32test.*needs a tokenizer"):
+    transfer.EncoderInputs(("rgb_tok32test",), {})
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def test_segmentation_and_depth_metrics_match_numpy():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 4, (3, 6, 5)).astype(np.int32)
+  labels[0, 0] = 255
+  preds = np.where(rng.random(labels.shape) < 0.6, labels, rng.integers(0, 4, labels.shape))
+  preds = np.where(labels == 255, 2, preds).astype(np.int32)
+  valid = np.array([True, True, False])
+  ev = seg_eval.Evaluator.__new__(seg_eval.Evaluator)
+  m = ev.finalize(jax.tree.map(np.asarray, seg_eval.Evaluator.batch_sums(
+      jnp.asarray(preds), jnp.asarray(labels), jnp.asarray(valid), 4)))
+  keep = (labels != 255) & valid[:, None, None]
+  ious = []
+  for c in range(4):
+    inter = np.sum((preds == c) & (labels == c) & keep)
+    union = np.sum(((preds == c) | (labels == c)) & keep)
+    if union:
+      ious.append(inter / union)
+  assert m["miou"] == pytest.approx(np.mean(ious))
+  assert m["pixel_accuracy"] == pytest.approx(np.mean(preds[keep] == labels[keep]))
+
+  gt = rng.uniform(0.5, 10, (3, 4, 4)).astype(np.float32)
+  gt[1, :2] = 0  # Invalid pixels are not scored.
+  pred = (gt * rng.uniform(0.7, 1.4, gt.shape)).astype(np.float32)
+  ev = depth_eval.Evaluator.__new__(depth_eval.Evaluator)
+  m = ev.finalize(jax.tree.map(np.asarray, depth_eval.Evaluator.batch_sums(
+      jnp.asarray(pred), jnp.asarray(gt), jnp.ones(3, bool), 0)))
+  want = {"delta1": [], "abs_rel": [], "rmse": []}
+  for p, g in zip(pred, gt):
+    p, g = p[g > 0], g[g > 0]
+    want["delta1"].append(np.mean(np.maximum(p / g, g / p) < 1.25))
+    want["abs_rel"].append(np.mean(np.abs(p - g) / g))
+    want["rmse"].append(np.sqrt(np.mean((p - g) ** 2)))
+  for k, v in want.items():
+    assert m[k] == pytest.approx(np.mean(v), rel=1e-5), k
+
+
+def test_results_table_puts_the_inits_side_by_side(tmp_path):
+  from m4.evaluators import report  # pylint: disable=g-import-not-at-top
+
+  def result(init, protocol, seed, top1):
+    return {"run": f"count__{init}__{protocol}__10pct__s{seed}", "task": "count",
+            "kind": "classification", "init": init, "protocol": protocol, "seed": seed,
+            "label_fraction": 0.1, "num_labels": 400, "metrics": {"top1": top1, "chance": 0.3},
+            "headline": ["top1"], "higher_is_better": {"top1": True}, "steps": 10, "epochs": 0.8,
+            "train_loss": 1.0, "train_seconds": 2.0, "steps_per_sec": 5.0, "seconds": 3.0}
+
+  results = [result("pretrained", "finetune", 0, 0.8), result("scratch", "finetune", 0, 0.5),
+             result("pretrained", "probe", 0, 0.6), result("scratch", "probe", 0, 0.4),
+             result("pretrained", "probe", 1, 0.7), result("scratch", "probe", 1, 0.4)]
+  lines = report.table(results).splitlines()
+  assert lines[0] == ("| task | metric | labels | protocol | scratch | pretrained"
+                      " | Δ pretrained − scratch |")
+  assert lines[2] == ("| count | top1 ↑ (chance 0.3) | 10 % (400) | probe | 0.4 ± 0 (2)"
+                      " | 0.65 ± 0.05 (2) | +0.25 |")
+  assert lines[3] == "| count | top1 ↑ (chance 0.3) | 10 % (400) | finetune | 0.5 | 0.8 | +0.3 |"
+  paths = report.write(str(tmp_path), results)
+  assert os.path.getsize(paths["plot"]) > 0 and "## Runs" in open(paths["table"]).read()
+
+
+def test_bad_task_configs_name_the_field():
+  _register()
+  with pytest.raises(workdir.ConfigError, match=r"tasks.t.kind"):
+    transfer.TaskSpec.from_config("t", dict(kind="detection", inputs=(PIXELS,), target="x"))
+  with pytest.raises(workdir.ConfigError, match=r"tasks.t.inputs.*nosuch"):
+    transfer.TaskSpec.from_config("t", dict(kind="depth", inputs=("nosuch",), target="depth"))
+  with pytest.raises(workdir.ConfigError, match=r"tasks.t.num_classes"):
+    transfer.TaskSpec.from_config("t", dict(kind="segmentation", inputs=(PIXELS,),
+                                            target="semseg"))
+  with pytest.raises(workdir.ConfigError, match=r"tasks.t: unknown fields \['clases'\]"):
+    transfer.TaskSpec.from_config("t", dict(kind="depth", inputs=(PIXELS,), target="depth",
+                                            clases=3))
+  c = trainer.default_config()
+  c.tasks.t = dict(kind="depth", inputs=(PIXELS,), target="depth")
+  with pytest.raises(workdir.ConfigError, match=r"config.init: the 'pretrained' init needs"):
+    trainer.check_config(c)
+  c.inits = ("scratch",)
+  c.finetune.layer_decay = 1.5
+  with pytest.raises(workdir.ConfigError, match=r"finetune.layer_decay"):
+    trainer.check_config(c)
+
+
+# ------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def scenes_dir(tmp_path_factory):
+  from m4.data import scenes  # pylint: disable=g-import-not-at-top
+  d = str(tmp_path_factory.mktemp("scenes32"))
+  scenes.ensure(d, SCENES, progress=False)
+  return d
+
+
+def _scenes_config(data_dir, init_dir):
+  import importlib  # pylint: disable=g-import-not-at-top
+  c = importlib.import_module("configs.transfer.scenes").get_config("tiny")
+  c.init = init_dir
+  c.modalities[PIXELS] = PIXELS_SPEC
+  c.data.dir = data_dir
+  c.data.image_size = (32, 32)
+  c.data.batch_size = 16
+  for name in list(c.tasks):
+    if name != "semseg":
+      del c.tasks[name]
+  c.tasks.semseg.inputs = (PIXELS,)
+  c.probe.update(dict(num_steps=40, warmup_steps=4, learning_rate=1e-2))
+  c.finetune.update(dict(num_steps=8, warmup_steps=2))
+  c.label_fractions = (0.5,)
+  c.eval.num_samples = 0
+  return c
+
+
+def test_end_to_end_scenes_table_both_inits_and_protocols(tmp_path, scenes_dir):
+  init_dir = str(tmp_path / "pretrained")
+  pretrained.save(init_dir, FourM(_tiny_cfg(), rngs=_rngs(7)))
+  c = _scenes_config(scenes_dir, init_dir)
+  wd = tmp_path / "wd"
+  summary = trainer.run(c, str(wd))
+
+  table = (wd / "eval" / "results.md").read_text()
+  header = next(l for l in table.splitlines() if l.startswith("| task"))
+  assert "scratch" in header and "pretrained" in header and "Δ" in header
+  rows = [l for l in table.splitlines() if l.startswith("| semseg |")]
+  assert {r.split("|")[4].strip() for r in rows} == {"probe", "finetune"}
+  assert all("50 % (60)" in r for r in rows), rows
+  results = json.loads((wd / "eval" / "results.json").read_text())
+  assert {(r["init"], r["protocol"]) for r in results} == {
+      (i, p) for i in ("pretrained", "scratch") for p in ("probe", "finetune")}
+  assert all(r["num_labels"] == 60 and r["metrics"]["num_samples"] == 32 for r in results)
+  assert (wd / "eval" / "results.png").stat().st_size > 0
+  assert (wd / "eval" / "semseg_50pct_predictions.png").stat().st_size > 0
+  assert summary["runs"] == 4 and summary["results"].endswith("results.md")
+  # Training shows progress and the test metrics land in the run's metrics.jsonl.
+  rows = workdir.read_metrics(str(wd / "runs" / "semseg" / "scratch__probe__50pct__s0"))
+  assert rows[0]["step"] == 3 and "loss" in rows[0] and "lr" in rows[0]
+  assert "test/miou" in rows[-1]
+
+  # A trained linear probe beats chance: sky and ground alone are easy to tell apart.
+  probe = next(r for r in results if r["init"] == "scratch" and r["protocol"] == "probe")
+  from m4.data import scenes  # pylint: disable=g-import-not-at-top
+  src = scenes.ScenesSource(scenes_dir, "test")
+  labels = np.concatenate([src[i]["semseg"].ravel() for i in range(len(src))])
+  majority = np.bincount(labels).max() / labels.size
+  assert probe["metrics"]["pixel_accuracy"] > majority + 0.1, (probe["metrics"], majority)
+  assert probe["metrics"]["miou"] > 1.5 / 6
+
+  # Running again skips every finished run; other settings are refused, not mixed in.
+  first = wd / "eval" / f"{results[0]['run']}.json"
+  mtime = first.stat().st_mtime
+  trainer.run(c, str(wd))
+  c.probe.learning_rate = 0.5
+  with pytest.raises(workdir.ConfigError, match=r"made with other settings \(optimizer differ"):
+    trainer.run(c, str(wd))
+  assert first.stat().st_mtime == mtime
+
+
+def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, scenes_dir, monkeypatch):
+  c = _scenes_config(scenes_dir, "")
+  c.inits, c.protocols = ("scratch",), ("finetune",)
+  c.checkpoint_every = 3
+  c.model = _tiny_cfg().to_dict()  # The end-to-end test's model: its compiled steps are reused.
+  whole = trainer.run(c, str(tmp_path / "whole"))
+  step = trainer.train_step
+  calls = []
+
+  def crash_at_five(*args):
+    calls.append(1)
+    if len(calls) == 5:
+      raise KeyboardInterrupt("stopped after a checkpoint at step 3")
+    return step(*args)
+
+  monkeypatch.setattr(trainer, "train_step", crash_at_five)
+  with pytest.raises(KeyboardInterrupt):
+    trainer.run(c, str(tmp_path / "cut"))
+  monkeypatch.setattr(trainer, "train_step", step)
+  resumed = trainer.run(c, str(tmp_path / "cut"))
+  assert resumed["headline"] == whole["headline"]
+  get = lambda d: json.loads((tmp_path / d / "eval" / "results.json").read_text())[0]
+  assert get("cut")["train_loss"] == get("whole")["train_loss"]
+
+
+# ------------------------------------------------------------------ TFDS benchmarks
+
+
+def _aligned_ade(self, split, decoders=None, **kwargs):
+  """Mocked scene_parse150 records whose image and annotation sizes agree."""
+  del self, split, decoders, kwargs
+  rng = np.random.default_rng(0)
+  out = []
+  for _ in range(6):
+    h, w = rng.integers(40, 80, 2)
+    ann = rng.integers(0, 151, (h, w), dtype=np.uint8)
+    out.append({"image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+                "annotation": np.repeat(ann[..., None], 3, axis=-1)})
+  return out
+
+
+@pytest.mark.parametrize("name", ["nyu_depth", "ade20k", "imagenet"])
+def test_benchmark_configs_run_on_mock_data(name, tmp_path):
+  import importlib  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  c = importlib.import_module(f"configs.transfer.{name}").get_config("mock")
+  full = importlib.import_module(f"configs.transfer.{name}").get_config()
+  assert full.inits == ("pretrained", "scratch") and full.data.image_size == (224, 224)
+  mock = dict(as_data_source_fn=_aligned_ade) if name == "ade20k" else {}
+  with tfds.testing.mock_data(num_examples=6, **mock):
+    summary = trainer.run(c, str(tmp_path / "wd"))
+  results = json.loads((tmp_path / "wd" / "eval" / "results.json").read_text())
+  assert len(results) == 1 and results[0]["metrics"]["num_samples"] == 4
+  headline = results[0]["headline"][0]
+  assert np.isfinite(results[0]["metrics"][headline])
+  assert os.path.exists(summary["results"])
