@@ -7,7 +7,19 @@ same command resumes. Budget: under 20 minutes on 2 CPU cores. Longer configs
 for the quality figures live in configs/<stage>/ and experiments/.
 """
 
+import os
+import runpy
+
 import ml_collections
+
+
+def _tokenizer_stage(modality: str, data: ml_collections.ConfigDict):
+  """configs/tokenizers/<modality>_scenes.py:quick, on the quickstart's data."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tokenizers",
+                      f"{modality}_scenes.py")
+  config = runpy.run_path(path)["get_config"]("quick")
+  config.data.update(data)
+  return config
 
 
 def get_config(arg=None):
@@ -27,5 +39,11 @@ def get_config(arg=None):
       trainer="scenes", data=data, grid_split="validation", grid_rows=8,
       benchmark_samples=50))
 
-  config.order = ("data",)  # Stage names in the order they run.
+  # Stages "tok_rgb", "tok_depth", "tok_semseg": the VQ tokenizers (the quick
+  # variants of configs/tokenizers/*_scenes.py, one to two minutes each); later
+  # stages load them with m4.tokenizers.load("{root}/tok_rgb").
+  for modality in ("rgb", "depth", "semseg"):
+    config.stages[f"tok_{modality}"] = _tokenizer_stage(modality, data)
+
+  config.order = ("data", "tok_rgb", "tok_depth", "tok_semseg")  # Stage names in the order they run.
   return config

@@ -1,0 +1,313 @@
+"""Trains the VQ tokenizer of one image-like modality (`config.trainer = "tokenizer"`).
+
+    python -m m4.main --config=configs/tokenizers/rgb_scenes.py --workdir=DIR
+
+Writes to DIR, besides what every job writes (config.json, metrics.jsonl,
+TensorBoard events):
+
+  checkpoints/          orbax: model (weights + codebook), optimizer, RNG,
+                        data iterator; rerunning resumes from the latest
+  tokenizer.json        the spec `m4.tokenizers.load(DIR)` needs
+  eval/metrics.json     held-out figures (see `evaluate`)
+  eval/reconstructions.png  originals beside reconstructions and tokens
+
+The returned summary holds the held-out figures and the grid's path.
+Config fields (all read here; see configs/tokenizers/*.py):
+
+  modality             registry name ("rgb", "depth", "semseg"); its
+                       vocab_size and grid size the codebook and the grid
+  seed                 initialisation, data order, restarts
+  data                 m4.data.pipeline config (data.batch_size = global batch)
+  model                VQVAE settings: channels, num_res_blocks, code_dim,
+                       patch (0: derived), ema_decay, dead_threshold,
+                       restart_noise
+  io                   loss_weights (per modality), num_classes (semseg)
+  commitment           weight of the quantizer's commitment loss
+  optimizer            learning_rate, warmup_steps, end_learning_rate,
+                       weight_decay, b1, b2, grad_clip
+  num_steps, log_every, checkpoint_every, keep_checkpoints
+  eval                 split, num_samples (0: the whole split), batch_size,
+                       grid_rows
+  mesh, sharding_rules m4.sharding (data parallel: the batch is split)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import ml_collections
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from m4 import checkpoints
+from m4 import modalities
+from m4 import sharding
+from m4 import workdir as workdir_lib
+from m4.data import pipeline
+from m4.data import sources
+from m4.tokenizers import quantizer as quantizer_lib
+from m4.tokenizers import vq_tokenizer
+from m4.tools import grid as grid_lib
+from m4.workdir import require
+
+
+def default_config(modality: str = "rgb") -> ml_collections.ConfigDict:
+  """Every field this trainer reads, with starting values (configs override)."""
+  c = ml_collections.ConfigDict()
+  c.trainer = "tokenizer"
+  c.modality = modality
+  c.seed = 0
+  c.data = pipeline.data_config(kind="scenes", dir="workdirs/data/scenes64", batch_size=64)
+  c.model = ml_collections.ConfigDict(dict(
+      channels=(64, 128, 256), num_res_blocks=1, code_dim=32, patch=0,
+      ema_decay=0.99, dead_threshold=0.03, restart_noise=0.01))
+  c.io = ml_collections.ConfigDict()
+  c.io.loss_weights = ml_collections.ConfigDict()  # Empty: modality_io's defaults.
+  c.io.num_classes = 0  # semseg only: number of classes.
+  c.commitment = 0.25
+  c.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=1e-3, warmup_steps=200, end_learning_rate=1e-5, weight_decay=1e-4,
+      b1=0.9, b2=0.99, grad_clip=1.0))
+  c.num_steps = 1000
+  c.log_every = 50
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 2
+  c.eval = ml_collections.ConfigDict(dict(
+      split="validation", num_samples=0, batch_size=128, grid_rows=8))
+  c.mesh = ml_collections.ConfigDict({"data": -1})
+  c.sharding_rules = None  # m4.sharding.DEFAULT_RULES.
+  return c
+
+
+def spec_from_config(config, step: int | None = None, metrics=None) -> vq_tokenizer.TokenizerSpec:
+  require(config.modality in modalities.names(), "modality",
+          f"{config.modality!r} is not registered; known: {modalities.names()}")
+  modality = modalities.get(config.modality)
+  require(modality.is_image, "modality", f"{config.modality!r} is not an image modality.")
+  require(modality.data_key in ("rgb", "depth", "semseg"), "modality",
+          f"{config.modality!r} is made from {modality.data_key!r}; VQ tokenizers handle"
+          " rgb, depth and semseg.")
+  io = {"loss_weights": dict(config.io.loss_weights)}
+  if modality.data_key == "semseg":
+    require(int(config.io.get("num_classes") or 0) >= 2, "io.num_classes",
+            "semseg tokenizers need the number of classes.")
+    io["num_classes"] = int(config.io.num_classes)
+  image_size = tuple(int(s) for s in config.data.image_size)
+  try:
+    vq_tokenizer.downsample_factor(modality, image_size)
+  except ValueError as e:
+    raise workdir_lib.ConfigError(f"config.data.image_size: {e}") from None
+  return vq_tokenizer.TokenizerSpec(
+      modality=modality.to_dict(), image_size=image_size,
+      model=config.model.to_dict(), io=io, step=step, metrics=metrics)
+
+
+def make_optimizer(opt, total_steps: int):
+  """(AdamW with warmup + cosine decay and gradient clipping, its schedule).
+
+  Weight decay applies to kernels (ndim > 1), not to biases and norm scales.
+  """
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=opt.learning_rate, warmup_steps=opt.warmup_steps,
+      decay_steps=max(int(total_steps), opt.warmup_steps + 1), end_value=opt.end_learning_rate)
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  tx = optax.chain(
+      optax.clip_by_global_norm(opt.grad_clip),
+      optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay,
+                  mask=decay_mask))
+  return tx, schedule
+
+
+class Trainer:
+  """The jitted steps of one tokenizer: built once, used by train and eval."""
+
+  def __init__(self, config, mesh):
+    self.config = config
+    self.mesh = mesh
+    self.rules = sharding.rules_from_config(config.get("sharding_rules"))
+    self.spec = spec_from_config(config)
+    try:
+      model, self.io = vq_tokenizer.build(self.spec, nnx.Rngs(config.seed))
+    except (TypeError, ValueError) as e:
+      raise workdir_lib.ConfigError(f"config.model / config.io: {e}") from None
+    self.vocab_size = model.quantizer.num_codes
+    self.graphdef, params, codebook = nnx.split(model, nnx.Param, quantizer_lib.CodebookState)
+    self.tx, self.schedule = make_optimizer(config.optimizer, config.num_steps)
+    replicated = NamedSharding(mesh, P())
+    self.initial = jax.device_put({
+        "params": params, "codebook": codebook, "opt": self.tx.init(params),
+        "rng": jax.random.PRNGKey(config.seed + 1)}, replicated)
+    self.train_step = jax.jit(self._train_step)
+    self.eval_step = jax.jit(self._eval_step)
+
+  @staticmethod
+  def to_checkpoint(state) -> dict:
+    """The stored layout: `model` holds weights and codebook together."""
+    return {vq_tokenizer.MODEL_KEY: nnx.merge_state(state["params"], state["codebook"]),
+            "opt": state["opt"], "rng": state["rng"]}
+
+  @staticmethod
+  def from_checkpoint(stored) -> dict:
+    params, codebook = nnx.split_state(stored[vq_tokenizer.MODEL_KEY], nnx.Param,
+                                       quantizer_lib.CodebookState)
+    return {"params": params, "codebook": codebook, "opt": stored["opt"], "rng": stored["rng"]}
+
+  def model(self, state) -> nnx.Module:
+    return nnx.merge(self.graphdef, state["params"], state["codebook"])
+
+  def _train_step(self, state, x):
+    rng, ema_key = jax.random.split(state["rng"])
+
+    def loss_fn(params):
+      out = nnx.merge(self.graphdef, params, state["codebook"])(self.io.prepare(x))
+      rec, metrics = self.io.loss(out.output, x)
+      loss = rec + self.config.commitment * out.quantizer.commitment
+      return loss, (out.quantizer, dict(metrics, reconstruction=rec,
+                                        commitment=out.quantizer.commitment))
+
+    (loss, (q, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = self.tx.update(grads, state["opt"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    model = nnx.merge(self.graphdef, params, state["codebook"])
+    restarted = model.quantizer.ema_update(q.normalized, q.indices, ema_key)
+    codebook = nnx.state(model, quantizer_lib.CodebookState)
+    stats = quantizer_lib.code_statistics(quantizer_lib.assignment_counts(q.indices, self.vocab_size))
+    alive = jnp.mean(model.quantizer.ema_count.get_value() >= model.quantizer.dead_threshold)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+                   batch_codebook_usage=stats["codebook_usage"],
+                   batch_perplexity=stats["perplexity"], codes_restarted=restarted,
+                   codes_alive=alive)
+    return {"params": params, "codebook": codebook, "opt": opt_state, "rng": rng}, metrics
+
+  def _eval_step(self, state, x, valid):
+    model = self.model(state)
+    q = model.encode(self.io.prepare(x))
+    output = model.decode_indices(q.indices)
+    sums = self.io.metric_sums(output, x, valid)
+    counts = jnp.zeros((self.vocab_size,), jnp.float32).at[q.indices.reshape(valid.shape[0], -1)].add(
+        jnp.broadcast_to(valid[:, None].astype(jnp.float32), (valid.shape[0], q.indices[0].size)))
+    return sums, counts, q.indices, self.io.postprocess(output)
+
+
+def _check_config(config):
+  require(int(config.num_steps) > 0, "num_steps", f"must be positive, got {config.num_steps}.")
+  require(int(config.log_every) > 0, "log_every", f"must be positive, got {config.log_every}.")
+  require(int(config.checkpoint_every) > 0, "checkpoint_every",
+          f"must be positive, got {config.checkpoint_every}.")
+  require(float(config.commitment) >= 0, "commitment", "must be >= 0.")
+  require(int(config.eval.batch_size) > 0, "eval.batch_size", "must be positive.")
+
+
+def _data_config(config, batch_size=None):
+  data = config.data.copy_and_resolve_references()
+  key = modalities.get(config.modality).data_key
+  with data.unlocked():
+    data.modalities = (key,)
+    if batch_size is not None:
+      data.batch_size = int(batch_size)
+  return data
+
+
+def evaluate(trainer: Trainer, state, config, workdir: str) -> tuple[dict, str]:
+  """Held-out figures over `config.eval` and the reconstruction grid.
+
+  Figures: rgb PSNR (mean over images, and of the mean MSE), depth abs-rel and
+  delta1 over valid pixels, semseg mIoU of the reconstruction against the
+  input; codebook usage (fraction of codes used over the held-out set) and
+  perplexity of the held-out tokens.
+  """
+  key = modalities.get(config.modality).data_key
+  data = _data_config(config, config.eval.batch_size)
+  total = len(sources.make_source(data, config.eval.split))
+  n = total if not config.eval.num_samples else min(int(config.eval.num_samples), total)
+  batches = pipeline.num_eval_batches(data, n)
+  it = pipeline.make_iterator(data, config.eval.split, seed=config.seed, training=False)
+  sums, counts, seen, grid_rows = None, None, 0, []
+  for _ in tqdm(range(batches), desc=f"eval {config.modality}", leave=False):
+    batch = next(it)
+    valid = np.asarray(batch["valid"]) & (seen + np.arange(len(batch["valid"])) < n)
+    seen += len(valid)
+    x, v = sharding.to_global((np.asarray(batch[key]), valid.astype(np.float32)),
+                              trainer.mesh, trainer.rules)
+    s, c, tokens, recon = trainer.eval_step(state, x, v)
+    sums = s if sums is None else jax.tree.map(jnp.add, sums, s)
+    counts = c if counts is None else counts + c
+    if len(grid_rows) < config.eval.grid_rows:
+      tokens, recon = np.asarray(tokens), np.asarray(recon)
+      for i in np.flatnonzero(valid)[:config.eval.grid_rows - len(grid_rows)]:
+        grid_rows.append({"input": np.asarray(batch[key][i]), "reconstruction": recon[i],
+                          "tokens": tokens[i]})
+  metrics = trainer.io.metrics_from_sums(jax.device_get(sums))
+  metrics.update({k: float(v) for k, v in quantizer_lib.code_statistics(counts).items()})
+  metrics["num_samples"] = n
+  metrics["split"] = config.eval.split
+  kind = key
+  grid_path = os.path.join(workdir, "eval", "reconstructions.png")
+  if jax.process_index() == 0:
+    grid_lib.save_grid(grid_path, grid_rows, kinds={"input": kind, "reconstruction": kind,
+                                                   "tokens": "tokens"},
+                       titles={"tokens": f"tokens {trainer.spec.modality['grid']}"})
+  return metrics, grid_path
+
+
+def run(config, workdir: str) -> dict:
+  _check_config(config)
+  mesh = sharding.make_mesh(config.get("mesh"))
+  trainer = Trainer(config, mesh)
+  num_steps = int(config.num_steps)
+  data = _data_config(config)
+  require(int(data.batch_size) % sharding.num_batch_shards(mesh, trainer.rules) == 0,
+          "data.batch_size", f"{data.batch_size} does not divide over the mesh's batch shards.")
+  key = modalities.get(config.modality).data_key
+  it = pipeline.make_iterator(data, data.train_split, seed=config.seed, training=True)
+  ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                  max_to_keep=config.keep_checkpoints)
+  state, step, train_seconds = trainer.initial, 0, 0.0
+  if ckpt.latest_step() is not None:
+    stored, meta = ckpt.restore(trainer.to_checkpoint(state), data_iter=it)
+    state = trainer.from_checkpoint(stored)
+    step, train_seconds = int(meta["step"]), float(meta.get("train_seconds", 0.0))
+    logging.info("tokenizer: resumed %s from step %d", workdir, step)
+    print(f"tokenizer {config.modality}: resuming from step {step}", flush=True)
+
+  logger = workdir_lib.MetricLogger(workdir, num_steps, name=f"vq_{config.modality}")
+  t0 = time.time()
+  pending = []
+  while step < num_steps:
+    batch = next(it)
+    x = sharding.to_global(np.asarray(batch[key]), mesh, trainer.rules)
+    state, metrics = trainer.train_step(state, x)
+    step += 1
+    pending.append(metrics)
+    if step % config.log_every == 0 or step == num_steps:
+      means = jax.tree.map(lambda *v: np.mean(np.stack(v)), *jax.device_get(pending))
+      means["codes_restarted"] = means["codes_restarted"] * len(pending)  # A sum, not a mean.
+      means["learning_rate"] = trainer.schedule(step - 1)
+      first = ["loss", *trainer.io.headline, "batch_codebook_usage", "batch_perplexity"]
+      logger.write(step, {k: means[k] for k in first + sorted(set(means) - set(first))})
+      pending = []
+    if step % config.checkpoint_every == 0 or step == num_steps:
+      ckpt.save(step, trainer.to_checkpoint(state), data_iter=it,
+                meta={"step": step, "train_seconds": train_seconds + time.time() - t0})
+  ckpt.close()
+  train_seconds += time.time() - t0
+
+  metrics, grid_path = evaluate(trainer, state, config, workdir)
+  logger.write(step, {f"eval/{k}": v for k, v in metrics.items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool)}, progress=False)
+  logger.close()
+  workdir_lib.write_json(os.path.join(workdir, "eval", "metrics.json"), metrics)
+  spec = spec_from_config(config, step=step, metrics=metrics)
+  if jax.process_index() == 0:
+    workdir_lib.write_json(os.path.join(workdir, vq_tokenizer.SPEC_FILE), spec.to_json())
+  summary = {k: v for k, v in metrics.items() if not isinstance(v, list)}
+  summary.update({"modality": config.modality, "steps": step, "grid": grid_path,
+                  "train_seconds": round(train_seconds, 1), "tokenizer_dir": workdir})
+  return summary
