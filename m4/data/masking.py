@@ -55,6 +55,13 @@ config.masking fields (all required; `preset()` builds 4M-7's mixture):
   keep_prob_decay: 0.9 in 4M.
   mixture: {component name: {weight, input_alphas: {modality: alpha},
     target_alphas: {modality: alpha}, keep: {sequence modality: scheme}}}.
+  condition_dropout (optional; absent = off, as `preset()` writes it):
+    {all: p, per_modality: p}. For classifier-free guidance (Ho & Salimans;
+    4M's generation uses it): after masking, with probability `all` a
+    sample loses every input (an unconditional sample), otherwise each
+    modality with inputs loses all of them with probability `per_modality`.
+    Targets are unchanged. Both 0 draws nothing, so masks equal those of a
+    config without it.
 """
 
 from __future__ import annotations
@@ -113,7 +120,8 @@ def preset(name: str, *, num_input_tokens: int, num_target_tokens: int,
   return ml_collections.ConfigDict(dict(
       modalities=tuple(modalities), num_input_tokens=num_input_tokens,
       num_target_tokens=num_target_tokens, min_input_tokens=num_input_tokens,
-      min_target_tokens=num_target_tokens, keep_prob_decay=0.9, mixture=mixture))
+      min_target_tokens=num_target_tokens, keep_prob_decay=0.9, mixture=mixture,
+      condition_dropout=dict(all=0.0, per_modality=0.0)))
 
 
 def _error(field: str, message: str):
@@ -227,6 +235,15 @@ class Masking(grain.transforms.RandomMap):
     if not 0.0 < self.keep_prob_decay < 1.0:
       raise _error("keep_prob_decay", f"must be in (0, 1), got {self.keep_prob_decay}.")
     self._parse_mixture(_field(config, "mixture"))
+    drop = config.get("condition_dropout") if hasattr(config, "get") else None
+    drop = dict(drop or {"all": 0.0, "per_modality": 0.0})
+    if set(drop) != {"all", "per_modality"}:
+      raise _error("condition_dropout", f"needs exactly the fields 'all' and 'per_modality';"
+                   f" got {sorted(drop)}.")
+    self.drop_all, self.drop_modality = float(drop["all"]), float(drop["per_modality"])
+    for k, v in drop.items():
+      if not 0.0 <= float(v) <= 1.0:
+        raise _error(f"condition_dropout.{k}", f"must be a probability in [0, 1], got {v}.")
 
     roles = [m.roles for m in self.modalities]
     self._num_tokens = np.array([m.num_tokens for m in self.modalities], np.int64)
@@ -417,7 +434,17 @@ class Masking(grain.transforms.RandomMap):
       else:
         out[m.name] = self._sequence(rng, m, value, self._keep[c][i], int(budget_in[i]),
                                      int(budget_tgt[i]))
+    if self.drop_all > 0 or self.drop_modality > 0:
+      self._drop_conditions(rng, out)
     return out
+
+  def _drop_conditions(self, rng, out) -> None:
+    """Condition dropout (module docstring), in place."""
+    drop_all = rng.random() < self.drop_all
+    for m in self.modalities:
+      entry = out[m.name]
+      if entry["input_mask"].any() and (drop_all or rng.random() < self.drop_modality):
+        entry["input_mask"][:] = False
 
   def random_map(self, element, rng: np.random.Generator) -> dict:
     """grain's entry point: `rng` comes from the dataset seed and the index."""

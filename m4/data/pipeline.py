@@ -6,15 +6,23 @@
     batch = next(it)          # {"rgb": (B, 64, 64, 3) float32, ..., "id": (B,)}
     ckpt.save(step, state, data_iter=it)   # the iterator's position is saved
 
-Training: source -> this process's shard (`index % process_count ==
-process_index`: each host reads only its samples) -> shuffle (a new order
-each epoch, from `seed`) -> repeat forever -> `AlignedCrop` (per-sample RNG
-from `seed` and the sample's position in the stream, so results do not depend
-on the number of workers) -> the caller's `transforms` -> optional worker
-processes -> batches of `batch_size // process_count`, remainder dropped.
-Worker processes prefetch samples; batching happens after them, so the
-batches are identical with 0, 1 or N workers (a saved iterator position,
-however, is only valid for the same number of workers).
+Training: source -> shuffle (a new order each epoch, from `seed`) -> repeat
+forever -> `AlignedCrop` (per-sample RNG from `seed` and the sample's position
+in the stream, so results do not depend on the number of workers) -> the
+caller's `transforms` -> this process's rows (`position % process_count ==
+process_index`; the stream is lazy, so each host reads and transforms only
+its samples) -> optional worker processes -> batches of
+`batch_size // process_count`, remainder dropped. Global batch t (the
+processes' batches side by side, `m4.sharding.to_global`) holds stream
+positions [t * batch_size, (t + 1) * batch_size) whatever the number of
+processes, with the same crops and random transforms: a run on 2 hosts sees
+the samples a run on 1 host sees. Worker processes prefetch samples;
+batching happens after them, so the batches are identical with 0, 1 or N
+workers (a saved iterator position, however, is only valid for the same
+number of workers).
+
+`aligned_crop=False` leaves out `AlignedCrop` (training and evaluation), for
+sources whose samples are not images, e.g. pre-tokenized shards.
 
 Evaluation (`training=False`): the split once, in order, sharded the same way,
 with the central crop. Every batch is full (static shapes): the last one is
@@ -156,7 +164,8 @@ class _ReadPadded(grain.transforms.Map):
 def make_dataset(data, split: str, *, seed: int, training: bool,
                  transforms: Sequence[Any] = (), source=None,
                  process_index: int | None = None,
-                 process_count: int | None = None) -> grain.IterDataset:
+                 process_count: int | None = None,
+                 aligned_crop: bool = True) -> grain.IterDataset:
   """The grain dataset of host-local batches of `split` (see module doc).
 
   Args:
@@ -168,6 +177,7 @@ def make_dataset(data, split: str, *, seed: int, training: bool,
     transforms: per-sample transforms applied after the geometry.
     source: a random-access source to use instead of `make_source(data, split)`.
     process_index, process_count: this host's shard (default: jax's).
+    aligned_crop: apply the crop of `data` (False: samples pass as read).
 
   Returns:
     A grain IterDataset; `iter()` of it is a checkpointable DatasetIterator.
@@ -183,16 +193,20 @@ def make_dataset(data, split: str, *, seed: int, training: bool,
   if n < n_proc:
     raise ConfigError(f"config.data: split {split!r} of {source!r} has {n} samples,"
                       f" fewer than the {n_proc} processes.")
-  crop = geometry(data, training=training)
+  crop = geometry(data, training=training) if aligned_crop else None
   if training:
-    ds = grain.MapDataset.source(source)[p::n_proc]
-    ds = ds.shuffle(seed=stage_seed(seed, 0)).repeat(None)
-    ds = ds.random_map(crop, seed=stage_seed(seed, 1))
+    ds = grain.MapDataset.source(source).shuffle(seed=stage_seed(seed, 0)).repeat(None)
+    if crop is not None:
+      ds = ds.random_map(crop, seed=stage_seed(seed, 1))
+    ds = _apply(ds, transforms, seed)
+    if n_proc > 1:
+      ds = ds[p::n_proc]
   else:
     per_process = math.ceil(math.ceil(n / n_proc) / batch) * batch
     ds = grain.MapDataset.range(per_process).map(_ReadPadded(source, p, n_proc))
-    ds = ds.map(lambda x: crop.apply(x, None))
-  ds = _apply(ds, transforms, seed)
+    if crop is not None:
+      ds = ds.map(lambda x: crop.apply(x, None))
+    ds = _apply(ds, transforms, seed)
   read = grain.ReadOptions(num_threads=int(data.read_threads), prefetch_buffer_size=int(data.prefetch))
   it_ds = ds.to_iter_dataset(read)
   if int(data.num_workers) > 0:

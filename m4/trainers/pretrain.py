@@ -1,24 +1,76 @@
-"""4M pretraining: the optimizer and the jitted training step.
+"""4M pretraining: masked multimodal modeling on token batches, on a device mesh.
+
+    python -m m4.main --config=configs/pretrain/scenes_tiny.py --workdir=DIR
+
+The loop, in the style of big_vision's train.py: masked token batches
+(`m4.data.pretrain_data`: token shards or on-the-fly tokenization -> 4M
+masking -> grain, process-sharded) -> global arrays on the mesh -> a jitted,
+donated AdamW step with explicit state shardings -> metrics every
+`log_every` steps (metrics.jsonl, TensorBoard, a progress line with ETA),
+held-out evaluation every `eval.every` steps (`m4.trainers.pretrain_eval`),
+orbax checkpoints of model, optimizer and data iterator every
+`checkpoint_every` steps. Running the same command on the same workdir
+resumes from the last checkpoint and continues with exactly the losses of an
+uninterrupted run (same data, masks and, on CPU, numerics). SIGTERM saves a
+checkpoint, then exits (status 1) asking to re-run; a non-finite loss,
+gradient or parameter norm stops the run naming the step, without saving
+(the last good checkpoint stays the latest).
+
+The pieces, also used by `m4.tools.bench_train` (which times this step):
 
     tx, schedule = make_optimizer(config.optimizer, config.total_steps, model)
     state = init_state(model, tx)
     step = make_train_step(nnx.graphdef(model), tx, schedule=schedule)
     state, metrics = step(state, batch)          # state is donated
 
-The loop around it (data, checkpoints, evaluation) is added by the
-pretraining trainer; `python -m m4.tools.bench_train` times this step.
+Config fields (configs/pretrain/*.py set them all):
+  seed: data order, masks and initialisation derive from it.
+  modalities: registry entries to add (name -> Modality fields); {} for the
+    embedded rgb / depth / semseg / caption.
+  data: `m4.data.pipeline.data_config` (batch_size is global; on-the-fly
+    tokenization reads the raw data and its crop settings from here).
+  tokens: source ("shards" | "on_the_fly"), dir (the shards).
+  tokenizers: {image modality: VQ tokenizer name or directory}; must be the
+    ones the shards were made with.
+  masking: `m4.data.masking` (4M-7 mixture by default; condition_dropout).
+  model: `m4.models.configs.FourMConfig` fields (+ optional `size` preset);
+    num_encoder_tokens / num_decoder_tokens must equal the masking totals.
+  optimizer: lr, warmup_steps, final_lr_ratio, b1, b2, eps, weight_decay,
+    clip_norm (AdamW, warmup + cosine, no decay on norms / biases /
+    embeddings, global-norm clipping).
+  total_steps, log_every, checkpoint_every, keep_checkpoints.
+  eval: every, split, batch_size, num_batches (0: the whole split),
+    baseline_batches (training batches the constant baselines are fitted
+    on; 0: all), grid_samples, cross_modal {inputs, targets}.
+  mesh, sharding_rules: `m4.sharding`.
+  init: "" or the directory of a pretraining run or saved / converted model
+    whose parameters start this run (`m4.checkpoints.restore_subtree`).
+  tensorboard: write TensorBoard events besides metrics.jsonl.
+  inject_nan_at_step: -1; k >= 1 makes the update of step k NaN (tests the
+    non-finite stop).
+
+Writes DIR/metrics.jsonl (train/*, val/*, cross_modal/*, baseline/*),
+DIR/checkpoints/, DIR/curves.png, DIR/predictions.png, DIR/eval/final.json.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from absl import logging
 from flax import nnx
 from flax import struct
 
+from m4 import checkpoints
+from m4 import modalities
 from m4 import sharding
 from m4 import workdir
 
@@ -99,7 +151,8 @@ def make_train_step(graphdef, tx, *, schedule=None, mesh=None,
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+                   param_norm=optax.global_norm(params))
     if schedule is not None:
       metrics["lr"] = schedule(state.step)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
@@ -134,3 +187,296 @@ def train_state_shardings(state: TrainState, mesh, rules=sharding.DEFAULT_RULES)
 
   opt = jax.tree.map(like_params, state.opt_state, is_leaf=lambda x: isinstance(x, nnx.State))
   return TrainState(step=replicated, params=params, opt_state=opt)
+
+
+# ---------------------------------------------------------------------------
+# The training job.
+
+
+def _nan_updates_at(step: int) -> optax.GradientTransformation:
+  """Turns the updates of training step `step` (1-based) into NaN (a test knob)."""
+
+  def init(params):
+    del params
+    return optax.ScaleByScheduleState(count=jnp.zeros((), jnp.int32))
+
+  def update(updates, state, params=None):
+    del params
+    bad = state.count + 1 == step
+    updates = jax.tree.map(lambda u: jnp.where(bad, jnp.nan, u), updates)
+    return updates, optax.ScaleByScheduleState(count=state.count + 1)
+
+  return optax.GradientTransformation(init, update)
+
+
+def _is_state(x) -> bool:
+  return isinstance(x, nnx.State)
+
+
+def to_checkpoint(state: TrainState) -> dict:
+  """What a checkpoint holds: {"model": parameters, "opt_state", "step"}.
+
+  "model" is what `m4.checkpoints.restore_subtree(run_dir, ...)` reads.
+  """
+  opt = jax.tree.map(lambda x: nnx.to_pure_dict(x) if _is_state(x) else x, state.opt_state,
+                     is_leaf=_is_state)
+  return {"model": state.params, "opt_state": opt, "step": state.step}
+
+
+def from_checkpoint(template: TrainState, tree: Mapping[str, Any]) -> TrainState:
+  """The inverse of `to_checkpoint`, in the structure of `template`."""
+
+  def fill(t, pure):
+    if not _is_state(t):
+      return pure
+    new = jax.tree.map(lambda x: x, t)
+    nnx.replace_by_pure_dict(new, pure)
+    return new
+
+  opt = jax.tree.map(fill, template.opt_state, tree["opt_state"], is_leaf=_is_state)
+  return TrainState(step=tree["step"], params=tree["model"], opt_state=opt)
+
+
+class _Preemption:
+  """Records a SIGTERM; the loop checkpoints and stops at the end of the step."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def _with_shardings(abstract, shardings):
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
+
+
+def _check_config(config, cfg) -> None:
+  require = workdir.require
+  for k in ("total_steps", "log_every", "checkpoint_every"):
+    require(int(config[k]) >= 1, k, f"must be >= 1, got {config[k]}.")
+  m = config.masking
+  require(int(m.num_input_tokens) == cfg.num_encoder_tokens, "model.num_encoder_tokens",
+          f"{cfg.num_encoder_tokens} slots, but config.masking.num_input_tokens is"
+          f" {m.num_input_tokens}; make them equal.")
+  require(int(m.num_target_tokens) == cfg.num_decoder_tokens, "model.num_decoder_tokens",
+          f"{cfg.num_decoder_tokens} slots, but config.masking.num_target_tokens is"
+          f" {m.num_target_tokens}; make them equal.")
+  for n in m.modalities:
+    mod = modalities.get(n)
+    if modalities.INPUT in mod.roles:
+      require(n in cfg.encoder_modalities, "model.encoder_modalities",
+              f"masking gives inputs of {n!r}, which the encoder does not read.")
+    if modalities.TARGET in mod.roles:
+      require(n in cfg.decoder_modalities, "model.decoder_modalities",
+              f"masking gives targets of {n!r}, which the decoder does not predict.")
+
+
+class _Metrics:
+  """Per-step metrics kept on device until the next flush, then checked and logged."""
+
+  def __init__(self):
+    self.pending = []
+    self.t0 = time.time()
+    self.paused = 0.0  # Seconds of evaluation / checkpointing since t0.
+    self.untimed = 0  # Steps since t0 that the rate leaves out (compilation).
+
+  def add(self, step: int, metrics):
+    self.pending.append((step, metrics))
+
+  def restart_clock(self):
+    """Times from now on: the steps so far (e.g. the compiling one) are not timed."""
+    jax.block_until_ready(self.pending[-1][1])
+    self.t0, self.paused, self.untimed = time.time(), 0.0, len(self.pending)
+
+  def flush(self) -> tuple[int, dict[str, float]] | None:
+    """(last step, mean metrics since the last flush); raises on non-finite values."""
+    if not self.pending:
+      return None
+    steps = [s for s, _ in self.pending]
+    values = jax.device_get([m for _, m in self.pending])
+    for step, m in zip(steps, values):
+      bad = {k: float(v) for k, v in m.items() if not np.isfinite(v)}
+      if bad:
+        raise FloatingPointError(step, bad)
+    mean = {k: float(np.mean([m[k] for m in values])) for k in values[0]}
+    seconds = time.time() - self.t0 - self.paused
+    timed = len(steps) - self.untimed
+    self.pending, self.t0, self.paused, self.untimed = [], time.time(), 0.0, 0
+    return steps[-1], dict(mean, _steps=timed, _seconds=seconds)
+
+
+def _train_metrics(mean: Mapping[str, float], tokens_per_step: int) -> dict[str, float]:
+  """Logged names: headline figures first (the progress line shows six)."""
+  out = {"train/loss": mean["loss"], "lr": mean.get("lr", float("nan")),
+         "grad_norm": mean["grad_norm"]}
+  if mean["_steps"] > 0:  # Not when the interval holds only the compiling step.
+    rate = mean["_steps"] / max(mean["_seconds"], 1e-9)
+    out.update(tokens_per_sec=rate * tokens_per_step, train_steps_per_sec=rate)
+  for k in sorted(mean):
+    if k.startswith(("loss/", "accuracy/")):
+      out[f"train/{k}"] = mean[k]
+  out["param_norm"] = mean["param_norm"]
+  return out
+
+
+def run(config, workdir_path: str) -> dict:
+  """Pretrains (or resumes) in `workdir_path`; returns the summary."""
+  from m4.data import pretrain_data  # pylint: disable=g-import-not-at-top
+  from m4.models import configs  # pylint: disable=g-import-not-at-top
+  from m4.models import fourm  # pylint: disable=g-import-not-at-top
+  from m4.trainers import pretrain_eval  # pylint: disable=g-import-not-at-top
+
+  t_start = time.time()
+  try:
+    modalities.register_from_config(config.get("modalities"))
+  except ValueError as e:
+    raise workdir.ConfigError(f"config.modalities: {e}") from None
+  cfg = configs.from_config(config.model)
+  cfg.check_modalities()
+  _check_config(config, cfg)
+  try:
+    mesh = sharding.make_mesh(config.get("mesh"))
+  except ValueError as e:
+    raise workdir.ConfigError(str(e)) from None
+  rules = sharding.rules_from_config(config.get("sharding_rules"))
+  shards = sharding.num_batch_shards(mesh, rules)
+  workdir.require(int(config.data.batch_size) % shards == 0, "data.batch_size",
+                  f"{config.data.batch_size} does not split over the {shards} batch shards of"
+                  f" the mesh {dict(mesh.shape)}.")
+  data = pretrain_data.PretrainData(config)
+  total = int(config.total_steps)
+
+  # Model, optimizer and their shardings, all abstract until placed.
+  make_model = lambda: fourm.FourM(cfg, rngs=nnx.Rngs(int(config.seed)))
+  abstract_model = nnx.eval_shape(make_model)
+  graphdef = nnx.graphdef(abstract_model)
+  tx, schedule = make_optimizer(config.optimizer, total, abstract_model)
+  if int(config.inject_nan_at_step) >= 1:
+    tx = optax.chain(tx, _nan_updates_at(int(config.inject_nan_at_step)))
+  abstract = jax.eval_shape(lambda: init_state(make_model(), tx))
+  shardings = train_state_shardings(abstract, mesh, rules)
+  target = _with_shardings(abstract, shardings)
+
+  ckpt = checkpoints.Checkpointer(os.path.join(workdir_path, "checkpoints"),
+                                  max_to_keep=int(config.keep_checkpoints))
+  train_it = data.train_iterator(seed=int(config.seed))
+  start = ckpt.latest_step()
+  if start is not None:
+    tree, meta = ckpt.restore(to_checkpoint(target), data_iter=train_it)
+    state = from_checkpoint(target, tree)
+    logging.info("pretrain: resumed from step %d (%s)", start, meta)
+  else:
+    start = 0
+    with sharding.use(mesh, rules):
+      state = jax.jit(lambda: init_state(make_model(), tx), out_shardings=shardings)()
+    if config.get("init"):
+      try:
+        params = checkpoints.restore_subtree(config.init, target.params, key="model")
+      except (FileNotFoundError, KeyError, ValueError) as e:
+        raise workdir.ConfigError(f"config.init: cannot read model parameters from"
+                                  f" {config.init!r}: {e}") from None
+      state = state.replace(params=params)
+      logging.info("pretrain: parameters initialised from %s", config.init)
+
+  step_fn = make_train_step(graphdef, tx, schedule=schedule, mesh=mesh, rules=rules,
+                            state_shardings=shardings)
+  evaluator = pretrain_eval.PretrainEval(config, data, graphdef, mesh, rules)
+  names = data.names
+  tokens_per_step = int(config.data.batch_size) * (cfg.num_encoder_tokens + cfg.num_decoder_tokens)
+  logger = workdir.MetricLogger(workdir_path, total, name="pretrain",
+                                tensorboard=bool(config.tensorboard))
+  meter = _Metrics()
+  last_train = {}
+
+  def save(step):
+    t = time.time()
+    ckpt.save(step, to_checkpoint(state), data_iter=train_it,
+              meta={"train_loss": last_train.get("train/loss")})
+    meter.paused += time.time() - t
+
+  def flush():
+    try:
+      out = meter.flush()
+    except FloatingPointError as e:
+      bad_step, bad = e.args
+      ckpt.wait()
+      raise FloatingPointError(
+          f"pretrain: non-finite values at step {bad_step}: {bad}. Stopped without saving;"
+          f" the last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}."
+          " Lower optimizer.lr or raise warmup_steps, then re-run to resume from it.") from None
+    if out is not None:
+      last_train.update(_train_metrics(out[1], tokens_per_step))
+      logger.write(out[0], last_train)
+
+  def evaluate(step, final=False):
+    t = time.time()
+    m = {f"val/{k}": v for k, v in evaluator.held_out(state.params).items()}
+    if final or config.eval.cross_modal_every_eval:
+      m.update({f"cross_modal/{k}": v for k, v in evaluator.cross_modal(state.params).items()})
+      m.update({f"baseline/{k}": v for k, v in evaluator.baseline().items()})
+    logger.write(step, m, progress=True)
+    meter.paused += time.time() - t
+    return m
+
+  stopped_by = None
+  with _Preemption() as preemption:
+    for step in range(start + 1, total + 1):
+      batch = pretrain_eval.model_batch(next(train_it), names)
+      state, metrics = step_fn(state, sharding.to_global(batch, mesh, rules))
+      meter.add(step, metrics)
+      if step == start + 1:
+        meter.restart_clock()
+      do_ckpt = step % int(config.checkpoint_every) == 0 or step == total
+      if step % int(config.log_every) == 0 or do_ckpt or preemption.requested:
+        flush()  # Checks every step's values before anything is saved.
+      if preemption.requested:
+        save(step)
+        stopped_by = step
+        break
+      if do_ckpt:
+        save(step)
+      if int(config.eval.every) and step % int(config.eval.every) == 0 and step != total:
+        evaluate(step)
+  ckpt.wait()
+  if stopped_by is not None:
+    ckpt.close()
+    logger.close()
+    raise SystemExit(f"pretrain: SIGTERM: saved a checkpoint at step {stopped_by} in"
+                     f" {ckpt.directory}; run the same command again to resume.")
+
+  final = evaluate(total, final=True)
+  pictures = {
+      "curves": pretrain_eval.plot_curves(workdir_path, os.path.join(workdir_path, "curves.png")),
+      "predictions": evaluator.prediction_grid(
+          state.params, os.path.join(workdir_path, "predictions.png"),
+          int(config.eval.grid_samples)) if int(config.eval.grid_samples) else None,
+  }
+  ckpt.close()
+  logger.close()
+  summary = {
+      "steps": total, "resumed_from": start or None,
+      "params_m": round(configs.count_params(state.params) / 1e6, 2),
+      "train_loss": last_train.get("train/loss"), "val_loss": final.get("val/loss"),
+      "cross_modal": {k.split("/", 1)[1]: round(v, 4) for k, v in final.items()
+                      if k.startswith("cross_modal/") and k.endswith("accuracy")},
+      "baseline_best": {k.split("/")[1]: round(v, 4) for k, v in final.items()
+                        if k.startswith("baseline/") and k.endswith("/best")},
+      "tokens_per_sec": last_train.get("tokens_per_sec"),
+      "seconds": round(time.time() - t_start, 1),
+      **{k: v for k, v in pictures.items() if v},
+  }
+  workdir.write_json(os.path.join(workdir_path, "eval", "final.json"), {**final, **summary})
+  return summary

@@ -1,0 +1,71 @@
+"""4M pretraining on the scenes token shards, sized for a CPU.
+
+    python -m m4.main --config=configs/pretrain/scenes_tiny.py --workdir=workdirs/pretrain/scenes_tiny
+    python -m m4.main --config=configs/pretrain/scenes_tiny.py:quick --workdir=DIR   # quickstart size
+
+Needs the token shards of configs/pretokenize/scenes.py in
+workdirs/tokens/scenes64 (made with the vq_rgb / vq_depth / vq_semseg
+tokenizers named below; `--config.tokens.source=on_the_fly` tokenizes the
+raw data instead). Model: 4+4 blocks, width 256, 4 heads (SwiGLU, no biases),
+64 encoder + 64 decoder tokens per sample, batch 64; the 4M-7 masking
+mixture (RGB to all / all to all) with condition dropout for guidance.
+
+Run time and figures: see experiments/pretrain_scenes_tiny/README.md.
+`quick` (the quickstart stage) trains a smaller model for fewer steps.
+"""
+
+import os
+import runpy
+
+import ml_collections
+
+from m4.data import masking
+
+_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                     "data", "scenes64.py")
+NAMES = ("rgb", "depth", "semseg", "caption")
+
+
+def get_config(arg=None):
+  c = ml_collections.ConfigDict()
+  c.trainer = "pretrain"
+  c.seed = 0
+  c.modalities = ml_collections.ConfigDict()  # The embedded registry entries.
+  c.data = runpy.run_path(_DATA)["get_config"]().data  # Raw data + crops (on the fly).
+  c.data.batch_size = 64
+  c.tokens = ml_collections.ConfigDict(dict(source="shards", dir="workdirs/tokens/scenes64"))
+  c.tokenizers = ml_collections.ConfigDict(dict(
+      rgb="vq_rgb", depth="vq_depth", semseg="vq_semseg"))
+  c.masking = masking.preset("4m7", num_input_tokens=64, num_target_tokens=64, modalities=NAMES)
+  c.masking.condition_dropout = dict(all=0.05, per_modality=0.05)
+  c.model = ml_collections.ConfigDict(dict(
+      dim=256, encoder_depth=4, decoder_depth=4, num_heads=4, mlp_type="swiglu",
+      encoder_modalities=NAMES, decoder_modalities=NAMES,
+      num_encoder_tokens=64, num_decoder_tokens=64,
+      dtype="float32", scan_layers=True, remat="none", head_chunk_size=128))
+  c.optimizer = ml_collections.ConfigDict(dict(
+      lr=1e-3, warmup_steps=200, final_lr_ratio=0.01, b1=0.9, b2=0.95, eps=1e-8,
+      weight_decay=0.05, clip_norm=1.0))
+  c.total_steps = 3000
+  c.log_every = 50
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 2
+  c.eval = ml_collections.ConfigDict(dict(
+      every=500, split="validation", batch_size=64, num_batches=0, baseline_batches=0,
+      grid_samples=8, cross_modal_every_eval=True,
+      cross_modal=dict(inputs=("rgb",), targets=("depth", "semseg"))))
+  c.mesh = ml_collections.ConfigDict({"data": -1})
+  c.sharding_rules = None  # m4.sharding.DEFAULT_RULES.
+  c.init = ""
+  c.tensorboard = True
+  c.inject_nan_at_step = -1
+  if arg == "quick":
+    c.model.update(dim=128, num_heads=4, encoder_depth=3, decoder_depth=3)
+    c.total_steps = 600
+    c.optimizer.warmup_steps = 60
+    c.checkpoint_every = 200
+    c.eval.every = 200
+    c.log_every = 25
+  elif arg is not None:
+    raise ValueError(f"scenes_tiny: unknown variant {arg!r}; use no argument or 'quick'.")
+  return c

@@ -1,0 +1,190 @@
+"""Masked token batches for pretraining, from token shards or tokenized on the fly.
+
+    data = pretrain_data.PretrainData(config)      # checks shards vs tokenizers
+    it = data.train_iterator(seed=config.seed)     # checkpointable grain iterator
+    batch = next(it)   # {"rgb": {tensor, input_mask, target_mask, decoder_attention_mask}, ..., "id"}
+    for batch in data.eval_dataset():               # the validation split, once, padded
+      ...
+
+`config.tokens.source` picks where tokens come from:
+
+  * "shards": the token shards in `config.tokens.dir` (`m4.tools.pretokenize`);
+    training picks one of each sample's views per epoch, evaluation view 0.
+    The shards' tokenizers must be the ones `config.tokenizers` names (same
+    fingerprint), else a ConfigError names both.
+  * "on_the_fly": the raw dataset of `config.data` with its aligned random
+    crops, tokenized per sample by the VQ tokenizers of `config.tokenizers`
+    in the loader's threads (fresh crops every epoch; slower, for small runs;
+    `data.num_workers` must be 0: the tokenizers live in this process).
+
+Either way the samples go through `m4.data.masking.Masking(config.masking)`
+(in grain, per-sample seeded) and `m4.data.pipeline.make_dataset` (process
+sharded, batched, optional workers), so a resumed or multi-host run sees the
+same batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import grain
+import numpy as np
+
+from m4 import modalities as modalities_lib
+from m4.data import masking as masking_lib
+from m4.data import pipeline
+from m4.data import token_shards
+from m4.workdir import ConfigError, require
+
+SOURCES = ("shards", "on_the_fly")
+_EXTRAS = ("id", "valid")  # Sample keys that batches keep besides the modalities.
+
+
+class TokenizeImages(grain.transforms.Map):
+  """Raw (cropped) sample -> its image modalities as VQ token grids."""
+
+  def __init__(self, tokenizers: Mapping[str, Any]):
+    self.tokenizers = dict(tokenizers)
+    self.keys = {n: modalities_lib.get(n).data_key for n in self.tokenizers}
+
+  def map(self, sample):
+    out = dict(sample)
+    for name, tok in self.tokenizers.items():
+      image = np.asarray(sample[self.keys[name]])[None]
+      out[self.keys[name]] = np.asarray(tok.encode(image))[0]
+    return out
+
+
+class KeepKeys(grain.transforms.Map):
+  """Drops what batches cannot hold (strings, scene dicts) after masking."""
+
+  def __init__(self, names: Sequence[str]):
+    self.keys = tuple(names) + _EXTRAS
+
+  def map(self, sample):
+    return {k: sample[k] for k in self.keys if k in sample}
+
+
+def image_names(names: Sequence[str]) -> list[str]:
+  return [n for n in names if modalities_lib.get(n).is_image]
+
+
+class PretrainData:
+  """The token source of a pretraining config and its train / eval datasets."""
+
+  def __init__(self, config):
+    self.config = config
+    tokens = config.tokens
+    require(tokens.source in SOURCES, "tokens.source",
+            f"{tokens.source!r} is not one of {SOURCES}.")
+    self.source = tokens.source
+    self.names = tuple(config.masking.modalities)
+    try:
+      self.masker = masking_lib.Masking(config.masking)
+    except ValueError as e:
+      raise ConfigError(str(e) if str(e).startswith("config.") else f"config.masking: {e}") from None
+    named = dict(config.tokenizers or {})
+    images = image_names(self.names)
+    missing = [n for n in images if not named.get(n)]
+    require(not missing, "tokenizers", f"no VQ tokenizer named for the image modalities {missing}.")
+    self.tokenizers_wanted = {n: named.get(n) for n in self.names}
+    if self.source == "shards":
+      require(bool(tokens.dir), "tokens.dir", "the directory of the token shards is required.")
+      try:
+        self.spec = token_shards.read_spec(tokens.dir)
+      except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"config.tokens.dir: {e}") from None
+      token_shards.check_tokenizers(self.spec, self.tokenizers_wanted, tokens.dir)
+    else:
+      self.spec = None
+      require(int(config.data.num_workers) == 0, "data.num_workers",
+              "on-the-fly tokenization runs in this process; use 0 workers (or token shards).")
+    self._vq = None
+
+  # --- tokenizers (decoding pictures; on-the-fly tokenization) ---
+
+  def vq_tokenizers(self) -> dict:
+    """The VQ tokenizers of the image modalities (loaded once)."""
+    if self._vq is None:
+      from m4 import tokenizers  # pylint: disable=g-import-not-at-top
+      self._vq = {}
+      for n in image_names(self.names):
+        try:
+          self._vq[n] = tokenizers.load(self.tokenizers_wanted[n])
+        except FileNotFoundError as e:
+          raise ConfigError(f"config.tokenizers.{n}: {e}") from None
+    return self._vq
+
+  # --- datasets ---
+
+  def _read(self, split: str, training: bool, *, data=None, transforms=(), seed: int = 0,
+            keep_extras: bool = False):
+    data = data or self.config.data
+    if self.source == "shards":
+      try:
+        source = token_shards.TokenShardSource(self.config.tokens.dir, split)
+      except FileNotFoundError as e:
+        raise ConfigError(f"config.tokens.dir: {e}") from None
+      first = token_shards.SelectView(self.spec, training=training, names=self.names,
+                                      keep_extras=keep_extras)
+      return pipeline.make_dataset(data, split, seed=seed, training=training, source=source,
+                                   aligned_crop=False, transforms=[first, *transforms])
+    keep = tuple(modalities_lib.get(n).data_key for n in self.names)
+    data = data.copy_and_resolve_references() if hasattr(data, "copy_and_resolve_references") \
+        else dict(data)
+    data.modalities = tuple(dict.fromkeys(keep + (("labels", "scene") if keep_extras else ())))
+    return pipeline.make_dataset(data, split, seed=seed, training=training,
+                                 transforms=[TokenizeImages(self.vq_tokenizers()), *transforms])
+
+  def train_dataset(self, seed: int) -> grain.IterDataset:
+    """Endless masked training batches of `config.data.batch_size` (global)."""
+    return self._read(self.config.data.train_split, True, seed=seed,
+                      transforms=[self.masker, KeepKeys(self.names)])
+
+  def train_iterator(self, seed: int):
+    return iter(self.train_dataset(seed))
+
+  def eval_dataset(self, split: str, batch_size: int, seed: int) -> grain.IterDataset:
+    """One ordered pass of masked batches (padding rows: `valid` False)."""
+    return self._read(split, False, data=self._with_batch(batch_size), seed=seed,
+                      transforms=[self.masker, KeepKeys(self.names)])
+
+  def token_dataset(self, split: str, batch_size: int, *, keep_extras: bool = False):
+    """One ordered pass of unmasked samples (central view): token grids / ids
+    under their data keys, `id`, `valid`; with `keep_extras` labels and scene."""
+    return self._read(split, False, data=self._with_batch(batch_size), keep_extras=keep_extras)
+
+  def _with_batch(self, batch_size: int):
+    data = self.config.data.copy_and_resolve_references()
+    data.batch_size = int(batch_size)
+    return data
+
+
+def cross_modal_batch(tokens: Mapping[str, np.ndarray], inputs: Sequence[str], target: str,
+                      valid: np.ndarray | None = None) -> dict:
+  """A masked batch: every token of `inputs` in, every token of image `target` out.
+
+  `tokens` maps data keys to (B, h, w) token grids (a `token_dataset` batch).
+  Rows where `valid` is False get no inputs and no targets.
+  """
+  mod = modalities_lib.get(target)
+  require(mod.is_image, "eval.cross_modal.targets", f"{target!r} is not an image modality.")
+  first = np.asarray(tokens[modalities_lib.get(inputs[0]).data_key])
+  b = first.shape[0]
+  ok = np.ones((b,), bool) if valid is None else np.asarray(valid, bool)
+  batch = {}
+  for name in dict.fromkeys(tuple(inputs) + (target,)):
+    m = modalities_lib.get(name)
+    require(m.is_image, "eval.cross_modal.inputs", f"{name!r} is not an image modality.")
+    grid = np.asarray(tokens[m.data_key], np.int32).reshape(b, m.num_tokens)
+    is_in, is_tgt = name in inputs, name == target
+    dam = np.zeros((b, m.num_tokens), np.int32)
+    if is_tgt:
+      dam[:, 0] = np.where(ok, m.num_tokens, 0)
+    batch[name] = {
+        "tensor": grid,
+        "input_mask": np.broadcast_to(ok[:, None] & is_in, (b, m.num_tokens)).copy(),
+        "target_mask": np.broadcast_to(ok[:, None] & is_tgt, (b, m.num_tokens)).copy(),
+        "decoder_attention_mask": dam,
+    }
+  return batch

@@ -1,0 +1,379 @@
+"""Pre-tokenized datasets: ArrayRecord shards of token grids, one record a sample.
+
+    source = token_shards.TokenShardSource(DIR, "train")
+    record = source[0]     # {"id", "crop", "rgb": (V, 8, 8), "caption": (V, 48), ...}
+    pick = token_shards.SelectView(source.spec, training=True)   # a grain RandomMap
+
+`m4.tools.pretokenize` writes them; pretraining reads them. On disk:
+
+    DIR/spec.json        what the shards hold (written first, compared on resume):
+                         format, modalities (registry entries), tokenizers
+                         ({modality: {path, fingerprint}}), views (crop
+                         settings), source (the data config), splits
+                         ({split: {num_samples, num_shards, num_views}})
+    DIR/<split>/shard-00003-of-00016.array_record
+                         samples [3 * n / 16, 4 * n / 16) of the split, in order
+
+A record (msgpack) holds, for V views of the sample (view 0 is the central
+full view, the one evaluation uses; views 1.. are random aligned crops):
+`crop` float32 (V, 5) = (y0, x0, h, w, flipped) of each view in source
+pixels; per image modality its token grids (V, h, w) (uint16, or int32 for
+vocabularies over 65536); per sequence modality its ids (V, L) (int32,
+[EOS]-terminated, [PAD]ded; views differ when a flip swaps left and right);
+`text/<modality>` the text of view 0; `id`; and the raw sample's `labels` and
+`scene` (of view 0) when it has them.
+
+A shard is written to a hidden temporary file and renamed when complete, so
+finished shards are never rewritten and a half-written one is never read;
+readers refuse a split with missing shards.
+
+Tokenizers are identified by a fingerprint of their files (`fingerprint`):
+a pretraining run that names other tokenizers than the shards were made with
+is refused by `check_tokenizers`, naming both.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import socket
+from typing import Any, Mapping
+
+import grain
+import numpy as np
+
+from m4 import modalities as modalities_lib
+from m4 import workdir
+from m4.workdir import ConfigError
+
+FORMAT = "m4.token_shards.v1"
+SPEC_FILE = "spec.json"
+RECORD_OPTIONS = "group_size:1,zstd:3"  # group_size 1: fast random access.
+
+
+# ----------------------------------------------------------------------------
+# Tokenizer fingerprints.
+
+
+def _hash_files(paths: list[str], root: str) -> str:
+  h = hashlib.sha256()
+  for path in sorted(paths):
+    h.update(os.path.relpath(path, root).encode() + b"\0")
+    with open(path, "rb") as f:
+      for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+    h.update(b"\0")
+  return h.hexdigest()[:16]
+
+
+def fingerprint(path: str) -> str:
+  """A short hash of a tokenizer's files: the same weights, the same hash.
+
+  `path` is a VQ tokenizer directory (hashes tokenizer.json and the files of
+  the checkpoint it loads) or a text tokenizer's JSON file.
+  """
+  if os.path.isfile(path):
+    return _hash_files([path], os.path.dirname(path))
+  spec_path = os.path.join(path, "tokenizer.json")
+  if not os.path.exists(spec_path):
+    raise FileNotFoundError(f"{path}: neither a tokenizer file nor a directory with"
+                            " tokenizer.json.")
+  step = workdir.read_json(spec_path).get("step")
+  ckpt = os.path.join(path, "checkpoints")
+  steps = sorted(int(s) for s in os.listdir(ckpt) if s.isdigit()) if os.path.isdir(ckpt) else []
+  if step is None and steps:
+    step = steps[-1]
+  files = [spec_path]
+  if step is not None:
+    for root, _, names in os.walk(os.path.join(ckpt, str(step))):
+      files += [os.path.join(root, n) for n in names]
+  return _hash_files(files, path)
+
+
+def tokenizer_entry(modality: str, name_or_path: str | None) -> dict:
+  """{path, fingerprint} of the tokenizer of `modality` (None: the registry's).
+
+  Image modalities take a VQ tokenizer name or directory
+  (`m4.tokenizers.resolve`); sequences a text tokenizer name or JSON file.
+  """
+  mod = modalities_lib.get(modality)
+  name_or_path = name_or_path or mod.tokenizer
+  if mod.is_sequence:
+    from m4.tokenizers import text  # pylint: disable=g-import-not-at-top
+    path = text.resolve(name_or_path)
+  else:
+    from m4 import tokenizers  # pylint: disable=g-import-not-at-top
+    path = tokenizers.resolve(name_or_path)
+  path = os.path.abspath(path)
+  return {"path": path, "fingerprint": fingerprint(path)}
+
+
+def check_tokenizers(spec: Mapping[str, Any], wanted: Mapping[str, str | None],
+                     directory: str, field: str = "tokenizers") -> None:
+  """Raises ConfigError unless the shards' tokenizers are the `wanted` ones.
+
+  Args:
+    spec: the shards' spec (`read_spec`).
+    wanted: {modality: tokenizer name or path (None: the registry's)} that
+      the run's config names, for every modality it reads from the shards.
+    directory: the shards' directory (for the message).
+    field: the config field `wanted` comes from (for the message).
+  """
+  stored = spec["tokenizers"]
+  for name, want in wanted.items():
+    if name not in stored:
+      raise ConfigError(f"config.{field}: the token shards in {directory} hold no {name!r};"
+                        f" they hold {sorted(stored)}.")
+    try:
+      entry = tokenizer_entry(name, want)
+    except FileNotFoundError as e:
+      raise ConfigError(f"config.{field}.{name}: {e}") from None
+    if entry["fingerprint"] != stored[name]["fingerprint"]:
+      raise ConfigError(
+          f"config.{field}.{name}: the token shards in {directory} were made with tokenizer"
+          f" {stored[name]['path']} (fingerprint {stored[name]['fingerprint']}), but the"
+          f" config names {entry['path']} (fingerprint {entry['fingerprint']}); pre-tokenize"
+          " again with this tokenizer or name the one the shards were made with.")
+
+
+# ----------------------------------------------------------------------------
+# Spec and files.
+
+
+def shard_path(directory: str, split: str, shard: int, num_shards: int) -> str:
+  return os.path.join(directory, split, f"shard-{shard:05d}-of-{num_shards:05d}.array_record")
+
+
+def shard_range(num_samples: int, shard: int, num_shards: int) -> tuple[int, int]:
+  """The sample indices [start, end) of `shard`."""
+  return shard * num_samples // num_shards, (shard + 1) * num_samples // num_shards
+
+
+def read_spec(directory: str) -> dict:
+  path = os.path.join(directory, SPEC_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: {directory} holds no token shards (make them"
+                            " with python -m m4.tools.pretokenize or the pretokenize trainer).")
+  spec = workdir.read_json(path)
+  if spec.get("format") != FORMAT:
+    raise ValueError(f"{path}: format {spec.get('format')!r} is not {FORMAT!r}.")
+  return spec
+
+
+def _diff(a, b, prefix: str = "") -> list[str]:
+  """The paths where two JSON-like values differ."""
+  if isinstance(a, Mapping) and isinstance(b, Mapping):
+    out = []
+    for k in sorted(set(a) | set(b)):
+      if k not in a or k not in b:
+        out.append(f"{prefix}{k}")
+      else:
+        out += _diff(a[k], b[k], f"{prefix}{k}.")
+    return out
+  return [] if a == b else [prefix.rstrip(".") or "(root)"]
+
+
+def write_or_check_spec(directory: str, spec: Mapping[str, Any]) -> dict:
+  """Writes `spec` for new shards, or checks it equals the stored one.
+
+  A directory holding shards of another spec is never touched: ConfigError.
+  """
+  spec = dict(spec, format=FORMAT)
+  path = os.path.join(directory, SPEC_FILE)
+  if os.path.exists(path):
+    stored = workdir.read_json(path)
+    canonical = _canonical(spec)
+    differ = _diff(stored, canonical)
+    if differ:
+      what = "; ".join(f"{w}: stored {_get(stored, w)!r}, now {_get(canonical, w)!r}"
+                       for w in differ[:4])
+      raise ConfigError(
+          f"{path}: these token shards were made with other settings ({what}); nothing was"
+          " changed. Use a new directory, or the settings the shards were made with.")
+    return stored
+  workdir.write_json(path, spec)
+  return _canonical(spec)
+
+
+def _canonical(spec):
+  """`spec` as it reads back from JSON (tuples -> lists, ...)."""
+  import json  # pylint: disable=g-import-not-at-top
+  return json.loads(json.dumps(workdir._to_builtin(spec), sort_keys=True))  # pylint: disable=protected-access
+
+
+def _get(tree, path: str):
+  for k in path.split("."):
+    if not isinstance(tree, Mapping) or k not in tree:
+      return None
+    tree = tree[k]
+  return tree
+
+
+def missing_shards(directory: str, split: str, spec: Mapping[str, Any]) -> list[int]:
+  n = int(spec["splits"][split]["num_shards"])
+  return [s for s in range(n) if not os.path.exists(shard_path(directory, split, s, n))]
+
+
+# ----------------------------------------------------------------------------
+# Writing.
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def _partial_prefix(final: str) -> str:
+  d, name = os.path.split(final)
+  return os.path.join(d, f".{name}.partial.{socket.gethostname()}.")
+
+
+def remove_stale_partials(directory: str, split: str) -> None:
+  """Deletes temp files of `split` left by this host's writers that are gone."""
+  pattern = os.path.join(directory, split, f".*.partial.{socket.gethostname()}.*")
+  for path in glob.glob(pattern):
+    try:
+      pid = int(path.rsplit(".", 1)[1])
+    except ValueError:
+      continue
+    if pid != os.getpid() and not _pid_alive(pid):
+      os.remove(path)
+
+
+class ShardWriter:
+  """Writes one shard to a temp file; `commit()` renames it into place.
+
+      with ShardWriter(path) as w:
+        for record in records: w.write(record)
+        w.commit()        # without it (an exception), the temp file is removed
+  """
+
+  def __init__(self, final: str):
+    from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+    if os.path.exists(final):
+      raise FileExistsError(f"{final} exists; finished shards are never rewritten.")
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    self.final = final
+    self.tmp = _partial_prefix(final) + str(os.getpid())
+    self._writer = array_record_module.ArrayRecordWriter(self.tmp, RECORD_OPTIONS)
+
+  def write(self, record: bytes) -> None:
+    self._writer.write(record)
+
+  def commit(self) -> None:
+    self._writer.close()
+    self._writer = None
+    os.replace(self.tmp, self.final)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
+    if os.path.exists(self.tmp):
+      os.remove(self.tmp)
+
+
+def encode_record(record: Mapping[str, Any]) -> bytes:
+  from flax import serialization  # pylint: disable=g-import-not-at-top
+  return serialization.msgpack_serialize(dict(record))
+
+
+def decode_record(data: bytes) -> dict:
+  from flax import serialization  # pylint: disable=g-import-not-at-top
+  return serialization.msgpack_restore(data)
+
+
+def token_dtype(vocab_size: int):
+  return np.uint16 if vocab_size <= 1 << 16 else np.int32
+
+
+# ----------------------------------------------------------------------------
+# Reading.
+
+
+class TokenShardSource:
+  """A grain random-access source over one split's shards (records as dicts)."""
+
+  def __init__(self, directory: str, split: str):
+    self.directory = directory
+    self.split = split
+    self.spec = read_spec(directory)
+    if split not in self.spec["splits"]:
+      raise ConfigError(f"{directory}: the token shards have no split {split!r}; they have"
+                        f" {sorted(self.spec['splits'])}.")
+    missing = missing_shards(directory, split, self.spec)
+    if missing:
+      n = self.spec["splits"][split]["num_shards"]
+      raise FileNotFoundError(
+          f"{directory}/{split}: shards {missing[:5]}{'...' if len(missing) > 5 else ''} of {n}"
+          " are missing (pre-tokenization did not finish); run it again to complete them.")
+    n = int(self.spec["splits"][split]["num_shards"])
+    self.paths = [shard_path(directory, split, s, n) for s in range(n)]
+    self._source = grain.sources.ArrayRecordDataSource(self.paths)
+    want = int(self.spec["splits"][split]["num_samples"])
+    if len(self._source) != want:
+      raise ValueError(f"{directory}/{split}: the shards hold {len(self._source)} records,"
+                       f" the spec says {want}.")
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict:
+    return decode_record(self._source[index])
+
+  def __repr__(self) -> str:
+    return f"TokenShardSource({self.directory!r}, {self.split!r}, len={len(self)})"
+
+
+class SelectView(grain.transforms.RandomMap):
+  """Record -> sample of one view: what masking reads.
+
+  Training picks one of the record's views uniformly at random (per sample
+  and epoch, from grain's seeded RNG); evaluation takes view 0 (central).
+  The sample holds, under each modality's `data_key`, its int32 token grid
+  (h, w) or padded ids (L,), plus `id` (and `valid` in evaluation); with
+  `keep_extras`, also `labels` and `scene` (numeric, so they batch).
+  """
+
+  def __init__(self, spec: Mapping[str, Any], *, training: bool,
+               names: tuple[str, ...] | None = None, keep_extras: bool = False):
+    stored = spec["modalities"]
+    self.names = tuple(names) if names is not None else tuple(stored)
+    for n in self.names:
+      if n not in stored:
+        raise ConfigError(f"config.masking.modalities: {n!r} is not in the token shards"
+                          f" (they hold {sorted(stored)}).")
+      registered = modalities_lib.get(n).to_dict()
+      saved = {k: (tuple(v) if isinstance(v, list) else v) for k, v in stored[n].items()}
+      mine = {k: (tuple(v) if isinstance(v, list) else v) for k, v in registered.items()}
+      if saved != mine:
+        raise ConfigError(f"modality {n!r}: the token shards were made for {stored[n]},"
+                          f" the registry now says {registered}.")
+    self.keys = {n: modalities_lib.get(n).data_key for n in self.names}
+    if len(set(self.keys.values())) != len(self.keys):
+      raise ConfigError(f"config.masking.modalities: {self.names} share data keys {self.keys}.")
+    self.training = training
+    self.keep_extras = keep_extras
+
+  def random_map(self, record, rng: np.random.Generator) -> dict:
+    num_views = len(record["crop"])
+    view = int(rng.integers(num_views)) if self.training else 0
+    out = {"id": np.int64(record["id"])}
+    if "valid" in record:  # Evaluation padding (m4.data.pipeline).
+      out["valid"] = record["valid"]
+    for n, key in self.keys.items():
+      out[key] = np.asarray(record[n][view], np.int32)
+    if self.keep_extras:
+      for key in ("labels", "scene"):
+        if key in record:
+          out[key] = record[key]
+    return out
