@@ -22,6 +22,17 @@ def _tokenizer_stage(modality: str, data: ml_collections.ConfigDict):
   return config
 
 
+def _generate_stage(data: ml_collections.ConfigDict):
+  """configs/generate/rgb2all.py on 64 test scenes with the quickstart's run."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "generate", "rgb2all.py")
+  config = runpy.run_path(path)["get_config"]()
+  config.data.update(data)
+  config.init = "{root}/pretrain"
+  config.tokenizers.update({m: f"{{root}}/tok_{m}" for m in ("rgb", "depth", "semseg")})
+  config.num_samples = 64
+  return config
+
+
 def get_config(arg=None):
   del arg
   config = ml_collections.ConfigDict()
@@ -46,4 +57,12 @@ def get_config(arg=None):
     config.stages[f"tok_{modality}"] = _tokenizer_stage(modality, data)
 
   config.order = ("data", "tok_rgb", "tok_depth", "tok_semseg")  # Stage names in the order they run.
+
+  # Stage "generate", after "pretrain" (WORKDIR/pretrain): rgb -> depth,
+  # semseg, caption on 64 test scenes (about a minute): a grid of inputs,
+  # generations and ground truth, and the figures against the tokenizers'
+  # reconstruction (configs/generate/rgb2all.py).
+  config.stages.generate = _generate_stage(data)
+  if "pretrain" in config.order:
+    config.order += ("generate",)
   return config
