@@ -31,9 +31,9 @@ def base(inputs, targets, chained=False) -> ml_collections.ConfigDict:
   c.split = "test"
   c.num_samples = 256  # 0: the whole split.
   c.grid_rows = 8
-  # VQ tokenizers by name (searched as m4.tokenizers.load does) or directory.
-  c.tokenizers = ml_collections.ConfigDict(dict(rgb="vq_rgb", depth="vq_depth",
-                                                semseg="vq_semseg"))
+  # VQ tokenizers by name (searched as m4.tokenizers.load does) or directory;
+  # "": the ones the pretraining run used (its config.json's `tokenizers`).
+  c.tokenizers = ml_collections.ConfigDict(dict(rgb="", depth="", semseg=""))
   c.inputs = tuple(inputs)
   c.targets = tuple(targets)
   c.chained = chained

@@ -26,8 +26,9 @@ Config fields:
   seed: generation randomness (per batch: fold_in(seed, batch index)).
   data: the held-out data (m4.data.pipeline.data_config fields).
   split, num_samples (0: the whole split), grid_rows.
-  tokenizers: {modality: VQ tokenizer name or directory}; a modality not
-    listed loads its registry `tokenizer` name (m4.tokenizers.load).
+  tokenizers: {modality: VQ tokenizer name or directory}; "" or a modality
+    not listed: the one the pretraining run's config.json names (its
+    `tokenizers`), else the registry's `tokenizer` name (m4.tokenizers.load).
   inputs: modalities given from the ground truth.
   targets: modalities generated, in order; chained: see above.
   decoding: {target: Step fields}.
@@ -110,10 +111,16 @@ def _check(config, steps, model):
               f"{name!r} is not an input of this step.")
 
 
-def _load_tokenizers(config, names):
-  """VQ tokenizers of the image modalities and text tokenizers of sequences."""
+def load_tokenizers(init: str, names, overrides=None):
+  """({image modality: VQTokenizer}, {sequence modality: TextTokenizer}).
+
+  A VQ tokenizer is the one `overrides` names, else the one the run at
+  `init` names in its config.json (`tokenizers`), else the registry's.
+  """
   vq, text = {}, {}
-  paths = dict(config.tokenizers or {})
+  run = workdir_lib.read_json(os.path.join(init, pretrained.CONFIG)).get("tokenizers")
+  paths = {k: v for k, v in dict(run or {}).items() if v}
+  paths.update({k: v for k, v in dict(overrides or {}).items() if v})
   for name in names:
     mod = modalities.get(name)
     if mod.is_image:
@@ -152,7 +159,7 @@ def run(config, workdir: str) -> dict:
   _check(config, steps, model)
   gen = generation.Generator(model)
   names = tuple(config.inputs) + tuple(config.targets)
-  vq, text = _load_tokenizers(config, names)
+  vq, text = load_tokenizers(config.init, names, config.tokenizers)
   data = _data_config(config)
   total = len(sources.make_source(data, config.split))
   n = total if not config.num_samples else min(int(config.num_samples), total)
