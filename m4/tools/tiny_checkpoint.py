@@ -38,7 +38,7 @@ TINY_MODEL = dict(dim=32, num_heads=2, encoder_depth=1, decoder_depth=1,
 TINY_VQ = dict(channels=(16, 32), num_res_blocks=1, code_dim=8, patch=4)
 
 
-def _numpy_init(make, seed: int, fan_in):
+def numpy_init(make, seed: int, fan_in):
   """The module `make()` builds, with every array drawn in numpy (module doc)."""
   abstract = nnx.eval_shape(make)
   state = nnx.state(abstract)
@@ -67,7 +67,7 @@ def tiny_model(seed: int = 0, names=NAMES, **overrides) -> FourM:
   """A random FourM (TINY_MODEL sizes) over the registered `names`."""
   cfg = configs.preset("tiny", encoder_modalities=tuple(names), decoder_modalities=tuple(names),
                        **{**TINY_MODEL, **overrides})
-  return _numpy_init(lambda: FourM(cfg, rngs=nnx.Rngs(seed)), seed, lambda _: cfg.dim)
+  return numpy_init(lambda: FourM(cfg, rngs=nnx.Rngs(seed)), seed, lambda _: cfg.dim)
 
 
 def tiny_tokenizer(name: str, seed: int = 0, image_size=(64, 64)):
@@ -79,7 +79,7 @@ def tiny_tokenizer(name: str, seed: int = 0, image_size=(64, 64)):
     io["num_classes"] = len(scenes.CLASSES)
   spec = vq_tokenizer.TokenizerSpec(modality=modalities.get(name).to_dict(),
                                     image_size=tuple(image_size), model=dict(TINY_VQ), io=io)
-  model = _numpy_init(lambda: vq_tokenizer.build(spec, nnx.Rngs(seed))[0], seed,
+  model = numpy_init(lambda: vq_tokenizer.build(spec, nnx.Rngs(seed))[0], seed,
                       lambda shape: math.prod(shape[:-1]))
   return vq_tokenizer.VQTokenizer(model, modality_io.make(name, **io), spec)
 
