@@ -286,8 +286,7 @@ class Generator:
     tokens0, known0 = state[name]["tensor"], state[name]["known"]
     b = tokens0.shape[0]
     unknown = jnp.sum(~known0, axis=1)
-    frac = np.concatenate([[0.0], step.known_fractions()]).astype(np.float32)
-    goals = jnp.floor(jnp.asarray(frac)[None, :] * unknown[:, None] + 0.5).astype(jnp.int32)
+    goals = jnp.asarray(step.done_table(n_tok))[unknown]  # (B, S + 1) known after each step.
     temps = jnp.asarray(step.temperatures())
     rows = jnp.arange(b)[:, None]
     if step.scheme == "roar":

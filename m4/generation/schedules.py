@@ -156,18 +156,21 @@ class Step:
       factor = (1.0 + np.cos(np.pi * progress)) / 2.0
     return (self.temperature * factor).astype(np.float32)
 
+  def done_table(self, num_tokens: int) -> np.ndarray:
+    """(num_tokens + 1, S + 1) int32: row n, column i = how many of n unknown
+    tokens are known after i steps, floor(fraction x n + 0.5)."""
+    frac = np.concatenate([[0.0], self.known_fractions()])
+    n = np.arange(num_tokens + 1, dtype=np.float64)[:, None]
+    return np.floor(frac[None, :] * n + 0.5).astype(np.int32)
+
   def max_per_step(self, num_tokens: int) -> int:
     """The most tokens any step decodes, for any number of unknown tokens <= num_tokens."""
-    frac = np.concatenate([[0.0], self.known_fractions()])
-    n = np.arange(num_tokens + 1)[:, None]
-    done = np.floor(frac[None, :] * n + 0.5)
-    return max(1, int(np.max(np.diff(done, axis=1))))
+    return max(1, int(np.max(np.diff(self.done_table(num_tokens), axis=1))))
 
 
 def counts(step: Step, num_unknown: int) -> np.ndarray:
   """(S,) tokens each step decodes for a sample with `num_unknown` unknown tokens."""
-  done = np.floor(np.concatenate([[0.0], step.known_fractions()]) * num_unknown + 0.5)
-  return np.diff(done).astype(np.int64)
+  return np.diff(step.done_table(num_unknown)[num_unknown]).astype(np.int64)
 
 
 STEP_FIELDS = tuple(f.name for f in dataclasses.fields(Step) if f.name != "modality")
