@@ -99,7 +99,9 @@ def test_caption_pairs_and_object_presence():
   sums = quality.presence_sums(maps, ["a red sphere and a green cone", "a blue cylinder"],
                                np.array([True, True]))
   assert sums == {"tp": 1.0, "fp": 1.0, "fn": 2.0}
-  assert quality.presence_figures(sums)["presence_f1"] == pytest.approx(2 * 0.5 * (1 / 3) / (0.5 + 1 / 3))
+  precision, recall = 1 / 2, 1 / 3
+  assert quality.presence_figures(sums)["presence_f1"] == pytest.approx(
+      2 * precision * recall / (precision + recall))
 
 
 # ---------------------------------------------------------------- the sampler
@@ -278,7 +280,8 @@ def test_generate_trainer_writes_grid_tokens_and_metrics(tiny_run, tmp_path):
     assert os.path.getsize(summary["grid"]) > 1000
   rgb2all = json.load(open(os.path.join(tmp_path, "rgb2all", "eval", "metrics.json")))
   assert 0 <= rgb2all["generated"]["rgb->depth"]["delta1"] <= 1
-  assert set(rgb2all["ceiling"]) == {"depth"}
+  assert set(rgb2all["ceiling"]) == {"depth", "caption"}
+  assert rgb2all["ceiling"]["caption"]["pair_f1"] == 1.0  # True captions name every object.
   chain = json.load(open(os.path.join(tmp_path, "caption2semseg2rgb", "eval", "metrics.json")))
   assert set(chain["ceiling"]) == {"semseg", "semseg/presence"}
   assert "guidance 2" in chain["decoding"]["semseg"]

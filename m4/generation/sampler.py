@@ -1,11 +1,11 @@
 """The sampler: chained any-to-any generation with a 4M model, jitted.
 
     gen = Generator(model)
-    state = {"rgb": image_entry(rgb_tokens)}                # given: all tokens known
+    state = {"rgb": image_entry("rgb", rgb_tokens)}         # given: all tokens known
     steps = [Step("semseg", "maskgit", num_steps=8), Step("caption", "autoregressive")]
     result = gen.generate(state, steps, seed=0)
     result.state["semseg"]["tensor"]                        # (B, 64) int32
-    result.captions["caption"]                              # (B, L + 1) ids (given + generated)
+    result.state["caption"]["tensor"]                       # (B, L + 1) ids, [PAD] after
 
 A *state* maps modality names to entries `{"tensor", "known"}`:
   image     tensor (B, h*w) int32 tokens; known (B, h*w) bool. Unknown tokens
@@ -14,16 +14,20 @@ A *state* maps modality names to entries `{"tensor", "known"}`:
   sequence  tensor (B, L + 1) int32: the caption's input sequence, [PAD]
             after it (L = the modality's num_tokens); known (B, L + 1) marks
             its tokens. Sentinels [S_1], [S_2], ... mark spans to fill; an
-            empty input means "write the whole caption".
+            empty input means "write the whole caption" (no caption input
+            tokens, as m4's masking gives a caption with no input budget;
+            4M's reference feeds a lone [S_1] instead).
   pixels    tensor (B, H, W, C) images; known (B, patches): encoder input only.
 
 Each step of a chain decodes one target with its scheme (`schedules.Step`)
 from every entry of the state (`chained=True`: finished targets included),
-with classifier-free guidance when `cfg_scale != 1` (both passes run as one
-batch of 2B). Every scheme is one jitted function with static shapes: loops
-are `lax.fori_loop` / `lax.while_loop`, per-step token counts are masks, and
-the encoder always has one slot per token of the state. Results depend only
-on the seed (and the model), not on the batch's other samples' timing.
+with classifier-free guidance when `Step.guided` (both passes run as one
+batch of 2B; the unconditional half has the condition modalities' inputs
+dropped, as the masking's condition dropout trains it). Every scheme is one
+jitted function with static shapes: loops are `lax.fori_loop` /
+`lax.while_loop`, per-step token counts are masks, and the encoder has one
+slot per token of the state. Results are deterministic for a given seed and
+batch.
 
 Captions are generated as 4M's span targets, "[S_1] span_1 [S_2] ... [S_m+1]",
 one token at a time through `FourM.decode_step`'s key/value cache
@@ -145,7 +149,8 @@ def _check_state(state: Mapping[str, Mapping[str, Any]]) -> int:
   for name, e in state.items():
     mod = modalities.get(name)
     if set(e) != {"tensor", "known"}:
-      raise ValueError(f"generation: state[{name!r}] must have 'tensor' and 'known', has {sorted(e)}.")
+      raise ValueError(f"generation: state[{name!r}] must have 'tensor' and 'known',"
+                       f" has {sorted(e)}.")
     n = mod.num_tokens + 1 if mod.is_sequence else mod.num_tokens
     if np.shape(e["known"])[1:] != (n,):
       raise ValueError(f"generation: state[{name!r}]['known'] has shape {np.shape(e['known'])};"

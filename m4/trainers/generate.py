@@ -203,6 +203,10 @@ def run(config, workdir: str) -> dict:
         if "scene" in batch:
           sums.add(label, quality.caption_pair_sums(texts[name], batch["scene"], valid))
           finalize[label] = quality.caption_pair_figures
+          if mod.data_key in batch:  # The true caption through the text tokenizer.
+            truth = [text[name].decode(text[name].encode(str(t))) for t in batch[mod.data_key]]
+            ceiling.add(name, quality.caption_pair_sums(truth, batch["scene"], valid))
+            ceiling_finalize[name] = quality.caption_pair_figures
         continue
       tok = vq[name]
       tokens = entry["tensor"].reshape((-1,) + tuple(mod.grid))
