@@ -13,19 +13,50 @@ import runpy
 import ml_collections
 
 
+def _stage(path: str, arg=None) -> ml_collections.ConfigDict:
+  """get_config(arg) of configs/<path>."""
+  return runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), path))[
+      "get_config"](arg)
+
+
+def _pretokenize_stage(data: ml_collections.ConfigDict):
+  """configs/pretokenize/scenes.py with the quickstart's data and tokenizers (1 random view)."""
+  config = _stage("pretokenize/scenes.py")
+  config.data.update(data)
+  config.tokenizers.update({m: f"{{root}}/tok_{m}" for m in ("rgb", "depth", "semseg")})
+  config.random_views = 1
+  return config
+
+
+def _pretrain_stage(data: ml_collections.ConfigDict):
+  """configs/pretrain/scenes_tiny.py:quick on the quickstart's token shards."""
+  config = _stage("pretrain/scenes_tiny.py", "quick")
+  config.data.update(data)
+  config.tokens.dir = "{root}/tokens"
+  config.tokenizers.update({m: f"{{root}}/tok_{m}" for m in ("rgb", "depth", "semseg")})
+  return config
+
+
 def _tokenizer_stage(modality: str, data: ml_collections.ConfigDict):
   """configs/tokenizers/<modality>_scenes.py:quick, on the quickstart's data."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tokenizers",
-                      f"{modality}_scenes.py")
-  config = runpy.run_path(path)["get_config"]("quick")
+  config = _stage(f"tokenizers/{modality}_scenes.py", "quick")
   config.data.update(data)
+  return config
+
+
+def _generate_stage(data: ml_collections.ConfigDict):
+  """configs/generate/rgb2all.py on 64 test scenes with the quickstart's run."""
+  config = _stage("generate/rgb2all.py")
+  config.data.update(data)
+  config.init = "{root}/pretrain"
+  config.tokenizers.update({m: f"{{root}}/tok_{m}" for m in ("rgb", "depth", "semseg")})
+  config.num_samples = 64
   return config
 
 
 def _transfer_stage(data: ml_collections.ConfigDict):
   """configs/transfer/scenes.py:quick on the quickstart's data, tokenizers and model."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "transfer", "scenes.py")
-  config = runpy.run_path(path)["get_config"]("quick")
+  config = _stage("transfer/scenes.py", "quick")
   config.data.update(data)
   config.tokenizers.update({"rgb": "{root}/tok_rgb", "depth": "{root}/tok_depth"})
   config.init = "{root}/pretrain"
@@ -56,6 +87,19 @@ def get_config(arg=None):
     config.stages[f"tok_{modality}"] = _tokenizer_stage(modality, data)
 
   config.order = ("data", "tok_rgb", "tok_depth", "tok_semseg")  # Stage names in the order they run.
+
+  # Stage "tokens": every sample's tokens (central view + 1 random crop for
+  # training) in WORKDIR/tokens, so pretraining reads tokens, not pixels.
+  config.stages.tokens = _pretokenize_stage(data)
+  # Stage "pretrain": the 4M model (quick variant of configs/pretrain/scenes_tiny.py).
+  config.stages.pretrain = _pretrain_stage(data)
+  config.order += ("tokens", "pretrain")
+
+  # Stage "generate": rgb -> depth, semseg, caption on 64 test scenes (about
+  # a minute): a grid of inputs, generations and ground truth, and the figures
+  # against the tokenizers' reconstruction (configs/generate/rgb2all.py).
+  config.stages.generate = _generate_stage(data)
+  config.order += ("generate",)
 
   # Stage "transfer": count and segmentation from RGB tokens with 10 % of the
   # labels, probed and fine-tuned, from the pretrained model and from scratch,

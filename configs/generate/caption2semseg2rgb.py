@@ -1,0 +1,25 @@
+"""Caption -> semseg -> RGB: a scene drawn from its description, chained.
+
+    python -m m4.main --config=configs/generate/caption2semseg2rgb.py \
+        --workdir=workdirs/generate/caption2semseg2rgb --config.init=workdirs/pretrain/scenes_tiny
+
+The semantic map is generated from the true caption (MaskGIT, classifier-free
+guidance on the caption), then RGB from caption + generated map. Scored by
+object presence: do the shapes the caption names appear in the map?
+"""
+
+import os
+import runpy
+
+_COMMON = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
+
+
+def get_config(arg=None):
+  del arg
+  c = _COMMON["base"](inputs=("caption",), targets=("semseg", "rgb"), chained=True)
+  c.decoding.semseg.num_steps = 12
+  c.decoding.semseg.temperature = 1.0
+  c.decoding.semseg.cfg_scale = 2.0
+  c.decoding.rgb.num_steps = 12
+  c.decoding.rgb.temperature = 1.0
+  return c

@@ -1,0 +1,490 @@
+"""The sampler: chained any-to-any generation with a 4M model, jitted.
+
+    gen = Generator(model)
+    state = {"rgb": image_entry("rgb", rgb_tokens)}         # given: all tokens known
+    steps = [Step("semseg", "maskgit", num_steps=8), Step("caption", "autoregressive")]
+    result = gen.generate(state, steps, seed=0)
+    result.state["semseg"]["tensor"]                        # (B, 64) int32
+    result.state["caption"]["tensor"]                       # (B, L + 1) ids, [PAD] after
+
+A *state* maps modality names to entries `{"tensor", "known"}`:
+  image     tensor (B, h*w) int32 tokens; known (B, h*w) bool. Unknown tokens
+            are generated, known ones are kept (in-painting) and are encoder
+            inputs.
+  sequence  tensor (B, L + 1) int32: the caption's input sequence, [PAD]
+            after it (L = the modality's num_tokens); known (B, L + 1) marks
+            its tokens. Sentinels [S_1], [S_2], ... mark spans to fill; an
+            empty input means "write the whole caption" (no caption input
+            tokens, as m4's masking gives a caption with no input budget;
+            4M's reference feeds a lone [S_1] instead).
+  pixels    tensor (B, H, W, C) images; known (B, patches): encoder input only.
+
+Each step of a chain decodes one target with its scheme (`schedules.Step`)
+from every entry of the state (`chained=True`: finished targets included),
+with classifier-free guidance when `Step.guided` (both passes run as one
+batch of 2B; the unconditional half has the condition modalities' inputs
+dropped, as the masking's condition dropout trains it). Every scheme is one
+jitted function with static shapes: loops are `lax.fori_loop` /
+`lax.while_loop`, per-step token counts are masks, and the encoder has one
+slot per token of the state. Results are deterministic for a given seed and
+batch.
+
+Captions are generated as 4M's span targets, "[S_1] span_1 [S_2] ... [S_m+1]",
+one token at a time through `FourM.decode_step`'s key/value cache
+(`use_cache=False` re-runs the decoder on the whole prefix each token, as
+4M's reference does; the tests check both give the same logits), until the
+closing sentinel; the spans are then merged into the input
+(`masking.merge_spans`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from m4 import modalities
+from m4.data import masking
+from m4.generation import sampling
+from m4.generation.schedules import Step
+from m4.tokenizers import text as text_lib
+
+Array = jax.Array
+State = dict[str, dict[str, Any]]
+
+# The text vocabulary's layout (m4's and 4M's): [PAD] [UNK] [SOS] [EOS] [S_0]..[S_199].
+PAD_ID = 0
+EOS_ID = 3
+FIRST_SENTINEL_ID = text_lib.FIRST_SENTINEL_ID
+NUM_SENTINELS = 200
+
+
+def sentinel(i: int) -> int:
+  """The id of [S_i]."""
+  return FIRST_SENTINEL_ID + i
+
+
+def is_sentinel(ids):
+  xp = jnp if isinstance(ids, jax.Array) else np
+  ids = xp.asarray(ids)
+  return (ids >= FIRST_SENTINEL_ID) & (ids < FIRST_SENTINEL_ID + NUM_SENTINELS)
+
+
+# ---------------------------------------------------------------- entries
+
+
+def image_entry(name: str, tokens, known=None) -> dict:
+  """An image entry: tokens (B, h, w) or (B, h*w); known defaults to all True."""
+  mod = modalities.get(name)
+  tokens = np.asarray(tokens)
+  if tokens.ndim == 3:
+    tokens = tokens.reshape(tokens.shape[0], -1)
+  if tokens.ndim != 2 or tokens.shape[1] != mod.num_tokens:
+    raise ValueError(f"generation: {name!r} tokens must be (B, {mod.grid[0]}, {mod.grid[1]}) or"
+                     f" (B, {mod.num_tokens}); got {tokens.shape}.")
+  if known is None:
+    known = np.ones(tokens.shape, bool)
+  known = np.asarray(known, bool).reshape(tokens.shape)
+  return {"tensor": tokens.astype(np.int32), "known": known}
+
+
+def empty_entry(name: str, batch_size: int) -> dict:
+  """Nothing known: the whole modality is to be generated."""
+  mod = modalities.get(name)
+  n = mod.num_tokens + 1 if mod.is_sequence else mod.num_tokens
+  return {"tensor": np.full((batch_size, n), PAD_ID, np.int32),
+          "known": np.zeros((batch_size, n), bool)}
+
+
+def sequence_entry(name: str, ids: Sequence[Sequence[int]]) -> dict:
+  """A sequence entry from per-sample input ids (sentinels mark spans to fill).
+
+  Sentinels must be [S_1], [S_2], ... in order, as masking writes them; ids
+  are cut to num_tokens + 1.
+  """
+  mod = modalities.get(name)
+  n = mod.num_tokens + 1
+  tensor = np.full((len(ids), n), PAD_ID, np.int32)
+  for b, row in enumerate(ids):
+    row = np.asarray(row, np.int32)[:n]
+    sentinels = row[is_sentinel(row)]
+    want = np.arange(1, len(sentinels) + 1) + FIRST_SENTINEL_ID
+    if not np.array_equal(sentinels, want):
+      raise ValueError(f"generation: {name!r} input {b} has sentinels"
+                       f" {(sentinels - FIRST_SENTINEL_ID).tolist()}; they must be"
+                       f" [S_1], [S_2], ... in order.")
+    tensor[b, :len(row)] = row
+  return {"tensor": tensor, "known": tensor != PAD_ID}
+
+
+def text_entry(name: str, texts: Sequence[str], tokenizer: text_lib.TextTokenizer) -> dict:
+  """A sequence entry from text: "a red [S_1] left of [S_2]" fills two spans.
+
+  As masking's inputs: word pieces, then [EOS] unless the text ends in a
+  sentinel (the last span then holds the end); "" means write it all.
+  """
+  ids = []
+  for t in texts:
+    row = tokenizer.encode(t) if t else []
+    if row and not tokenizer.is_sentinel(np.asarray(row[-1:]))[0]:
+      row = row + [tokenizer.eos_id]
+    ids.append(row)
+  return sequence_entry(name, ids)
+
+
+def pixel_entry(name: str, images) -> dict:
+  """A pixel entry (encoder input only): images (B, H, W, C), every patch known."""
+  mod = modalities.get(name)
+  images = np.asarray(images, np.float32)
+  return {"tensor": images, "known": np.ones((images.shape[0], mod.num_tokens), bool)}
+
+
+def _check_state(state: Mapping[str, Mapping[str, Any]]) -> int:
+  sizes = set()
+  for name, e in state.items():
+    mod = modalities.get(name)
+    if set(e) != {"tensor", "known"}:
+      raise ValueError(f"generation: state[{name!r}] must have 'tensor' and 'known',"
+                       f" has {sorted(e)}.")
+    n = mod.num_tokens + 1 if mod.is_sequence else mod.num_tokens
+    if np.shape(e["known"])[1:] != (n,):
+      raise ValueError(f"generation: state[{name!r}]['known'] has shape {np.shape(e['known'])};"
+                       f" expected (B, {n}).")
+    if mod.kind != modalities.PIXELS and np.shape(e["tensor"]) != np.shape(e["known"]):
+      raise ValueError(f"generation: state[{name!r}]['tensor'] has shape {np.shape(e['tensor'])};"
+                       f" expected {np.shape(e['known'])}.")
+    sizes.add(np.shape(e["known"])[0])
+  if len(sizes) != 1:
+    raise ValueError(f"generation: the state's entries have different batch sizes {sorted(sizes)}.")
+  return sizes.pop()
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclasses.dataclass
+class Result:
+  """What `Generator.generate` returns.
+
+  Attributes:
+    state: every entry, targets now fully known (numpy).
+    filled_at: per image target, (B, N) int32 step at which each token was
+      decided (-1: given).
+    step_counts: per image target, (B, S) int32 tokens decided at each step.
+    targets: per sequence target, (B, length) int32 generated target ids
+      after the opening [S_1] (closing sentinel included, [PAD] after it).
+    logits: per sequence target, (B, length, V) float32 logits of each
+      generated token (only with `return_logits=True`).
+    seconds: per target, wall time of its step (device work included).
+  """
+
+  state: State
+  filled_at: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  step_counts: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  targets: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  logits: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- the sampler
+
+
+def _image_dam(mask: Array) -> Array:
+  """4M's image decoder_attention_mask: the number of targets at the first one."""
+  n = mask.shape[1]
+  first = jnp.argmax(mask, axis=1)
+  count = jnp.sum(mask, axis=1, dtype=jnp.int32)
+  return jnp.where(jnp.arange(n)[None, :] == first[:, None], count[:, None], 0).astype(jnp.int32)
+
+
+class Generator:
+  """Any-to-any generation with a FourM model (see the module docstring)."""
+
+  def __init__(self, model):
+    self.cfg = model.cfg
+    self.graphdef, self.params = nnx.split(model)
+    # Steps are static (shapes, loops); the guidance scale is an argument,
+    # so every scale of a guided step shares one compiled function.
+    self._image = jax.jit(self._image_impl, static_argnames=("step",))
+    self._sequence = jax.jit(self._sequence_impl,
+                             static_argnames=("step", "use_cache", "return_logits"))
+
+  # ---- model batches
+
+  def _batch(self, state: State, target: str | None = None, target_mask=None,
+             target_ids=None) -> dict:
+    """The masked batch of `state`; `target` gets `target_mask` (and, for a
+    sequence, `target_ids` in its target half)."""
+    batch = {}
+    for name, e in state.items():
+      if name not in self.cfg.encoder_modalities and name != target:
+        continue
+      mod = modalities.get(name)
+      known = e["known"]
+      if mod.kind == modalities.PIXELS:
+        batch[name] = {"tensor": e["tensor"], "input_mask": known}
+        continue
+      zeros = jnp.zeros_like(known)
+      tmask = target_mask if name == target else zeros
+      if mod.is_sequence:
+        ids = target_ids if name == target and target_ids is not None else jnp.zeros_like(known,
+                                                                                         jnp.int32)
+        batch[name] = {
+            "tensor": jnp.concatenate([e["tensor"], ids], axis=1),
+            "input_mask": jnp.concatenate([known, zeros], axis=1),
+            "target_mask": jnp.concatenate([zeros, tmask], axis=1),
+            "decoder_attention_mask": jnp.concatenate([zeros, tmask], axis=1).astype(jnp.int32)}
+      else:
+        batch[name] = {"tensor": e["tensor"], "input_mask": known, "target_mask": tmask,
+                       "decoder_attention_mask": _image_dam(tmask)}
+    return batch
+
+  def _capacity(self, state: State) -> int:
+    """Encoder slots: one per token that any entry could give."""
+    return sum(e["known"].shape[1] for n, e in state.items() if n in self.cfg.encoder_modalities)
+
+  @staticmethod
+  def _doubled(state: State, conditions: Sequence[str]) -> State:
+    """[conditional; unconditional] along the batch: the second half has the
+    `conditions` dropped from the encoder input."""
+    out = {}
+    for name, e in state.items():
+      known_u = jnp.zeros_like(e["known"]) if name in conditions else e["known"]
+      out[name] = {"tensor": jnp.concatenate([e["tensor"], e["tensor"]], axis=0),
+                   "known": jnp.concatenate([e["known"], known_u], axis=0)}
+    return out
+
+  def _encode(self, model, state: State, step: Step):
+    """Encoder output for `state` (doubled when guided)."""
+    if step.guided:
+      state = self._doubled(state, step.cfg_conditions)
+    batch = self._batch(state)
+    return model.encode(batch, self._capacity(state)), state
+
+  # ---- images: MaskGIT and ROAR
+
+  def _image_logits(self, model, state, step, scale, target_mask, num_slots):
+    """(B, slots, V) logits of the target tokens in `target_mask`, their
+    positions and validity (B, slots)."""
+    name = step.modality
+    b = target_mask.shape[0]
+    if step.guided:
+      state = self._doubled(state, step.cfg_conditions)
+      target_mask = jnp.concatenate([target_mask, target_mask], axis=0)
+    batch = self._batch(state, name, target_mask)
+    encoded = model.encode(batch, self._capacity(state))
+    decoded = model.decode({name: batch[name]}, encoded, num_slots)
+    logits = model.logits(decoded.out, name)
+    if step.guided:
+      logits = sampling.guide(logits[:b], logits[b:], scale)
+    return logits, decoded.slots.position[:b], decoded.slots.valid[:b]
+
+  def _image_impl(self, params, state, key, scale, step: Step):
+    model = nnx.merge(self.graphdef, params)
+    name = step.modality
+    n_tok = modalities.get(name).num_tokens
+    tokens0, known0 = state[name]["tensor"], state[name]["known"]
+    b = tokens0.shape[0]
+    unknown = jnp.sum(~known0, axis=1)
+    goals = jnp.asarray(step.done_table(n_tok))[unknown]  # (B, S + 1) known after each step.
+    temps = jnp.asarray(step.temperatures())
+    rows = jnp.arange(b)[:, None]
+    if step.scheme == "roar":
+      num_slots = step.max_per_step(n_tok)
+      key, order_key = jax.random.split(key)
+      noise = jax.random.uniform(order_key, (b, n_tok))
+      order = jnp.argsort(jnp.where(known0, 2.0, noise), axis=1)
+      rank = jnp.zeros((b, n_tok), jnp.int32).at[rows, order].set(jnp.arange(n_tok)[None])
+    else:
+      num_slots = n_tok
+
+    def body(i, carry):
+      tokens, known, filled_at, counts = carry
+      if step.scheme == "roar":
+        target_mask = ~known0 & (rank >= goals[:, i, None]) & (rank < goals[:, i + 1, None])
+      else:
+        target_mask = ~known
+      current = dict(state, **{name: {"tensor": tokens, "known": known}})
+      logits, pos, valid = self._image_logits(model, current, step, scale, target_mask, num_slots)
+      drawn, probs = sampling.sample(logits, jax.random.fold_in(key, i), temps[i],
+                                     step.top_k, step.top_p)
+      if step.scheme == "roar":
+        commit = valid
+      else:  # Keep the most confident, as many as the schedule says.
+        todo = goals[:, i + 1] - (unknown - jnp.sum(~known, axis=1))  # Goal - decided.
+        conf = jnp.where(valid, probs, -jnp.inf)
+        slot_rank = jnp.argsort(jnp.argsort(-conf, axis=1, stable=True), axis=1)
+        commit = valid & (slot_rank < todo[:, None])
+      where = jnp.where(commit, pos, n_tok)  # Out of range: dropped.
+      tokens = tokens.at[rows, where].set(drawn, mode="drop")
+      known = known.at[rows, where].set(True, mode="drop")
+      filled_at = filled_at.at[rows, where].set(i, mode="drop")
+      counts = counts.at[:, i].set(jnp.sum(commit, axis=1, dtype=jnp.int32))
+      return tokens, known, filled_at, counts
+
+    init = (tokens0, known0, jnp.full((b, n_tok), -1, jnp.int32),
+            jnp.zeros((b, step.num_steps), jnp.int32))
+    tokens, known, filled_at, counts = jax.lax.fori_loop(0, step.num_steps, body, init)
+    return {"tensor": tokens, "known": known}, filled_at, counts
+
+  # ---- sequences: autoregressive with a KV cache
+
+  def _sequence_impl(self, params, state, key, scale, step: Step, use_cache: bool = True,
+                     return_logits: bool = False):
+    model = nnx.merge(self.graphdef, params)
+    name = step.modality
+    mod = modalities.get(name)
+    length = step.length
+    entry = state[name]
+    b = entry["tensor"].shape[0]
+    num_inputs_sentinels = jnp.sum(entry["known"] & is_sentinel(entry["tensor"]), axis=1)
+    stop = sentinel(1) + jnp.maximum(num_inputs_sentinels, 1)  # [S_{m+1}], [S_2] if none.
+    temps = jnp.asarray(step.temperatures(length))
+    encoded, enc_state = self._encode(model, state, step)
+    bb = encoded.out.shape[0]  # 2B when guided.
+    vocab = mod.vocab_size
+
+    if use_cache:
+      def next_logits(i, token, cache, out):
+        del out
+        return model.decode_step(cache, name, jnp.concatenate([token] * (bb // b)), i)
+      cache0 = model.init_cache(encoded, length)
+    else:
+      n_in = mod.num_tokens + 1
+      positions = jnp.arange(n_in)[None, :]
+
+      def next_logits(i, token, cache, out):
+        del token
+        ids = jnp.concatenate([jnp.full((b, 1), sentinel(1), jnp.int32), out], axis=1)
+        ids = jnp.pad(ids, ((0, 0), (0, n_in - ids.shape[1])))
+        ids = jnp.concatenate([ids] * (bb // b))
+        mask = jnp.broadcast_to(positions < i + 2, (bb, n_in))
+        batch = self._batch(enc_state, name, mask, ids)
+        decoded = model.decode({name: batch[name]}, encoded, length)
+        out_i = jnp.take_along_axis(decoded.out, jnp.full((bb, 1, 1), i), axis=1)[:, 0]
+        return model.logits(out_i, name), cache
+      cache0 = jnp.zeros(())
+
+    def cond(carry):
+      i, _, _, _, done, _ = carry
+      return (i < length) & ~jnp.all(done)
+
+    def body(carry):
+      i, token, cache, out, done, seen = carry
+      logits, cache = next_logits(i, token, cache, out)
+      if step.guided:
+        logits = sampling.guide(logits[:b], logits[b:], scale)
+      drawn, _ = sampling.sample(logits, jax.random.fold_in(key, i), temps[i],
+                                 step.top_k, step.top_p)
+      drawn = jnp.where(done, PAD_ID, drawn)
+      out = out.at[:, i].set(drawn)
+      if return_logits:
+        seen = seen.at[:, i].set(logits)
+      return i + 1, drawn, cache, out, done | (drawn == stop), seen
+
+    seen0 = jnp.zeros((b, length, vocab) if return_logits else (), jnp.float32)
+    init = (jnp.zeros((), jnp.int32), jnp.full((b,), sentinel(1), jnp.int32), cache0,
+            jnp.full((b, length), PAD_ID, jnp.int32), jnp.zeros((b,), bool), seen0)
+    _, _, _, out, _, seen = jax.lax.while_loop(cond, body, init)
+    return out, seen
+
+  # ---- chains
+
+  def resolve(self, step: Step, state: Mapping[str, Mapping[str, Any]]) -> Step:
+    """`step` with its guidance conditions made explicit (and checked)."""
+    if step.modality not in self.cfg.decoder_modalities:
+      raise ValueError(f"generation: the model cannot generate {step.modality!r}; its targets"
+                       f" are {self.cfg.decoder_modalities}.")
+    if not step.guided:
+      return dataclasses.replace(step, cfg_conditions=())
+    conditions = step.cfg_conditions
+    if conditions is None:
+      conditions = tuple(n for n, e in state.items() if n != step.modality
+                         and n in self.cfg.encoder_modalities and np.any(e["known"]))
+    missing = [n for n in conditions if n not in state]
+    if missing:
+      raise ValueError(f"generation: cfg_conditions {missing} of target {step.modality!r} are"
+                       f" not in the state {sorted(state)}.")
+    return dataclasses.replace(step, cfg_conditions=tuple(conditions))
+
+  def run_step(self, state: State, step: Step, key: Array, *, use_cache: bool = True,
+               return_logits: bool = False) -> dict:
+    """Decodes `step.modality` from `state`; returns its new entry and extras."""
+    step = self.resolve(step, state)
+    scale = jnp.float32(step.cfg_scale)
+    step = dataclasses.replace(step, cfg_scale=0.0 if step.guided else 1.0)  # The static part.
+    name = step.modality
+    if name not in state:
+      state = dict(state, **{name: empty_entry(name, _check_state(state))})
+    jstate = jax.tree.map(jnp.asarray, dict(state))
+    if modalities.get(name).is_sequence:
+      out, logits = self._sequence(self.params, jstate, key, scale, step=step, use_cache=use_cache,
+                                   return_logits=return_logits)
+      out = np.asarray(out)
+      entry = _merge_sequence(name, np.asarray(state[name]["tensor"]),
+                              np.asarray(state[name]["known"]), out)
+      extras = {"targets": out}
+      if return_logits:
+        extras["logits"] = np.asarray(logits)
+      return {"entry": entry, **extras}
+    entry, filled_at, counts = self._image(self.params, jstate, key, scale, step=step)
+    return {"entry": jax.tree.map(np.asarray, entry), "filled_at": np.asarray(filled_at),
+            "step_counts": np.asarray(counts)}
+
+  def generate(self, state: Mapping[str, Mapping[str, Any]], steps: Sequence[Step], *,
+               seed: int | Array = 0, chained: bool = True, use_cache: bool = True,
+               return_logits: bool = False) -> Result:
+    """Runs the chain `steps` on `state` (see the module docstring).
+
+    `seed` is an int or a jax random key. With `chained=False` every target
+    is decoded from the given state only (e.g. rgb -> depth and rgb ->
+    semseg, not rgb + depth -> semseg).
+    """
+    given = {n: dict(e) for n, e in state.items()}
+    _check_state(given)
+    key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)
+    result = Result(state=dict(given))
+    for k, step in enumerate(steps):
+      source = result.state if chained else given
+      if not chained and step.modality in result.state:
+        source = dict(given, **{step.modality: result.state[step.modality]})
+      t0 = time.perf_counter()
+      out = self.run_step(source, step, jax.random.fold_in(key, k), use_cache=use_cache,
+                          return_logits=return_logits)
+      result.seconds[step.modality] = time.perf_counter() - t0
+      result.state[step.modality] = out["entry"]
+      for field in ("filled_at", "step_counts", "targets", "logits"):
+        if field in out:
+          getattr(result, field)[step.modality] = out[field]
+    return result
+
+
+def _merge_sequence(name: str, tensor: np.ndarray, known: np.ndarray,
+                    generated: np.ndarray) -> dict:
+  """The full input sequence: each input sentinel replaced by its generated span."""
+  ids = []
+  for row, kn, gen in zip(tensor, known, generated):
+    given = row[kn]
+    if not len(given):
+      given = np.array([sentinel(1)], np.int32)
+    target = np.concatenate([[sentinel(1)], gen[gen != PAD_ID]]).astype(np.int32)
+    ids.append(masking.merge_spans(given, target, is_sentinel))
+  entry = sequence_entry_unchecked(name, ids)
+  return entry
+
+
+def sequence_entry_unchecked(name: str, ids: Sequence[np.ndarray]) -> dict:
+  mod = modalities.get(name)
+  n = mod.num_tokens + 1
+  tensor = np.full((len(ids), n), PAD_ID, np.int32)
+  known = np.zeros((len(ids), n), bool)
+  for b, row in enumerate(ids):
+    row = np.asarray(row, np.int32)[:n]
+    tensor[b, :len(row)] = row
+    known[b, :len(row)] = True
+  return {"tensor": tensor, "known": known}

@@ -1,0 +1,112 @@
+"""Times generation per sample for each decoding scheme.
+
+    python -m m4.tools.bench_generate --config=configs/pretrain/scenes_tiny.py [--batch=32]
+    python -m m4.tools.bench_generate --init=workdirs/pretrain/scenes_tiny
+
+The model is `config.model` with random parameters (speed does not depend on
+the weights) or the trained run at `--init`. Inputs: random RGB tokens.
+Schemes (each compiled first, timed separately, then run `--repeats` times):
+MaskGIT and ROAR for an image target (`--steps` steps), MaskGIT with
+classifier-free guidance (a batch of 2B), and the caption decoded for its
+full length (no early stop) with and without the key/value cache. Prints a
+table and one JSON line per scheme: compile seconds, milliseconds per sample
+(median over repeats) and per decoded token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import runpy
+import statistics
+import sys
+import time
+
+import numpy as np
+
+
+def _model(args):
+  import m4  # pylint: disable=g-import-not-at-top,unused-import
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from m4 import modalities  # pylint: disable=g-import-not-at-top
+  from m4.models import configs  # pylint: disable=g-import-not-at-top
+  from m4.models.fourm import FourM  # pylint: disable=g-import-not-at-top
+  from m4.tools import tiny_checkpoint  # pylint: disable=g-import-not-at-top
+  from m4.trainers import generate  # pylint: disable=g-import-not-at-top
+  if args.init:
+    return generate.load_model(args.init)
+  path, _, arg = args.config.partition(":")
+  config = runpy.run_path(path)["get_config"](*([arg] if arg else []))
+  modalities.register_from_config(config.get("modalities"))
+  cfg = configs.from_config(config.model)
+  return tiny_checkpoint.numpy_init(lambda: FourM(cfg, rngs=nnx.Rngs(0)), 0, lambda _: cfg.dim)
+
+
+def bench(args) -> list[dict]:
+  import jax  # pylint: disable=g-import-not-at-top
+  from m4 import generation  # pylint: disable=g-import-not-at-top
+  from m4 import modalities  # pylint: disable=g-import-not-at-top
+  model = _model(args)
+  gen = generation.Generator(model)
+  names = model.cfg.decoder_modalities
+  source = args.input
+  image = next(n for n in names if modalities.get(n).is_image and n != source)
+  caption = next((n for n in names if modalities.get(n).is_sequence), None)
+  rng = np.random.default_rng(0)
+  mod = modalities.get(source)
+  state = {source: generation.image_entry(
+      source, rng.integers(0, mod.vocab_size, (args.batch, mod.num_tokens)))}
+  n_img = modalities.get(image).num_tokens
+  cases = [
+      ("maskgit", generation.Step(image, "maskgit", num_steps=args.steps), n_img, True),
+      ("roar", generation.Step(image, "roar", num_steps=args.steps), n_img, True),
+      ("maskgit + guidance", generation.Step(image, "maskgit", num_steps=args.steps,
+                                             cfg_scale=2.0), n_img, True)]
+  if caption:
+    # A stop id beyond the vocabulary: every caption runs its full length.
+    length = modalities.get(caption).num_tokens
+    cases += [("autoregressive, cached", generation.Step(caption, "autoregressive"), length, True),
+              ("autoregressive, uncached", generation.Step(caption, "autoregressive"), length,
+               False)]
+  rows = []
+  for label, step, tokens, cache in cases:
+    key = jax.random.key(0)
+    t0 = time.perf_counter()
+    gen.run_step(state, step, key, use_cache=cache)
+    compile_s = time.perf_counter() - t0
+    times = []
+    for r in range(args.repeats):
+      t0 = time.perf_counter()
+      gen.run_step(state, step, jax.random.fold_in(key, r + 1), use_cache=cache)
+      times.append(time.perf_counter() - t0)
+    per_sample = statistics.median(times) / args.batch
+    rows.append({"scheme": label, "target": step.modality, "batch": args.batch,
+                 "steps": step.num_steps if step.scheme != "autoregressive" else tokens,
+                 "compile_s": round(compile_s, 2), "ms_per_sample": round(1e3 * per_sample, 3),
+                 "ms_per_token": round(1e3 * per_sample / tokens, 4)})
+    print(json.dumps(rows[-1]), flush=True)
+  return rows
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m m4.tools.bench_generate", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", default="configs/pretrain/scenes_tiny.py",
+                 help="a pretraining config (its `model`), PATH or PATH:ARG")
+  p.add_argument("--init", default="", help="a trained run instead of random parameters")
+  p.add_argument("--input", default="rgb", help="the given image modality")
+  p.add_argument("--batch", type=int, default=32)
+  p.add_argument("--steps", type=int, default=8, help="MaskGIT / ROAR steps")
+  p.add_argument("--repeats", type=int, default=3)
+  args = p.parse_args(argv)
+  rows = bench(args)
+  print(f"\n{'scheme':28s} {'ms/sample':>10s} {'ms/token':>9s} {'compile s':>9s}")
+  for r in rows:
+    print(f"{r['scheme']:28s} {r['ms_per_sample']:10.2f} {r['ms_per_token']:9.3f}"
+          f" {r['compile_s']:9.1f}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,357 @@
+"""The `generate` job: chained any-to-any generation from a pretrained 4M.
+
+    python -m m4.main --config=configs/generate/rgb2all.py --workdir=DIR \
+        --config.init=PRETRAIN_WORKDIR
+
+For held-out samples of `config.data` (`config.split`), the `config.inputs`
+are tokenized from the ground truth (VQ tokenizers, text tokenizer) and the
+`config.targets` generated in order (`config.chained`: each finished target
+becomes an input of the next), each as `config.decoding.<target>` says
+(m4.generation.Step fields). Writes:
+
+  DIR/grid.png            inputs | generated (decoded) | ground truth, per
+                          sample; captions (given, generated, true) under rows
+  DIR/generated.json      per sample: id, generated tokens, caption texts
+  DIR/eval/metrics.json   quality of each target against the ground truth,
+                          the tokenizers' reconstruction of the ground truth
+                          (the ceiling) and generation seconds per sample
+
+Quality (m4.generation.quality): depth abs-rel / delta1, semseg mIoU, caption
+(shape, colour) pair precision / recall against the scene, and, for semseg
+generated from a caption, object-presence F1 of the shapes the caption names.
+
+Config fields:
+  init: the pretraining workdir (config.json with `model` [and `modalities`],
+    checkpoints/ with the parameters under state["model"] or ["params"]).
+  seed: generation randomness (per batch: fold_in(seed, batch index)).
+  data: the held-out data (m4.data.pipeline.data_config fields).
+  split, num_samples (0: the whole split), grid_rows.
+  tokenizers: {modality: VQ tokenizer name or directory}; "" or a modality
+    not listed: the one the pretraining run's config.json names (its
+    `tokenizers`), else the registry's `tokenizer` name (m4.tokenizers.load).
+  inputs: modalities given from the ground truth.
+  targets: modalities generated, in order; chained: see above.
+  decoding: {target: Step fields}.
+  use_cache: captions decoded with the key/value cache (False: 4M's re-run
+    of the decoder per token, for comparison).
+  presence_min_pixels: pixels from which a shape counts as present.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+from absl import logging
+from flax import nnx
+from tqdm import tqdm
+
+from m4 import checkpoints
+from m4 import generation
+from m4 import modalities
+from m4 import tokenizers as tokenizers_lib
+from m4 import workdir as workdir_lib
+from m4.data import pipeline
+from m4.data import sources
+from m4.generation import quality
+from m4.models import pretrained
+from m4.models.fourm import FourM
+from m4.tokenizers import text as text_lib
+from m4.tools import grid as grid_lib
+from m4.workdir import ConfigError, require
+
+PARAM_KEYS = ("model", "params")  # Where runs keep the model parameters in state.
+
+
+def load_model(path: str) -> FourM:
+  """The FourM of a pretraining workdir or a saved model directory."""
+  require(bool(path), "init", "needs the pretraining workdir (--config.init=DIR).")
+  if not os.path.exists(os.path.join(path, pretrained.CONFIG)):
+    raise ConfigError(f"config.init: {path} has no {pretrained.CONFIG} (not an m4 run).")
+  try:
+    cfg = pretrained.read_config(path)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"config.init: {path}/{pretrained.CONFIG}: {e}") from None
+  abstract = nnx.eval_shape(lambda: FourM(cfg, rngs=nnx.Rngs(0)))
+  params = nnx.state(abstract, nnx.Param)
+  try:
+    directory = checkpoints.find_directory(path)
+  except FileNotFoundError as e:
+    raise ConfigError(f"config.init: {e}") from None
+  for key in PARAM_KEYS:
+    try:
+      restored = checkpoints.restore_subtree(directory, params, key=key)
+      break
+    except KeyError as e:
+      error = e
+  else:
+    raise ConfigError(f"config.init: {error.args[0]} (looked for {PARAM_KEYS}).")
+  nnx.update(abstract, restored)
+  return abstract
+
+
+def _check(config, steps, model):
+  require(int(config.num_samples) >= 0, "num_samples", "must be >= 0.")
+  require(int(config.grid_rows) >= 0, "grid_rows", "must be >= 0.")
+  inputs, targets = tuple(config.inputs), tuple(config.targets)
+  for name in inputs:
+    require(name in modalities.names(), "inputs", f"unknown modality {name!r}.")
+    require(name in model.cfg.encoder_modalities, "inputs",
+            f"{name!r} is not an input of the model ({model.cfg.encoder_modalities}).")
+    require(name not in targets, "inputs", f"{name!r} is also a target.")
+  for step in steps:
+    require(step.modality in model.cfg.decoder_modalities, "targets",
+            f"{step.modality!r} is not a target of the model ({model.cfg.decoder_modalities}).")
+    later = targets[targets.index(step.modality):]
+    for name in step.cfg_conditions or ():
+      require(name in inputs or (config.chained and name not in later),
+              f"decoding.{step.modality}.cfg_conditions",
+              f"{name!r} is not an input of this step.")
+
+
+def load_tokenizers(init: str, names, overrides=None):
+  """({image modality: VQTokenizer}, {sequence modality: TextTokenizer}).
+
+  A VQ tokenizer is the one `overrides` names, else the one the run at
+  `init` names in its config.json (`tokenizers`), else the registry's.
+  """
+  vq, text = {}, {}
+  run = workdir_lib.read_json(os.path.join(init, pretrained.CONFIG)).get("tokenizers")
+  paths = {k: v for k, v in dict(run or {}).items() if v}
+  paths.update({k: v for k, v in dict(overrides or {}).items() if v})
+  for name in names:
+    mod = modalities.get(name)
+    if mod.is_image:
+      where = paths.get(name) or mod.tokenizer
+      try:
+        vq[name] = tokenizers_lib.load(where)
+      except FileNotFoundError as e:
+        raise ConfigError(f"config.tokenizers.{name}: {e}") from None
+      require(tuple(vq[name].grid) == tuple(mod.grid) and vq[name].vocab_size == mod.vocab_size,
+              f"tokenizers.{name}", f"{where} has grid {vq[name].grid} and {vq[name].vocab_size}"
+              f" codes; the model's {name!r} has {mod.grid} and {mod.vocab_size}.")
+    elif mod.is_sequence:
+      text[name] = text_lib.load(paths.get(name) or mod.tokenizer)
+  return vq, text
+
+
+def _data_config(config):
+  data = config.data.copy_and_resolve_references()
+  with data.unlocked():
+    data.modalities = ()  # Every raw key: ground truth for the metrics.
+  return data
+
+
+def _conditions(config, k: int) -> tuple[str, ...]:
+  targets = tuple(config.targets)
+  return tuple(config.inputs) + (targets[:k] if config.chained else ())
+
+
+def _label(conditions, target) -> str:
+  return f"{'+'.join(conditions) or 'nothing'}->{target}"
+
+
+def run(config, workdir: str) -> dict:
+  model = load_model(config.init)
+  steps = generation.steps_from_config(tuple(config.targets), config.decoding)
+  _check(config, steps, model)
+  gen = generation.Generator(model)
+  names = tuple(config.inputs) + tuple(config.targets)
+  vq, text = load_tokenizers(config.init, names, config.tokenizers)
+  data = _data_config(config)
+  total = len(sources.make_source(data, config.split))
+  n = total if not config.num_samples else min(int(config.num_samples), total)
+  num_batches = pipeline.num_eval_batches(data, n)
+  it = pipeline.make_iterator(data, config.split, seed=config.seed, training=False)
+  key = jax.random.key(config.seed)
+  scorers = {name: _scorer(tok) for name, tok in vq.items()}
+  sums, ceiling = quality.Sums(), quality.Sums()
+  finalize, ceiling_finalize = {}, {}
+  seconds = {s.modality: [] for s in steps}
+  rows, captions, records = [], [], []
+  seen = 0
+  for index in tqdm(range(num_batches), desc="generate", unit="batch"):
+    batch = next(it)
+    valid = np.asarray(batch["valid"]) & (seen + np.arange(len(batch["valid"])) < n)
+    seen += len(valid)
+    state = {}
+    for name in config.inputs:
+      mod = modalities.get(name)
+      raw = batch[mod.data_key]
+      if mod.is_sequence:
+        state[name] = generation.text_entry(name, [str(t) for t in raw], text[name])
+      else:
+        state[name] = generation.image_entry(name, vq[name].encode(np.asarray(raw)))
+    batch_key = jax.random.fold_in(key, index)
+    result = gen.generate(state, steps, seed=batch_key, chained=bool(config.chained),
+                          use_cache=bool(config.use_cache))
+    if index == 0:  # The first call compiled: time a second one.
+      result = gen.generate(state, steps, seed=batch_key, chained=bool(config.chained),
+                            use_cache=bool(config.use_cache))
+    for name, s in result.seconds.items():
+      seconds[name].append(s / len(valid))
+    decoded, texts = {}, {}
+    for k, step in enumerate(steps):
+      name = step.modality
+      mod = modalities.get(name)
+      label = _label(_conditions(config, k), name)
+      entry = result.state[name]
+      if mod.is_sequence:
+        texts[name] = text[name].decode_batch(entry["tensor"])
+        if "scene" in batch:
+          sums.add(label, quality.caption_pair_sums(texts[name], batch["scene"], valid))
+          finalize[label] = quality.caption_pair_figures
+          if mod.data_key in batch:  # The true caption through the text tokenizer.
+            truth = [text[name].decode(text[name].encode(str(t))) for t in batch[mod.data_key]]
+            ceiling.add(name, quality.caption_pair_sums(truth, batch["scene"], valid))
+            ceiling_finalize[name] = quality.caption_pair_figures
+        continue
+      tok = vq[name]
+      tokens = entry["tensor"].reshape((-1,) + tuple(mod.grid))
+      truth = batch.get(mod.data_key)
+      if truth is None:
+        decoded[name] = np.asarray(tok.decode(tokens))
+        continue
+      truth = tok.io.check(np.asarray(truth), tok.image_size)
+      images, got, best, recon = scorers[name](tokens, truth, valid)
+      decoded[name] = np.asarray(images)
+      sums.add(label, got)
+      finalize[label] = tok.io.metrics_from_sums
+      ceiling.add(name, best)
+      ceiling_finalize[name] = tok.io.metrics_from_sums
+      caption_given = [c for c in _conditions(config, k) if modalities.get(c).is_sequence]
+      if mod.data_key == "semseg" and caption_given and "caption" in batch:
+        cap = np.asarray(batch["caption"])
+        sums.add(f"{label}/presence", quality.presence_sums(
+            decoded[name], cap, valid, int(config.presence_min_pixels)))
+        finalize[f"{label}/presence"] = quality.presence_figures
+        ceiling.add(f"{name}/presence", quality.presence_sums(
+            np.asarray(recon), cap, valid, int(config.presence_min_pixels)))
+        ceiling_finalize[f"{name}/presence"] = quality.presence_figures
+    for b in np.flatnonzero(valid):
+      record = {"id": int(batch["id"][b]), "tokens": {}, "captions": {}}
+      for step in steps:
+        name = step.modality
+        if name in texts:
+          record["captions"][name] = texts[name][b]
+          record["tokens"][name] = result.state[name]["tensor"][b][
+              result.state[name]["known"][b]].tolist()
+        else:
+          record["tokens"][name] = result.state[name]["tensor"][b].tolist()
+      records.append(record)
+      if len(rows) < int(config.grid_rows):
+        rows.append(_grid_row(config, batch, b, decoded))
+        captions.append(_grid_caption(config, batch, b, texts))
+
+  figures = sums.figures(finalize)
+  metrics = {
+      "split": config.split, "num_samples": len(records), "init": config.init,
+      "generated": figures, "ceiling": ceiling.figures(ceiling_finalize),
+      "seconds_per_sample": {k: float(np.mean(v)) for k, v in seconds.items() if v},
+      "decoding": {s.modality: _describe(s) for s in steps},
+      "chained": bool(config.chained), "use_cache": bool(config.use_cache),
+  }
+  eval_dir = os.path.join(workdir, "eval")
+  workdir_lib.write_json(os.path.join(eval_dir, "metrics.json"), metrics)
+  grid_path = os.path.abspath(os.path.join(workdir, "grid.png"))
+  if jax.process_index() == 0:
+    _write_records(os.path.join(workdir, "generated.json"), records)
+    if rows:
+      grid_lib.save_grid(grid_path, rows, captions, kinds=_grid_kinds(rows),
+                         depth_range=_depth_range(rows))
+  logging.info("generate: wrote %s", eval_dir)
+  summary = {"grid": grid_path, "metrics": os.path.abspath(os.path.join(eval_dir, "metrics.json")),
+             "num_samples": metrics["num_samples"],
+             "seconds_per_sample": metrics["seconds_per_sample"]}
+  for label, figs in figures.items():
+    for k, v in figs.items():
+      if isinstance(v, float):
+        summary[f"{label}/{k}"] = v
+  return summary
+
+
+def _write_records(path: str, records) -> None:
+  """{"samples": [...]} with one compact line per sample, written atomically."""
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write('{"samples": [\n')
+    f.write(",\n".join(json.dumps(r, separators=(",", ":")) for r in records))
+    f.write("\n]}\n")
+  os.replace(tmp, path)
+
+
+def _depth_range(rows):
+  """The true depths' range (so generated depth is drawn on the same scale)."""
+  truth = [r[c] for r in rows for c in r if c.startswith("depth (truth")]
+  valid = np.concatenate([d[d > 0].ravel() for d in truth]) if truth else np.zeros(0)
+  return (float(valid.min()), float(valid.max())) if valid.size else None
+
+
+def _scorer(tok):
+  """A jitted (tokens, truth, valid) -> (decoded images, metric sums of the
+  generation, metric sums of the tokenizer's reconstruction of the truth,
+  that reconstruction)."""
+
+  def score(tokens, truth, valid):
+    images, output = tok.decode_traced(tokens)
+    _, recon = tok.decode_traced(tok.encode_traced(truth))
+    return (images, tok.io.metric_sums(output, truth, valid),
+            tok.io.metric_sums(recon, truth, valid), tok.io.postprocess(recon))
+
+  return jax.jit(score)
+
+
+def _describe(step: generation.Step) -> str:
+  if step.scheme == "autoregressive":
+    how = f"autoregressive (up to {step.length} tokens)"
+  else:
+    how = f"{step.scheme}, {step.num_steps} steps"
+    if step.scheme == "maskgit":
+      how += f" ({step.token_schedule})"
+  how += f", temperature {step.temperature:g} ({step.temperature_schedule})"
+  if step.top_k:
+    how += f", top-k {step.top_k}"
+  if step.top_p:
+    how += f", top-p {step.top_p:g}"
+  if step.guided:
+    how += f", guidance {step.cfg_scale:g}"
+  return how
+
+
+def _grid_row(config, batch, b, decoded) -> dict:
+  row = {}
+  for name in config.inputs:
+    mod = modalities.get(name)
+    if not mod.is_sequence:
+      row[f"{name} (input)"] = np.asarray(batch[mod.data_key][b])
+  for name in config.targets:
+    mod = modalities.get(name)
+    if mod.is_sequence:
+      continue
+    row[f"{name} (generated)"] = decoded[name][b]
+    if mod.data_key in batch:
+      row[f"{name} (truth)"] = np.asarray(batch[mod.data_key][b])
+  return row
+
+
+def _grid_kinds(rows) -> dict:
+  kinds = {}
+  for col in rows[0]:
+    base = col.split(" ")[0]
+    kinds[col] = modalities.get(base).data_key if base in modalities.names() else "gray"
+  return kinds
+
+
+def _grid_caption(config, batch, b, texts) -> str:
+  parts = []
+  for name in config.inputs:
+    if modalities.get(name).is_sequence:
+      parts.append(f"given: {batch[modalities.get(name).data_key][b]}")
+  for name in config.targets:
+    if name in texts:
+      parts.append(f"generated: {texts[name][b]}")
+      if modalities.get(name).data_key in batch:
+        parts.append(f"| true: {batch[modalities.get(name).data_key][b]}")
+  return " ".join(parts)

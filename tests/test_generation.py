@@ -1,0 +1,313 @@
+"""Generation: sampling filters, schedules, MaskGIT / ROAR / cached captions,
+guidance, chains, the generate trainer."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import m4  # pylint: disable=unused-import
+from m4 import generation
+from m4.generation import quality
+from m4.generation import sampler as sampler_lib
+from m4.generation import schedules
+from m4.tokenizers import text as text_lib
+from m4.tools import tiny_checkpoint
+from m4.workdir import ConfigError
+
+B = 3
+# One Step object per scheme, shared by the tests so each compiles once.
+MASKGIT = generation.Step("semseg", "maskgit", num_steps=4, temperature=1.0)
+ROAR = generation.Step("semseg", "roar", num_steps=5, temperature=1.0)
+CAPTION = generation.Step("caption", "autoregressive", temperature=1.0, top_k=20, max_length=24)
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def test_top_k_and_top_p_restrict_the_support():
+  # Jitted: one compilation per call signature rather than per operation.
+  filter_logits = jax.jit(generation.filter_logits, static_argnames=("top_k", "top_p"))
+  sample = jax.jit(generation.sample, static_argnames=("top_k", "top_p"))
+  probs = np.array([0.5, 0.3, 0.15, 0.05], np.float32)
+  logits = jnp.log(jnp.asarray(probs))[None]
+  inf = -np.inf
+  np.testing.assert_array_equal(np.isfinite(filter_logits(logits, top_k=2)),
+                                [[True, True, False, False]])
+  # Mass before each token: 0, .5, .8, .95: top-p 0.6 keeps the first two,
+  # 0.5 only the first, 0.81 three.
+  for p, kept in ((0.6, 2), (0.5, 1), (0.81, 3), (1.0, 4)):
+    out = np.asarray(filter_logits(logits, top_p=p))[0]
+    assert np.isfinite(out).sum() == kept and np.all(np.isfinite(out[:kept])), (p, out)
+  assert filter_logits(logits, top_k=3, top_p=0.6)[0, 2] == inf
+  # Draws stay in the support, with the renormalised frequencies.
+  tokens, conf = sample(jnp.tile(logits, (20000, 1)), jax.random.key(0), 1.0, top_p=0.6)
+  counts = np.bincount(np.asarray(tokens), minlength=4) / 20000
+  np.testing.assert_allclose(counts, [0.625, 0.375, 0, 0], atol=0.02)
+  np.testing.assert_allclose(np.asarray(conf), np.where(np.asarray(tokens) == 0, 0.625, 0.375),
+                             rtol=1e-5)
+  # Temperature 0 is the argmax; a low temperature sharpens.
+  greedy, _ = sample(jnp.tile(logits, (100, 1)), jax.random.key(1), 0.0)
+  assert np.all(np.asarray(greedy) == 0)
+  cold, _ = sample(jnp.tile(logits, (5000, 1)), jax.random.key(2), 0.25)
+  assert np.mean(np.asarray(cold) == 0) > 0.85
+
+
+def test_guide_and_schedules():
+  c, u = jnp.array([1.0, 3.0]), jnp.array([2.0, -1.0])
+  np.testing.assert_allclose(generation.guide(c, u, 0.0), u)
+  np.testing.assert_allclose(generation.guide(c, u, 1.0), c)
+  np.testing.assert_allclose(generation.guide(c, u, 3.0), u + 3 * (c - u))
+  for step in (MASKGIT, ROAR, generation.Step("rgb", num_steps=7, token_schedule="linear")):
+    for n in (0, 1, 5, 40, 64):
+      counts = schedules.counts(step, n)
+      assert counts.sum() == n and np.all(counts >= 0) and np.all(counts <= step.max_per_step(64))
+  # 4M's cosine: few tokens first and last, most in the middle.
+  np.testing.assert_array_equal(schedules.counts(generation.Step("rgb", num_steps=4), 64),
+                                [9, 23, 23, 9])
+  temps = generation.Step("rgb", num_steps=4, temperature=2.0,
+                          temperature_schedule="linear").temperatures()
+  done = (1 - np.cos(np.pi * np.arange(4) / 4)) / 2  # Known before each step.
+  np.testing.assert_allclose(temps, 2.0 * (1 - done), rtol=1e-6)
+  with pytest.raises(ConfigError, match=r"config.decoding.caption.scheme: 'caption' is a seq"):
+    generation.Step("caption", "maskgit")
+  with pytest.raises(ConfigError, match=r"config.decoding.rgb.num_steps: 65 must be in"):
+    generation.Step("rgb", num_steps=65)
+  with pytest.raises(ConfigError, match=r"config.decoding.depth: missing"):
+    generation.steps_from_config(("depth",), {})
+  with pytest.raises(ConfigError, match=r"config.decoding.rgb: unknown fields \['steps'\]"):
+    generation.steps_from_config(("rgb",), {"rgb": {"steps": 3}})
+
+
+def test_caption_pairs_and_object_presence():
+  scene = {"shape": np.array([[0, 1, -1], [2, 2, 3]]), "color": np.array([[0, 5, -1], [2, 2, 1]])}
+  captions = ["a large red sphere left of a small red cube",  # 1 of 2 named pairs right.
+              "a yellow cylinder behind a yellow cylinder"]   # 2 of 3 objects, both right.
+  sums = quality.caption_pair_sums(captions, scene, np.array([True, True]))
+  assert sums == {"matched": 3.0, "named": 4.0, "objects": 5.0}
+  figs = quality.caption_pair_figures(sums)
+  assert figs["pair_precision"] == 0.75 and figs["pair_recall"] == 0.6
+  assert quality.caption_pair_sums(captions, scene, np.array([False, True]))["named"] == 2.0
+  # Semantic maps: classes 2 + shape id; a shape counts from 8 pixels.
+  maps = np.zeros((2, 16, 16), np.int32)
+  maps[0, :4, :4] = 2 + 0  # sphere, 16 px
+  maps[0, 8, :5] = 2 + 3  # cone, 5 px: absent
+  maps[1, :, :] = 2 + 1  # cube everywhere
+  sums = quality.presence_sums(maps, ["a red sphere and a green cone", "a blue cylinder"],
+                               np.array([True, True]))
+  assert sums == {"tp": 1.0, "fp": 1.0, "fn": 2.0}
+  precision, recall = 1 / 2, 1 / 3
+  assert quality.presence_figures(sums)["presence_f1"] == pytest.approx(
+      2 * precision * recall / (precision + recall))
+
+
+# ---------------------------------------------------------------- the sampler
+
+
+@pytest.fixture(scope="module")
+def gen():
+  return generation.Generator(tiny_checkpoint.tiny_model(seed=0, names=("rgb", "semseg",
+                                                                        "caption")))
+
+
+@pytest.fixture(scope="module")
+def rgb():
+  return generation.image_entry("rgb", np.random.default_rng(0).integers(0, 1024, (B, 8, 8)))
+
+
+def _partial_semseg(seed=1):
+  rng = np.random.default_rng(seed)
+  known = np.zeros((B, 64), bool)
+  known[1, rng.permutation(64)[:20]] = True  # Sample 1: in-painting; 0 and 2: all unknown.
+  return generation.image_entry("semseg", rng.integers(0, 512, (B, 64)), known)
+
+
+def _check_filled_once(result, given, step):
+  entry = result.state["semseg"]
+  assert entry["known"].all()
+  filled, counts = result.filled_at["semseg"], result.step_counts["semseg"]
+  for b in range(B):
+    unknown = ~given["known"][b]
+    np.testing.assert_array_equal(entry["tensor"][b][~unknown], given["tensor"][b][~unknown])
+    assert np.all(filled[b][~unknown] == -1)
+    assert np.all((filled[b][unknown] >= 0) & (filled[b][unknown] < step.num_steps))
+    # Each step decided the scheduled number of tokens, and they add up to
+    # the unknown ones: every unknown token was decided exactly once.
+    want = schedules.counts(step, int(unknown.sum()))
+    np.testing.assert_array_equal(counts[b], want)
+    np.testing.assert_array_equal(np.bincount(filled[b][unknown], minlength=step.num_steps), want)
+
+
+def test_maskgit_fills_each_unknown_token_once_and_keeps_given_ones(gen, rgb):
+  given = _partial_semseg()
+  state = {"rgb": rgb, "semseg": given}
+  result = gen.generate(state, [MASKGIT], seed=0)
+  _check_filled_once(result, given, MASKGIT)
+  again = gen.generate(state, [MASKGIT], seed=0)
+  other = gen.generate(state, [MASKGIT], seed=1)
+  np.testing.assert_array_equal(again.state["semseg"]["tensor"], result.state["semseg"]["tensor"])
+  np.testing.assert_array_equal(again.filled_at["semseg"], result.filled_at["semseg"])
+  assert np.mean(other.state["semseg"]["tensor"] != result.state["semseg"]["tensor"]) > 0.3
+
+
+def test_roar_decodes_the_scheduled_tokens_in_random_order(gen, rgb):
+  given = _partial_semseg()
+  result = gen.generate({"rgb": rgb, "semseg": given}, [ROAR], seed=0)
+  _check_filled_once(result, given, ROAR)
+  # The order is random: the first step's tokens are spread over the grid,
+  # and it differs between samples.
+  first = result.filled_at["semseg"] == 0
+  assert not np.array_equal(first[0], first[2])
+  assert np.ptp(np.flatnonzero(first[0])) > 20
+
+
+def _caption_state(rgb):
+  tok = text_lib.load("wordpiece_scenes")
+  return tok, {"rgb": rgb, "caption": generation.text_entry(
+      "caption", ["", "a red [S_1] left of [S_2]", "a small blue [S_1]"], tok)}
+
+
+def test_cached_and_uncached_caption_decoding_agree(gen, rgb):
+  tok, state = _caption_state(rgb)
+  cached = gen.generate(state, [CAPTION], seed=0, return_logits=True)
+  uncached = gen.generate(state, [CAPTION], seed=0, return_logits=True, use_cache=False)
+  np.testing.assert_array_equal(cached.targets["caption"], uncached.targets["caption"])
+  np.testing.assert_allclose(cached.logits["caption"], uncached.logits["caption"], atol=2e-5)
+  assert np.abs(cached.logits["caption"]).max() > 0  # Logits were recorded.
+  # The spans were merged into the inputs: the given words stay, in order,
+  # and no sentinel is left.
+  out = cached.state["caption"]
+  for b, text in enumerate(["", "a red left of", "a small blue"]):
+    ids = out["tensor"][b][out["known"][b]]
+    assert not sampler_lib.is_sentinel(ids).any()
+    given = tok.encode(text)
+    pos = [list(ids).index(t) for t in given]
+    assert pos == sorted(pos)
+
+
+def test_guidance_scale_0_is_unconditional_and_1_conditional(gen, rgb):
+  empty = generation.empty_entry("semseg", B)
+  cond = gen.generate({"rgb": rgb, "semseg": empty}, [MASKGIT], seed=3)
+  blind = dict(rgb, known=np.zeros_like(rgb["known"]))  # The same state, rgb dropped.
+  uncond = gen.generate({"rgb": blind, "semseg": empty}, [MASKGIT], seed=3)
+  assert np.mean(cond.state["semseg"]["tensor"] != uncond.state["semseg"]["tensor"]) > 0.3
+
+  def guided(scale):
+    step = generation.Step(**dict(vars(MASKGIT), cfg_scale=scale, cfg_conditions=("rgb",)))
+    return gen.generate({"rgb": rgb, "semseg": empty}, [step], seed=3).state["semseg"]["tensor"]
+
+  np.testing.assert_array_equal(guided(0.0), uncond.state["semseg"]["tensor"])
+  np.testing.assert_array_equal(guided(1.0), cond.state["semseg"]["tensor"])
+  assert np.mean(guided(3.0) != cond.state["semseg"]["tensor"]) > 0.1
+
+
+def test_chained_generation_feeds_outputs_forward(gen, rgb):
+  state = {"rgb": rgb}
+  chained = gen.generate(state, [MASKGIT, CAPTION], seed=5, return_logits=True)
+  # The caption step saw the generated semseg: redoing it by hand from
+  # rgb + that semseg gives the same logits...
+  key = jax.random.fold_in(jax.random.key(5), 1)
+  by_hand = gen.run_step({"rgb": rgb, "semseg": chained.state["semseg"],
+                          }, CAPTION, key, return_logits=True)
+  np.testing.assert_allclose(chained.logits["caption"], by_hand["logits"], atol=1e-6)
+  # ...while without chaining it sees rgb only.
+  parallel = gen.generate(state, [MASKGIT, CAPTION], seed=5, return_logits=True, chained=False)
+  np.testing.assert_array_equal(parallel.state["semseg"]["tensor"],
+                                chained.state["semseg"]["tensor"])
+  first = lambda r: r.logits["caption"][:, 0]
+  assert np.abs(first(parallel) - first(chained)).max() > 1e-3
+
+
+def test_bad_states_are_refused(gen, rgb):
+  with pytest.raises(ValueError, match=r"'rgb' tokens must be \(B, 8, 8\) or \(B, 64\)"):
+    generation.image_entry("rgb", np.zeros((2, 7, 8), np.int32))
+  with pytest.raises(ValueError, match=r"different batch sizes \[2, 3\]"):
+    gen.generate({"rgb": rgb, "semseg": generation.empty_entry("semseg", 2)}, [MASKGIT])
+  with pytest.raises(ValueError, match=r"sentinels \[2\]; they must be \[S_1\], \[S_2\]"):
+    generation.sequence_entry("caption", [[300, sampler_lib.sentinel(2)]])
+  with pytest.raises(ValueError, match=r"cannot generate 'depth'"):
+    gen.generate({"rgb": rgb}, [generation.Step("depth")])
+
+
+# ---------------------------------------------------------------- the trainer
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("tiny_run")
+  paths = tiny_checkpoint.write(str(root / "ckpt"))
+  paths["data"] = str(root / "scenes")
+  return paths
+
+
+def _config(name, tiny_run):
+  import runpy  # pylint: disable=g-import-not-at-top
+  from tests.conftest import REPO  # pylint: disable=g-import-not-at-top
+  c = runpy.run_path(os.path.join(REPO, "configs", "generate", f"{name}.py"))["get_config"]()
+  c.init = tiny_run["pretrain"]
+  for m in ("rgb", "depth", "semseg"):
+    c.tokenizers[m] = tiny_run[m]  # By directory (the notebook loads them by name).
+  c.data.update(dict(dir=tiny_run["data"], num_train=4, num_validation=2, num_test=6,
+                     batch_size=4))
+  c.num_samples = 5
+  c.grid_rows = 3
+  for target in c.targets:
+    if target == "caption":
+      c.decoding[target].max_length = 6
+  return c
+
+
+def test_generate_trainer_writes_grid_tokens_and_metrics(tiny_run, tmp_path):
+  from m4.trainers import generate as trainer  # pylint: disable=g-import-not-at-top
+  # Two of the shipped configs, each cut to two targets to compile less.
+  for name, targets, labels in (
+      ("rgb2all", ("depth", "caption"), ["rgb->depth", "rgb->caption"]),
+      ("caption2semseg2rgb", ("semseg",), ["caption->semseg", "caption->semseg/presence"])):
+    config = _config(name, tiny_run)
+    config.targets = targets
+    workdir = str(tmp_path / name)
+    summary = trainer.run(config, workdir)
+    metrics = json.load(open(os.path.join(workdir, "eval", "metrics.json")))
+    assert metrics["num_samples"] == 5 and sorted(metrics["generated"]) == sorted(labels)
+    assert set(metrics["seconds_per_sample"]) == set(targets)
+    samples = [json.loads(line.rstrip(",")) for line in
+               open(os.path.join(workdir, "generated.json")).read().splitlines()[1:-1]]
+    assert [s["id"] for s in samples] == [0, 1, 2, 3, 4]
+    assert all(len(s["tokens"][targets[0]]) == 64 for s in samples)
+    assert os.path.getsize(summary["grid"]) > 1000
+  rgb2all = json.load(open(os.path.join(tmp_path, "rgb2all", "eval", "metrics.json")))
+  assert 0 <= rgb2all["generated"]["rgb->depth"]["delta1"] <= 1
+  assert set(rgb2all["ceiling"]) == {"depth", "caption"}
+  assert rgb2all["ceiling"]["caption"]["pair_f1"] == 1.0  # True captions name every object.
+  chain = json.load(open(os.path.join(tmp_path, "caption2semseg2rgb", "eval", "metrics.json")))
+  assert set(chain["ceiling"]) == {"semseg", "semseg/presence"}
+  assert "guidance 2" in chain["decoding"]["semseg"]
+  bad = _config("rgb2all", tiny_run)
+  bad.inputs = ("depth",)
+  bad.targets = ("depth", "caption")
+  with pytest.raises(ConfigError, match=r"config.inputs: 'depth' is also a target"):
+    trainer.run(bad, str(tmp_path / "bad"))
+  bad = _config("rgb2all", tiny_run)
+  bad.init = str(tmp_path)
+  with pytest.raises(ConfigError, match=r"config.init: .* has no config.json"):
+    trainer.run(bad, str(tmp_path / "bad"))
+
+
+def test_notebook_executes(tiny_run, monkeypatch):
+  import nbclient  # pylint: disable=g-import-not-at-top
+  import nbformat  # pylint: disable=g-import-not-at-top
+  from tests.conftest import REPO  # pylint: disable=g-import-not-at-top
+  path = os.path.join(REPO, "colabs", "explore_checkpoint.ipynb")
+  nb = nbformat.read(path, as_version=4)
+  assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "stored with outputs"
+  monkeypatch.setenv("M4_CHECKPOINT", tiny_run["pretrain"])
+  monkeypatch.setenv("M4_TOKENIZERS", tiny_run["tokenizers"])
+  monkeypatch.setenv("M4_NUM_SAMPLES", "2")
+  monkeypatch.setenv("PYTHONPATH", REPO)
+  nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                          resources={"metadata": {"path": os.path.dirname(path)}}).execute()
+  images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+  assert len(images) >= 5  # The batch, reconstructions, generations, the chain, in-painting.
