@@ -10,6 +10,7 @@ jitted functions. Every field can be set from a config file (`config.model.*`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping
 
 from m4 import modalities
@@ -194,3 +195,9 @@ def from_config(model_config: Mapping[str, Any] | Any) -> FourMConfig:
     return FourMConfig(**{**base, **d})
   except TypeError as e:
     raise workdir.ConfigError(f"config.model: {e}") from None
+
+
+def count_params(state) -> int:
+  """Number of scalars in a pytree of arrays (or ShapeDtypeStructs), e.g. an nnx.State."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(state) if hasattr(x, "shape"))
