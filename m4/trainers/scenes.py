@@ -14,20 +14,10 @@ Writes WORKDIR/scenes_grid.png; the dataset goes to `data.dir`.
 """
 
 import os
-import time
 
 from m4 import workdir as workdir_lib
 from m4.data import scenes
 from m4.tools import grid as grid_lib
-
-
-def benchmark(spec: scenes.SceneSpec, num: int) -> float:
-  """Samples per second of `render` in this process (test split indices)."""
-  scenes.render(0, split="test", **spec.render_args())  # Warm up.
-  t0 = time.perf_counter()
-  for i in range(num):
-    scenes.render(i, split="test", **spec.render_args())
-  return num / max(time.perf_counter() - t0, 1e-9)
 
 
 def run(config, workdir: str) -> dict:
@@ -56,7 +46,7 @@ def run(config, workdir: str) -> dict:
   else:
     summary["generated"] = "reused an existing dataset"
   if config.benchmark_samples:
-    summary["render_samples_per_sec_1core"] = benchmark(spec, config.benchmark_samples)
+    summary["render_samples_per_sec_1core"] = scenes.benchmark(spec, config.benchmark_samples)
   summary["grid"] = grid_lib.scenes_grid(os.path.abspath(os.path.join(workdir, "scenes_grid.png")),
                                          data.dir, config.grid_split, config.grid_rows)
   return summary

@@ -1,0 +1,106 @@
+"""The scenes vocabulary (shapes, colours, sizes, classes, splits) and SceneSpec,
+the generation parameters of a scenes dataset."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import numpy as np
+
+SHAPES = ("sphere", "cube", "cylinder", "cone")
+COLORS = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "gray")
+SIZES = ("small", "medium", "large")
+# Semantic classes: sky, ground, then one class per shape (class = 2 + shape).
+CLASSES = ("sky", "ground") + SHAPES
+SKY, GROUND, FIRST_OBJECT_CLASS = 0, 1, 2
+SPLITS = ("train", "validation", "test")
+MAX_OBJECTS_LIMIT = 5  # More do not fit the layout; captions: <= 7 * K - 3 words.
+
+# Bumped whenever the renderer's output changes; datasets record it and ensure()
+# refuses a dataset made by another version. 2: closer framing, at most 5
+# objects, crowded scenes seen from further away.
+RENDERER_VERSION = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneSpec:
+  """The generation parameters of a scenes dataset (stored as spec.json).
+
+  Attributes:
+    resolution: image height and width in pixels.
+    min_objects: fewest objects in a scene (>= 1).
+    max_objects: most objects in a scene (<= MAX_OBJECTS_LIMIT); also the
+      padded length of the per-object `scene` arrays.
+    seed: the dataset seed; splits use disjoint streams derived from it.
+    antialias: RGB supersamples per pixel side (1 = none); depth and semseg
+      always come from the pixel-centre ray.
+    num_train, num_validation, num_test: samples per split.
+  """
+
+  resolution: int = 64
+  min_objects: int = 1
+  max_objects: int = 4
+  seed: int = 0
+  antialias: int = 2
+  num_train: int = 10000
+  num_validation: int = 1000
+  num_test: int = 1000
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      v = getattr(self, f.name)
+      if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"scenes: {f.name} must be an integer, got {v!r}.")
+      object.__setattr__(self, f.name, int(v))
+    if self.resolution < 16:
+      raise ValueError(f"scenes: resolution must be >= 16, got {self.resolution}.")
+    if not 1 <= self.min_objects <= self.max_objects <= MAX_OBJECTS_LIMIT:
+      raise ValueError(
+          f"scenes: need 1 <= min_objects <= max_objects <= {MAX_OBJECTS_LIMIT},"
+          f" got min_objects={self.min_objects}, max_objects={self.max_objects}.")
+    if self.seed < 0:
+      raise ValueError(f"scenes: seed must be >= 0, got {self.seed}.")
+    if not 1 <= self.antialias <= 4:
+      raise ValueError(f"scenes: antialias must be in 1..4, got {self.antialias}.")
+    for split in SPLITS:
+      if self.num(split) < 1:
+        raise ValueError(f"scenes: num_{split} must be >= 1, got {self.num(split)}.")
+
+  def num(self, split: str) -> int:
+    check_split(split)
+    return getattr(self, f"num_{split}")
+
+  def render_args(self) -> dict:
+    """The keyword arguments of `render` that this spec fixes."""
+    return dict(seed=self.seed, resolution=self.resolution, min_objects=self.min_objects,
+                max_objects=self.max_objects, antialias=self.antialias)
+
+  def to_json(self) -> dict:
+    return {"renderer_version": RENDERER_VERSION, **dataclasses.asdict(self),
+            "classes": list(CLASSES), "shapes": list(SHAPES), "colors": list(COLORS),
+            "sizes": list(SIZES)}
+
+  @classmethod
+  def from_config(cls, config: Mapping[str, Any] | None) -> "SceneSpec":
+    """The spec named by a data config's fields (others fields are ignored)."""
+    config = config or {}
+    fields = {}
+    for f in dataclasses.fields(cls):
+      if f.name in config and config[f.name] is not None:
+        fields[f.name] = config[f.name]
+    return cls(**fields)
+
+
+def default_config():
+  """The data config of a scenes dataset, for configs to start from."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  return ml_collections.ConfigDict({
+      "kind": "scenes", "dir": "", "workers": 1,
+      **dataclasses.asdict(SceneSpec())})
+
+
+def check_split(split: str):
+  if split not in SPLITS:
+    raise ValueError(f"scenes: unknown split {split!r}; splits: {SPLITS}.")
+
