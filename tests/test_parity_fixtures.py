@@ -8,10 +8,11 @@ embeddings, raw-pixel inputs. Every fixture is converted with
 m4.models.convert and m4's logits and losses are compared per (modality,
 source position) with the reference's.
 
-Losses are compared to 1e-6 relative (absolute below 1): two float32
-computations of a loss near 5-10 differ by a few ulps (ulp 4.8e-7 at 5, 9.5e-7
-at 8); the reference's own float32 losses are up to 9e-7 from its float64 ones
-on these fixtures and move by 1.4e-6 between CPUs (see the READMEs).
+Losses are compared to 1e-6 relative (absolute below 1; C.loss_tol, which
+--check uses too): two float32 computations of a loss near 5-10 differ by a few
+ulps (ulp 4.8e-7 at 5, 9.5e-7 at 8); the reference's own float32 losses are up
+to 4.8e-7 from its float64 ones on these fixtures and move by 1.4e-6 between
+CPUs (see the READMEs).
 """
 
 import json

@@ -22,8 +22,9 @@ def loss_tol(reference_loss) -> float:
   """The tolerance of a loss: LOSS_TOL * max(1, |reference_loss|).
 
   Two float32 computations of a loss near 5-10 differ by a few ulps (ulp 4.8e-7
-  at 5, 9.5e-7 at 8); the reference's own float32 losses are up to 9e-7 from
-  its float64 ones on the fixtures. An absolute 1e-6 would test that rounding.
+  at 5, 9.5e-7 at 8); the reference's own float32 losses move by 1.4e-6
+  between CPUs (tests/fixtures/*/README.md). An absolute 1e-6 would test that
+  rounding.
   """
   return LOSS_TOL * _loss_scale(reference_loss)
 
