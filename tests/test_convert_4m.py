@@ -44,9 +44,10 @@ def test_names_and_config(converted):
   assert plan.specs["rgb@64"].grid == (4, 4)
 
 
-def test_round_trip_to_reference_is_exact(source):
-  tensors, ref_cfg = source
-  plan = C.plan(tensors, ref_cfg)
+@pytest.mark.parametrize("name", ["ml4m_tiny", "ml4m_untied", "ml4m_pixels"])
+def test_round_trip_to_reference_is_exact(name):
+  tensors, ref_cfg = C.read_source(os.path.join(REPO, "tests", "fixtures", name))
+  plan = C.plan(tensors, ref_cfg, suffix=f"_{name}_rt")
   back = C.to_reference(C.to_m4(tensors, plan), plan)
   assert set(back) == set(tensors)
   for k, v in tensors.items():

@@ -8,6 +8,7 @@ import pytest
 
 from m4 import tokenizers
 from m4.data import pretrain_data
+from m4.data import record_files
 from m4.data import scenes
 from m4.data import token_shards
 from m4.data import transforms
@@ -77,8 +78,7 @@ def test_a_killed_run_resumes_without_rewriting_finished_shards(assets, shards, 
   with pytest.raises(FileNotFoundError, match="missing"):  # Never read half a split.
     token_shards.TokenShardSource(out, "train")
   # What a SIGKILLed writer leaves: a hidden temp file of a process that is gone.
-  stale = token_shards._partial_prefix(  # pylint: disable=protected-access
-      token_shards.shard_path(out, "train", 1, 3)) + "999999999"
+  stale = record_files.partial_prefix(token_shards.shard_path(out, "train", 1, 3)) + "999999999"
   with open(stale, "wb") as f:
     f.write(b"half a shard")
   before = os.stat(first)

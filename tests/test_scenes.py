@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from m4 import workdir
-from m4.data import scene_writer
+from m4.data import record_files
 from m4.data import scenes
 from m4.tools import grid
 
@@ -205,7 +205,7 @@ def test_ensure_writes_reuses_refuses_and_resumes(tmp_path):
   # An interrupted run: one split missing, a dead writer's temp file left.
   test_file = scenes.split_path(d, "test")
   os.remove(test_file)
-  stale = scene_writer._partial_path(d, "test", 999999999)  # pylint: disable=protected-access
+  stale = record_files.partial_prefix(test_file) + "999999999"
   open(stale, "wb").write(b"half")
   stats = {}
   scenes.ensure(d, SMALL, progress=False, stats=stats)

@@ -82,14 +82,16 @@ class SceneSpec:
             "sizes": list(SIZES)}
 
   @classmethod
-  def from_config(cls, config: Mapping[str, Any] | None) -> "SceneSpec":
-    """The spec named by a data config's fields (others fields are ignored)."""
+  def given(cls, config: Mapping[str, Any] | None) -> dict:
+    """The spec fields a data config sets (not None); other fields are ignored."""
     config = config or {}
-    fields = {}
-    for f in dataclasses.fields(cls):
-      if f.name in config and config[f.name] is not None:
-        fields[f.name] = config[f.name]
-    return cls(**fields)
+    return {f.name: config[f.name] for f in dataclasses.fields(cls)
+            if f.name in config and config[f.name] is not None}
+
+  @classmethod
+  def from_config(cls, config: Mapping[str, Any] | None) -> "SceneSpec":
+    """The spec named by a data config's fields (defaults for the others)."""
+    return cls(**cls.given(config))
 
 
 def default_config():

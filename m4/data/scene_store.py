@@ -12,7 +12,6 @@ import numpy as np
 from m4.data.scene_spec import SceneSpec, check_split
 
 SPEC_FILE = "spec.json"
-RECORD_OPTIONS = "group_size:1,zstd:3"  # group_size 1: fast random access.
 
 
 def split_path(data_dir: str, split: str) -> str:

@@ -3,50 +3,21 @@ file (a temp file renamed when complete); ensure makes or reuses a dataset."""
 
 from __future__ import annotations
 
-import dataclasses
-import glob
 import multiprocessing
 import os
-import socket
 import sys
 import time
 from typing import Any, Mapping
 
+from m4.data import record_files
 from m4.data.scene_render import render
 from m4.data.scene_spec import SPLITS, SceneSpec, check_split
-from m4.data.scene_store import (RECORD_OPTIONS, SPEC_FILE, encode, spec_from_json,
-                                 split_path)
+from m4.data.scene_store import SPEC_FILE, encode, spec_from_json, split_path
 
 
 def _render_record(job) -> bytes:
   index, split, render_args = job
   return encode(render(index, split=split, **render_args))
-
-
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
-def _partial_path(data_dir: str, split: str, pid: int | str) -> str:
-  """A writer's temp file: named by host and process, so writers never clash."""
-  return os.path.join(data_dir, f".{split}.array_record.partial.{socket.gethostname()}.{pid}")
-
-
-def _remove_stale_partials(data_dir: str, split: str):
-  """Deletes temp files of `split` left by this host's writers that are gone."""
-  for path in glob.glob(_partial_path(data_dir, split, "*")):
-    try:
-      pid = int(path.rsplit(".", 1)[1])
-    except ValueError:
-      continue
-    if pid != os.getpid() and not _pid_alive(pid):
-      os.remove(path)
 
 
 class _Renderer:
@@ -74,53 +45,27 @@ class _Renderer:
 
 def write_split(data_dir: str, spec: SceneSpec, split: str, *, workers: int = 1,
                 progress: bool = True, renderer: _Renderer | None = None) -> dict:
-  """Renders and writes one split (temp file, renamed when complete).
+  """Renders and writes one split (temp file, renamed when complete); a split
+  that exists is never rewritten (FileExistsError).
 
   Returns {"samples", "seconds", "samples_per_sec"}.
   """
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
   if renderer is None:
     with _Renderer(workers) as renderer:
       return write_split(data_dir, spec, split, progress=progress, renderer=renderer)
-  _remove_stale_partials(data_dir, split)
-  final = split_path(data_dir, split)
-  tmp = _partial_path(data_dir, split, os.getpid())
+  record_files.remove_stale_partials(split_path(data_dir, split))
   n = spec.num(split)
   t0 = time.time()
-  writer = array_record_module.ArrayRecordWriter(tmp, RECORD_OPTIONS)
-  try:
+  with record_files.RecordWriter(split_path(data_dir, split)) as writer:
     records = renderer.map((i, split, spec.render_args()) for i in range(n))
     for record in tqdm(records, total=n, desc=f"scenes {split}", unit="sample",
                        disable=not progress, file=sys.stderr, mininterval=1.0):
       writer.write(record)
-    writer.close()
-    writer = None
-    os.replace(tmp, final)
-  finally:
-    if writer is not None:
-      writer.close()
-    if os.path.exists(tmp):
-      os.remove(tmp)
+    writer.commit()
   seconds = time.time() - t0
   return {"samples": n, "seconds": round(seconds, 2), "samples_per_sec": n / max(seconds, 1e-9)}
-
-
-def _num_records(path: str) -> int:
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-  reader = array_record_module.ArrayRecordReader(path)
-  try:
-    return reader.num_records()
-  finally:
-    reader.close()
-
-
-def _given_fields(config: Mapping[str, Any] | None) -> list[str]:
-  """The SceneSpec fields that `config` sets (not None)."""
-  config = config or {}
-  return [f.name for f in dataclasses.fields(SceneSpec)
-          if f.name in config and config[f.name] is not None]
 
 
 def _compare_spec(data_dir: str, stored: Mapping[str, Any], spec: SceneSpec,
@@ -181,7 +126,7 @@ def ensure(data_dir: str, config: Mapping[str, Any] | None = None, *,
       stored = workdir.read_json(spec_path)
     except ValueError as e:
       raise workdir.ConfigError(f"{spec_path}: unreadable scenes spec ({e}).") from None
-    _compare_spec(data_dir, stored, spec, _given_fields(config))
+    _compare_spec(data_dir, stored, spec, list(SceneSpec.given(config)))
     spec = spec_from_json(spec_path, stored)
   elif present:
     raise workdir.ConfigError(
@@ -193,7 +138,7 @@ def ensure(data_dir: str, config: Mapping[str, Any] | None = None, *,
   for split in splits:
     check_split(split)
   for split in SPLITS:
-    _remove_stale_partials(data_dir, split)
+    record_files.remove_stale_partials(split_path(data_dir, split))
   missing = []
   for split in SPLITS:
     path = split_path(data_dir, split)
@@ -201,7 +146,7 @@ def ensure(data_dir: str, config: Mapping[str, Any] | None = None, *,
       if split in splits:
         missing.append(split)
       continue
-    found = _num_records(path)
+    found = record_files.num_records(path)
     if found != spec.num(split):
       raise workdir.ConfigError(
           f"{path} holds {found} records, but {spec_path} says num_{split}="

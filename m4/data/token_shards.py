@@ -23,9 +23,9 @@ vocabularies over 65536); per sequence modality its ids (V, L) (int32,
 `text/<modality>` the text of view 0; `id`; and the raw sample's `labels` and
 `scene` (of view 0) when it has them.
 
-A shard is written to a hidden temporary file and renamed when complete, so
-finished shards are never rewritten and a half-written one is never read;
-readers refuse a split with missing shards.
+A shard is written to a hidden temporary file and renamed when complete
+(m4.data.record_files), so finished shards are never rewritten and a
+half-written one is never read; readers refuse a split with missing shards.
 
 Tokenizers are identified by a fingerprint of their files (`fingerprint`):
 a pretraining run that names other tokenizers than the shards were made with
@@ -34,10 +34,8 @@ is refused by `check_tokenizers`, naming both.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
-import socket
 from typing import Any, Mapping
 
 import grain
@@ -45,11 +43,11 @@ import numpy as np
 
 from m4 import modalities as modalities_lib
 from m4 import workdir
+from m4.data import record_files
 from m4.workdir import ConfigError
 
 FORMAT = "m4.token_shards.v1"
 SPEC_FILE = "spec.json"
-RECORD_OPTIONS = "group_size:1,zstd:3"  # group_size 1: fast random access.
 
 
 # ----------------------------------------------------------------------------
@@ -219,67 +217,9 @@ def missing_shards(directory: str, split: str, spec: Mapping[str, Any]) -> list[
 # Writing.
 
 
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
-def _partial_prefix(final: str) -> str:
-  d, name = os.path.split(final)
-  return os.path.join(d, f".{name}.partial.{socket.gethostname()}.")
-
-
 def remove_stale_partials(directory: str, split: str) -> None:
   """Deletes temp files of `split` left by this host's writers that are gone."""
-  pattern = os.path.join(directory, split, f".*.partial.{socket.gethostname()}.*")
-  for path in glob.glob(pattern):
-    try:
-      pid = int(path.rsplit(".", 1)[1])
-    except ValueError:
-      continue
-    if pid != os.getpid() and not _pid_alive(pid):
-      os.remove(path)
-
-
-class ShardWriter:
-  """Writes one shard to a temp file; `commit()` renames it into place.
-
-      with ShardWriter(path) as w:
-        for record in records: w.write(record)
-        w.commit()        # without it (an exception), the temp file is removed
-  """
-
-  def __init__(self, final: str):
-    from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-    if os.path.exists(final):
-      raise FileExistsError(f"{final} exists; finished shards are never rewritten.")
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    self.final = final
-    self.tmp = _partial_prefix(final) + str(os.getpid())
-    self._writer = array_record_module.ArrayRecordWriter(self.tmp, RECORD_OPTIONS)
-
-  def write(self, record: bytes) -> None:
-    self._writer.write(record)
-
-  def commit(self) -> None:
-    self._writer.close()
-    self._writer = None
-    os.replace(self.tmp, self.final)
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    if self._writer is not None:
-      self._writer.close()
-      self._writer = None
-    if os.path.exists(self.tmp):
-      os.remove(self.tmp)
+  record_files.remove_stale_partials(os.path.join(directory, split, "*"))
 
 
 def encode_record(record: Mapping[str, Any]) -> bytes:

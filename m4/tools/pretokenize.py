@@ -57,6 +57,7 @@ from absl import logging
 
 from m4 import modalities as modalities_lib
 from m4 import workdir as workdir_lib
+from m4.data import record_files
 from m4.data import sources
 from m4.data import token_shards
 from m4.data import transforms as transforms_lib
@@ -240,7 +241,7 @@ def pretokenize(config, out_dir: str, *, progress: bool = True) -> dict:
     with bar:
       for s in todo:
         start, end = token_shards.shard_range(n, s, num_shards)
-        with token_shards.ShardWriter(token_shards.shard_path(out_dir, split, s, num_shards)) as w:
+        with record_files.RecordWriter(token_shards.shard_path(out_dir, split, s, num_shards)) as w:
           for lo in range(start, end, chunk):
             idx = list(range(lo, min(lo + chunk, end)))
             for record in _tokenize_chunk(toks, [srcs[split][i] for i in idx], idx, views,

@@ -97,36 +97,33 @@ def rules(p: Plan) -> tuple[list[Rule], list[tuple[str, np.ndarray]], list[tuple
     if cfg.mlp_bias:
       add(f"{ref}.fc2.bias", (part, "mlp_out_bias"), _identity(), layer)
 
-  def block_norm(ref, part, name, layer):
-    add(f"{ref}.weight", (part, f"{name}_scale"), _identity(), layer)
+  def norm(ref, path, layer=None):  # LayerNorm -> path + "_scale" (and "_bias").
+    *where, name = path
+    add(f"{ref}.weight", (*where, f"{name}_scale"), _identity(), layer)
     if cfg.norm_bias:
-      add(f"{ref}.bias", (part, f"{name}_bias"), _identity(), layer)
+      add(f"{ref}.bias", (*where, f"{name}_bias"), _identity(), layer)
     else:
       buffers.append((f"{ref}.bias", np.zeros((d,), np.float32)))
 
   for i in range(cfg.encoder_depth):
     ref = f"encoder.{i}"
-    block_norm(f"{ref}.norm1", "encoder", "norm1", i)
+    norm(f"{ref}.norm1", ("encoder", "norm1"), i)
     attention(f"{ref}.attn", "encoder", i, False)
-    block_norm(f"{ref}.norm2", "encoder", "norm2", i)
+    norm(f"{ref}.norm2", ("encoder", "norm2"), i)
     mlp(f"{ref}.mlp", "encoder", i)
   for i in range(cfg.decoder_depth):
     ref = f"decoder.{i}"
-    block_norm(f"{ref}.norm1", "decoder", "norm1", i)
+    norm(f"{ref}.norm1", ("decoder", "norm1"), i)
     attention(f"{ref}.self_attn", "decoder", i, False)
-    block_norm(f"{ref}.query_norm", "decoder", "query_norm", i)
-    block_norm(f"{ref}.context_norm", "decoder", "context_norm", i)
+    norm(f"{ref}.query_norm", ("decoder", "query_norm"), i)
+    norm(f"{ref}.context_norm", ("decoder", "context_norm"), i)
     attention(f"{ref}.cross_attn", "decoder", i, True)
-    block_norm(f"{ref}.norm2", "decoder", "norm2", i)
+    norm(f"{ref}.norm2", ("decoder", "norm2"), i)
     mlp(f"{ref}.mlp", "decoder", i)
 
   add("mask_token", ("mask_token",), _vector())
-  for ref, path in (("encoder_norm", "encoder_norm"), ("decoder_norm", "decoder_norm")):
-    add(f"{ref}.weight", (f"{path}_scale",), _identity())
-    if cfg.norm_bias:
-      add(f"{ref}.bias", (f"{path}_bias",), _identity())
-    else:
-      buffers.append((f"{ref}.bias", np.zeros((d,), np.float32)))
+  norm("encoder_norm", ("encoder_norm",))
+  norm("decoder_norm", ("decoder_norm",))
   add("decoder_proj_context.weight", ("context_proj",), _linear())
   add("decoder_proj_context.bias", ("context_proj_bias",), _identity())
 
