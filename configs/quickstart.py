@@ -13,17 +13,30 @@ import runpy
 import ml_collections
 
 
+# The quickstart's own tokenizers, trained by its tok_* stages.
+_TOKENIZERS = dict(rgb="{root}/tok_rgb", depth="{root}/tok_depth", semseg="{root}/tok_semseg",
+                   caption="{root}/tok_caption/wordpiece_scenes.json")
+
+
 def _stage(path: str, arg=None) -> ml_collections.ConfigDict:
   """get_config(arg) of configs/<path>."""
   return runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), path))[
       "get_config"](arg)
 
 
+def _caption_tokenizer_stage(data: ml_collections.ConfigDict):
+  """configs/tokenizers/caption_scenes.py on the quickstart's training captions."""
+  config = _stage("tokenizers/caption_scenes.py")
+  config.data.update(data)
+  config.data.modalities = ("caption",)
+  return config
+
+
 def _pretokenize_stage(data: ml_collections.ConfigDict):
   """configs/pretokenize/scenes.py with the quickstart's data and tokenizers (1 random view)."""
   config = _stage("pretokenize/scenes.py")
   config.data.update(data)
-  config.tokenizers.update({m: f"{{root}}/tok_{m}" for m in ("rgb", "depth", "semseg")})
+  config.tokenizers.update(_TOKENIZERS)
   config.random_views = 1
   return config
 
@@ -33,7 +46,7 @@ def _pretrain_stage(data: ml_collections.ConfigDict):
   config = _stage("pretrain/scenes_tiny.py", "quick")
   config.data.update(data)
   config.tokens.dir = "{root}/tokens"
-  config.tokenizers.update({m: f"{{root}}/tok_{m}" for m in ("rgb", "depth", "semseg")})
+  config.tokenizers.update(_TOKENIZERS)
   return config
 
 
@@ -49,7 +62,7 @@ def _generate_stage(data: ml_collections.ConfigDict):
   config = _stage("generate/rgb2all.py")
   config.data.update(data)
   config.init = "{root}/pretrain"
-  config.tokenizers.update({m: f"{{root}}/tok_{m}" for m in ("rgb", "depth", "semseg")})
+  config.tokenizers.update(_TOKENIZERS)
   config.num_samples = 64
   return config
 
@@ -86,7 +99,12 @@ def get_config(arg=None):
   for modality in ("rgb", "depth", "semseg"):
     config.stages[f"tok_{modality}"] = _tokenizer_stage(modality, data)
 
-  config.order = ("data", "tok_rgb", "tok_depth", "tok_semseg")  # Stage names in the order they run.
+  # Stage "tok_caption": the WordPiece caption tokenizer (seconds), in
+  # WORKDIR/tok_caption/wordpiece_scenes.json.
+  config.stages.tok_caption = _caption_tokenizer_stage(data)
+
+  # Stage names in the order they run.
+  config.order = ("data", "tok_rgb", "tok_depth", "tok_semseg", "tok_caption")
 
   # Stage "tokens": every sample's tokens (central view + 1 random crop for
   # training) in WORKDIR/tokens, so pretraining reads tokens, not pixels.
