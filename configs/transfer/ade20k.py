@@ -13,46 +13,27 @@ px), m4's per-patch MLP head (MultiMAE: a ConvNeXt adapter), global batch 32.
 Variant `:mock` is the job shrunk for tests on `tfds.testing.mock_data`.
 """
 
-from m4.trainers import transfer
+import os
+import runpy
 
-PIXELS = "rgb_pixels@224"
-PIXELS_SPEC = dict(kind="pixels", vocab_size=0, num_tokens=196, grid=(14, 14),
-                   roles=("input",), tokenizer=None, data_key="rgb")
+_COMMON = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
+PIXELS = _COMMON["PIXELS"]  # A converted 4M's raw RGB input at 224 px.
 
 
 def get_config(arg=None):
-  if arg not in (None, "", "mock"):
-    raise ValueError(f"configs/transfer/ade20k.py: unknown variant {arg!r}; use '' or mock.")
-  c = transfer.default_config()
-  c.title = "ADE20K semantic segmentation (TFDS scene_parse150)"
-  c.modalities[PIXELS] = PIXELS_SPEC
-  c.inits = ("pretrained", "scratch")
-  c.protocols = ("finetune", "probe")
+  c = _COMMON["tfds_base"]("ade20k.py", arg, "ADE20K semantic segmentation (TFDS scene_parse150)")
   c.label_fractions = (1.0,)
   c.tasks.semseg = dict(kind="segmentation", inputs=(PIXELS,), target="semseg",
                         num_classes=150)
-  c.pixel_normalization = "imagenet"
-  c.data.update(dict(kind="tfds", name="scene_parse150", dir="", train_split="train",
-                     eval_split="test", image_size=(224, 224), crop_scale=(0.5, 1.0),
-                     crop_ratio=(0.75, 1.333), flip=True, batch_size=32, num_workers=2,
-                     tfds_semseg_reduce_zero=True, modalities=()))
+  c.data.update(dict(name="scene_parse150", eval_split="test", crop_scale=(0.5, 1.0),
+                     crop_ratio=(0.75, 1.333), batch_size=32, num_workers=2,
+                     tfds_semseg_reduce_zero=True))
   c.finetune.update(dict(num_steps=0, num_epochs=64, learning_rate=1e-4, warmup_steps=0,
                          warmup_epochs=1, weight_decay=0.05, layer_decay=0.75, head_hidden=1024))
   c.probe.update(dict(num_steps=0, num_epochs=16, learning_rate=1e-3, warmup_steps=0,
                       warmup_epochs=1))
-  c.log_every = 100
   c.checkpoint_every = 2000
   if arg == "mock":
-    c.init = ""
-    c.inits = ("scratch",)
-    c.protocols = ("finetune",)
-    c.model = dict(size="tiny", encoder_modalities=(PIXELS,), decoder_modalities=("rgb",),
-                   patch_size=16)
-    c.data.batch_size = 8
-    c.data.num_workers = 0
+    _COMMON["shrink_for_mock"](c)
     c.finetune.update(dict(num_steps=2, num_epochs=0, warmup_steps=1, head_hidden=8))
-    c.log_every = 1
-    c.checkpoint_every = 0
-    c.eval.num_samples = 4
-    c.eval.num_examples = 2
   return c

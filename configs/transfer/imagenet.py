@@ -17,48 +17,27 @@ the SimCLR 1 % / 10 % lists. Variant `:mock` shrinks the job for tests on
 `tfds.testing.mock_data`.
 """
 
-from m4.trainers import transfer
+import os
+import runpy
 
-PIXELS = "rgb_pixels@224"
-PIXELS_SPEC = dict(kind="pixels", vocab_size=0, num_tokens=196, grid=(14, 14),
-                   roles=("input",), tokenizer=None, data_key="rgb")
+_COMMON = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
+PIXELS = _COMMON["PIXELS"]  # A converted 4M's raw RGB input at 224 px.
 
 
 def get_config(arg=None):
-  if arg not in (None, "", "mock"):
-    raise ValueError(f"configs/transfer/imagenet.py: unknown variant {arg!r}; use '' or mock.")
-  c = transfer.default_config()
-  c.title = "ImageNet-1k classification (TFDS imagenet2012)"
-  c.modalities[PIXELS] = PIXELS_SPEC
-  c.inits = ("pretrained", "scratch")
-  c.protocols = ("finetune", "probe")
+  c = _COMMON["tfds_base"]("imagenet.py", arg, "ImageNet-1k classification (TFDS imagenet2012)")
   c.label_fractions = (1.0, 0.1, 0.01)
   c.tasks.imagenet = dict(kind="classification", inputs=(PIXELS,), target="labels/label",
                           num_classes=1000, label_smoothing=0.1)
-  c.pixel_normalization = "imagenet"
-  c.data.update(dict(kind="tfds", name="imagenet2012", dir="", train_split="train",
-                     eval_split="validation", image_size=(224, 224), crop_scale=(0.08, 1.0),
-                     crop_ratio=(0.75, 1.333), flip=True, batch_size=1024, num_workers=8,
-                     modalities=()))
+  c.data.update(dict(name="imagenet2012", eval_split="validation", crop_scale=(0.08, 1.0),
+                     crop_ratio=(0.75, 1.333), batch_size=1024, num_workers=8))
   c.finetune.update(dict(num_steps=0, num_epochs=100, learning_rate=2e-3, warmup_steps=0,
                          warmup_epochs=5, weight_decay=0.05, layer_decay=0.65, head_hidden=0,
                          head_norm="layer"))  # MAE's fc_norm on the mean-pooled tokens.
   c.probe.update(dict(num_steps=0, num_epochs=90, learning_rate=1e-3, warmup_steps=0,
                       warmup_epochs=10))
-  c.log_every = 100
   c.checkpoint_every = 2000
   if arg == "mock":
-    c.init = ""
-    c.inits = ("scratch",)
-    c.protocols = ("finetune",)
-    c.label_fractions = (1.0,)
-    c.model = dict(size="tiny", encoder_modalities=(PIXELS,), decoder_modalities=("rgb",),
-                   patch_size=16)
-    c.data.batch_size = 8
-    c.data.num_workers = 0
+    _COMMON["shrink_for_mock"](c)
     c.finetune.update(dict(num_steps=2, num_epochs=0, warmup_steps=1))
-    c.log_every = 1
-    c.checkpoint_every = 0
-    c.eval.num_samples = 4
-    c.eval.num_examples = 2
   return c
