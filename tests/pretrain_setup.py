@@ -15,6 +15,7 @@ tokens are noise.
 import os
 
 import numpy as np
+import pytest
 from flax import nnx
 
 import m4  # pylint: disable=unused-import
@@ -23,6 +24,7 @@ from m4.data import pipeline
 from m4.data import scenes
 from m4.tokenizers import modality_io
 from m4.tokenizers import vq_tokenizer
+from m4.tools import pretokenize
 
 RESOLUTION = 32
 TINY_VQ = dict(channels=(8,), num_res_blocks=0, code_dim=2, patch=4)
@@ -133,6 +135,19 @@ def pretokenize_config(assets_, **overrides):
   c.update(overrides)
   return c
 
+
+# Module fixtures for the test modules that import them (under these names).
+@pytest.fixture(scope="module", name="assets")
+def assets_fixture(tmp_path_factory):
+  return assets(tmp_path_factory)
+
+
+@pytest.fixture(scope="module", name="shards")
+def shards_fixture(assets, tmp_path_factory):  # pylint: disable=redefined-outer-name
+  """Token shards of the tests' data, pre-tokenized with pretokenize_config."""
+  out = str(tmp_path_factory.mktemp("tokens"))
+  pretokenize.pretokenize(pretokenize_config(assets), out, progress=False)
+  return out
 
 
 def pretrain_config(assets_, shards, **overrides):

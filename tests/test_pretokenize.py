@@ -15,18 +15,7 @@ from m4.data import transforms
 from m4.tools import pretokenize
 from m4.workdir import ConfigError
 from tests import pretrain_setup as S
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-  return S.assets(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def shards(assets, tmp_path_factory):
-  out = str(tmp_path_factory.mktemp("tokens"))
-  pretokenize.pretokenize(S.pretokenize_config(assets), out, progress=False)
-  return out
+from tests.pretrain_setup import assets_fixture, shards_fixture  # pylint: disable=unused-import
 
 
 def test_records_hold_the_tokens_of_aligned_views(assets, shards):

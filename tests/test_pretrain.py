@@ -13,23 +13,11 @@ import pytest
 
 from m4 import checkpoints
 from m4 import workdir as workdir_lib
-from m4.tools import pretokenize
 from m4.trainers import pretrain
 from tests import pretrain_setup as S
+from tests.pretrain_setup import assets_fixture, shards_fixture  # pylint: disable=unused-import
 
 TOTAL = 40
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-  return S.assets(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def shards(assets, tmp_path_factory):
-  out = str(tmp_path_factory.mktemp("tokens"))
-  pretokenize.pretokenize(S.pretokenize_config(assets), out, progress=False)
-  return out
 
 
 @pytest.fixture(scope="module")
