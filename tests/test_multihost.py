@@ -65,7 +65,8 @@ def test_two_processes_train_and_resume_like_one(config, tmp_path, tmp_path_fact
                              rtol=2e-5)
   # Each host saved its own data iterator; resume from step 2 as if step 4 was never saved.
   files = os.listdir(os.path.join(two, "checkpoints", str(STEPS), "data"))
-  assert sorted(files) == ["process_0-of-2.json", "process_1-of-2.json"]
+  assert sorted(f for f in files if f.endswith(".json")) == [
+      "process_0-of-2.json", "process_1-of-2.json"]
   shutil.rmtree(os.path.join(two, "checkpoints", str(STEPS)))
   outs = _launch(config, two, cache, processes=2, devices=2)
   assert "resumed_from: 2" in outs[0]

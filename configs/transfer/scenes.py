@@ -6,7 +6,8 @@ Five tasks from the scenes samples' labels: object count and shape of the
 largest object (classification), semantic segmentation and depth from RGB,
 and segmentation from RGB + depth (an extra input modality, as MultiMAE).
 Each runs with 10 % of the training labels, probed (frozen encoder, linear
-head) and fine-tuned (layer-wise lr decay 0.75, MLP head), from the
+head) and fine-tuned (layer-wise lr decay 0.75, MLP head), 400 steps of
+batch 32 each (32 epochs of the 400 labelled samples), from the
 pretrained and from a random init: 20 runs, written side by side to
 WORKDIR/eval/results.md. The pretrained model is the run of
 configs/pretrain/scenes_tiny.py (`init`), on the same dataset
@@ -58,9 +59,9 @@ def get_config(arg=None):
                 "num_validation", "num_test"):
     c.data[field] = None
 
-  c.probe.update(dict(num_steps=1500, learning_rate=1e-3, warmup_steps=50))
+  c.probe.update(dict(num_steps=400, learning_rate=1e-3, warmup_steps=20))
   # The per-patch head predicts 8 x 8 x classes values per token: keep it light.
-  c.finetune.update(dict(num_steps=1500, learning_rate=3e-4, warmup_steps=50, weight_decay=0.05,
+  c.finetune.update(dict(num_steps=400, learning_rate=3e-4, warmup_steps=20, weight_decay=0.05,
                          layer_decay=0.75, head_hidden=128))
   c.eval.num_examples = 8
   c.log_every = 50
