@@ -7,8 +7,8 @@ Needs the token shards of configs/pretokenize/scenes.py in
 workdirs/tokens/scenes64 (made with the vq_rgb / vq_depth / vq_semseg
 tokenizers named below; `--config.tokens.source=on_the_fly` tokenizes the
 raw data instead). Model: 4+4 blocks, width 128, 4 heads (SwiGLU, no biases),
-64 encoder + 64 decoder tokens per sample, batch 64, 1500 steps (about 12
-minutes on 2 idle CPU cores); the 4M-7 masking mixture (RGB to all / all to
+64 encoder + 64 decoder tokens per sample, batch 64, 1500 steps (23 minutes
+on 2 CPU cores); the 4M-7 masking mixture (RGB to all / all to
 all) with condition dropout for guidance.
 
 Run time and figures: see experiments/pretrain_scenes_tiny/README.md.
