@@ -17,8 +17,9 @@ pretrained on (`tokenizers`): that model has no raw-pixel input, whose patch
 embedding would start untrained (a `pixels` modality in `tasks.*.inputs`
 works the same way for models that have one).
 
-Variants: `:quick` (the quickstart stage: two tasks, short runs, about three
-minutes on 2 CPU cores), `:tiny` (tests: a few steps).
+Variants: `:core` (count, semseg and depth only: 12 runs), `:quick` (the
+quickstart stage: two tasks, short runs, about three minutes on 2 CPU
+cores), `:tiny` (tests: a few steps).
 """
 
 from m4.trainers import transfer
@@ -26,8 +27,9 @@ from m4.trainers import transfer
 
 def get_config(arg=None):
   variant = arg or "full"
-  if variant not in ("full", "quick", "tiny"):
-    raise ValueError(f"configs/transfer/scenes.py: unknown variant {arg!r}; use '', quick or tiny.")
+  if variant not in ("full", "core", "quick", "tiny"):
+    raise ValueError(f"configs/transfer/scenes.py: unknown variant {arg!r};"
+                     " use '', core, quick or tiny.")
   c = transfer.default_config()
   c.title = "Transfer on scenes (64 px)"
   c.seeds = (0,)
@@ -67,6 +69,9 @@ def get_config(arg=None):
   c.log_every = 50
   c.checkpoint_every = 500
 
+  if variant == "core":  # One task of each kind: classification, segmentation, depth.
+    for name in ("largest_shape", "semseg_rgbd"):
+      del c.tasks[name]
   if variant == "quick":
     for name in ("largest_shape", "depth", "semseg_rgbd"):
       del c.tasks[name]
