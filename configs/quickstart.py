@@ -71,7 +71,7 @@ def _transfer_stage(data: ml_collections.ConfigDict):
   """configs/transfer/scenes.py:quick on the quickstart's data, tokenizers and model."""
   config = _stage("transfer/scenes.py", "quick")
   config.data.update(data)
-  config.tokenizers.update({"rgb": "{root}/tok_rgb", "depth": "{root}/tok_depth"})
+  config.tokenizers.update({m: _TOKENIZERS[m] for m in ("rgb", "depth")})
   config.init = "{root}/pretrain"
   return config
 
