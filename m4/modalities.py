@@ -150,3 +150,6 @@ register(Modality("rgb", IMAGE, vocab_size=1024, num_tokens=64, grid=(8, 8), tok
 register(Modality("depth", IMAGE, vocab_size=1024, num_tokens=64, grid=(8, 8), tokenizer="vq_depth"))
 register(Modality("semseg", IMAGE, vocab_size=512, num_tokens=64, grid=(8, 8), tokenizer="vq_semseg"))
 register(Modality("caption", SEQUENCE, vocab_size=512, num_tokens=48, tokenizer="wordpiece_scenes"))
+# RGB as raw 8x8-pixel patches, an encoder input only (4M-7's `rgb@224`).
+register(Modality("rgb_pixels", PIXELS, vocab_size=0, num_tokens=64, grid=(8, 8),
+                  roles=(INPUT,), data_key="rgb"))

@@ -8,8 +8,10 @@ Runs per sample, in numpy, in grain workers:
     # or any grain dataset: ds.random_map(masker, seed=...) (per-index RNG);
     # or outside grain: masker.mask_with_seed(sample, seed=0, index=i)
 
-The input sample holds, under each modality's `data_key`, an int token grid
-(h, w) (or its h*w flattening) for image modalities, and for sequence
+The input sample holds, under each modality's name, an int token grid
+(h, w) (or its h*w flattening) for image modalities, the (H, W, C) image
+(uint8, or float in [0, 1]) for pixel modalities (encoder inputs only, as
+4M's `rgb@224`: a budget of patches, never targets), and for sequence
 modalities either the raw text (a str, tokenized here with the modality's text
 tokenizer by `TextTokenizer.encode_padded`: word pieces + [EOS], cut to
 `num_tokens`, [PAD]s) or such padded ids already. A modality missing from the
@@ -32,7 +34,8 @@ Per sample, as 4M's `UnifiedMasking` does:
      target is limited to the tokens that are not inputs;
   4. images: one random permutation of the grid gives the inputs, then the
      targets (disjoint); `decoder_attention_mask` holds the number of targets
-     at the first target position;
+     at the first target position; pixels: a random set of input patches,
+     the tensor is the image scaled by `m4.data.transforms.pixels`;
   5. sequences: T5 span masking. Each token is kept with probability p
      (uniform in [0, 1) for keep="random", 1 for "all", 0 or 1 for "binary");
      each run of dropped tokens becomes one sentinel [S_k] in the input
@@ -74,6 +77,7 @@ import ml_collections
 import numpy as np
 
 from m4 import modalities as modalities_lib
+from m4.data import transforms
 from m4.tokenizers import text as text_lib
 
 KEEP_SCHEMES = ("random", "all", "binary")
@@ -87,12 +91,13 @@ def preset(name: str, *, num_input_tokens: int, num_target_tokens: int,
 
   "4m7" is 4M-7's `mix_mod7_all2all_rgb2all_a0.5`: half the samples are
   "RGB to all" (input alpha 1000 on `rgb`, 0 elsewhere; target alphas 0.5),
-  half "all to all" (input and target alphas 0.5). One adaptation: 4M's RGB
-  input is pixels (`rgb@224`) and it predicts the RGB tokens as a target;
-  m4's `rgb` input is those tokens, so in "RGB to all" `rgb` has target alpha
-  0 (its share would be clipped away whenever the input budget covers the
-  grid). "all2all" is the second component alone. Alphas follow the registry
-  roles (0 where a role is not allowed); sequences use keep="random", as 4M-7.
+  half "all to all" (input and target alphas 0.5). `rgb` names the RGB input:
+  with a pixel modality (4M's `rgb@224`; m4's `rgb_pixels`) the RGB tokens
+  are a target like the others, as in 4M-7. With the RGB tokens as the input,
+  "RGB to all" gives them target alpha 0 (their share would be clipped away
+  whenever the input budget covers the grid). "all2all" is the second
+  component alone. Alphas follow the registry roles (0 where a role is not
+  allowed); sequences use keep="random", as 4M-7.
   """
   mods = modalities_lib.get_many(modalities)
 
@@ -111,7 +116,7 @@ def preset(name: str, *, num_input_tokens: int, num_target_tokens: int,
     if rgb not in mods:
       raise ValueError(f"masking preset '4m7': the RGB modality {rgb!r} is not in {list(mods)}.")
     target_alphas = alphas(modalities_lib.TARGET, 0.5)
-    target_alphas[rgb] = 0.0
+    target_alphas[rgb] = 0.0  # Pixels are never targets; RGB tokens in are not out.
     rgb2all = dict(weight=1.0, input_alphas=alphas(modalities_lib.INPUT, 1000.0, only=rgb),
                    target_alphas=target_alphas, keep=keep())
     mixture = {"rgb2all": rgb2all, "all2all": all2all}
@@ -216,10 +221,6 @@ class Masking(grain.transforms.RandomMap):
       self.modalities = [modalities_lib.get(n) for n in names]
     except KeyError as e:
       raise _error("modalities", str(e)) from None
-    for m in self.modalities:
-      if m.kind not in (modalities_lib.IMAGE, modalities_lib.SEQUENCE):
-        raise _error("modalities", f"{m.name!r} is of kind {m.kind!r}; masking handles"
-                     " image and sequence modalities.")
     self.names = names
     self.num_input_tokens = int(_field(config, "num_input_tokens"))
     self.num_target_tokens = int(_field(config, "num_target_tokens"))
@@ -312,8 +313,7 @@ class Masking(grain.transforms.RandomMap):
 
   def present(self, sample: Mapping[str, Any]) -> np.ndarray:
     """bool (modalities,): which modalities the sample has."""
-    return np.array([m.data_key in sample and sample[m.data_key] is not None
-                     for m in self.modalities])
+    return np.array([sample.get(m.name) is not None for m in self.modalities])
 
   def _plan(self, present: np.ndarray):
     """What the budgets of samples with these modalities are drawn from (cached)."""
@@ -359,7 +359,7 @@ class Masking(grain.transforms.RandomMap):
       return entry
     tokens = np.asarray(value)
     if tokens.size != n or not np.issubdtype(tokens.dtype, np.integer):
-      raise ValueError(f"masking: sample[{m.data_key!r}] must be the {m.grid} int token grid of"
+      raise ValueError(f"masking: sample[{m.name!r}] must be the {m.grid} int token grid of"
                        f" modality {m.name!r} (tokenize images before masking); got"
                        f" {tokens.dtype} {tokens.shape}.")
     order = rng.permutation(n)
@@ -371,6 +371,19 @@ class Masking(grain.transforms.RandomMap):
       entry["decoder_attention_mask"][targets.min()] = budget_tgt
     return entry
 
+  def _pixels(self, rng, m, value, budget_in):
+    entry = _empty(m.num_tokens)
+    if value is None:
+      return entry
+    image = np.asarray(value)
+    h, w = m.grid
+    if image.ndim != 3 or image.shape[0] % h or image.shape[1] % w:
+      raise ValueError(f"masking: sample[{m.name!r}] must be an (H, W, C) image of whole"
+                       f" {m.grid} patches; got {image.dtype} {image.shape}.")
+    entry["tensor"] = transforms.pixels(image)
+    entry["input_mask"][rng.permutation(m.num_tokens)[:budget_in]] = True
+    return entry
+
   def _sequence_ids(self, m, value) -> np.ndarray:
     tok = self.text_tokenizers[m.name]
     if isinstance(value, (str, bytes)):
@@ -378,7 +391,7 @@ class Masking(grain.transforms.RandomMap):
       return tok.encode_padded(value, m.num_tokens)
     ids = np.asarray(value)
     if ids.shape != (m.num_tokens,) or not np.issubdtype(ids.dtype, np.integer):
-      raise ValueError(f"masking: sample[{m.data_key!r}] must be a str or ({m.num_tokens},)"
+      raise ValueError(f"masking: sample[{m.name!r}] must be a str or ({m.num_tokens},)"
                        f" int ids padded with [PAD]; got {ids.dtype} {ids.shape}.")
     return ids
 
@@ -392,7 +405,7 @@ class Masking(grain.transforms.RandomMap):
     n = int(np.count_nonzero(padded != tok.pad_id))
     ids = padded[:n]
     if n == 0 or (ids == tok.pad_id).any():
-      raise ValueError(f"masking: sample[{m.data_key!r}] of {m.name!r} must be non-empty ids"
+      raise ValueError(f"masking: sample[{m.name!r}] must be non-empty ids"
                        f" followed by [PAD]s only; got {padded.tolist()}.")
     sentinel_ids = np.arange(tok.num_sentinels) + text_lib.FIRST_SENTINEL_ID
     if budget_in == 0:
@@ -425,12 +438,13 @@ class Masking(grain.transforms.RandomMap):
     """
     present = self.present(sample)
     c, budget_in, budget_tgt = self.sample_budgets(rng, present)
-    consumed = {m.data_key for m in self.modalities}
-    out = {k: v for k, v in sample.items() if k not in consumed}
+    out = {k: v for k, v in sample.items() if k not in self.names}
     for i, m in enumerate(self.modalities):
-      value = sample[m.data_key] if present[i] else None
+      value = sample[m.name] if present[i] else None
       if m.is_image:
         out[m.name] = self._image(rng, m, value, int(budget_in[i]), int(budget_tgt[i]))
+      elif m.kind == modalities_lib.PIXELS:
+        out[m.name] = self._pixels(rng, m, value, int(budget_in[i]))
       else:
         out[m.name] = self._sequence(rng, m, value, self._keep[c][i], int(budget_in[i]),
                                      int(budget_tgt[i]))

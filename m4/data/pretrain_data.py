@@ -34,24 +34,32 @@ from m4 import modalities as modalities_lib
 from m4.data import masking as masking_lib
 from m4.data import pipeline
 from m4.data import token_shards
+from m4.data import transforms
 from m4.workdir import ConfigError, require
 
 SOURCES = ("shards", "on_the_fly")
 _EXTRAS = ("id", "valid")  # Sample keys that batches keep besides the modalities.
 
 
-class TokenizeImages(grain.transforms.Map):
-  """Raw (cropped) sample -> its image modalities as VQ token grids."""
+class ByModality(grain.transforms.Map):
+  """Raw (cropped) sample -> {modality name: value}, as masking reads it.
 
-  def __init__(self, tokenizers: Mapping[str, Any]):
+  Image modalities become VQ token grids (`tokenizers`); pixel and sequence
+  modalities take their raw value (image, text). Other keys pass through.
+  """
+
+  def __init__(self, names: Sequence[str], tokenizers: Mapping[str, Any]):
+    self.keys = {n: modalities_lib.get(n).data_key for n in names}
     self.tokenizers = dict(tokenizers)
-    self.keys = {n: modalities_lib.get(n).data_key for n in self.tokenizers}
 
   def map(self, sample):
-    out = dict(sample)
-    for name, tok in self.tokenizers.items():
-      image = np.asarray(sample[self.keys[name]])[None]
-      out[self.keys[name]] = np.asarray(tok.encode(image))[0]
+    out = {k: v for k, v in sample.items() if k not in self.keys.values()}
+    for name, key in self.keys.items():
+      if key not in sample:
+        continue
+      tok = self.tokenizers.get(name)
+      out[name] = sample[key] if tok is None else np.asarray(tok.encode(
+          np.asarray(sample[key])[None]))[0]
     return out
 
 
@@ -67,6 +75,11 @@ class KeepKeys(grain.transforms.Map):
 
 def image_names(names: Sequence[str]) -> list[str]:
   return [n for n in names if modalities_lib.get(n).is_image]
+
+
+def token_names(names: Sequence[str]) -> list[str]:
+  """The modalities made of tokens (every kind but pixels)."""
+  return [n for n in names if modalities_lib.get(n).kind != modalities_lib.PIXELS]
 
 
 class PretrainData:
@@ -87,7 +100,7 @@ class PretrainData:
     images = image_names(self.names)
     missing = [n for n in images if not named.get(n)]
     require(not missing, "tokenizers", f"no VQ tokenizer named for the image modalities {missing}.")
-    self.tokenizers_wanted = {n: named.get(n) for n in self.names}
+    self.tokenizers_wanted = {n: named.get(n) for n in token_names(self.names)}
     if self.source == "shards":
       require(bool(tokens.dir), "tokens.dir", "the directory of the token shards is required.")
       try:
@@ -133,8 +146,9 @@ class PretrainData:
     data = data.copy_and_resolve_references() if hasattr(data, "copy_and_resolve_references") \
         else dict(data)
     data.modalities = tuple(dict.fromkeys(keep + (("labels", "scene") if keep_extras else ())))
+    by_name = ByModality(self.names, self.vq_tokenizers())
     return pipeline.make_dataset(data, split, seed=seed, training=training,
-                                 transforms=[TokenizeImages(self.vq_tokenizers()), *transforms])
+                                 transforms=[by_name, *transforms])
 
   def train_dataset(self, seed: int) -> grain.IterDataset:
     """Endless masked training batches of `config.data.batch_size` (global)."""
@@ -150,8 +164,9 @@ class PretrainData:
                       transforms=[self.masker, KeepKeys(self.names)])
 
   def token_dataset(self, split: str, batch_size: int, *, keep_extras: bool = False):
-    """One ordered pass of unmasked samples (central view): token grids / ids
-    under their data keys, `id`, `valid`; with `keep_extras` labels and scene."""
+    """One ordered pass of unmasked samples (central view): token grids, ids
+    and images under their modality names, `id`, `valid`; with `keep_extras`
+    labels and scene."""
     return self._read(split, False, data=self._with_batch(batch_size), keep_extras=keep_extras)
 
   def _with_batch(self, batch_size: int):
@@ -164,19 +179,22 @@ def cross_modal_batch(tokens: Mapping[str, np.ndarray], inputs: Sequence[str], t
                       valid: np.ndarray | None = None) -> dict:
   """A masked batch: every token of `inputs` in, every token of image `target` out.
 
-  `tokens` maps data keys to (B, h, w) token grids (a `token_dataset` batch).
-  Rows where `valid` is False get no inputs and no targets.
+  `tokens` maps modality names to (B, h, w) token grids or, for pixel
+  inputs, (B, H, W, C) images (a `token_dataset` batch). Rows where `valid`
+  is False get no inputs and no targets.
   """
   mod = modalities_lib.get(target)
   require(mod.is_image, "eval.cross_modal.targets", f"{target!r} is not an image modality.")
-  first = np.asarray(tokens[modalities_lib.get(inputs[0]).data_key])
-  b = first.shape[0]
+  b = np.shape(tokens[inputs[0]])[0]
   ok = np.ones((b,), bool) if valid is None else np.asarray(valid, bool)
   batch = {}
   for name in dict.fromkeys(tuple(inputs) + (target,)):
     m = modalities_lib.get(name)
-    require(m.is_image, "eval.cross_modal.inputs", f"{name!r} is not an image modality.")
-    grid = np.asarray(tokens[m.data_key], np.int32).reshape(b, m.num_tokens)
+    pixels = m.kind == modalities_lib.PIXELS
+    require(m.is_image or (pixels and name in inputs), "eval.cross_modal.inputs",
+            f"{name!r} is not an image or pixel modality.")
+    grid = (transforms.pixels(tokens[name]) if pixels
+            else np.asarray(tokens[name], np.int32).reshape(b, m.num_tokens))
     is_in, is_tgt = name in inputs, name == target
     dam = np.zeros((b, m.num_tokens), np.int32)
     if is_tgt:

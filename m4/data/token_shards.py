@@ -18,8 +18,10 @@ A record (msgpack) holds, for V views of the sample (view 0 is the central
 full view, the one evaluation uses; views 1.. are random aligned crops):
 `crop` float32 (V, 5) = (y0, x0, h, w, flipped) of each view in source
 pixels; per image modality its token grids (V, h, w) (uint16, or int32 for
-vocabularies over 65536); per sequence modality its ids (V, L) (int32,
-[EOS]-terminated, [PAD]ded; views differ when a flip swaps left and right);
+vocabularies over 65536); per pixel modality its images (V, H, W, C) (uint8,
+the input of a `pixels` modality such as 4M's rgb@224); per sequence
+modality its ids (V, L) (int32, [EOS]-terminated, [PAD]ded; views differ
+when a flip swaps left and right);
 `text/<modality>` the text of view 0; `id`; and the raw sample's `labels` and
 `scene` (of view 0) when it has them.
 
@@ -279,9 +281,10 @@ class SelectView(grain.transforms.RandomMap):
 
   Training picks one of the record's views uniformly at random (per sample
   and epoch, from grain's seeded RNG); evaluation takes view 0 (central).
-  The sample holds, under each modality's `data_key`, its int32 token grid
-  (h, w) or padded ids (L,), plus `id` (and `valid` in evaluation); with
-  `keep_extras`, also `labels` and `scene` (numeric, so they batch).
+  The sample holds, under each modality's name, its int32 token grid (h, w),
+  padded ids (L,) or, for pixel modalities, the uint8 image (H, W, C), plus
+  `id` (and `valid` in evaluation); with `keep_extras`, also `labels` and
+  `scene` (numeric, so they batch).
   """
 
   def __init__(self, spec: Mapping[str, Any], *, training: bool,
@@ -298,9 +301,7 @@ class SelectView(grain.transforms.RandomMap):
       if saved != mine:
         raise ConfigError(f"modality {n!r}: the token shards were made for {stored[n]},"
                           f" the registry now says {registered}.")
-    self.keys = {n: modalities_lib.get(n).data_key for n in self.names}
-    if len(set(self.keys.values())) != len(self.keys):
-      raise ConfigError(f"config.masking.modalities: {self.names} share data keys {self.keys}.")
+    self.pixels = {n for n in self.names if modalities_lib.get(n).kind == modalities_lib.PIXELS}
     self.training = training
     self.keep_extras = keep_extras
 
@@ -310,8 +311,8 @@ class SelectView(grain.transforms.RandomMap):
     out = {"id": np.int64(record["id"])}
     if "valid" in record:  # Evaluation padding (m4.data.pipeline).
       out["valid"] = record["valid"]
-    for n, key in self.keys.items():
-      out[key] = np.asarray(record[n][view], np.int32)
+    for n in self.names:
+      out[n] = np.asarray(record[n][view], np.uint8 if n in self.pixels else np.int32)
     if self.keep_extras:
       for key in ("labels", "scene"):
         if key in record:

@@ -96,6 +96,27 @@ def normalize(modality: str, x):
   return xp.asarray(x, xp.int32)  # semseg
 
 
+PIXEL_NORMALIZATIONS = ("symmetric", "imagenet")
+_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+_IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def pixels(images, normalization: str = "symmetric") -> np.ndarray:
+  """RGB images (uint8, or float in [0, 1]) -> float32 pixels for a `pixels` input.
+
+  "symmetric": [0, 1] -> [-1, 1] (as `normalize("rgb", ...)`); "imagenet":
+  (x - mean) / std per channel, as 4M's rgb@224 input.
+  """
+  if normalization not in PIXEL_NORMALIZATIONS:
+    raise ValueError(f"pixel normalization {normalization!r} is not one of"
+                     f" {PIXEL_NORMALIZATIONS}.")
+  x = np.asarray(images)
+  x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+  if normalization == "imagenet":
+    return (x - _IMAGENET_MEAN) / _IMAGENET_STD
+  return x * 2.0 - 1.0
+
+
 def denormalize(modality: str, x):
   """The model's scale -> raw units; rgb is clipped to [0, 1]."""
   key = _data_key(modality)

@@ -37,9 +37,10 @@ from m4.workdir import ConfigError, require
 
 CLASSIFICATION, SEGMENTATION, DEPTH = "classification", "segmentation", "depth"
 TASK_KINDS = (CLASSIFICATION, SEGMENTATION, DEPTH)
-PIXEL_NORMALIZATIONS = ("symmetric", "imagenet")
-_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-_IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+PIXEL_NORMALIZATIONS = transforms.PIXEL_NORMALIZATIONS
+# Dense tasks' heads: a per-token readout laid out as pixels, or a light
+# convolutional upsampling decoder (m4.models.transfer_heads).
+DENSE_HEADS = ("patch", "upsample")
 # Top-level FourM parameters that `encode` reads (besides per-modality embeddings).
 _ENCODER_KEYS = ("encoder", "encoder_norm_scale", "encoder_norm_bias")
 _EMBED_KEYS = ("encoder_embed", "modality_embed")
@@ -140,7 +141,8 @@ class TransferModel(nnx.Module):
   """FourM's encoder (all input tokens) followed by a task head."""
 
   def __init__(self, cfg: configs.FourMConfig, task: TaskSpec, *, image_size: Sequence[int],
-               head_hidden: int = 0, head_norm: str = "batch", rngs: nnx.Rngs):
+               head_hidden: int = 0, head_norm: str = "batch", dense_head: str = "patch",
+               rngs: nnx.Rngs):
     self.task = task
     self.backbone = FourM(cfg, rngs=rngs)
     self.inputs = tuple(cfg.encoder_modalities)
@@ -158,8 +160,14 @@ class TransferModel(nnx.Module):
             "data.image_size", f"{size} is not a whole number of ({h}, {w}) token patches.")
     self.grid = (h, w)
     out = task.num_classes if task.kind == SEGMENTATION else 1
-    self.head = heads.DenseHead(cfg.dim * len(self.inputs), out, size[0] // h,
-                                hidden=head_hidden, norm=head_norm, rngs=rngs)
+    require(dense_head in DENSE_HEADS, "dense_head",
+            f"{dense_head!r} is not one of {DENSE_HEADS}.")
+    dim = cfg.dim * len(self.inputs)
+    if dense_head == "upsample":
+      self.head = heads.UpsampleHead(dim, out, size[0] // h, norm=head_norm, rngs=rngs)
+    else:
+      self.head = heads.DenseHead(dim, out, size[0] // h, hidden=head_hidden, norm=head_norm,
+                                  rngs=rngs)
 
   def __call__(self, batch, *, frozen: bool = False, train: bool = False) -> jax.Array:
     """Head outputs: (B, C) logits, (B, H, W, C) logits or (B, H, W, 1) log-depth.
@@ -187,14 +195,14 @@ def is_encoder_path(path: Sequence[Any], inputs: Sequence[str]) -> bool:
 
 
 def trainable_filter(model: TransferModel, protocol: str):
-  """nnx filter of what a protocol trains: the head ("probe"), or the head
-  and the encoder ("finetune")."""
+  """nnx filter of what a protocol trains: the head ("probe"), the head and
+  the encoder ("finetune"), or every parameter ("supervised", m4.models.convnet)."""
   inputs = model.inputs
 
   def f(path, value):
     if not isinstance(value, nnx.Param):
       return False
-    if str(path[0]) == "head":
+    if str(path[0]) == "head" or protocol == "supervised":  # (A from-scratch baseline.)
       return True
     return protocol == "finetune" and is_encoder_path(path, inputs)
 
@@ -227,11 +235,12 @@ def _keys(path) -> tuple[str, ...]:
 def weight_decay_mask(params: Mapping[str, Any]):
   """True for the parameters that get weight decay, as FourM.decay_mask: the
   matrices of linear layers (encoder blocks, pixel patch embeddings, the
-  head's kernels); not norms, biases, token or modality embeddings."""
+  head's and a conv net's kernels); not norms, biases, token or modality
+  embeddings."""
 
   def decays(path, _):
     keys = _keys(path)
-    if keys[0] == "head":
+    if keys[0] != "backbone":  # The head (or a conv net): kernels of linear / conv layers.
       return keys[-1] == "kernel"
     if keys[1] == "encoder_embed":
       return modalities.get(keys[2]).kind == modalities.PIXELS
@@ -295,11 +304,7 @@ class EncoderInputs:
       x = batch[mod.data_key]
       b = np.shape(x)[0]
       if mod.kind == modalities.PIXELS:
-        x = np.asarray(x, np.float32)
-        if self.pixel_normalization == "imagenet":
-          tensor = (x - _IMAGENET_MEAN) / _IMAGENET_STD
-        else:
-          tensor = np.asarray(transforms.normalize(mod.data_key, x))
+        tensor = transforms.pixels(x, self.pixel_normalization)
       else:
         tokens = np.asarray(self.tokenizers[n].encode(x))
         if tokens.shape[1:] != tuple(mod.grid):

@@ -29,7 +29,7 @@ config fields:
   modalities: registry entries to add for this run (name -> Modality
     fields; empty for the embedded defaults).
   tokenize: registry names to tokenize (image: a VQ tokenizer each;
-    sequence: its text tokenizer).
+    sequence: its text tokenizer; pixels: the view's image, kept as uint8).
   tokenizers: {modality: name or directory} of VQ tokenizers
     (`m4.tokenizers.load`); sequences may name a text tokenizer file (absent:
     the registry entry's `tokenizer`).
@@ -72,7 +72,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.data = pipeline.data_config(kind="scenes", dir="workdirs/data/scenes64")
   c.modalities = ml_collections.ConfigDict()
-  c.tokenize = ("rgb", "depth", "semseg", "caption")
+  c.tokenize = ("rgb_pixels", "rgb", "depth", "semseg", "caption")
   c.tokenizers = ml_collections.ConfigDict(dict(rgb="vq_rgb", depth="vq_depth",
                                                 semseg="vq_semseg"))
   c.splits = ("train", "validation", "test")
@@ -93,7 +93,7 @@ class Tokenizers:
     from m4.tokenizers import text  # pylint: disable=g-import-not-at-top
     self.names = tuple(config.tokenize)
     require(len(self.names) > 0, "tokenize", "is empty.")
-    self.image, self.text, self.entries = {}, {}, {}
+    self.image, self.text, self.pixels, self.entries = {}, {}, {}, {}
     size = tuple(int(s) for s in config.data.image_size)
     named = dict(config.tokenizers or {})
     for name in self.names:
@@ -102,6 +102,12 @@ class Tokenizers:
       except KeyError as e:
         raise ConfigError(f"config.tokenize: {e.args[0]}") from None
       field = f"tokenizers.{name}"
+      if mod.kind == modalities_lib.PIXELS:
+        require(tuple(size[i] // mod.grid[i] * mod.grid[i] for i in (0, 1)) == size,
+                "tokenize", f"{name!r} has a {mod.grid} patch grid; config.data.image_size"
+                f" {size} is not a whole number of patches.")
+        self.pixels[name] = mod.data_key
+        continue
       try:
         self.entries[name] = token_shards.tokenizer_entry(name, named.get(name))
       except FileNotFoundError as e:
@@ -190,6 +196,9 @@ def _tokenize_chunk(toks: Tokenizers, raws, indices, views: _Views, batch_images
     mod = modalities_lib.get(name)
     tokens[name] = np.stack([tok.encode_padded(str(v[mod.data_key]), mod.num_tokens)
                              for v in flat]).astype(np.int32)
+  for name, key in toks.pixels.items():  # AlignedCrop's float [0, 1] -> uint8.
+    images = np.stack([np.asarray(v[key], np.float32) for v in flat])
+    tokens[name] = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
   records, start = [], 0
   for raw, index, crop, vs in zip(raws, indices, crops, viewed):
     n = len(vs)

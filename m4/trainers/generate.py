@@ -4,7 +4,8 @@
         --config.init=PRETRAIN_WORKDIR
 
 For held-out samples of `config.data` (`config.split`), the `config.inputs`
-are tokenized from the ground truth (VQ tokenizers, text tokenizer) and the
+are tokenized from the ground truth (VQ tokenizers, text tokenizer; pixel
+inputs such as `rgb_pixels` take the image itself) and the
 `config.targets` generated in order (`config.chained`: each finished target
 becomes an input of the next), each as `config.decoding.<target>` says
 (m4.generation.Step fields). Writes:
@@ -55,6 +56,7 @@ from m4 import tokenizers as tokenizers_lib
 from m4 import workdir as workdir_lib
 from m4.data import pipeline
 from m4.data import sources
+from m4.data import transforms
 from m4.generation import quality
 from m4.models import pretrained
 from m4.models.fourm import FourM
@@ -182,6 +184,8 @@ def run(config, workdir: str) -> dict:
       raw = batch[mod.data_key]
       if mod.is_sequence:
         state[name] = generation.text_entry(name, [str(t) for t in raw], text[name])
+      elif mod.kind == modalities.PIXELS:
+        state[name] = generation.pixel_entry(name, transforms.pixels(raw))
       else:
         state[name] = generation.image_entry(name, vq[name].encode(np.asarray(raw)))
     batch_key = jax.random.fold_in(key, index)
