@@ -4,8 +4,10 @@
     # eval_dir/results.md, results.json, results.png, <task>_<budget>_predictions.png
 
 Rows of the table are (task, metric, label budget, protocol); columns are
-the inits (scratch, then pretrained) and their difference. With several
-seeds a cell is "mean ± std (n)"; metrics marked ↑ are better higher, ↓ lower.
+the inits (scratch, then pretrained) and their difference; a supervised
+conv net baseline (init "convnet") has rows of its own (protocol
+"supervised"). With several seeds a cell is "mean ± std (n)"; metrics marked
+↑ are better higher, ↓ lower.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import numpy as np
 
 from m4 import workdir as workdir_lib
 
-INIT_ORDER = ("scratch", "pretrained")
-PROTOCOL_ORDER = ("probe", "finetune")
+INIT_ORDER = ("scratch", "pretrained", "convnet")
+PROTOCOL_ORDER = ("probe", "finetune", "supervised")
 
 
 def save_examples(path: str, examples: Mapping[str, np.ndarray]) -> str:
@@ -66,7 +68,7 @@ def _groups(results):
 def table(results: Sequence[Mapping[str, Any]]) -> str:
   """The markdown table of `results`."""
   inits = _order([r["init"] for r in results], INIT_ORDER)
-  both = all(i in inits for i in INIT_ORDER)
+  both = "scratch" in inits and "pretrained" in inits
   head = ["task", "metric", "labels", "protocol"] + inits + (["Δ pretrained − scratch"]
                                                              if both else [])
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -108,7 +110,7 @@ def describe(config) -> list[str]:
   lines = [f"init: `{config.get('init') or '(none)'}`",
            f"seeds: {list(config.seeds)}; label fractions: {list(config.label_fractions)};"
            f" evaluated on split `{config.data.eval_split}`"]
-  for p in config.protocols:
+  for p in tuple(config.protocols) + (("supervised",) if config.get("baselines") else ()):
     s = config[p]
     steps = f"{s.num_steps} steps" if s.num_steps else f"{s.num_epochs} epochs"
     lines.append(f"{p}: {steps}, batch {config.data.batch_size}, lr {s.learning_rate:g},"
@@ -131,7 +133,7 @@ def plot(path: str, results: Sequence[Mapping[str, Any]]) -> str:
   cols = min(len(panels), 3)
   rows = -(-len(panels) // cols)
   fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-  colors = {"scratch": "#9e9e9e", "pretrained": "#1f77b4"}
+  colors = {"scratch": "#9e9e9e", "pretrained": "#1f77b4", "convnet": "#ff7f0e"}
   for ax, (task, metric, higher) in zip(axes.ravel(), panels):
     keys = sorted((k for k in groups if k[0] == task), key=_row_order)
     x = np.arange(len(keys))

@@ -16,7 +16,7 @@ from m4.evaluators import base
 
 
 class Evaluator(base.DatasetEvaluator):
-  """metrics: miou, pixel_accuracy, num_samples."""
+  """metrics: miou, pixel_accuracy, iou/<class id>, num_samples."""
 
   headline = ("miou",)
   higher_is_better = {"miou": True, "pixel_accuracy": True}
@@ -39,5 +39,7 @@ class Evaluator(base.DatasetEvaluator):
     iou = np.where(present, tp / np.maximum(union, 1), np.nan)
     out = {"miou": float(np.nanmean(iou)) if present.any() else 0.0,
            "pixel_accuracy": float(tp.sum() / max(conf.sum(), 1))}
+    # Per class too: an mIoU can look fair while only the large classes are drawn.
+    out.update({f"iou/{c}": float(v) for c, v in enumerate(iou) if not np.isnan(v)})
     self.per_class_iou = iou
     return out

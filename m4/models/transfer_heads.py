@@ -4,6 +4,7 @@
     logits = head(tokens, valid, train=True)    # (B, N, D), (B, N) -> (B, C)
     head = DenseHead(dim, out_channels=6, patch=8, hidden=0, rngs=rngs)
     logits = head(grid)                         # (B, h, w, D) -> (B, h*8, w*8, 6)
+    head = UpsampleHead(dim, out_channels=6, patch=8, rngs=rngs)   # conv decoder
 
 Both are standard and light: a normalisation, then one linear layer
 (`hidden=0`, a linear probe's readout) or a GELU MLP with one hidden layer.
@@ -93,6 +94,50 @@ class DenseHead(nnx.Module):
     p, c = self.patch, self.out_channels
     x = self.readout(grid, train).reshape(b, h, w, p, p, c)
     return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * p, w * p, c)
+
+
+class UpsampleHead(nnx.Module):
+  """Token grid (B, h, w, D) -> a light convolutional decoder -> (B, h*p, w*p, C).
+
+  norm -> 1x1 projection to `widths[0]` -> per doubling of the resolution
+  (log2 p of them): 2x bilinear upsampling, 3x3 convolution to the next
+  width, GELU -> 1x1 convolution to C (zero-initialised). MultiMAE decodes
+  dense tasks with a (heavier) convolutional head for the same reason: one
+  token per 8x8 patch cannot place a boundary inside the patch by itself.
+  """
+
+  def __init__(self, dim: int, out_channels: int, patch: int, *,
+               widths: tuple[int, ...] = (64, 32, 16), norm: str = "batch", rngs: nnx.Rngs):
+    steps = int(patch).bit_length() - 1
+    if patch < 2 or 1 << steps != patch:
+      raise ValueError(f"UpsampleHead: the patch size {patch} must be a power of 2 (>= 2).")
+    widths = tuple(int(w) for w in widths)
+    widths = widths + (widths[-1],) * (steps + 1 - len(widths))
+    if norm not in NORMS:
+      raise ValueError(f"head norm {norm!r} is not one of {NORMS}.")
+    if norm == "batch":
+      self.norm = nnx.BatchNorm(dim, momentum=0.9, epsilon=1e-6, use_bias=False,
+                                use_scale=False, rngs=rngs)
+    else:
+      self.norm = nnx.LayerNorm(dim, epsilon=1e-6, rngs=rngs)
+    self.proj = nnx.Linear(dim, widths[0], rngs=rngs)
+    self.convs = nnx.List([nnx.Conv(widths[i], widths[i + 1], (3, 3), rngs=rngs)
+                           for i in range(steps)])
+    self.out = nnx.Conv(widths[steps], out_channels, (1, 1),
+                        kernel_init=nnx.initializers.zeros, rngs=rngs)
+
+  def __call__(self, grid: Array, train: bool = False) -> Array:
+    x = grid.astype(jnp.float32)
+    if isinstance(self.norm, nnx.BatchNorm):
+      x = self.norm(x, use_running_average=not train)
+    else:
+      x = self.norm(x)
+    x = jax.nn.gelu(self.proj(x))
+    for conv in self.convs:
+      b, h, w, c = x.shape
+      x = jax.image.resize(x, (b, 2 * h, 2 * w, c), "bilinear")
+      x = jax.nn.gelu(conv(x))
+    return self.out(x)
 
 
 # ------------------------------------------------------------------ losses

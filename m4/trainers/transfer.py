@@ -40,7 +40,7 @@ Config fields (configs/transfer/scenes.py documents a full example):
   probe, finetune: num_steps (or num_epochs over the labelled subset when
     num_steps is 0), learning_rate, min_learning_rate, warmup_steps (or
     warmup_epochs when it is 0), weight_decay, layer_decay (finetune), grad_clip,
-    head_hidden, head_norm, b1, b2 (AdamW).
+    head_hidden, head_norm, dense_head ("patch" | "upsample"), b1, b2 (AdamW).
   eval: num_samples (0: the whole split), num_examples (samples in pictures).
   log_every, checkpoint_every (0: no checkpoints), mesh, sharding_rules.
   prng_impl: jax.random key implementation of the inits ("rbg", "threefry2x32").
@@ -72,12 +72,16 @@ from m4.data import subsets
 from m4.data import transforms
 from m4.evaluators import report
 from m4.models import configs
+from m4.models import convnet
 from m4.models import pretrained
 from m4.models import transfer
 from m4.workdir import ConfigError, require
 
 INITS = ("pretrained", "scratch")
 PROTOCOLS = ("probe", "finetune")
+# Reference arms beside the encoder's: a supervised conv net on the same labels.
+BASELINES = ("convnet",)
+SUPERVISED = "supervised"  # The protocol name of a baseline's runs.
 
 
 def protocol_config(**overrides) -> ml_collections.ConfigDict:
@@ -93,6 +97,7 @@ def protocol_config(**overrides) -> ml_collections.ConfigDict:
       grad_clip=1.0,  # Global-norm clipping; 0: none.
       head_hidden=0,  # 0: linear readout; > 0: MLP with this hidden width.
       head_norm="batch",  # Before the readout: "batch" (MAE's probe) or "layer".
+      dense_head="patch",  # Dense tasks: "patch" (per-token readout) or "upsample" (conv decoder).
       b1=0.9, b2=0.999))
   c.update(overrides)
   return c
@@ -118,6 +123,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.data = pipeline.data_config(eval_split="test")
   c.probe = protocol_config()
   c.finetune = protocol_config(learning_rate=1e-4, weight_decay=0.05, layer_decay=0.75)
+  c.baselines = ()  # ("convnet",): m4.models.convnet on the tasks whose inputs are pixels.
+  c.supervised = protocol_config(learning_rate=2e-3, weight_decay=1e-4)
+  c.supervised.width = 32  # The conv net's first width (then 2x, 4x, 4x).
   c.eval = ml_collections.ConfigDict(dict(num_samples=0, num_examples=8))
   c.log_every = 50
   c.checkpoint_every = 0
@@ -215,6 +223,8 @@ def check_config(config) -> None:
     require(init in INITS, "inits", f"{init!r} is not one of {INITS}.")
   for protocol in config.protocols:
     require(protocol in PROTOCOLS, "protocols", f"{protocol!r} is not one of {PROTOCOLS}.")
+  for baseline in config.get("baselines", ()):
+    require(baseline in BASELINES, "baselines", f"{baseline!r} is not one of {BASELINES}.")
   for f in config.label_fractions:
     require(0 < float(f) <= 1, "label_fractions", f"{f} is not in (0, 1].")
   require(len(config.tasks) > 0, "tasks", "no task to run.")
@@ -225,7 +235,7 @@ def check_config(config) -> None:
     require(os.path.isdir(config.init), "init", f"{config.init!r} is not a directory.")
   require(config.log_every > 0, "log_every", "must be positive.")
   require(config.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0: none).")
-  for protocol in config.protocols:
+  for protocol in tuple(config.protocols) + ((SUPERVISED,) if config.get("baselines") else ()):
     s = config[protocol]
     require(s.num_steps > 0 or s.num_epochs > 0, f"{protocol}.num_steps",
             "set num_steps or num_epochs.")
@@ -315,13 +325,19 @@ def _check_targets(task: transfer.TaskSpec, targets: np.ndarray) -> None:
 
 def build_model(ctx: _Context, task: transfer.TaskSpec, init: str, protocol: str,
                 seed: int) -> transfer.TransferModel:
-  """The task's model on the mesh: encoder pretrained or random, fresh head."""
-  cfg = transfer.backbone_config(ctx.base, task.inputs, ctx.overrides)
+  """The task's model on the mesh: encoder pretrained or random, fresh head
+  (or, for init "convnet", the supervised conv net)."""
   settings = ctx.config[protocol]
   key = jax.random.key(seed, impl=ctx.config.prng_impl)
-  make = lambda: transfer.TransferModel(
-      cfg, task, image_size=ctx.config.data.image_size, head_hidden=settings.head_hidden,
-      head_norm=settings.head_norm, rngs=nnx.Rngs(params=key))
+  if init == "convnet":
+    make = lambda: convnet.ConvNet(task, image_size=ctx.config.data.image_size,
+                                   width=int(settings.width), rngs=nnx.Rngs(params=key))
+  else:
+    cfg = transfer.backbone_config(ctx.base, task.inputs, ctx.overrides)
+    make = lambda: transfer.TransferModel(
+        cfg, task, image_size=ctx.config.data.image_size, head_hidden=settings.head_hidden,
+        head_norm=settings.head_norm, dense_head=settings.dense_head,
+        rngs=nnx.Rngs(params=key))
   # Built eagerly (op by op: no compile of a whole init, which costs more than
   # a small model's training here), then placed by the parameters' logical names.
   with sharding.use(ctx.mesh, ctx.rules):
@@ -387,7 +403,8 @@ def _train(ctx: _Context, task: transfer.TaskSpec, init: str, protocol: str, dat
       min_learning_rate=float(settings.min_learning_rate),
       warmup_steps=warmup, num_steps=num_steps,
       weight_decay=float(settings.weight_decay), layer_decay=float(settings.layer_decay),
-      depth=model.backbone.cfg.encoder_depth, grad_clip=float(settings.grad_clip),
+      depth=model.backbone.cfg.encoder_depth if init != "convnet" else 0,
+      grad_clip=float(settings.grad_clip),
       b1=float(settings.b1), b2=float(settings.b2))
   opt_state = on_mesh(tx.init(params), ctx.mesh)
   lr = schedule(settings, num_steps, warmup)
@@ -483,12 +500,22 @@ def train_and_evaluate(ctx: _Context, task: transfer.TaskSpec, init: str, protoc
   return result
 
 
+def _arms(config, task: transfer.TaskSpec) -> list[tuple[str, str]]:
+  """(init, protocol) of every run of a task: the encoder's, then the baselines'
+  (the conv net reads pixels only, so it skips tasks with token inputs)."""
+  arms = [(init, protocol) for init in config.inits for protocol in config.protocols]
+  pixels = all(modalities.get(n).kind == modalities.PIXELS for n in task.inputs)
+  if "convnet" in config.get("baselines", ()) and pixels:
+    arms.append(("convnet", SUPERVISED))
+  return arms
+
+
 def run(config, workdir: str) -> dict:
   check_config(config)
   ctx = _Context(config, workdir)
   tasks = [transfer.TaskSpec.from_config(n, config.tasks[n]) for n in config.tasks]
   plan = [(task, f, s, init, protocol) for task in tasks for f in config.label_fractions
-          for s in config.seeds for init in config.inits for protocol in config.protocols]
+          for s in config.seeds for init, protocol in _arms(config, task)]
   t0 = time.time()
   results = []
   for i, (task, fraction, seed, init, protocol) in enumerate(plan):
