@@ -101,6 +101,9 @@ def format_summary(summary: Mapping[str, Any], indent: str = "") -> str:
     if isinstance(v, Mapping):
       lines.append(f"{indent}{k}:")
       lines.append(format_summary(v, indent + "  "))
+    elif isinstance(v, (list, tuple)) and v and all(isinstance(x, str) for x in v):
+      lines.append(f"{indent}{k}:")  # Sentences, one a line.
+      lines.extend(f"{indent}  - {x}" for x in v)
     elif isinstance(v, float):
       lines.append(f"{indent}{k}: {v:.4g}")
     else:

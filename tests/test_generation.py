@@ -109,8 +109,8 @@ def test_caption_pairs_and_object_presence():
 
 @pytest.fixture(scope="module")
 def gen():
-  return generation.Generator(tiny_checkpoint.tiny_model(seed=0, names=("rgb", "semseg",
-                                                                        "caption")))
+  names = ("rgb", "semseg", "caption")
+  return generation.Generator(tiny_checkpoint.tiny_model(seed=0, names=names, inputs=names))
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +264,7 @@ def test_generate_trainer_writes_grid_tokens_and_metrics(tiny_run, tmp_path):
   from m4.trainers import generate as trainer  # pylint: disable=g-import-not-at-top
   # Two of the shipped configs, each cut to two targets to compile less.
   for name, targets, labels in (
-      ("rgb2all", ("depth", "caption"), ["rgb->depth", "rgb->caption"]),
+      ("rgb2all", ("depth", "caption"), ["rgb_pixels->depth", "rgb_pixels->caption"]),
       ("caption2semseg2rgb", ("semseg",), ["caption->semseg", "caption->semseg/presence"])):
     config = _config(name, tiny_run)
     config.targets = targets
@@ -279,7 +279,7 @@ def test_generate_trainer_writes_grid_tokens_and_metrics(tiny_run, tmp_path):
     assert all(len(s["tokens"][targets[0]]) == 64 for s in samples)
     assert os.path.getsize(summary["grid"]) > 1000
   rgb2all = json.load(open(os.path.join(tmp_path, "rgb2all", "eval", "metrics.json")))
-  assert 0 <= rgb2all["generated"]["rgb->depth"]["delta1"] <= 1
+  assert 0 <= rgb2all["generated"]["rgb_pixels->depth"]["delta1"] <= 1
   assert set(rgb2all["ceiling"]) == {"depth", "caption"}
   assert rgb2all["ceiling"]["caption"]["pair_f1"] == 1.0  # True captions name every object.
   chain = json.load(open(os.path.join(tmp_path, "caption2semseg2rgb", "eval", "metrics.json")))

@@ -1,4 +1,4 @@
-"""RGB -> depth, semseg and caption, each from the RGB tokens alone.
+"""RGB -> depth, semseg and caption, each from the RGB pixels alone.
 
     python -m m4.main --config=configs/generate/rgb2all.py --workdir=workdirs/generate/rgb2all \
         --config.init=workdirs/pretrain/scenes_tiny
@@ -16,4 +16,5 @@ _COMMON = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__))
 
 def get_config(arg=None):
   del arg
-  return _COMMON["base"](inputs=("rgb",), targets=("depth", "semseg", "caption"), chained=False)
+  return _COMMON["base"](inputs=("rgb_pixels",), targets=("depth", "semseg", "caption"),
+                         chained=False)

@@ -1,4 +1,4 @@
-"""RGB -> caption, autoregressive with a key/value cache.
+"""RGB (pixels) -> caption, autoregressive with a key/value cache.
 
     python -m m4.main --config=configs/generate/rgb2caption.py \
         --workdir=workdirs/generate/rgb2caption --config.init=workdirs/pretrain/scenes_tiny
@@ -14,7 +14,7 @@ _COMMON = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__))
 
 
 def get_config(arg=None):
-  c = _COMMON["base"](inputs=("rgb",), targets=("caption",))
+  c = _COMMON["base"](inputs=("rgb_pixels",), targets=("caption",))
   if arg == "sample":
     c.decoding.caption.temperature = 0.7
     c.decoding.caption.top_p = 0.9

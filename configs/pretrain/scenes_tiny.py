@@ -24,7 +24,8 @@ from m4.data import masking
 
 _DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                      "data", "scenes64.py")
-NAMES = ("rgb", "depth", "semseg", "caption")
+NAMES = ("rgb_pixels", "rgb", "depth", "semseg", "caption")
+TARGETS = ("rgb", "depth", "semseg", "caption")
 
 
 def get_config(arg=None):
@@ -37,11 +38,12 @@ def get_config(arg=None):
   c.tokens = ml_collections.ConfigDict(dict(source="shards", dir="workdirs/tokens/scenes64"))
   c.tokenizers = ml_collections.ConfigDict(dict(
       rgb="vq_rgb", depth="vq_depth", semseg="vq_semseg"))
-  c.masking = masking.preset("4m7", num_input_tokens=64, num_target_tokens=64, modalities=NAMES)
+  c.masking = masking.preset("4m7", num_input_tokens=64, num_target_tokens=64, modalities=NAMES,
+                             rgb="rgb_pixels")
   c.masking.condition_dropout = dict(all=0.05, per_modality=0.05)
   c.model = ml_collections.ConfigDict(dict(
       dim=128, encoder_depth=4, decoder_depth=4, num_heads=4, mlp_type="swiglu",
-      encoder_modalities=NAMES, decoder_modalities=NAMES,
+      encoder_modalities=NAMES, decoder_modalities=TARGETS, patch_size=8,
       num_encoder_tokens=64, num_decoder_tokens=64,
       dtype="float32", scan_layers=True, remat="none", head_chunk_size=128))
   c.optimizer = ml_collections.ConfigDict(dict(
@@ -54,7 +56,7 @@ def get_config(arg=None):
   c.eval = ml_collections.ConfigDict(dict(
       every=500, split="validation", batch_size=64, num_batches=0, baseline_batches=0,
       grid_samples=8, cross_modal_every_eval=True,
-      cross_modal=dict(inputs=("rgb",), targets=("depth", "semseg"))))
+      cross_modal=dict(inputs=("rgb_pixels",), targets=("depth", "semseg"))))
   c.mesh = ml_collections.ConfigDict({"data": -1})
   c.sharding_rules = None  # m4.sharding.DEFAULT_RULES.
   c.init = ""

@@ -38,17 +38,16 @@ def get_config(arg=None):
   c.protocols = ("probe", "finetune")
   c.label_fractions = (0.1,)
 
-  rgb = ("rgb",)
+  rgb = ("rgb_pixels",)
   c.tasks.count = dict(kind="classification", inputs=rgb, target="labels/count",
                        num_classes=6, label_smoothing=0.0)
   c.tasks.largest_shape = dict(kind="classification", inputs=rgb, target="labels/largest_shape",
                                num_classes=4, label_smoothing=0.0)
   c.tasks.semseg = dict(kind="segmentation", inputs=rgb, target="semseg", num_classes=6)
   c.tasks.depth = dict(kind="depth", inputs=rgb, target="depth")
-  c.tasks.semseg_rgbd = dict(kind="segmentation", inputs=("rgb", "depth"), target="semseg",
-                             num_classes=6)
+  c.tasks.semseg_rgbd = dict(kind="segmentation", inputs=("rgb_pixels", "depth"),
+                             target="semseg", num_classes=6)
   # The VQ tokenizer of each token input (a name on m4.tokenizers' search path or a dir).
-  c.tokenizers.rgb = "vq_rgb"
   c.tokenizers.depth = "vq_depth"
   c.pixel_normalization = "symmetric"  # For pixel inputs: [0, 1] -> [-1, 1].
 

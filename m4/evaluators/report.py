@@ -96,12 +96,14 @@ def table(results: Sequence[Mapping[str, Any]]) -> str:
 
 def runs_table(results: Sequence[Mapping[str, Any]]) -> str:
   """One line per run: length, final training loss and time."""
-  lines = ["| run | labels | steps | epochs | train loss | train s | steps/s | total s |",
-           "|---|---|---|---|---|---|---|---|"]
+  lines = ["| run | labels | lr | steps | epochs | train loss | train s | steps/s | total s |",
+           "|---|---|---|---|---|---|---|---|---|"]
   for r in results:
     loss = f"{r['train_loss']:.4g}" if r.get("train_loss") is not None else ""
-    lines.append(f"| {r['run']} | {r['num_labels']} | {r['steps']} | {r['epochs']:.1f} | {loss}"
-                 f" | {r['train_seconds']:.0f} | {r['steps_per_sec']:.2f} | {r['seconds']:.0f} |")
+    lr = f"{r['learning_rate']:g}" if "learning_rate" in r else ""
+    lines.append(f"| {r['run']} | {r['num_labels']} | {lr} | {r['steps']} | {r['epochs']:.1f}"
+                 f" | {loss} | {r['train_seconds']:.0f} | {r['steps_per_sec']:.2f}"
+                 f" | {r['seconds']:.0f} |")
   return "\n".join(lines) + "\n"
 
 
@@ -113,9 +115,12 @@ def describe(config) -> list[str]:
   for p in tuple(config.protocols) + (("supervised",) if config.get("baselines") else ()):
     s = config[p]
     steps = f"{s.num_steps} steps" if s.num_steps else f"{s.num_epochs} epochs"
-    lines.append(f"{p}: {steps}, batch {config.data.batch_size}, lr {s.learning_rate:g},"
+    rates = tuple(config.get("sweep", {}).get("learning_rates", {}).get(p, ()) or ())
+    lr = (f"lr swept over {', '.join(f'{x:g}' for x in rates)}" if rates
+          else f"lr {s.learning_rate:g}")
+    lines.append(f"{p}: {steps}, batch {config.data.batch_size}, {lr},"
                  f" weight decay {s.weight_decay:g}, layer decay {s.layer_decay:g},"
-                 f" head hidden {s.head_hidden}")
+                 f" head hidden {s.head_hidden}, dense head {s.get('dense_head', 'patch')}")
   return lines
 
 
@@ -216,12 +221,54 @@ def headline(results: Sequence[Mapping[str, Any]]) -> dict:
   return out
 
 
+def verdicts(results: Sequence[Mapping[str, Any]]) -> list[str]:
+  """One plain sentence per headline row: does pretrained beat scratch?"""
+  out = []
+  for (task, fraction, protocol), by_init in _groups(results).items():
+    if "pretrained" not in by_init or "scratch" not in by_init:
+      continue
+    first = by_init["pretrained"][0]
+    metric = first["headline"][0]
+    higher = first["higher_is_better"].get(metric, True)
+    pre, scr = (float(np.mean([r["metrics"][metric] for r in by_init[i]]))
+                for i in ("pretrained", "scratch"))
+    wins = pre > scr if higher else pre < scr
+    out.append(f"{task} {protocol} {100 * fraction:g}% {metric}: pretrained {pre:.3f} vs scratch"
+               f" {scr:.3f} ({pre - scr:+.3f}): "
+               + ("pretrained beats scratch" if wins else "pretrained does NOT beat scratch"))
+  return out
+
+
+def sweep_table(sweep: Sequence[Mapping[str, Any]],
+                results: Sequence[Mapping[str, Any]]) -> str:
+  """The learning-rate sweep: each arm's validation figure per rate; * = chosen."""
+  chosen = {(r["task"], r["label_fraction"], r["init"], r["protocol"]): r["learning_rate"]
+            for r in results}
+  rows = collections.defaultdict(dict)
+  for r in sweep:
+    key = (r["task"], r["label_fraction"], r["init"], r["protocol"])
+    metric = r["headline"][0]
+    mark = "*" if chosen.get(key) == r["learning_rate"] else ""
+    rows[key][r["learning_rate"]] = f"{r['metrics'][metric]:.4g}{mark} ({metric})"
+  rates = sorted({lr for cells in rows.values() for lr in cells})
+  lines = ["| task | labels | init | protocol | " + " | ".join(f"lr {x:g}" for x in rates) + " |",
+           "|" + "---|" * (4 + len(rates))]
+  for (task, fraction, init, protocol), cells in rows.items():
+    lines.append(f"| {task} | {100 * fraction:g} % | {init} | {protocol} | "
+                 + " | ".join(cells.get(x, "") for x in rates) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def write(eval_dir: str, results: Sequence[Mapping[str, Any]], *, title: str = "Transfer",
-          notes: Sequence[str] = ()) -> dict:
+          notes: Sequence[str] = (), sweep: Sequence[Mapping[str, Any]] = ()) -> dict:
   """results.md, results.json, results.png and the prediction grids."""
   os.makedirs(eval_dir, exist_ok=True)
-  body = ([f"# {title}", ""] + [f"- {n}" for n in notes]
-          + ["", table(results), "## Runs", "", runs_table(results)])
+  body = [f"# {title}", ""] + [f"- {n}" for n in notes] + ["", table(results)]
+  if sweep:
+    split = sweep[0]["eval_split"]
+    body += [f"## Learning-rate sweep (first seed, scored on `{split}`; * = used above)", "",
+             sweep_table(sweep, results)]
+  body += ["## Runs", "", runs_table(results)]
   md = os.path.join(eval_dir, "results.md")
   tmp = f"{md}.tmp.{os.getpid()}"
   with open(tmp, "w", encoding="utf-8") as f:

@@ -33,8 +33,9 @@ from m4.models import pretrained
 from m4.models.fourm import FourM
 
 NAMES = ("rgb", "depth", "semseg", "caption")
+INPUTS = ("rgb_pixels",) + NAMES  # RGB pixels in, as the scenes pretraining reads them.
 TINY_MODEL = dict(dim=32, num_heads=2, encoder_depth=1, decoder_depth=1,
-                  num_encoder_tokens=64, num_decoder_tokens=64)
+                  num_encoder_tokens=64, num_decoder_tokens=64, patch_size=8)
 TINY_VQ = dict(channels=(16, 32), num_res_blocks=1, code_dim=8, patch=4)
 
 
@@ -63,9 +64,9 @@ def numpy_init(make, seed: int, fan_in):
   return abstract
 
 
-def tiny_model(seed: int = 0, names=NAMES, **overrides) -> FourM:
-  """A random FourM (TINY_MODEL sizes) over the registered `names`."""
-  cfg = configs.preset("tiny", encoder_modalities=tuple(names), decoder_modalities=tuple(names),
+def tiny_model(seed: int = 0, names=NAMES, inputs=INPUTS, **overrides) -> FourM:
+  """A random FourM (TINY_MODEL sizes) reading `inputs`, predicting `names`."""
+  cfg = configs.preset("tiny", encoder_modalities=tuple(inputs), decoder_modalities=tuple(names),
                        **{**TINY_MODEL, **overrides})
   return numpy_init(lambda: FourM(cfg, rngs=nnx.Rngs(seed)), seed, lambda _: cfg.dim)
 

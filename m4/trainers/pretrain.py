@@ -350,6 +350,10 @@ def _train_metrics(mean: Mapping[str, float], tokens_per_step: int) -> dict[str,
   return out
 
 
+# Cross-modal figures in the summary (all of them are in eval/final.json).
+_SUMMARY_FIGURES = ("/accuracy", "/miou", "/delta1", "/abs_rel")
+
+
 def run(config, workdir_path: str) -> dict:
   """Pretrains (or resumes) in `workdir_path`; returns the summary."""
   from m4.data import pretrain_data  # pylint: disable=g-import-not-at-top
@@ -491,7 +495,7 @@ def run(config, workdir_path: str) -> dict:
       "params_m": round(configs.count_params(state.params) / 1e6, 2),
       "train_loss": last_train.get("train/loss"), "val_loss": final.get("val/loss"),
       "cross_modal": {k.split("/", 1)[1]: round(v, 4) for k, v in final.items()
-                      if k.startswith("cross_modal/") and k.endswith("accuracy")},
+                      if k.startswith("cross_modal/") and k.endswith(_SUMMARY_FIGURES)},
       "baseline_best": {k.split("/")[1]: round(v, 4) for k, v in final.items()
                         if k.startswith("baseline/") and k.endswith("/best")},
       "tokens_per_sec": last_train.get("tokens_per_sec"),

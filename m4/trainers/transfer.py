@@ -125,7 +125,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.finetune = protocol_config(learning_rate=1e-4, weight_decay=0.05, layer_decay=0.75)
   c.baselines = ()  # ("convnet",): m4.models.convnet on the tasks whose inputs are pixels.
   c.supervised = protocol_config(learning_rate=2e-3, weight_decay=1e-4)
-  c.supervised.width = 32  # The conv net's first width (then 2x, 4x, 4x).
+  c.supervised.width = 16  # The conv net's first width (then 2x, 4x, 4x).
+  # Learning rates tried per protocol on the first seed, scored on `split`;
+  # each arm then runs every seed with its best (empty: no sweep).
+  c.sweep = ml_collections.ConfigDict(dict(split="validation", learning_rates=dict(
+      probe=(), finetune=(), supervised=())))
   c.eval = ml_collections.ConfigDict(dict(num_samples=0, num_examples=8))
   c.log_every = 50
   c.checkpoint_every = 0
@@ -323,13 +327,38 @@ def _check_targets(task: transfer.TaskSpec, targets: np.ndarray) -> None:
                       f" {sorted(set(t[bad].tolist()))[:5]}, outside [0, {task.num_classes}).")
 
 
-def build_model(ctx: _Context, task: transfer.TaskSpec, init: str, protocol: str,
-                seed: int) -> transfer.TransferModel:
+@dataclasses.dataclass
+class Run:
+  """One training run: a task's arm (init x protocol) at a label budget and seed.
+
+  `settings` are the protocol's settings (config.<protocol>, with a swept
+  value where a sweep chose one); `split` is where it is evaluated; `group`
+  is "" for the reported runs and "sweep" for the learning-rate sweep's.
+  """
+
+  task: transfer.TaskSpec
+  init: str
+  protocol: str
+  fraction: float
+  seed: int
+  settings: ml_collections.ConfigDict
+  split: str
+  group: str = ""
+
+  @property
+  def name(self) -> str:
+    name = run_name(self.task.name, self.init, self.protocol, self.fraction, self.seed)
+    if self.group:
+      name += f"__lr{float(self.settings.learning_rate):g}"
+    return name
+
+
+def build_model(ctx: _Context, run: Run):
   """The task's model on the mesh: encoder pretrained or random, fresh head
   (or, for init "convnet", the supervised conv net)."""
-  settings = ctx.config[protocol]
-  key = jax.random.key(seed, impl=ctx.config.prng_impl)
-  if init == "convnet":
+  settings, task = run.settings, run.task
+  key = jax.random.key(run.seed, impl=ctx.config.prng_impl)
+  if run.init == "convnet":
     make = lambda: convnet.ConvNet(task, image_size=ctx.config.data.image_size,
                                    width=int(settings.width), rngs=nnx.Rngs(params=key))
   else:
@@ -344,7 +373,7 @@ def build_model(ctx: _Context, task: transfer.TaskSpec, init: str, protocol: str
     model = make()
   state = nnx.state(model)
   nnx.update(model, jax.device_put(state, sharding.state_shardings(state, ctx.mesh, ctx.rules)))
-  if init == "pretrained":
+  if run.init == "pretrained":
     step = int(ctx.config.init_step)
     try:
       transfer.restore_encoder(model, ctx.config.init, key=ctx.config.init_key,
@@ -355,21 +384,21 @@ def build_model(ctx: _Context, task: transfer.TaskSpec, init: str, protocol: str
   return model
 
 
-def run_settings(ctx: _Context, task: transfer.TaskSpec, init: str, protocol: str,
-                 fraction: float, seed: int) -> dict:
+def run_settings(ctx: _Context, run: Run) -> dict:
   """Everything a run's result depends on, as JSON (stored with the run)."""
-  config = ctx.config
+  config, task = ctx.config, run.task
   data = {k: config.data.get(k) for k in (
-      "kind", "name", "dir", "train_split", "eval_split", "image_size", "crop_scale",
+      "kind", "name", "dir", "train_split", "image_size", "crop_scale",
       "crop_ratio", "flip", "batch_size", "tfds_features", "tfds_semseg_reduce_zero")}
-  out = {"task": dataclasses.asdict(task), "init": init, "protocol": protocol,
-         "label_fraction": float(fraction), "seed": int(seed),
-         "optimizer": config[protocol].to_dict(), "model": ctx.overrides, "data": data,
+  data["eval_split"] = run.split
+  out = {"task": dataclasses.asdict(task), "init": run.init, "protocol": run.protocol,
+         "label_fraction": float(run.fraction), "seed": int(run.seed),
+         "optimizer": run.settings.to_dict(), "model": ctx.overrides, "data": data,
          "inputs": {n: (config.tokenizers.get(n) or modalities.get(n).tokenizer)
                     if modalities.get(n).kind == modalities.IMAGE
                     else config.pixel_normalization for n in task.inputs},
          "eval": config.eval.to_dict(), "prng_impl": config.prng_impl}
-  if init == "pretrained":
+  if run.init == "pretrained":
     out["init_dir"] = os.path.abspath(config.init)
     out["init_key"], out["init_step"] = config.init_key, int(config.init_step)
   return json.loads(json.dumps(workdir_lib._to_builtin(out)))  # pylint: disable=protected-access
@@ -386,29 +415,30 @@ def _check_same(path: str, settings: dict) -> None:
         " --workdir, or move that run away to redo it. Nothing was changed.")
 
 
-def _train(ctx: _Context, task: transfer.TaskSpec, init: str, protocol: str, data, source,
-           seed: int, run_dir: str, logger: workdir_lib.MetricLogger, note: str):
+def _train(ctx: _Context, run: Run, data, source, run_dir: str,
+           logger: workdir_lib.MetricLogger, note: str):
   """Trains one run (resuming from its checkpoints); returns (model, figures)."""
-  config, settings = ctx.config, ctx.config[protocol]
+  config, settings, task = ctx.config, run.settings, run.task
   batch_size = int(data.batch_size)
-  num_steps, warmup = run_length(settings, len(source), batch_size, protocol)
+  num_steps, warmup = run_length(settings, len(source), batch_size, run.protocol)
   inputs = ctx.encoder_inputs(task)
-  model = build_model(ctx, task, init, protocol, seed)
-  frozen = protocol == "probe"
+  model = build_model(ctx, run)
+  frozen = run.protocol == "probe"
   graphdef, trainable, stats, rest = nnx.split(
-      model, transfer.trainable_filter(model, protocol), nnx.BatchStat, ...)
+      model, transfer.trainable_filter(model, run.protocol), nnx.BatchStat, ...)
   params, stats = nnx.to_pure_dict(trainable), nnx.to_pure_dict(stats)
   tx = make_optimizer(
       learning_rate=float(settings.learning_rate),
       min_learning_rate=float(settings.min_learning_rate),
       warmup_steps=warmup, num_steps=num_steps,
       weight_decay=float(settings.weight_decay), layer_decay=float(settings.layer_decay),
-      depth=model.backbone.cfg.encoder_depth if init != "convnet" else 0,
+      depth=model.backbone.cfg.encoder_depth if run.init != "convnet" else 0,
       grad_clip=float(settings.grad_clip),
       b1=float(settings.b1), b2=float(settings.b2))
   opt_state = on_mesh(tx.init(params), ctx.mesh)
   lr = schedule(settings, num_steps, warmup)
-  it = pipeline.make_iterator(data, data.train_split, seed=seed, training=True, source=source)
+  it = pipeline.make_iterator(data, data.train_split, seed=run.seed, training=True,
+                              source=source)
   ckpt, start = None, 0
   if config.checkpoint_every:
     ckpt = checkpoints.Checkpointer(os.path.join(run_dir, "checkpoints"), max_to_keep=1)
@@ -451,15 +481,15 @@ def _train(ctx: _Context, task: transfer.TaskSpec, init: str, protocol: str, dat
   return nnx.merge(graphdef, nnx.State(params), nnx.State(stats), rest), figures
 
 
-def train_and_evaluate(ctx: _Context, task: transfer.TaskSpec, init: str, protocol: str,
-                       fraction: float, seed: int, label: str = "") -> dict:
+def train_and_evaluate(ctx: _Context, run: Run, label: str = "") -> dict:
   """One run (see the module doc); returns its result dict."""
-  config = ctx.config
-  name = run_name(task.name, init, protocol, fraction, seed)
-  result_path = os.path.join(ctx.eval_dir, f"{name}.json")
-  run_dir = os.path.join(ctx.workdir, "runs", task.name, name.split("__", 1)[1])
+  config, task, name = ctx.config, run.task, run.name
+  eval_dir = os.path.join(ctx.eval_dir, run.group) if run.group else ctx.eval_dir
+  result_path = os.path.join(eval_dir, f"{name}.json")
+  run_dir = os.path.join(ctx.workdir, "runs", task.name, *([run.group] if run.group else []),
+                         name.split("__", 1)[1])
   settings_path = os.path.join(run_dir, "run.json")
-  run_config = run_settings(ctx, task, init, protocol, fraction, seed)
+  run_config = run_settings(ctx, run)
   if os.path.exists(result_path):
     _check_same(result_path, run_config)
     print(f"{label}{name}: done before, skipped", flush=True)
@@ -470,33 +500,36 @@ def train_and_evaluate(ctx: _Context, task: transfer.TaskSpec, init: str, protoc
     workdir_lib.write_json(settings_path, run_config)
   t0 = time.time()
   data = _task_data(config, task)
-  source = subsets.LabelSubset(sources.make_source(data, data.train_split), fraction, seed)
-  logger = workdir_lib.MetricLogger(run_dir, name=f"{task.name} {init} {protocol}")
-  model, figures = _train(ctx, task, init, protocol, data, source, seed, run_dir, logger,
-                          note=f"{label}{name}: ")
+  source = subsets.LabelSubset(sources.make_source(data, data.train_split), run.fraction,
+                               run.seed)
+  logger = workdir_lib.MetricLogger(run_dir, name=f"{task.name} {run.init} {run.protocol}")
+  model, figures = _train(ctx, run, data, source, run_dir, logger, note=f"{label}{name}: ")
   evaluator = evaluators.get(task.kind)(
-      task=task, data=data, split=data.eval_split, seed=seed, inputs=ctx.encoder_inputs(task),
+      task=task, data=data, split=run.split, seed=run.seed, inputs=ctx.encoder_inputs(task),
       mesh=ctx.mesh, rules=ctx.rules, num_examples=config.eval.num_examples,
       num_samples=config.eval.num_samples)
   metrics = evaluator.run(model)
-  logger.write(figures["steps"], {f"test/{k}": v for k, v in metrics.items()}, progress=False)
+  logger.write(figures["steps"], {f"{run.split}/{k}": v for k, v in metrics.items()},
+               progress=False)
   logger.close()
   result = {
-      "run": name, "task": task.name, "kind": task.kind, "init": init, "protocol": protocol,
-      "label_fraction": float(fraction), "num_labels": len(source), "seed": int(seed),
+      "run": name, "task": task.name, "kind": task.kind, "init": run.init,
+      "protocol": run.protocol, "label_fraction": float(run.fraction),
+      "num_labels": len(source), "seed": int(run.seed),
+      "learning_rate": float(run.settings.learning_rate),
       **figures, "seconds": round(time.time() - t0, 1), "metrics": metrics,
       "headline": list(evaluator.headline),
       "higher_is_better": dict(evaluator.higher_is_better),
-      "eval_split": data.eval_split, "init_dir": config.get("init") or "",
+      "eval_split": run.split, "init_dir": config.get("init") or "",
       "run_dir": run_dir, "settings": run_config,
   }
   if jax.process_index() == 0:
-    if evaluator.examples:
+    if evaluator.examples and not run.group:
       report.save_examples(os.path.join(ctx.eval_dir, "examples", f"{name}.npz"),
                            evaluator.examples)
     workdir_lib.write_json(result_path, result)
   shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in evaluator.headline)
-  print(f"{label}{name}: {shown} ({result['seconds']:.0f} s)", flush=True)
+  print(f"{label}{name}: {shown} on {run.split} ({result['seconds']:.0f} s)", flush=True)
   return result
 
 
@@ -510,24 +543,65 @@ def _arms(config, task: transfer.TaskSpec) -> list[tuple[str, str]]:
   return arms
 
 
+def _better(result: dict, best: dict | None) -> bool:
+  if best is None:
+    return True
+  metric = result["headline"][0]
+  higher = result["higher_is_better"].get(metric, True)
+  a, b = result["metrics"][metric], best["metrics"][metric]
+  return a > b if higher else a < b
+
+
+def sweep(ctx: _Context, task: transfer.TaskSpec, fraction: float, init: str, protocol: str,
+          label: str = "") -> tuple[ml_collections.ConfigDict, list[dict]]:
+  """The protocol's settings with the learning rate that does best on `sweep.split`.
+
+  Every arm gets the same sweep (config.sweep.learning_rates[protocol]) on
+  its first seed's label subset, scored by the task's first headline metric
+  on the sweep's split (the validation split: the test split is never used
+  to choose). Returns (settings, the sweep's results).
+  """
+  settings = ctx.config[protocol]
+  rates = tuple(ctx.config.sweep.learning_rates.get(protocol, ()) or ())
+  if not rates:
+    return settings, []
+  seed = int(ctx.config.seeds[0])
+  results, best = [], None
+  for lr in rates:
+    tried = settings.copy_and_resolve_references()
+    tried.learning_rate = float(lr)
+    r = train_and_evaluate(ctx, Run(task, init, protocol, fraction, seed, tried,
+                                    ctx.config.sweep.split, group="sweep"), label=label)
+    results.append(r)
+    if _better(r, best):
+      best, chosen = r, tried
+  return chosen, results
+
+
 def run(config, workdir: str) -> dict:
   check_config(config)
   ctx = _Context(config, workdir)
   tasks = [transfer.TaskSpec.from_config(n, config.tasks[n]) for n in config.tasks]
-  plan = [(task, f, s, init, protocol) for task in tasks for f in config.label_fractions
-          for s in config.seeds for init, protocol in _arms(config, task)]
+  arms = [(task, f, init, protocol) for task in tasks for f in config.label_fractions
+          for init, protocol in _arms(config, task)]
   t0 = time.time()
-  results = []
-  for i, (task, fraction, seed, init, protocol) in enumerate(plan):
-    results.append(train_and_evaluate(ctx, task, init, protocol, fraction, seed,
-                                      label=f"[transfer {i + 1}/{len(plan)}] "))
+  results, swept = [], []
+  for i, (task, fraction, init, protocol) in enumerate(arms):
+    label = f"[transfer {i + 1}/{len(arms)}] "
+    settings, tried = sweep(ctx, task, fraction, init, protocol, label)
+    swept += tried
+    for seed in config.seeds:
+      results.append(train_and_evaluate(
+          ctx, Run(task, init, protocol, fraction, int(seed), settings, config.data.eval_split),
+          label=label))
   if jax.process_index() != 0:
     return {"runs": len(results)}
   paths = report.write(ctx.eval_dir, results, title=config.get("title", "Transfer"),
-                       notes=report.describe(config))
+                       notes=report.describe(config), sweep=swept)
   summary = {"results": paths["table"], "plot": paths["plot"],
-             "runs": len(results), "seconds": round(time.time() - t0, 1)}
+             "runs": len(results) + len(swept), "seconds": round(time.time() - t0, 1)}
   if paths.get("predictions"):
     summary["predictions"] = paths["predictions"]
   summary["headline"] = report.headline(results)
+  summary["verdicts"] = report.verdicts(results)
   return summary
