@@ -367,6 +367,64 @@ def test_end_to_end_scenes_table_both_inits_and_protocols(tmp_path, scenes_dir):
   assert first.stat().st_mtime == mtime
 
 
+def test_sweep_picks_each_arms_rate_on_validation_and_the_convnet_is_an_arm(tmp_path, scenes_dir):
+  c = _scenes_config(scenes_dir, "")
+  c.inits, c.protocols = ("scratch",), ("probe",)
+  c.model = _tiny_cfg().to_dict()
+  c.sweep.learning_rates = dict(probe=(1e-4, 1e-2), finetune=(), supervised=(3e-3,))
+  c.baselines = ("convnet",)
+  c.supervised.update(dict(num_steps=40, warmup_steps=4, width=8))
+  wd = tmp_path / "wd"
+  summary = trainer.run(c, str(wd))
+  swept = [json.loads(p.read_text()) for p in sorted((wd / "eval" / "sweep").glob("*.json"))]
+  # Scored on the validation split, never the test split; one run per rate.
+  assert {r["eval_split"] for r in swept} == {"validation"}
+  probe = {r["learning_rate"]: r for r in swept if r["protocol"] == "probe"}
+  assert sorted(probe) == [1e-4, 1e-2]
+  best = max(probe.values(), key=lambda r: r["metrics"]["miou"])
+  results = json.loads((wd / "eval" / "results.json").read_text())
+  final = {(r["init"], r["protocol"]): r for r in results}
+  assert final["scratch", "probe"]["learning_rate"] == best["learning_rate"]
+  assert final["scratch", "probe"]["eval_split"] == "test"
+  # The conv net trains from pixels on the same labels and learns more than the majority class.
+  convnet = final["convnet", "supervised"]
+  assert convnet["num_labels"] == final["scratch", "probe"]["num_labels"]
+  from m4.data import scenes  # pylint: disable=g-import-not-at-top
+  src = scenes.ScenesSource(scenes_dir, "test")
+  labels = np.concatenate([src[i]["semseg"].ravel() for i in range(len(src))])
+  assert convnet["metrics"]["pixel_accuracy"] > np.bincount(labels).max() / labels.size + 0.1
+  table = (wd / "eval" / "results.md").read_text()
+  assert "| supervised |" in table and "Learning-rate sweep" in table
+  assert summary["runs"] == len(results) + len(swept) == 2 + 3
+  assert not summary["verdicts"]  # No pretrained arm here: nothing to compare.
+
+
+def test_verdicts_say_plainly_whether_pretraining_helped():
+  from m4.evaluators import report  # pylint: disable=g-import-not-at-top
+  row = lambda init, value, metric="miou", higher=True: dict(
+      task="semseg", label_fraction=0.1, protocol="probe", init=init, headline=[metric],
+      higher_is_better={metric: higher}, metrics={metric: value})
+  assert report.verdicts([row("pretrained", 0.6), row("scratch", 0.4)]) == [
+      "semseg probe 10% miou: pretrained 0.600 vs scratch 0.400 (+0.200): pretrained beats"
+      " scratch"]
+  (line,) = report.verdicts([row("pretrained", 0.3), row("scratch", 0.4)])
+  assert line.endswith("pretrained does NOT beat scratch")
+  (line,) = report.verdicts([row("pretrained", 0.3, "abs_rel", False),
+                             row("scratch", 0.4, "abs_rel", False)])
+  assert line.endswith("pretrained beats scratch")  # Lower is better.
+
+
+def test_upsample_head_draws_at_full_resolution_and_starts_uniform():
+  from m4.models import transfer_heads  # pylint: disable=g-import-not-at-top
+  head = transfer_heads.UpsampleHead(32, 6, 8, rngs=_rngs(0))
+  grid = jax.random.normal(jax.random.key(1), (2, 4, 4, 32))
+  out = head(grid, train=True)
+  assert out.shape == (2, 32, 32, 6)
+  np.testing.assert_array_equal(np.asarray(out), 0.0)  # Zero-initialised last layer.
+  with pytest.raises(ValueError, match="power of 2"):
+    transfer_heads.UpsampleHead(32, 6, 6, rngs=_rngs(0))
+
+
 def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, scenes_dir, monkeypatch):
   c = _scenes_config(scenes_dir, "")
   c.inits, c.protocols = ("scratch",), ("finetune",)

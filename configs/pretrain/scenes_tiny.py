@@ -6,13 +6,20 @@
 Needs the token shards of configs/pretokenize/scenes.py in
 workdirs/tokens/scenes64 (made with the vq_rgb / vq_depth / vq_semseg
 tokenizers named below; `--config.tokens.source=on_the_fly` tokenizes the
-raw data instead). Model: 4+4 blocks, width 128, 4 heads (SwiGLU, no biases),
-64 encoder + 64 decoder tokens per sample, batch 64, 1500 steps (23 minutes
-on 2 CPU cores); the 4M-7 masking mixture (RGB to all / all to
-all) with condition dropout for guidance.
+raw data instead). `python -m m4.main --config=configs/quickstart.py:full`
+runs the whole chain (data, tokenizers, shards, this pretraining, generation,
+transfer) in one workdir.
 
-Run time and figures: see experiments/pretrain_scenes_tiny/README.md.
-`quick` (the quickstart stage) trains a smaller model for fewer steps.
+Model: 4+4 blocks, width 128, 4 heads (SwiGLU, no biases), 64 encoder + 64
+decoder tokens per sample. RGB goes in as raw 8x8-pixel patches
+(`rgb_pixels`, as 4M-7's `rgb@224`) and its VQ tokens are a target like
+depth, semseg and the caption. The masking is 4M-7's mixture ("RGB to all"
+and "all to all") weighted 3:1 towards "RGB to all", with condition dropout
+for guidance. Batch 32, AdamW lr 3e-3, 9000 steps: about 80 minutes on 2
+CPU cores. Why these settings (pixels in, the mixture weight, the learning
+rate, the batch size) and what each bought: experiments/pretrain_objects/.
+
+`quick` (the quickstart stage): 3+3 blocks, 1200 steps, about 6 minutes.
 """
 
 import os
@@ -29,17 +36,20 @@ TARGETS = ("rgb", "depth", "semseg", "caption")
 
 
 def get_config(arg=None):
+  if arg not in (None, "quick"):
+    raise ValueError(f"scenes_tiny: unknown variant {arg!r}; use no argument or 'quick'.")
   c = ml_collections.ConfigDict()
   c.trainer = "pretrain"
   c.seed = 0
   c.modalities = ml_collections.ConfigDict()  # The embedded registry entries.
   c.data = runpy.run_path(_DATA)["get_config"]().data  # Raw data + crops (on the fly).
-  c.data.batch_size = 64
+  c.data.batch_size = 32
   c.tokens = ml_collections.ConfigDict(dict(source="shards", dir="workdirs/tokens/scenes64"))
   c.tokenizers = ml_collections.ConfigDict(dict(
       rgb="vq_rgb", depth="vq_depth", semseg="vq_semseg"))
   c.masking = masking.preset("4m7", num_input_tokens=64, num_target_tokens=64, modalities=NAMES,
                              rgb="rgb_pixels")
+  c.masking.mixture.rgb2all.weight = 3.0  # "RGB to all" 3 : 1 "all to all".
   c.masking.condition_dropout = dict(all=0.05, per_modality=0.05)
   c.model = ml_collections.ConfigDict(dict(
       dim=128, encoder_depth=4, decoder_depth=4, num_heads=4, mlp_type="swiglu",
@@ -47,14 +57,14 @@ def get_config(arg=None):
       num_encoder_tokens=64, num_decoder_tokens=64,
       dtype="float32", scan_layers=True, remat="none", head_chunk_size=128))
   c.optimizer = ml_collections.ConfigDict(dict(
-      lr=1e-3, warmup_steps=100, final_lr_ratio=0.01, b1=0.9, b2=0.95, eps=1e-8,
+      lr=3e-3, warmup_steps=450, final_lr_ratio=0.01, b1=0.9, b2=0.95, eps=1e-8,
       weight_decay=0.05, clip_norm=1.0))
-  c.total_steps = 1500
-  c.log_every = 50
-  c.checkpoint_every = 500
+  c.total_steps = 9000
+  c.log_every = 100
+  c.checkpoint_every = 1500
   c.keep_checkpoints = 2
   c.eval = ml_collections.ConfigDict(dict(
-      every=500, split="validation", batch_size=64, num_batches=0, baseline_batches=0,
+      every=1500, split="validation", batch_size=64, num_batches=0, baseline_batches=0,
       grid_samples=8, cross_modal_every_eval=True,
       cross_modal=dict(inputs=("rgb_pixels",), targets=("depth", "semseg"))))
   c.mesh = ml_collections.ConfigDict({"data": -1})
@@ -64,11 +74,9 @@ def get_config(arg=None):
   c.inject_nan_at_step = -1
   if arg == "quick":
     c.model.update(encoder_depth=3, decoder_depth=3)
-    c.total_steps = 450  # 600 steps made the quickstart take 21 minutes on 2 cores.
-    c.optimizer.warmup_steps = 45
-    c.checkpoint_every = 150
-    c.eval.every = 150
-    c.log_every = 25
-  elif arg is not None:
-    raise ValueError(f"scenes_tiny: unknown variant {arg!r}; use no argument or 'quick'.")
+    c.total_steps = 1200
+    c.optimizer.warmup_steps = 100
+    c.checkpoint_every = 400
+    c.eval.every = 400
+    c.log_every = 50
   return c

@@ -4,22 +4,28 @@
 
 Five tasks from the scenes samples' labels: object count and shape of the
 largest object (classification), semantic segmentation and depth from RGB,
-and segmentation from RGB + depth (an extra input modality, as MultiMAE).
-Each runs with 10 % of the training labels, probed (frozen encoder, linear
-head) and fine-tuned (layer-wise lr decay 0.75, MLP head), 400 steps of
-batch 32 each (32 epochs of the 400 labelled samples), from the
-pretrained and from a random init: 20 runs, written side by side to
-WORKDIR/eval/results.md. The pretrained model is the run of
-configs/pretrain/scenes_tiny.py (`init`), on the same dataset
-(configs/data/scenes64.py: its train split's labels are subsampled, its test
-split is held out). The encoder reads RGB (and depth) as the VQ tokens it was
-pretrained on (`tokenizers`): that model has no raw-pixel input, whose patch
-embedding would start untrained (a `pixels` modality in `tasks.*.inputs`
-works the same way for models that have one).
+and segmentation from RGB + depth (a second input modality at fine-tune time,
+as MultiMAE's RGB-D). RGB is read as raw pixels (`rgb_pixels`), as the model
+was pretrained; depth as its VQ tokens (`tokenizers.depth`). Each task runs
+with 10 % of the training labels, probed (frozen encoder; a linear readout,
+per token for dense tasks) and fine-tuned (layer-wise lr decay 0.75; an MLP
+head for classification, a light convolutional upsampling head for dense
+tasks), from the pretrained and from a random init, 400 steps of batch 32.
+Every arm picks its learning rate by the same sweep on the validation split
+(first seed), then runs 3 seeds, evaluated on the test split. Beside them, a
+supervised conv net (m4.models.convnet, its own sweep) on the same 10 % and
+on 100 % of the labels shows what these labels allow a model built for
+images. The pretrained model is the run of configs/pretrain/scenes_tiny.py
+(`init`) on the same dataset (its train split's labels are subsampled, its
+test split is held out). Note that the pretraining targets include the
+semantic maps and depth of the training scenes as VQ tokens (as 4M-7 is
+pretrained on pseudo labels of those modalities); count and largest_shape
+were never targets.
 
-Variants: `:core` (count, semseg and depth only: 12 runs), `:quick` (the
-quickstart stage: two tasks, short runs, about three minutes on 2 CPU
-cores), `:tiny` (tests: a few steps).
+Variants: `:core` (count, semseg and depth only), `:quick` (the quickstart
+stage: count and semseg, one seed, the learning rates the full sweep chose,
+short runs, about three minutes on 2 CPU cores), `:tiny` (tests: a few steps).
+Results: experiments/transfer_scenes/.
 """
 
 from m4.trainers import transfer
@@ -32,11 +38,13 @@ def get_config(arg=None):
                      " use '', core, quick or tiny.")
   c = transfer.default_config()
   c.title = "Transfer on scenes (64 px)"
-  c.seeds = (0,)
+  c.seeds = (0, 1, 2)
   c.init = "workdirs/pretrain/scenes_tiny"  # A pretraining run (or saved model) directory.
   c.inits = ("pretrained", "scratch")
   c.protocols = ("probe", "finetune")
   c.label_fractions = (0.1,)
+  c.baselines = ("convnet",)
+  c.baseline_fractions = (0.1, 1.0)
 
   rgb = ("rgb_pixels",)
   c.tasks.count = dict(kind="classification", inputs=rgb, target="labels/count",
@@ -61,9 +69,12 @@ def get_config(arg=None):
     c.data[field] = None
 
   c.probe.update(dict(num_steps=400, learning_rate=1e-3, warmup_steps=20))
-  # The per-patch head predicts 8 x 8 x classes values per token: keep it light.
   c.finetune.update(dict(num_steps=400, learning_rate=3e-4, warmup_steps=20, weight_decay=0.05,
-                         layer_decay=0.75, head_hidden=128))
+                         layer_decay=0.75, head_hidden=128, dense_head="upsample"))
+  c.supervised.update(dict(num_steps=400, learning_rate=3e-3, warmup_steps=20, width=16))
+  c.sweep.split = "validation"
+  c.sweep.learning_rates = dict(probe=(3e-4, 1e-3, 3e-3), finetune=(1e-4, 3e-4, 1e-3),
+                                supervised=(1e-3, 3e-3))
   c.eval.num_examples = 8
   c.log_every = 50
   c.checkpoint_every = 500
@@ -74,8 +85,11 @@ def get_config(arg=None):
   if variant == "quick":
     for name in ("largest_shape", "depth", "semseg_rgbd"):
       del c.tasks[name]
-    c.probe.num_steps = c.finetune.num_steps = 120
-    c.probe.warmup_steps = c.finetune.warmup_steps = 12
+    c.seeds = (0,)
+    c.baseline_fractions = (0.1,)
+    c.sweep.learning_rates = dict(probe=(), finetune=(), supervised=())
+    c.probe.num_steps = c.finetune.num_steps = c.supervised.num_steps = 150
+    c.probe.warmup_steps = c.finetune.warmup_steps = c.supervised.warmup_steps = 15
     c.finetune.head_hidden = 64
     c.checkpoint_every = 0
     c.log_every = 25
@@ -83,6 +97,9 @@ def get_config(arg=None):
   elif variant == "tiny":
     for name in ("largest_shape", "semseg_rgbd"):
       del c.tasks[name]
+    c.seeds = (0,)
+    c.baselines, c.baseline_fractions = (), ()
+    c.sweep.learning_rates = dict(probe=(), finetune=(), supervised=())
     c.data.batch_size = 16
     c.probe.num_steps = c.finetune.num_steps = 6
     c.probe.warmup_steps = c.finetune.warmup_steps = 2

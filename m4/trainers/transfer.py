@@ -1,4 +1,4 @@
-"""The `transfer` job: downstream tasks on a 4M encoder, beside a from-scratch baseline.
+"""The `transfer` job: downstream tasks on a 4M encoder, beside honest baselines.
 
     python -m m4.main --config=configs/transfer/scenes.py --workdir=DIR --config.init=PRETRAIN_DIR
 
@@ -6,12 +6,19 @@ For every task x label fraction x seed, the job trains each init ("pretrained":
 the encoder of the checkpoint at `config.init`, read with
 m4.checkpoints.restore_subtree; "scratch": the same encoder randomly
 initialised) with each protocol ("probe": frozen encoder, trained head;
-"finetune": everything trained, layer-wise learning-rate decay), evaluates on
-the held-out split `data.eval_split`, and writes
+"finetune": everything trained, layer-wise learning-rate decay) and, with
+`baselines=("convnet",)`, a supervised conv net trained from scratch on the
+same labels (protocol "supervised", m4.models.convnet). With a sweep
+(`sweep.learning_rates`), every arm first tries each learning rate on its
+first seed, scored on `sweep.split` (validation), and keeps the best: the
+scratch arm is tuned exactly as the pretrained one. Each run is evaluated on
+the held-out split `data.eval_split`, and the job writes
 
     DIR/runs/<task>/<run>/     metrics.jsonl, TensorBoard, checkpoints/ (if enabled)
     DIR/eval/<run>.json        the run's test metrics and settings
-    DIR/eval/results.md        the table: scratch and pretrained side by side
+    DIR/eval/results.md        the table: scratch and pretrained side by side, the
+                               baselines, the sweep's figures
+    DIR/eval/sweep/<run>.json  each sweep run's validation metrics
     DIR/eval/results.json      every run's result
     DIR/eval/results.png       the headline metrics as bars
     DIR/eval/<task>_<budget>_predictions.png   dense tasks: inputs, labels and each
@@ -31,6 +38,11 @@ Config fields (configs/transfer/scenes.py documents a full example):
     `size` and encoder/decoder modalities), else overrides that keep the
     parameters (dtype, remat, attention_impl).
   inits, protocols, label_fractions: what to run.
+  baselines: () or ("convnet",); baseline_fractions: their label fractions
+    (empty: label_fractions); supervised: the conv net's settings (as a
+    protocol's, plus `width`).
+  sweep: split (where the sweep scores, never the test split) and
+    learning_rates.<protocol>: the rates each arm tries (empty: none).
   tasks.<name>: m4.models.transfer.TaskSpec fields (kind, inputs, target,
     num_classes, label_smoothing).
   tokenizers.<modality>: tokenizer name or directory of each VQ-token input.
@@ -124,6 +136,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.probe = protocol_config()
   c.finetune = protocol_config(learning_rate=1e-4, weight_decay=0.05, layer_decay=0.75)
   c.baselines = ()  # ("convnet",): m4.models.convnet on the tasks whose inputs are pixels.
+  c.baseline_fractions = ()  # The baselines' label fractions (empty: label_fractions).
   c.supervised = protocol_config(learning_rate=2e-3, weight_decay=1e-4)
   c.supervised.width = 16  # The conv net's first width (then 2x, 4x, 4x).
   # Learning rates tried per protocol on the first seed, scored on `split`;
@@ -229,8 +242,9 @@ def check_config(config) -> None:
     require(protocol in PROTOCOLS, "protocols", f"{protocol!r} is not one of {PROTOCOLS}.")
   for baseline in config.get("baselines", ()):
     require(baseline in BASELINES, "baselines", f"{baseline!r} is not one of {BASELINES}.")
-  for f in config.label_fractions:
-    require(0 < float(f) <= 1, "label_fractions", f"{f} is not in (0, 1].")
+  for field in ("label_fractions", "baseline_fractions"):
+    for f in config.get(field, ()):
+      require(0 < float(f) <= 1, field, f"{f} is not in (0, 1].")
   require(len(config.tasks) > 0, "tasks", "no task to run.")
   if "pretrained" in config.inits:
     require(bool(config.get("init")), "init",
@@ -533,13 +547,16 @@ def train_and_evaluate(ctx: _Context, run: Run, label: str = "") -> dict:
   return result
 
 
-def _arms(config, task: transfer.TaskSpec) -> list[tuple[str, str]]:
-  """(init, protocol) of every run of a task: the encoder's, then the baselines'
-  (the conv net reads pixels only, so it skips tasks with token inputs)."""
-  arms = [(init, protocol) for init in config.inits for protocol in config.protocols]
+def _arms(config, task: transfer.TaskSpec) -> list[tuple[float, str, str]]:
+  """(label fraction, init, protocol) of every arm of a task: the encoder's,
+  then the baselines' (the conv net reads pixels only, so it skips tasks with
+  token inputs)."""
+  arms = [(float(f), init, protocol) for f in config.label_fractions for init in config.inits
+          for protocol in config.protocols]
   pixels = all(modalities.get(n).kind == modalities.PIXELS for n in task.inputs)
   if "convnet" in config.get("baselines", ()) and pixels:
-    arms.append(("convnet", SUPERVISED))
+    fractions = config.get("baseline_fractions") or config.label_fractions
+    arms += [(float(f), "convnet", SUPERVISED) for f in fractions]
   return arms
 
 
@@ -582,8 +599,7 @@ def run(config, workdir: str) -> dict:
   check_config(config)
   ctx = _Context(config, workdir)
   tasks = [transfer.TaskSpec.from_config(n, config.tasks[n]) for n in config.tasks]
-  arms = [(task, f, init, protocol) for task in tasks for f in config.label_fractions
-          for init, protocol in _arms(config, task)]
+  arms = [(task, *arm) for task in tasks for arm in _arms(config, task)]
   t0 = time.time()
   results, swept = [], []
   for i, (task, fraction, init, protocol) in enumerate(arms):

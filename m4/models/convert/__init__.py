@@ -16,5 +16,5 @@ from m4.models.convert.parity import LOGIT_TOL, LOSS_TOL, check, loss_tol, refer
 from m4.models.convert.planning import (ConversionError, Plan, plan, plan_from_saved,
                                         register)
 from m4.models.convert.source import read_source
-from m4.models.convert.state import convert_checkpoint, to_m4, to_reference
+from m4.models.convert.state import BUFFER_ATOL, convert_checkpoint, to_m4, to_reference
 from m4.models.convert.tensor_map import Rule, rules
