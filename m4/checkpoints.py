@@ -43,7 +43,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
-from m4.workdir import ConfigError
+from m4.workdir import ConfigError, DataError
 
 STATE, DATA, META = "state", "data", "meta"
 UNREADABLE = "_unreadable"  # Suffix of the directory skipped checkpoints are moved to.
@@ -51,7 +51,7 @@ UNREADABLE = "_unreadable"  # Suffix of the directory skipped checkpoints are mo
 _OPEN = weakref.WeakSet()  # Checkpointers not yet closed (close_all).
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DataError):
   """A checkpoint on disk cannot be read; the message names its step directory."""
 
 
@@ -108,14 +108,24 @@ def _describe(x) -> str:
   return f"{tuple(x.shape)} {np.dtype(x.dtype).name}"
 
 
+def _kind(dtype) -> str:
+  """float / int / bool...: restoring casts within a kind (float64 -> float32), not across."""
+  for kind, base in (("float", jax.numpy.inexact), ("int", jax.numpy.integer),
+                     ("bool", jax.numpy.bool_)):
+    if jax.numpy.issubdtype(dtype, base):
+      return kind
+  return str(dtype)
+
+
 def check_fits(stored, target, where: str) -> None:
   """Raises ConfigError unless every leaf of `target` is stored in `stored`
-  (orbax metadata) with its shape and dtype; names the first that differ."""
+  (orbax metadata) with its shape and a dtype of its kind (float, int, ...);
+  names the first that differs."""
   have, want = _leaves(stored), _leaves(target)
   missing = [k for k in want if k not in have]
   differ = [k for k in want if k in have and hasattr(have[k], "shape") and hasattr(want[k], "shape")
             and (tuple(have[k].shape) != tuple(want[k].shape)
-                 or np.dtype(have[k].dtype) != np.dtype(want[k].dtype))]
+                 or _kind(have[k].dtype) != _kind(want[k].dtype))]
   if differ:
     k = differ[0]
     more = f" (and {len(differ) - 1} more parameters)" if len(differ) > 1 else ""
@@ -196,8 +206,8 @@ class Checkpointer:
                async_save: bool = True, read_only: bool = False):
     self.directory = os.path.abspath(directory)
     self.read_only = read_only
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+    options = ocp.CheckpointManagerOptions(  # The directory is made by the first save.
+        max_to_keep=max_to_keep, create=False, read_only=read_only,
         enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
@@ -223,6 +233,7 @@ class Checkpointer:
     if data_iter is not None:
       items[DATA] = grain.checkpoint.CheckpointSave(data_iter)
     try:  # Also raises the failure of the previous (asynchronous) save.
+      os.makedirs(self.directory, exist_ok=True)
       return self.manager.save(int(step), args=ocp.args.Composite(**items), force=force)
     except (OSError, ValueError, RuntimeError) as e:
       raise _write_error(e, self.directory) from None
@@ -320,8 +331,14 @@ class Checkpointer:
   def __enter__(self):
     return self
 
-  def __exit__(self, *exc):
-    self.close()
+  def __exit__(self, exc_type, *exc):
+    if exc_type is None:
+      self.close()
+      return
+    try:  # The error in flight is the one to report.
+      self.close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("m4: closing %s: %s", self.directory, _first_line(e))
 
 
 def warn(message: str) -> None:

@@ -580,6 +580,7 @@ def sweep(ctx: _Context, task: transfer.TaskSpec, fraction: float, init: str, pr
 
 def run(config, workdir: str) -> dict:
   check_config(config)
+  workdir_lib.write_config(config, workdir)
   ctx = _Context(config, workdir)
   tasks = [transfer.TaskSpec.from_config(n, config.tasks[n]) for n in config.tasks]
   arms = [(task, f, init, protocol) for task in tasks for f in config.label_fractions
