@@ -359,6 +359,7 @@ class FolderSource:
         outside = self._outside(path)
         if outside:
           self._fail(path, outside)
+          by_id[stem][m] = None  # The sample is left out, this file named.
           continue
         if ext.lower() not in FOLDER_EXTENSIONS[m]:
           self._fail(path, f"unknown extension for {m}; expected one of {FOLDER_EXTENSIONS[m]}.")
