@@ -44,7 +44,7 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process
 
 
 def _fail(message: str, status: int = 2):
-  """One line on stderr and exit status 2: the convention for bad usage."""
+  """One line on stderr, then exit `status` (2, the default: bad usage)."""
   print(f"m4: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
   sys.exit(status)
 

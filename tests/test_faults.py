@@ -521,6 +521,19 @@ def test_garbage_in_a_jpeg_is_an_error_naming_the_file(tmp_path):
     image_files.check_jpeg(b"\x89PNG\r\n")
 
 
+def test_a_png_with_a_bad_checksum_is_an_error_naming_the_file(tmp_path):
+  root = _write_folder(tmp_path, n=2)
+  path = f"{root}/train/semseg/s0.png"
+  with open(path, "rb") as f:
+    data = bytearray(f.read())
+  at = data.index(b"IDAT") + 8  # A byte of the compressed data.
+  data[at] ^= 0x01
+  with open(path, "wb") as f:
+    f.write(bytes(data))
+  with pytest.raises(sources.FolderError, match=re.escape(path) + ".*damaged PNG"):
+    sources.make_source(_folder_data(root), "train")[0]
+
+
 def test_images_smaller_than_image_size_are_refused_unless_upscaling(tmp_path):
   root = _write_folder(tmp_path, n=2, size=16)
   with pytest.raises(sources.FolderError, match=r"rgb/s0\.png.*\(16, 16\).*smaller.*upscale"):

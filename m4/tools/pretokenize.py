@@ -306,7 +306,7 @@ def pretokenize(config, out_dir: str, *, progress: bool = True,
         path = token_shards.shard_path(out_dir, split, s, num_shards)
         with record_files.RecordWriter(path) as w:
           for lo in range(start, end, chunk):
-            idx = [i for i in range(lo, min(lo + chunk, end))]
+            idx = list(range(lo, min(lo + chunk, end)))
             good = [(i, x) for i, x in ((i, read(i)) for i in idx) if x is not None]
             if good:
               for record in _tokenize_chunk(toks, [x for _, x in good], [i for i, _ in good],

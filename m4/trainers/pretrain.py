@@ -362,7 +362,8 @@ class DivergenceGuard:
   def __init__(self, settings: Mapping[str, Any] | None = None):
     settings = dict(settings.to_dict() if hasattr(settings, "to_dict") else settings or {})
     unknown = sorted(set(settings) - set(DIVERGENCE))
-    workdir.require(not unknown, "divergence", f"unknown fields {unknown}; known {sorted(DIVERGENCE)}.")
+    workdir.require(not unknown, "divergence",
+                    f"unknown fields {unknown}; known {sorted(DIVERGENCE)}.")
     s = {**DIVERGENCE, **settings}
     for k in ("loss_factor", "grad_norm_factor"):
       workdir.require(float(s[k]) == 0 or float(s[k]) > 1, f"divergence.{k}",
