@@ -1,9 +1,16 @@
 """Runs one m4 job: `python -m m4.main --config=configs/X.py --workdir=DIR`.
 
 `config.trainer` picks the job from `m4.trainers.TRAINERS`. Any config field
-can be overridden on the command line as `--config.a.b=value`. The resolved
-config is written to `DIR/config.json`; running again on the same workdir
-resumes (or skips what is done).
+can be overridden on the command line as `--config.a.b=value`. The job writes
+the resolved config to `DIR/config.json` once it has checked it against
+what DIR holds; running again on the same workdir resumes (or skips what is
+done).
+
+Errors are one line on stderr, `m4: error: ...`, naming the field, file or
+sample: exit status 2 for bad usage (flags, config, workdir), 1 for a run
+that failed (a damaged input, a full disk, divergence), 130 for Ctrl-C.
+Whatever ends the job, its checkpointers are closed first (no orbax thread
+outlives it), and a refused run leaves the workdir as it was.
 
 Multi-host: run the same command on every host with `--distributed`
 (`jax.distributed.initialize()`, which finds its peers on Cloud TPU, Slurm
@@ -14,6 +21,7 @@ by all.
 """
 
 import runpy
+import signal
 import sys
 
 import jax
@@ -35,10 +43,16 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 
 
-def _fail(message: str):
-  """One line on stderr and exit status 2: the convention for bad usage."""
-  print(f"m4: error: {message}", file=sys.stderr)
-  sys.exit(2)
+def _fail(message: str, status: int = 2):
+  """One line on stderr, then exit `status` (2, the default: bad usage)."""
+  print(f"m4: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def _close_checkpointers():
+  """Closes the job's orbax checkpointers, if it opened any (m4.checkpoints)."""
+  if "m4.checkpoints" in sys.modules:
+    sys.modules["m4.checkpoints"].close_all()
 
 
 def _find_bad_override(argv) -> str | None:
@@ -96,18 +110,33 @@ def _init_distributed():
   logging.info("m4: process %d of %d", jax.process_index(), jax.process_count())
 
 
+def _run(config, workdir: str):
+  """The job; (summary, None) or (None, (exit status, one-line message))."""
+  try:
+    workdir_lib.check_workdir(workdir)
+    logging.info("m4: running trainer %r in %s", config.trainer, workdir)
+    return trainers.get(config.trainer)(config, workdir), None
+  except workdir_lib.ConfigError as e:
+    return None, (2, str(e))
+  except OSError as e:  # A full disk, a file that vanished, ...
+    where = f"{e.filename}: " if e.filename else ""
+    return None, (1, f"{where}{e.strerror}" if e.strerror else str(e))
+  except (workdir_lib.DataError, FloatingPointError) as e:
+    return None, (1, str(e))
+  except KeyboardInterrupt:
+    return None, (128 + signal.SIGINT, "interrupted (Ctrl-C); run the same command again to"
+                  " resume from the last checkpoint.")
+  finally:
+    _close_checkpointers()
+
+
 def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
   _init_distributed()
-  config = _CONFIG.value
-  workdir = _WORKDIR.value
-  workdir_lib.write_config(config, workdir)
-  logging.info("m4: running trainer %r in %s", config.trainer, workdir)
-  try:
-    summary = trainers.get(config.trainer)(config, workdir)
-  except workdir_lib.ConfigError as e:
-    _fail(str(e))
+  summary, error = _run(_CONFIG.value, _WORKDIR.value)
+  if error:
+    _fail(error[1], error[0])
   if summary and jax.process_index() == 0:
     print(workdir_lib.format_summary(summary))
 

@@ -7,6 +7,11 @@
                          presence marks the job done (the quickstart skips it)
 
 Only process 0 writes; other processes log nothing.
+
+A job validates its config against what the workdir holds (checkpoints,
+shards, an earlier config) before it writes anything, `write_config`
+first: a refused run leaves the workdir byte for byte as it was.
+`check_workdir` refuses a path that cannot be a workdir before that.
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ class ConfigError(ValueError):
   """A config field or input file is wrong; the message names it."""
 
 
+class DataError(ValueError):
+  """An input file (data, token shard, checkpoint) is damaged or unreadable;
+  the message names it."""
+
+
 def require(condition: bool, field: str, message: str):
   """Raises ConfigError naming `field` unless `condition` holds."""
   if not condition:
@@ -47,14 +57,24 @@ def _to_builtin(x):
   return repr(x)
 
 
+def _write_failed(e: OSError, path: str) -> OSError:
+  """`e` as an OSError whose message names `path` (f.write does not)."""
+  return OSError(e.errno, f"cannot write {path}: {e.strerror or e}")
+
+
 def write_json(path: str, obj) -> None:
   """Writes JSON atomically (temp file + rename): never a half-written file."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(_to_builtin(obj), f, indent=1, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(tmp, "w") as f:
+      json.dump(_to_builtin(obj), f, indent=1, sort_keys=True)
+      f.write("\n")
+    os.replace(tmp, path)
+  except OSError as e:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise _write_failed(e, path) from None
 
 
 def read_json(path: str):
@@ -62,8 +82,28 @@ def read_json(path: str):
     return json.load(f)
 
 
+def check_workdir(workdir: str) -> None:
+  """ConfigError unless `workdir` is, or can be made, a writable directory:
+  not a file, not under a file, not read-only. Writes nothing."""
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ConfigError(f"--workdir: {workdir} is a file, not a directory.")
+  parent = path
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise ConfigError(f"--workdir: {workdir} cannot be made: {parent} is a file.")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    what = "is" if parent == path else f"would be made in {parent}, which is"
+    raise ConfigError(f"--workdir: {workdir} {what} not writable (read-only).")
+
+
 def write_config(config, workdir: str) -> None:
-  """Writes DIR/config.json; a different earlier config is kept beside it."""
+  """Writes DIR/config.json; a different earlier config is kept beside it.
+
+  Jobs call it once their config is validated against the workdir's
+  contents, before anything else is written.
+  """
   if jax.process_index() != 0:
     return
   os.makedirs(workdir, exist_ok=True)
@@ -142,8 +182,12 @@ class MetricLogger:
     self._last = None  # (step, time) of the previous write.
     self.is_writer = jax.process_index() == 0
     if self.is_writer:
-      os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      path = os.path.join(workdir, "metrics.jsonl")
+      try:
+        os.makedirs(workdir, exist_ok=True)
+        self._jsonl = open(path, "a")
+      except OSError as e:
+        raise _write_failed(e, path) from None
       if tensorboard:
         from clu import metric_writers  # pylint: disable=g-import-not-at-top
         self._writer = metric_writers.create_default_writer(
@@ -156,8 +200,11 @@ class MetricLogger:
       scalars.setdefault("steps_per_sec", (step - self._last[0]) / max(now - self._last[1], 1e-9))
     self._last = (step, now)
     if self.is_writer:
-      self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
-      self._jsonl.flush()
+      try:
+        self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
+        self._jsonl.flush()
+      except OSError as e:
+        raise _write_failed(e, os.path.join(self.workdir, "metrics.jsonl")) from None
       if self._writer is not None:
         self._writer.write_scalars(int(step), scalars)
       if progress and not self.quiet:
@@ -183,13 +230,18 @@ class MetricLogger:
       self._writer.write_images(int(step), {k: np.asarray(v) for k, v in images.items()})
 
   def close(self):
-    if self._writer is not None:
-      self._writer.flush()
-      self._writer.close()
-      self._writer = None
-    if self._jsonl is not None:
-      self._jsonl.close()
-      self._jsonl = None
+    writer, jsonl = self._writer, self._jsonl
+    self._writer = self._jsonl = None
+    try:
+      if writer is not None:
+        writer.flush()
+        writer.close()
+    finally:
+      if jsonl is not None:
+        try:
+          jsonl.close()
+        except OSError as e:
+          raise _write_failed(e, os.path.join(self.workdir, "metrics.jsonl")) from None
 
   def __enter__(self):
     return self

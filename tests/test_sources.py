@@ -81,7 +81,8 @@ def _folder(root, n=3, size=(20, 24)):
 
 
 def _folder_config(root, **kw):
-  return pipeline.data_config(kind="folder", dir=str(root), batch_size=2, **kw)
+  return pipeline.data_config(**{**dict(kind="folder", dir=str(root), batch_size=2,
+                                        image_size=(16, 16)), **kw})
 
 
 def test_folder_reads_aligned_samples(tmp_path):

@@ -79,6 +79,7 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
   c.train_split = "train"
   c.eval_split = "validation"
   c.image_size = (64, 64)  # Output (h, w) of every image modality.
+  c.upscale = False  # folder: images smaller than image_size are upscaled (False: refused).
   c.crop_scale = (1.0, 1.0)  # Training: area fraction range of the random crop.
   c.crop_ratio = (1.0, 1.0)  # Training: aspect ratio range, relative to image_size's.
   c.flip = False  # Training: mirror half the samples (captions swap left/right).

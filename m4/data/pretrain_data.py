@@ -35,7 +35,7 @@ from m4.data import masking as masking_lib
 from m4.data import pipeline
 from m4.data import token_shards
 from m4.data import transforms
-from m4.workdir import ConfigError, require
+from m4.workdir import ConfigError, DataError, require
 
 SOURCES = ("shards", "on_the_fly")
 _EXTRAS = ("id", "valid")  # Sample keys that batches keep besides the modalities.
@@ -45,7 +45,9 @@ class ByModality(grain.transforms.Map):
   """Raw (cropped) sample -> {modality name: value}, as masking reads it.
 
   Image modalities become VQ token grids (`tokenizers`); pixel and sequence
-  modalities take their raw value (image, text). Other keys pass through.
+  modalities take their raw value (image, text). Other keys pass through. A
+  value the tokenizer refuses (e.g. a semseg class id out of its range) is a
+  DataError naming the sample's id (its index in the split).
   """
 
   def __init__(self, names: Sequence[str], tokenizers: Mapping[str, Any]):
@@ -58,8 +60,13 @@ class ByModality(grain.transforms.Map):
       if key not in sample:
         continue
       tok = self.tokenizers.get(name)
-      out[name] = sample[key] if tok is None else np.asarray(tok.encode(
-          np.asarray(sample[key])[None]))[0]
+      if tok is None:
+        out[name] = sample[key]
+        continue
+      try:
+        out[name] = np.asarray(tok.encode(np.asarray(sample[key])[None]))[0]
+      except ValueError as e:
+        raise DataError(f"sample {sample.get('id')} of the split ({key}): {e}") from None
     return out
 
 

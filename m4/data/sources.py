@@ -17,7 +17,10 @@ Kinds:
     each channel) is read from its first channel. `data.tfds_semseg_reduce_zero`
     (None: as `TFDS_SEMSEG_REDUCE_ZERO` lists the dataset) maps class 0
     ("other", not a class) to 255 and class k to k - 1, as ADE20K is evaluated.
-  * `folder`: aligned files `data.dir/<split>/<modality>/<sample_id>.<ext>`.
+  * `folder`: aligned files `data.dir/<split>/<modality>/<sample_id>.<ext>`;
+    nothing outside `data.dir` is read (a symlink out of it is refused),
+    damaged images are errors (`m4.data.image_files`), and images smaller
+    than `data.image_size` are refused unless `data.upscale`.
 
 Every source yields numpy per the contract: rgb uint8 (H, W, 3), depth float32
 metres with NaN/inf/negative set to 0, semseg uint8, caption str, and `id`
@@ -27,6 +30,7 @@ metres with NaN/inf/negative set to 0, semseg uint8, caption str, and `id`
 from __future__ import annotations
 
 import collections
+import io
 import os
 import threading
 from typing import Any, Mapping, Sequence
@@ -35,7 +39,8 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from m4.workdir import ConfigError
+from m4.data import image_files
+from m4.workdir import ConfigError, DataError
 
 KINDS = ("scenes", "tfds", "folder")
 
@@ -77,7 +82,9 @@ def make_source(data, split: str):
   else:
     source = FolderSource(os.path.join(data.dir, split), modalities=keep or None,
                           on_error=data.get("on_error", "raise"),
-                          depth_png_scale=data.get("depth_png_scale", 1000.0))
+                          depth_png_scale=data.get("depth_png_scale", 1000.0),
+                          dataset_root=data.dir,
+                          min_size=None if data.get("upscale", False) else data.get("image_size"))
   return source if not keep else SelectKeys(source, keep)
 
 
@@ -103,6 +110,31 @@ class SelectKeys:
 
   def __repr__(self) -> str:
     return f"SelectKeys({self.source!r}, {self.keys})"
+
+
+def _unwrap(source):
+  while isinstance(source, SelectKeys):
+    source = source.source
+  return source
+
+
+def describe(source, index: int, key: str | None = None) -> str:
+  """Where sample `index` comes from: its `key` file for folder sources, else
+  `source[index]`."""
+  inner = _unwrap(source)
+  if isinstance(inner, FolderSource) and key in inner.files[index]:
+    return inner.files[index][key]
+  return f"{inner!r}[{index}]"
+
+
+def skip_reason(source, index: int) -> str:
+  """Why `source[index]` was None (a folder source's record of the bad file)."""
+  inner = _unwrap(source)
+  if isinstance(inner, FolderSource):
+    for path in inner.files[index].values():
+      if path in inner.skipped:
+        return f"{path}: {inner.skipped[path]}"
+  return f"{inner!r}[{index}]: unreadable"
 
 
 # ---------------------------------------------------------------------------
@@ -248,7 +280,7 @@ class TfdsSource:
 # Aligned folders.
 
 
-class FolderError(ValueError):
+class FolderError(DataError):
   """A sample of a folder dataset is missing, unreadable or misaligned."""
 
 
@@ -261,16 +293,20 @@ class FolderSource:
   unlabelled; caption utf-8 txt. Sample ids sort as strings.
 
   Listing happens at construction: an id present in one modality and missing
-  in another, two files for one id, or a file with an unknown extension is a
-  FolderError naming the path. Reading decodes every file and checks that the
-  images agree in size; failures name the file. With `on_error="skip"` such
-  samples are left out instead (reads then return None, which the pipeline
-  drops) and counted: `skipped` maps each bad file to its reason (logged once;
-  a file read again in a later epoch counts once).
+  in another, two files for one id, a file with an unknown extension, or a
+  symlink that leads out of `dataset_root` (default: `root`) is a FolderError
+  naming the path; a folder without samples is a ConfigError. Reading checks
+  every image file (`m4.data.image_files`: garbage in a JPEG's data, a PNG's
+  CRCs), decodes it, and checks that the images agree in size and, with
+  `min_size` (h, w), are not smaller; failures name the file. With
+  `on_error="skip"` such samples are left out instead (reads then return
+  None, which the pipeline drops) and counted: `skipped` maps each bad file
+  to its reason (logged once; a file read again in a later epoch counts once).
   """
 
   def __init__(self, root: str, *, modalities: Sequence[str] | None = None,
-               on_error: str = "raise", depth_png_scale: float = 1000.0):
+               on_error: str = "raise", depth_png_scale: float = 1000.0,
+               dataset_root: str | None = None, min_size: Sequence[int] | None = None):
     if on_error not in ON_ERROR:
       raise ConfigError(f"config.data.on_error: {on_error!r} is not one of {ON_ERROR}.")
     if not os.path.isdir(root):
@@ -289,9 +325,15 @@ class FolderSource:
         raise ConfigError(f"config.data.modalities: no folder {os.path.join(root, m)!r}.")
     self.root, self.modalities = root, tuple(modalities)
     self.on_error, self.depth_png_scale = on_error, float(depth_png_scale)
+    self.inside = os.path.realpath(dataset_root or root)
+    self.min_size = None if min_size is None else tuple(int(s) for s in min_size)
     self.skipped: dict[str, str] = {}
     self._lock = threading.Lock()
     self.files = self._list()  # [{modality: path}], one per sample, sorted by id.
+    if not self.files:
+      raise ConfigError(f"config.data.dir: {root!r} holds no samples"
+                        + (f" ({len(self.skipped)} bad files skipped)" if self.skipped else "")
+                        + f" (expected {root}/<modality>/<sample_id>.<ext>).")
 
   def _fail(self, path: str, reason: str):
     if self.on_error == "raise":
@@ -314,6 +356,11 @@ class FolderSource:
           continue
         path = os.path.join(folder, name)
         stem, ext = os.path.splitext(name)
+        outside = self._outside(path)
+        if outside:
+          self._fail(path, outside)
+          by_id[stem][m] = None  # The sample is left out, this file named.
+          continue
         if ext.lower() not in FOLDER_EXTENSIONS[m]:
           self._fail(path, f"unknown extension for {m}; expected one of {FOLDER_EXTENSIONS[m]}.")
           continue
@@ -339,13 +386,26 @@ class FolderSource:
   def __len__(self) -> int:
     return len(self.files)
 
+  def _outside(self, path: str) -> str | None:
+    """Why `path` may not be read (it resolves outside the dataset), or None."""
+    real = os.path.realpath(path)
+    if os.path.commonpath([real, self.inside]) != self.inside:
+      return f"a symlink to {real}, outside the dataset root {self.inside}; not read."
+    return None
+
   def _read(self, modality: str, path: str):
+    outside = self._outside(path)  # Again: the file may have changed since listing.
+    if outside:
+      raise ValueError(outside)
     if modality == "caption":
       with open(path, encoding="utf-8") as f:
         return f.read().strip()
     if modality == "depth" and path.endswith(".npy"):
       return as_depth(np.load(path, allow_pickle=False), path)
-    with Image.open(path) as im:
+    with open(path, "rb") as f:
+      data = f.read()
+    image_files.check(path, data)
+    with Image.open(io.BytesIO(data)) as im:
       im.load()
       if modality == "rgb":
         return as_rgb(np.asarray(im.convert("RGB")), path)
@@ -371,6 +431,12 @@ class FolderSource:
     if len(set(sizes.values())) > 1:
       self._fail(entry[self.modalities[0]],
                  "image sizes differ: " + ", ".join(f"{p} {s}" for p, s in sizes.items()))
+      return None
+    small = [p for p, s in sizes.items() if self.min_size and (
+        s[0] < self.min_size[0] or s[1] < self.min_size[1])]
+    if small:
+      self._fail(small[0], f"{tuple(sizes[small[0]])} pixels is smaller than config.data."
+                 f"image_size {self.min_size}; set config.data.upscale=True to upscale it.")
       return None
     sample["id"] = np.int64(index)
     return sample

@@ -27,7 +27,10 @@ when a flip swaps left and right);
 
 A shard is written to a hidden temporary file and renamed when complete
 (m4.data.record_files), so finished shards are never rewritten and a
-half-written one is never read; readers refuse a split with missing shards.
+half-written one is never read; readers refuse a split with missing shards,
+and a damaged shard (truncated, garbled) is a DataError naming it. Samples
+that pre-tokenization skipped (`data.on_error = "skip"`) are listed, with
+the reason, in `<shard>.skipped.json` beside their shard.
 
 Tokenizers are identified by a fingerprint of their files (`fingerprint`):
 a pretraining run that names other tokenizers than the shards were made with
@@ -80,6 +83,9 @@ def fingerprint(path: str) -> str:
     raise FileNotFoundError(f"{path}: neither a tokenizer file nor a directory with"
                             " tokenizer.json.")
   step = workdir.read_json(spec_path).get("step")
+  if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+    raise workdir.DataError(f"{spec_path}: 'step' must be a checkpoint step (an integer >= 0),"
+                            f" got {step!r}; nothing was read.")
   ckpt = os.path.join(path, "checkpoints")
   steps = sorted(int(s) for s in os.listdir(ckpt) if s.isdigit()) if os.path.isdir(ckpt) else []
   if step is None and steps:
@@ -88,6 +94,11 @@ def fingerprint(path: str) -> str:
   if step is not None:
     for root, _, names in os.walk(os.path.join(ckpt, str(step))):
       files += [os.path.join(root, n) for n in names]
+  inside = os.path.realpath(path)
+  for f in files:  # Symlinks out of the tokenizer directory are not followed.
+    if os.path.commonpath([os.path.realpath(f), inside]) != inside:
+      raise workdir.DataError(f"{f}: a symlink to {os.path.realpath(f)}, outside the tokenizer"
+                              f" directory {inside}; nothing was read.")
   return _hash_files(files, path)
 
 
@@ -174,25 +185,40 @@ def _diff(a, b, prefix: str = "") -> list[str]:
   return [] if a == b else [prefix.rstrip(".") or "(root)"]
 
 
+def check_spec(directory: str, spec: Mapping[str, Any]) -> dict | None:
+  """The stored spec if it equals `spec`, None if there is none; writes nothing.
+
+  A directory holding shards of another spec is refused: ConfigError.
+  """
+  spec = dict(spec, format=FORMAT)
+  path = os.path.join(directory, SPEC_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    stored = workdir.read_json(path)
+  except ValueError as e:
+    raise workdir.DataError(f"{path}: not readable JSON ({e}).") from None
+  canonical = _canonical(spec)
+  differ = _diff(stored, canonical)
+  if differ:
+    what = "; ".join(f"{w}: stored {_get(stored, w)!r}, now {_get(canonical, w)!r}"
+                     for w in differ[:4])
+    raise ConfigError(
+        f"{path}: these token shards were made with other settings ({what}); nothing was"
+        " changed. Use a new directory, or the settings the shards were made with.")
+  return stored
+
+
 def write_or_check_spec(directory: str, spec: Mapping[str, Any]) -> dict:
   """Writes `spec` for new shards, or checks it equals the stored one.
 
   A directory holding shards of another spec is never touched: ConfigError.
   """
-  spec = dict(spec, format=FORMAT)
-  path = os.path.join(directory, SPEC_FILE)
-  if os.path.exists(path):
-    stored = workdir.read_json(path)
-    canonical = _canonical(spec)
-    differ = _diff(stored, canonical)
-    if differ:
-      what = "; ".join(f"{w}: stored {_get(stored, w)!r}, now {_get(canonical, w)!r}"
-                       for w in differ[:4])
-      raise ConfigError(
-          f"{path}: these token shards were made with other settings ({what}); nothing was"
-          " changed. Use a new directory, or the settings the shards were made with.")
+  stored = check_spec(directory, spec)
+  if stored is not None:
     return stored
-  workdir.write_json(path, spec)
+  spec = dict(spec, format=FORMAT)
+  workdir.write_json(os.path.join(directory, SPEC_FILE), spec)
   return _canonical(spec)
 
 
@@ -213,6 +239,28 @@ def _get(tree, path: str):
 def missing_shards(directory: str, split: str, spec: Mapping[str, Any]) -> list[int]:
   n = int(spec["splits"][split]["num_shards"])
   return [s for s in range(n) if not os.path.exists(shard_path(directory, split, s, n))]
+
+
+SKIPPED = ".skipped.json"  # Beside a shard: the samples pre-tokenization left out.
+
+
+def write_skipped(path: str, skipped: Mapping[int, str]) -> None:
+  """Records the samples left out of the shard at `path` (before it is committed)."""
+  if skipped:
+    workdir.write_json(path + SKIPPED, {"skipped": {str(i): r for i, r in skipped.items()}})
+  elif os.path.exists(path + SKIPPED):  # Left by an earlier, killed writer.
+    os.remove(path + SKIPPED)
+
+
+def skipped_samples(directory: str, split: str, spec: Mapping[str, Any]) -> dict[int, str]:
+  """{index: reason} of the samples the finished shards of `split` left out."""
+  n = int(spec["splits"][split]["num_shards"])
+  out = {}
+  for s in range(n):
+    path = shard_path(directory, split, s, n)
+    if os.path.exists(path) and os.path.exists(path + SKIPPED):
+      out.update({int(i): r for i, r in workdir.read_json(path + SKIPPED)["skipped"].items()})
+  return out
 
 
 # ----------------------------------------------------------------------------
@@ -260,17 +308,46 @@ class TokenShardSource:
           " are missing (pre-tokenization did not finish); run it again to complete them.")
     n = int(self.spec["splits"][split]["num_shards"])
     self.paths = [shard_path(directory, split, s, n) for s in range(n)]
-    self._source = grain.sources.ArrayRecordDataSource(self.paths)
-    want = int(self.spec["splits"][split]["num_samples"])
+    try:
+      self._source = grain.sources.ArrayRecordDataSource(self.paths)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._damaged(self._culprit(), e) from None
+    self._ends = None  # Cumulative record counts per shard (for error messages).
+    want = (int(self.spec["splits"][split]["num_samples"])
+            - len(skipped_samples(directory, split, self.spec)))
     if len(self._source) != want:
-      raise ValueError(f"{directory}/{split}: the shards hold {len(self._source)} records,"
-                       f" the spec says {want}.")
+      raise workdir.DataError(f"{directory}/{split}: the shards hold {len(self._source)} records,"
+                              f" the spec (less the skipped samples) says {want}.")
+
+  def _culprit(self, index: int | None = None) -> str:
+    """The shard holding record `index`, or (None) the first that cannot be opened."""
+    if index is None:
+      for path in self.paths:
+        try:
+          record_files.num_records(path)
+        except Exception:  # pylint: disable=broad-except
+          return path
+      return f"{self.directory}/{self.split}"
+    if self._ends is None:
+      self._ends = np.cumsum([record_files.num_records(p) for p in self.paths])
+    return self.paths[min(int(np.searchsorted(self._ends, index, side="right")),
+                          len(self.paths) - 1)]
+
+  @staticmethod
+  def _damaged(path: str, e: BaseException, what: str = "") -> workdir.DataError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return workdir.DataError(
+        f"{path}: damaged token shard{what} ({first}); delete it and run the pre-tokenization"
+        " again, which rewrites the missing shards only.")
 
   def __len__(self) -> int:
     return len(self._source)
 
   def __getitem__(self, index: int) -> dict:
-    return decode_record(self._source[index])
+    try:
+      return decode_record(self._source[index])
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._damaged(self._culprit(index), e, f" (record {index} of the split)") from None
 
   def __repr__(self) -> str:
     return f"TokenShardSource({self.directory!r}, {self.split!r}, len={len(self)})"

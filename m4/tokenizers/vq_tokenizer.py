@@ -77,6 +77,10 @@ class TokenizerSpec:
       raise ValueError(f"{where}: missing fields {sorted(missing)}.")
     d = {k: v for k, v in d.items() if k in fields}
     d["image_size"] = tuple(int(s) for s in d["image_size"])
+    step = d.get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+      raise ValueError(f"{where}: 'step' must be a checkpoint step (an integer >= 0), got"
+                       f" {step!r}.")
     return cls(**d)
 
 

@@ -24,6 +24,10 @@ tables, zero LayerNorm biases) are recomputed and compared, not loaded. A
 missing tensor, a wrong shape, an unused tensor or an unknown modality is an
 error naming it (`--skip_unknown` drops unknown modalities instead).
 
+Errors (a --src that is not a readable safetensors file, a tensor with NaN
+or inf values, a missing or misshapen tensor, an --out that exists) are one
+line, `m4: error: ...`, naming the file or tensor, with exit status 2.
+
 `--check FOLDER` runs m4 on a reference run saved in the fixture format
 (inputs.npz, logits.npz, config.json; see tests/fixtures/ml4m_tiny/README.md)
 and prints one JSON line with the largest logit and loss differences; the
@@ -68,8 +72,9 @@ def main(argv):
     report = convert.check(model, p, f.check)
     print(json.dumps(report, sort_keys=True))
     return 0 if report["ok"] else 1
-  except (convert.ConversionError, workdir.ConfigError, FileNotFoundError, FileExistsError) as e:
-    print(f"convert_4m: error: {e}", file=sys.stderr)
+  except (convert.ConversionError, workdir.ConfigError, workdir.DataError, OSError) as e:
+    # One line naming the file or tensor, exit status 2 (m4.main's convention).
+    print(f"m4: error: {' '.join(str(e).split())}", file=sys.stderr)
     return 2
 
 

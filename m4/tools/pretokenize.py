@@ -23,6 +23,14 @@ on every run: a directory made with other settings is refused, never
 changed. With several processes (jax.distributed), process p writes shards
 p, p + P, ...
 
+Bad samples: every sample read is checked by the tokenizers' input checks
+(e.g. semseg class ids below the tokenizer's num_classes) before it is
+tokenized; a bad one is a DataError naming its file (folder datasets) or
+its split and index. With `data.on_error = "skip"` such samples, and those
+the source cannot read, are left out: the shard holds the others, a
+`<shard>.skipped.json` beside it lists the skipped indices and why, and the
+summary counts them. A split without samples is refused.
+
 config fields:
   data: the source (`m4.data.pipeline.data_config`); image_size and the
     crop settings define the views.
@@ -61,7 +69,7 @@ from m4.data import record_files
 from m4.data import sources
 from m4.data import token_shards
 from m4.data import transforms as transforms_lib
-from m4.workdir import ConfigError, require
+from m4.workdir import ConfigError, DataError, require
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -179,6 +187,37 @@ class _Views:
     return np.asarray(boxes, np.float32), outs
 
 
+class _Reader:
+  """Reads and checks the samples of one split; with on_error "skip", a bad
+  sample is None and `skipped` maps its index to the reason."""
+
+  def __init__(self, toks: Tokenizers, source, split: str, on_error: str):
+    require(on_error in sources.ON_ERROR, "data.on_error",
+            f"{on_error!r} is not one of {sources.ON_ERROR}.")
+    self.source, self.split, self.skip = source, split, on_error == "skip"
+    self.checks = {modalities_lib.get(n).data_key: tok.io for n, tok in toks.image.items()}
+    self.skipped: dict[int, str] = {}
+
+  def __call__(self, index: int):
+    sample = self.source[index]
+    if sample is None:  # The source skipped it (it counts and names it).
+      self.skipped[index] = sources.skip_reason(self.source, index)
+      return None
+    for key, io in self.checks.items():
+      if key not in sample:
+        continue
+      try:
+        io.check(np.asarray(sample[key])[None])
+      except ValueError as e:
+        where = sources.describe(self.source, index, key)
+        if not self.skip:
+          raise DataError(f"{where}: {e}") from None
+        self.skipped[index] = f"{where}: {e}"
+        logging.warning("pretokenize: skipping %s: %s", where, e)
+        return None
+    return sample
+
+
 def _tokenize_chunk(toks: Tokenizers, raws, indices, views: _Views, batch_images: int):
   """Records (bytes) of the samples `raws` (their split indices `indices`)."""
   crops, viewed = zip(*(views(raw, i) for raw, i in zip(raws, indices)))
@@ -215,8 +254,13 @@ def _tokenize_chunk(toks: Tokenizers, raws, indices, views: _Views, batch_images
   return records
 
 
-def pretokenize(config, out_dir: str, *, progress: bool = True) -> dict:
-  """Writes (or completes) the token shards of `config` in `out_dir`."""
+def pretokenize(config, out_dir: str, *, progress: bool = True,
+                record_config: bool = False) -> dict:
+  """Writes (or completes) the token shards of `config` in `out_dir`.
+
+  Everything is checked before anything is written; `record_config` then
+  writes `out_dir/config.json` first (`m4.workdir.write_config`).
+  """
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   try:
     modalities_lib.register_from_config(config.modalities)
@@ -230,9 +274,17 @@ def pretokenize(config, out_dir: str, *, progress: bool = True) -> dict:
   for split in config.splits:
     srcs[split] = sources.make_source(config.data, split)
     n = len(srcs[split])
+    require(n > 0, "data", f"split {split!r} of {srcs[split]!r} has no samples.")
     sizes[split] = min(n, int(config.max_samples)) if int(config.max_samples) > 0 else n
-  os.makedirs(out_dir, exist_ok=True)
-  spec = token_shards.write_or_check_spec(out_dir, make_spec(config, toks, sizes))
+  readers = {s: _Reader(toks, srcs[s], s, config.data.get("on_error", "raise"))
+             for s in config.splits}
+  wanted = make_spec(config, toks, sizes)
+  spec = token_shards.check_spec(out_dir, wanted)  # Refuses other settings; writes nothing.
+  if record_config:
+    workdir_lib.write_config(config, out_dir)
+  if spec is None:
+    os.makedirs(out_dir, exist_ok=True)
+    spec = token_shards.write_or_check_spec(out_dir, wanted)
   p, n_proc = jax.process_index(), jax.process_count()
   summary = {"dir": os.path.abspath(out_dir), "splits": {}}
   for split in config.splits:
@@ -247,22 +299,33 @@ def pretokenize(config, out_dir: str, *, progress: bool = True) -> dict:
     t0 = time.time()
     bar = tqdm(total=int(samples), desc=f"pretokenize {split}", unit="sample",
                disable=not progress, file=sys.stderr, mininterval=1.0)
+    read = readers[split]
     with bar:
       for s in todo:
         start, end = token_shards.shard_range(n, s, num_shards)
-        with record_files.RecordWriter(token_shards.shard_path(out_dir, split, s, num_shards)) as w:
+        path = token_shards.shard_path(out_dir, split, s, num_shards)
+        with record_files.RecordWriter(path) as w:
           for lo in range(start, end, chunk):
             idx = list(range(lo, min(lo + chunk, end)))
-            for record in _tokenize_chunk(toks, [srcs[split][i] for i in idx], idx, views,
-                                          chunk * num_views):
-              w.write(record)
+            good = [(i, x) for i, x in ((i, read(i)) for i in idx) if x is not None]
+            if good:
+              for record in _tokenize_chunk(toks, [x for _, x in good], [i for i, _ in good],
+                                            views, chunk * num_views):
+                w.write(record)
             bar.update(len(idx))
+          token_shards.write_skipped(path, {i: r for i, r in read.skipped.items()
+                                            if start <= i < end})
           w.commit()
     seconds = time.time() - t0
+    skipped = token_shards.skipped_samples(out_dir, split, spec)
     summary["splits"][split] = {
-        "samples": n, "shards": num_shards, "views": num_views,
-        "written_shards": len(todo), "seconds": round(seconds, 1),
+        "samples": n - len(skipped), "skipped": len(skipped), "shards": num_shards,
+        "views": num_views, "written_shards": len(todo), "seconds": round(seconds, 1),
         "samples_per_sec": round(samples / seconds, 1) if todo and seconds > 0 else None}
+    if skipped:
+      summary["splits"][split]["skipped_first"] = [skipped[i] for i in sorted(skipped)[:5]]
+      logging.warning("pretokenize: %s: skipped %d bad samples (listed in %s/*.skipped.json)",
+                      split, len(skipped), os.path.join(out_dir, split))
     logging.info("pretokenize: %s: %d shards written in %.1f s", split, len(todo), seconds)
   missing = {s: token_shards.missing_shards(out_dir, s, spec) for s in config.splits}
   summary["complete"] = not any(missing.values())
@@ -295,20 +358,23 @@ def views_grid(path: str, directory: str, split: str, toks: Tokenizers, num: int
 
 
 def run(config, workdir: str) -> dict:
-  """The `pretokenize` trainer: the shards go to `workdir` itself."""
-  return pretokenize(config, workdir)
+  """The `pretokenize` trainer: the shards (and config.json) go to `workdir` itself."""
+  return pretokenize(config, workdir, record_config=True)
 
 
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   del argv
   config, out = flags.FLAGS.config, flags.FLAGS.workdir
-  workdir_lib.write_config(config, out)
   try:
-    summary = pretokenize(config, out)
+    workdir_lib.check_workdir(out)
+    summary = pretokenize(config, out, record_config=True)
   except ConfigError as e:
     print(f"m4: error: {e}", file=sys.stderr)
     sys.exit(2)
+  except (DataError, OSError) as e:
+    print(f"m4: error: {e}", file=sys.stderr)
+    sys.exit(1)
   print(workdir_lib.format_summary(summary))
 
 

@@ -164,6 +164,7 @@ def run(config, workdir: str) -> dict:
   vq, text = load_tokenizers(config.init, names, config.tokenizers)
   data = _data_config(config)
   total = len(sources.make_source(data, config.split))
+  workdir_lib.write_config(config, workdir)  # Checked: from here on the job writes.
   n = total if not config.num_samples else min(int(config.num_samples), total)
   num_batches = pipeline.num_eval_batches(data, n)
   it = pipeline.make_iterator(data, config.split, seed=config.seed, training=False)

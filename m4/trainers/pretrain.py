@@ -11,10 +11,14 @@ held-out evaluation every `eval.every` steps (`m4.trainers.pretrain_eval`),
 orbax checkpoints of model, optimizer and data iterator every
 `checkpoint_every` steps. Running the same command on the same workdir
 resumes from the last checkpoint and continues with exactly the losses of an
-uninterrupted run (same data, masks and, on CPU, numerics). SIGTERM saves a
-checkpoint, then exits (status 1) asking to re-run; a non-finite loss,
-gradient or parameter norm stops the run naming the step, without saving
-(the last good checkpoint stays the latest).
+uninterrupted run (same data, masks and, on CPU, numerics); a checkpoint that
+cannot be read is skipped (and moved aside) for the newest one that can, and
+a workdir whose checkpoints hold another model is refused before anything is
+written. SIGTERM saves a checkpoint, then exits (status 1) asking to re-run;
+a non-finite loss, gradient or parameter norm, or a divergence (a loss or
+gradient-norm spike against the running median, `divergence`), stops the run
+naming the first bad step, without saving: the latest checkpoint is the last
+healthy one.
 
 The pieces, also used by `m4.tools.bench_train` (which times this step):
 
@@ -46,6 +50,10 @@ Config fields (configs/pretrain/*.py set them all):
   init: "" or the directory of a pretraining run or saved / converted model
     whose parameters start this run (`m4.checkpoints.restore_subtree`).
   tensorboard: write TensorBoard events besides metrics.jsonl.
+  divergence (optional; defaults `DIVERGENCE`): loss_factor, grad_norm_factor
+    (a step whose train loss / gradient norm exceeds this factor times the
+    median of the previous `window` steps stops the run; 0 turns the check
+    off), window, min_steps (steps of history before checking).
   inject_nan_at_step: -1; k >= 1 makes the update of step k NaN (tests the
     non-finite stop).
 
@@ -55,6 +63,7 @@ DIR/checkpoints/, DIR/curves.png, DIR/predictions.png, DIR/eval/final.json.
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import threading
@@ -76,6 +85,8 @@ from m4 import workdir
 
 OPTIMIZER_FIELDS = ("lr", "warmup_steps", "final_lr_ratio", "b1", "b2", "eps",
                     "weight_decay", "clip_norm")
+# The divergence guard's defaults (config.divergence overrides them field by field).
+DIVERGENCE = dict(loss_factor=3.0, grad_norm_factor=20.0, window=100, min_steps=2)
 
 
 @struct.dataclass
@@ -298,7 +309,8 @@ def _check_config(config, cfg) -> None:
 class _Metrics:
   """Per-step metrics kept on device until the next flush, then checked and logged."""
 
-  def __init__(self):
+  def __init__(self, guard: DivergenceGuard | None = None):
+    self.guard = guard
     self.pending = []
     self.t0 = time.time()
     self.paused = 0.0  # Seconds of evaluation / checkpointing since t0.
@@ -313,7 +325,8 @@ class _Metrics:
     self.t0, self.paused, self.untimed = time.time(), 0.0, len(self.pending)
 
   def flush(self) -> tuple[int, dict[str, float]] | None:
-    """(last step, mean metrics since the last flush); raises on non-finite values."""
+    """(last step, mean metrics since the last flush); raises FloatingPointError
+    on non-finite values, Diverged at a spike (the first bad step)."""
     if not self.pending:
       return None
     steps = [s for s, _ in self.pending]
@@ -322,6 +335,8 @@ class _Metrics:
       bad = {k: float(v) for k, v in m.items() if not np.isfinite(v)}
       if bad:
         raise FloatingPointError(step, bad)
+      if self.guard is not None:
+        self.guard.check(step, m)
     mean = {}
     for k in values[0]:
       if k.startswith(("loss/", "accuracy/")):  # Over the interval's tokens of that modality.
@@ -334,6 +349,46 @@ class _Metrics:
     timed = len(steps) - self.untimed
     self.pending, self.t0, self.paused, self.untimed = [], time.time(), 0.0, 0
     return steps[-1], dict(mean, _steps=timed, _seconds=seconds)
+
+
+class Diverged(FloatingPointError):
+  """A loss or gradient-norm spike; args: (step, metric, value, median, factor, steps)."""
+
+
+class DivergenceGuard:
+  """Stops at the first step whose train loss or gradient norm exceeds
+  `factor` times the median of the previous `window` steps (`DIVERGENCE`)."""
+
+  def __init__(self, settings: Mapping[str, Any] | None = None):
+    settings = dict(settings.to_dict() if hasattr(settings, "to_dict") else settings or {})
+    unknown = sorted(set(settings) - set(DIVERGENCE))
+    workdir.require(not unknown, "divergence",
+                    f"unknown fields {unknown}; known {sorted(DIVERGENCE)}.")
+    s = {**DIVERGENCE, **settings}
+    for k in ("loss_factor", "grad_norm_factor"):
+      workdir.require(float(s[k]) == 0 or float(s[k]) > 1, f"divergence.{k}",
+                      f"must be 0 (off) or > 1, got {s[k]}.")
+    for k in ("window", "min_steps"):
+      workdir.require(int(s[k]) >= 1, f"divergence.{k}", f"must be >= 1, got {s[k]}.")
+    self.factors = {"loss": float(s["loss_factor"]), "grad_norm": float(s["grad_norm_factor"])}
+    self.min_steps = int(s["min_steps"])
+    self.history = {k: collections.deque(maxlen=int(s["window"])) for k in self.factors}
+
+  def seed(self, rows) -> None:
+    """History from logged rows (a resumed run: metrics.jsonl up to its step)."""
+    for r in rows:
+      if "train/loss" in r and "grad_norm" in r:
+        self.history["loss"].append(float(r["train/loss"]))
+        self.history["grad_norm"].append(float(r["grad_norm"]))
+
+  def check(self, step: int, metrics: Mapping[str, float]) -> None:
+    for k, factor in self.factors.items():
+      value, history = float(metrics[k]), self.history[k]
+      if factor and len(history) >= self.min_steps:
+        median = float(np.median(history))
+        if median > 0 and value > factor * median:
+          raise Diverged(step, k, value, median, factor, len(history))
+      history.append(value)
 
 
 def _train_metrics(mean: Mapping[str, float], tokens_per_step: int) -> dict[str, float]:
@@ -359,7 +414,6 @@ def run(config, workdir_path: str) -> dict:
   from m4.data import pretrain_data  # pylint: disable=g-import-not-at-top
   from m4.models import configs  # pylint: disable=g-import-not-at-top
   from m4.models import fourm  # pylint: disable=g-import-not-at-top
-  from m4.trainers import pretrain_eval  # pylint: disable=g-import-not-at-top
 
   t_start = time.time()
   try:
@@ -392,26 +446,57 @@ def run(config, workdir_path: str) -> dict:
   shardings = train_state_shardings(abstract, mesh, rules)
   target = _with_shardings(abstract, shardings)
 
+  guard = DivergenceGuard(config.get("divergence"))
   ckpt = checkpoints.Checkpointer(os.path.join(workdir_path, "checkpoints"),
                                   max_to_keep=int(config.keep_checkpoints))
+  with ckpt:  # Closed (orbax threads stopped) however the run ends.
+    return _train(config, workdir_path, ckpt, guard, data=data, cfg=cfg, target=target,
+                  shardings=shardings, mesh=mesh, rules=rules, tx=tx, schedule=schedule,
+                  graphdef=graphdef, make_model=make_model, t_start=t_start)
+
+
+def _resume(ckpt, target, train_it, workdir_path: str):
+  """(state, step) of the newest readable checkpoint, or None; a checkpoint of
+  another model is refused (ConfigError) before anything is written."""
+  try:
+    resumed = ckpt.restore_latest(to_checkpoint(target), data_iter=train_it)
+  except workdir.ConfigError as e:
+    raise workdir.ConfigError(
+        f"{workdir_path} holds a run the config does not match: {e} Use a new workdir, or the"
+        f" config the run was made with ({os.path.join(workdir_path, 'config.json')}).") from None
+  if resumed is None:
+    return None
+  tree, meta, step = resumed
+  logging.info("pretrain: resumed from step %d (%s)", step, meta)
+  return from_checkpoint(target, tree), step
+
+
+def _train(config, workdir_path, ckpt, guard, *, data, cfg, target, shardings, mesh, rules, tx,
+           schedule, graphdef, make_model, t_start) -> dict:
+  """The run from (resumed or fresh) state to the summary."""
+  from m4.trainers import pretrain_eval  # pylint: disable=g-import-not-at-top
+  total = int(config.total_steps)
   train_it = data.train_iterator(seed=int(config.seed))
-  start = ckpt.latest_step()
-  if start is not None:
-    tree, meta = ckpt.restore(to_checkpoint(target), data_iter=train_it)
-    state = from_checkpoint(target, tree)
-    logging.info("pretrain: resumed from step %d (%s)", start, meta)
+  resumed = _resume(ckpt, target, train_it, workdir_path)
+  if resumed is not None:
+    state, start = resumed
+    guard.seed(r for r in workdir.read_metrics(workdir_path) if r.get("step", 0) <= start)
   else:
     start = 0
-    with sharding.use(mesh, rules):
-      state = jax.jit(lambda: init_state(make_model(), tx), out_shardings=shardings)()
+    params = None
     if config.get("init"):
       try:
         params = checkpoints.restore_subtree(config.init, target.params, key="model")
       except (FileNotFoundError, KeyError, ValueError) as e:
         raise workdir.ConfigError(f"config.init: cannot read model parameters from"
                                   f" {config.init!r}: {e}") from None
+    with sharding.use(mesh, rules):
+      state = jax.jit(lambda: init_state(make_model(), tx), out_shardings=shardings)()
+    if params is not None:
       state = state.replace(params=params)
       logging.info("pretrain: parameters initialised from %s", config.init)
+  # Everything is checked: from here on the run writes.
+  workdir.write_config(config, workdir_path)
 
   step_fn = make_train_step(graphdef, tx, schedule=schedule, mesh=mesh, rules=rules,
                             state_shardings=shardings)
@@ -420,7 +505,42 @@ def run(config, workdir_path: str) -> dict:
   tokens_per_step = int(config.data.batch_size) * (cfg.num_encoder_tokens + cfg.num_decoder_tokens)
   logger = workdir.MetricLogger(workdir_path, total, name="pretrain",
                                 tensorboard=bool(config.tensorboard))
-  meter = _Metrics()
+  with logger:
+    return _loop(config, workdir_path, ckpt, logger, _Metrics(guard), state=state, start=start,
+                 train_it=train_it, step_fn=step_fn, evaluator=evaluator, names=names,
+                 tokens_per_step=tokens_per_step, mesh=mesh, rules=rules, cfg=cfg,
+                 t_start=t_start)
+
+
+def _stopped(e: FloatingPointError, ckpt) -> FloatingPointError:
+  """The one-line message of a non-finite or diverged step."""
+  try:
+    ckpt.wait()
+    last = ckpt.latest_step()
+  except OSError:
+    last = None
+  kept = (f"the last healthy checkpoint is step {last} in {ckpt.directory}" if last is not None
+          else "no checkpoint was saved before it")
+  if isinstance(e, Diverged):
+    step, key, value, median, factor, n = e.args
+    what = (f"divergence at step {step}: {'train loss' if key == 'loss' else 'gradient norm'}"
+            f" {value:.4g} is {value / median:.3g} times the median {median:.4g} of the {n}"
+            f" steps before (config.divergence.{key}_factor = {factor:g})")
+    return Diverged(f"pretrain: {what}. Stopped without saving; {kept}. Lower optimizer.lr or"
+                    " raise warmup_steps, then re-run to resume from it.")
+  bad_step, bad = e.args
+  return FloatingPointError(
+      f"pretrain: non-finite values at step {bad_step}: {bad}. Stopped without saving;"
+      f" {kept.replace('healthy', 'good')}. Lower optimizer.lr or raise warmup_steps, then"
+      " re-run to resume from it.")
+
+
+def _loop(config, workdir_path, ckpt, logger, meter, *, state, start, train_it, step_fn,
+          evaluator, names, tokens_per_step, mesh, rules, cfg, t_start) -> dict:
+  """Training steps, checkpoints and evaluations, then the final evaluation."""
+  from m4.models import configs  # pylint: disable=g-import-not-at-top
+  from m4.trainers import pretrain_eval  # pylint: disable=g-import-not-at-top
+  total = int(config.total_steps)
   last_train = {}
 
   def save(step):
@@ -433,12 +553,7 @@ def run(config, workdir_path: str) -> dict:
     try:
       out = meter.flush()
     except FloatingPointError as e:
-      bad_step, bad = e.args
-      ckpt.wait()
-      raise FloatingPointError(
-          f"pretrain: non-finite values at step {bad_step}: {bad}. Stopped without saving;"
-          f" the last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}."
-          " Lower optimizer.lr or raise warmup_steps, then re-run to resume from it.") from None
+      raise _stopped(e, ckpt) from None
     if out is not None:
       last_train.update(_train_metrics(out[1], tokens_per_step))
       logger.write(out[0], last_train)

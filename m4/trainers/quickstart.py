@@ -39,6 +39,7 @@ def run(config, workdir: str) -> dict:
   names = list(config.order)
   for name in names:
     workdir_lib.require(name in config.stages, "order", f"stage {name!r} is not in config.stages")
+  workdir_lib.write_config(config, root)
   for i, name in enumerate(names):
     stage = _resolve(config.stages[name], root)
     stage_dir = os.path.join(root, name)
@@ -50,7 +51,7 @@ def run(config, workdir: str) -> dict:
     print(f"[quickstart {i + 1}/{len(names)}] {name}: trainer {stage.trainer} in {stage_dir}",
           flush=True)
     t0 = time.time()
-    workdir_lib.write_config(stage, stage_dir)
+    workdir_lib.check_workdir(stage_dir)  # Each stage writes its config.json once checked.
     summary = dict(trainers.get(stage.trainer)(stage, stage_dir) or {})
     summary.setdefault("seconds", round(time.time() - t0, 1))
     summaries[name] = workdir_lib.write_summary(stage_dir, summary)

@@ -29,6 +29,7 @@ def run(config, workdir: str) -> dict:
                       f"{config.grid_split!r} is not one of {scenes.SPLITS}.")
   workdir_lib.require(config.grid_rows >= 1, "grid_rows", "must be >= 1.")
   workdir_lib.require(config.benchmark_samples >= 0, "benchmark_samples", "must be >= 0.")
+  workdir_lib.write_config(config, workdir)  # Checked: from here on the job writes.
   stats = {}
   scenes.ensure(data.dir, data, stats=stats)
   spec = scenes.read_spec(data.dir)

@@ -99,6 +99,7 @@ def run(config, workdir: str) -> dict:
         f"config.tokenizer: the trained vocabulary has {tok.vocab_size} ids, more than"
         f" modality {modality.name!r}'s vocab_size {modality.vocab_size}; lower"
         " tokenizer.vocab_size or shorten tokenizer.initial_alphabet.")
+  workdir_lib.write_config(config, workdir)  # Checked: from here on the job writes.
   tok.save(out_path)
   logging.info("text_tokenizer: %s, trained on %d captions in %.1f s", tok, len(captions), t_train)
 

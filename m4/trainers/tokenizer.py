@@ -55,7 +55,7 @@ from m4.data import sources
 from m4.tokenizers import quantizer as quantizer_lib
 from m4.tokenizers import vq_tokenizer
 from m4.tools import grid as grid_lib
-from m4.workdir import require
+from m4.workdir import ConfigError, require
 
 
 def default_config(modality: str = "rgb") -> ml_collections.ConfigDict:
@@ -267,36 +267,41 @@ def run(config, workdir: str) -> dict:
           "data.batch_size", f"{data.batch_size} does not divide over the mesh's batch shards.")
   key = modalities.get(config.modality).data_key
   it = pipeline.make_iterator(data, data.train_split, seed=config.seed, training=True)
-  ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                  max_to_keep=config.keep_checkpoints)
-  state, step, train_seconds = trainer.initial, 0, 0.0
-  if ckpt.latest_step() is not None:
-    stored, meta = ckpt.restore(trainer.to_checkpoint(state), data_iter=it)
-    state = trainer.from_checkpoint(stored)
-    step, train_seconds = int(meta["step"]), float(meta.get("train_seconds", 0.0))
-    logging.info("tokenizer: resumed %s from step %d", workdir, step)
-    print(f"tokenizer {config.modality}: resuming from step {step}", flush=True)
+  with checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                max_to_keep=config.keep_checkpoints) as ckpt:
+    state, step, train_seconds = trainer.initial, 0, 0.0
+    try:
+      resumed = ckpt.restore_latest(trainer.to_checkpoint(state), data_iter=it)
+    except ConfigError as e:
+      raise ConfigError(f"{workdir} holds a tokenizer run the config does not match: {e} Use a"
+                        " new workdir, or the config the run was made with.") from None
+    if resumed is not None:
+      stored, meta, _ = resumed
+      state = trainer.from_checkpoint(stored)
+      step, train_seconds = int(meta["step"]), float(meta.get("train_seconds", 0.0))
+      logging.info("tokenizer: resumed %s from step %d", workdir, step)
+      print(f"tokenizer {config.modality}: resuming from step {step}", flush=True)
+    workdir_lib.write_config(config, workdir)  # Checked against the workdir: now it writes.
 
-  logger = workdir_lib.MetricLogger(workdir, num_steps, name=f"vq_{config.modality}")
-  t0 = time.time()
-  pending = []
-  while step < num_steps:
-    batch = next(it)
-    x = sharding.to_global(np.asarray(batch[key]), mesh, trainer.rules)
-    state, metrics = trainer.train_step(state, x)
-    step += 1
-    pending.append(metrics)
-    if step % config.log_every == 0 or step == num_steps:
-      means = jax.tree.map(lambda *v: np.mean(np.stack(v)), *jax.device_get(pending))
-      means["codes_restarted"] = means["codes_restarted"] * len(pending)  # A sum, not a mean.
-      means["learning_rate"] = trainer.schedule(step - 1)
-      first = ["loss", *trainer.io.headline, "batch_codebook_usage", "batch_perplexity"]
-      logger.write(step, {k: means[k] for k in first + sorted(set(means) - set(first))})
-      pending = []
-    if step % config.checkpoint_every == 0 or step == num_steps:
-      ckpt.save(step, trainer.to_checkpoint(state), data_iter=it,
-                meta={"step": step, "train_seconds": train_seconds + time.time() - t0})
-  ckpt.close()
+    logger = workdir_lib.MetricLogger(workdir, num_steps, name=f"vq_{config.modality}")
+    t0 = time.time()
+    pending = []
+    while step < num_steps:
+      batch = next(it)
+      x = sharding.to_global(np.asarray(batch[key]), mesh, trainer.rules)
+      state, metrics = trainer.train_step(state, x)
+      step += 1
+      pending.append(metrics)
+      if step % config.log_every == 0 or step == num_steps:
+        means = jax.tree.map(lambda *v: np.mean(np.stack(v)), *jax.device_get(pending))
+        means["codes_restarted"] = means["codes_restarted"] * len(pending)  # A sum, not a mean.
+        means["learning_rate"] = trainer.schedule(step - 1)
+        first = ["loss", *trainer.io.headline, "batch_codebook_usage", "batch_perplexity"]
+        logger.write(step, {k: means[k] for k in first + sorted(set(means) - set(first))})
+        pending = []
+      if step % config.checkpoint_every == 0 or step == num_steps:
+        ckpt.save(step, trainer.to_checkpoint(state), data_iter=it,
+                  meta={"step": step, "train_seconds": train_seconds + time.time() - t0})
   train_seconds += time.time() - t0
 
   metrics, grid_path = evaluate(trainer, state, config, workdir)

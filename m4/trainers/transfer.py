@@ -597,6 +597,7 @@ def sweep(ctx: _Context, task: transfer.TaskSpec, fraction: float, init: str, pr
 
 def run(config, workdir: str) -> dict:
   check_config(config)
+  workdir_lib.write_config(config, workdir)
   ctx = _Context(config, workdir)
   tasks = [transfer.TaskSpec.from_config(n, config.tasks[n]) for n in config.tasks]
   arms = [(task, *arm) for task in tasks for arm in _arms(config, task)]

@@ -21,13 +21,9 @@ import numpy as np
 from m4 import modalities
 from m4 import workdir
 from m4.models import configs
-from m4.models.convert.source import lookup
+from m4.models.convert.source import ConversionError, lookup  # pylint: disable=unused-import
 
 SEQUENCE_NAMES = ("caption", "det", "metadata", "human_poses", "color_palette", "sam_instance")
-
-
-class ConversionError(ValueError):
-  """The source checkpoint does not fit; the message names the tensor or field."""
 
 
 @dataclasses.dataclass
