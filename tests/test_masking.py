@@ -269,6 +269,32 @@ def test_preset_4m7(tok):
   assert 50 < sum(comps) < 150  # About half and half.
 
 
+def test_pixels_are_a_budget_of_input_patches_never_targets(tok):
+  names = ("rgb_pixels",) + NAMES
+  cfg = masking.preset("4m7", num_input_tokens=64, num_target_tokens=64, modalities=names,
+                       rgb="rgb_pixels")
+  # 4M-7: pixels are RGB's input in "RGB to all"; the RGB tokens are a target there.
+  assert cfg.mixture.rgb2all.input_alphas.rgb_pixels == 1000.0
+  assert cfg.mixture.rgb2all.target_alphas.rgb == 0.5
+  assert cfg.mixture.all2all.target_alphas.rgb_pixels == 0.0
+  masker = masking.Masking(cfg, text_tokenizers={"caption": tok})
+  rng = np.random.default_rng(12)
+  image = rng.integers(0, 256, (64, 64, 3)).astype(np.uint8)
+  seen_rgb2all = False
+  for i in range(40):
+    sample = dict(make_sample(rng, "a red cube left of a blue sphere"), rgb_pixels=image)
+    out = masker.mask_with_seed(sample, seed=0, index=i)
+    px = out["rgb_pixels"]
+    np.testing.assert_allclose(px["tensor"], image / 255.0 * 2 - 1, atol=1e-6)
+    assert px["input_mask"].shape == (64,) and not px["target_mask"].any()
+    n_in = sum(int(np.sum(out[n]["input_mask"])) for n in names)
+    assert n_in <= 64  # Pixel patches count in the input budget like any token.
+    if px["input_mask"].all():
+      seen_rgb2all = True
+      assert out["rgb"]["target_mask"].any() or out["depth"]["target_mask"].any()
+  assert seen_rgb2all
+
+
 @pytest.mark.parametrize("edit, match", [
     (lambda c: c.mixture.all2all.input_alphas.__delattr__("depth"), "all2all.input_alphas"),
     (lambda c: setattr(c.mixture.all2all.target_alphas, "rgb", -1.0), "target_alphas.rgb"),

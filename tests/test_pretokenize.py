@@ -40,6 +40,9 @@ def test_records_hold_the_tokens_of_aligned_views(assets, shards):
       for name, tok in toks.items():  # Every modality tokenized from the same crop.
         np.testing.assert_array_equal(rec[name][v], tok.encode(view[name][None])[0])
       np.testing.assert_array_equal(rec["caption"][v], text.encode_padded(view["caption"], 48))
+      # The pixel input (rgb_pixels): the view's RGB itself, exactly, as uint8.
+      assert rec["rgb_pixels"].dtype == np.uint8
+      np.testing.assert_array_equal(rec["rgb_pixels"][v] / np.float32(255), view["rgb"])
     assert rec["text/caption"] == sample["caption"]
     np.testing.assert_array_equal(rec["labels"]["count"], sample["labels"]["count"])
     assert not np.array_equal(rec["rgb"][1], rec["rgb"][2])  # Views differ.
