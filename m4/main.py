@@ -20,6 +20,7 @@ data; process 0 writes config, metrics and pictures; checkpoints are written
 by all.
 """
 
+import logging as std_logging
 import runpy
 import signal
 import sys
@@ -43,8 +44,19 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 
 
+def _quiet_background_errors():
+  """Silences asyncio's reports of futures that failed with the job's own error.
+
+  After a failed checkpoint write (a full disk, say), orbax's background
+  futures are garbage-collected later and asyncio logs each one with the same
+  cause; the job reports that cause once, as its `m4: error:` line.
+  """
+  std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
+
+
 def _fail(message: str, status: int = 2):
   """One line on stderr, then exit `status` (2, the default: bad usage)."""
+  _quiet_background_errors()
   print(f"m4: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
   sys.exit(status)
 
@@ -110,12 +122,23 @@ def _init_distributed():
   logging.info("m4: process %d of %d", jax.process_index(), jax.process_count())
 
 
-def _run(config, workdir: str):
-  """The job; (summary, None) or (None, (exit status, one-line message))."""
+def _run_closing(config, workdir: str):
+  """Runs the job; its checkpointers are closed whatever ends it."""
   try:
     workdir_lib.check_workdir(workdir)
     logging.info("m4: running trainer %r in %s", config.trainer, workdir)
     return trainers.get(config.trainer)(config, workdir), None
+  except BaseException:
+    _quiet_background_errors()
+    raise
+  finally:
+    _close_checkpointers()
+
+
+def _run(config, workdir: str):
+  """The job; (summary, None) or (None, (exit status, one-line message))."""
+  try:
+    return _run_closing(config, workdir)
   except workdir_lib.ConfigError as e:
     return None, (2, str(e))
   except OSError as e:  # A full disk, a file that vanished, ...
@@ -126,8 +149,6 @@ def _run(config, workdir: str):
   except KeyboardInterrupt:
     return None, (128 + signal.SIGINT, "interrupted (Ctrl-C); run the same command again to"
                   " resume from the last checkpoint.")
-  finally:
-    _close_checkpointers()
 
 
 def main(argv):
