@@ -3,7 +3,10 @@
     python -m m4.main --config=configs/generate/rgb2all.py --workdir=workdirs/generate/rgb2all \
         --config.init=workdirs/pretrain/scenes_tiny
 
-Depth and semseg by MaskGIT (8 steps), the caption autoregressively (greedy);
+Depth and semseg in one greedy step, the caption autoregressively (greedy).
+Conditioned on a whole image the dense targets are nearly deterministic: on
+validation scenes one greedy step gave semseg mIoU 0.649 against 0.614-0.618
+for MaskGIT with 8 steps at temperature 0-1 (experiments/pretrain_objects/);
 quality against the ground truth and the tokenizers' ceiling in
 DIR/eval/metrics.json (experiments/generation/ has the figures).
 """
@@ -16,5 +19,9 @@ _COMMON = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__))
 
 def get_config(arg=None):
   del arg
-  return _COMMON["base"](inputs=("rgb_pixels",), targets=("depth", "semseg", "caption"),
-                         chained=False)
+  c = _COMMON["base"](inputs=("rgb_pixels",), targets=("depth", "semseg", "caption"),
+                      chained=False)
+  for name in ("depth", "semseg"):
+    c.decoding[name].num_steps = 1
+    c.decoding[name].temperature = 0.0
+  return c

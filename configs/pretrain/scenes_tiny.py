@@ -15,7 +15,7 @@ decoder tokens per sample. RGB goes in as raw 8x8-pixel patches
 (`rgb_pixels`, as 4M-7's `rgb@224`) and its VQ tokens are a target like
 depth, semseg and the caption. The masking is 4M-7's mixture ("RGB to all"
 and "all to all") weighted 3:1 towards "RGB to all", with condition dropout
-for guidance. Batch 32, AdamW lr 3e-3, 9000 steps: about 80 minutes on 2
+for guidance. Batch 32, AdamW lr 3e-3, 6000 steps: about 65 minutes on 2
 CPU cores. Why these settings (pixels in, the mixture weight, the learning
 rate, the batch size) and what each bought: experiments/pretrain_objects/.
 
@@ -57,9 +57,9 @@ def get_config(arg=None):
       num_encoder_tokens=64, num_decoder_tokens=64,
       dtype="float32", scan_layers=True, remat="none", head_chunk_size=128))
   c.optimizer = ml_collections.ConfigDict(dict(
-      lr=3e-3, warmup_steps=450, final_lr_ratio=0.01, b1=0.9, b2=0.95, eps=1e-8,
+      lr=3e-3, warmup_steps=300, final_lr_ratio=0.01, b1=0.9, b2=0.95, eps=1e-8,
       weight_decay=0.05, clip_norm=1.0))
-  c.total_steps = 9000
+  c.total_steps = 6000
   c.log_every = 100
   c.checkpoint_every = 1500
   c.keep_checkpoints = 2

@@ -1,0 +1,37 @@
+"""The ablations' base: configs/pretrain/scenes_tiny.py:quick on the old quickstart's data.
+
+The E-runs of ../README.md trained on the shards and tokenizers of a main-job
+workdir made before this issue (4000 scenes, the quick tokenizers) with
+pixel shards added (`configs/pretokenize/scenes.py`, default `tokenize`).
+ROOT is that workdir; each run is this config plus the overrides in the
+README's table, e.g.
+
+    python -m m4.main --config=experiments/pretrain_objects/configs/ablation.py \
+        --workdir=workdirs/ablations/e13 --config.data.batch_size=32 \
+        --config.total_steps=900 --config.optimizer.lr=3e-3 \
+        --config.masking.mixture.rgb2all.weight=3.0
+"""
+
+import json
+import os
+import runpy
+
+ROOT = os.environ.get("M4_ABLATION_ROOT", "workdirs/quickstart")
+TOKENS = os.environ.get("M4_ABLATION_TOKENS", os.path.join(ROOT, "tokens"))
+
+
+def get_config(arg="quick"):
+  """`quick` (the E-runs' 3+3 blocks) or `full` (scenes_tiny's 4+4)."""
+  variant = {"quick": "quick", "full": None}[arg or "quick"]
+  c = runpy.run_path("configs/pretrain/scenes_tiny.py")["get_config"](variant)
+  with open(os.path.join(ROOT, "config.json")) as f:
+    data = json.load(f)["stages"]["tokens"]["data"]
+  data["dir"] = os.path.join(ROOT, "data")
+  c.data.update({k: v for k, v in data.items() if k in c.data})
+  c.data.batch_size = 64
+  c.tokens.dir = TOKENS
+  c.tokenizers.update(dict(
+      rgb=os.path.join(ROOT, "tok_rgb"), depth=os.path.join(ROOT, "tok_depth"),
+      semseg=os.path.join(ROOT, "tok_semseg"),
+      caption=os.path.join(ROOT, "tok_caption/wordpiece_scenes.json")))
+  return c
