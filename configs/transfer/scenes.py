@@ -68,13 +68,15 @@ def get_config(arg=None):
                 "num_validation", "num_test"):
     c.data[field] = None
 
-  c.probe.update(dict(num_steps=400, learning_rate=1e-3, warmup_steps=20))
-  c.finetune.update(dict(num_steps=400, learning_rate=3e-4, warmup_steps=20, weight_decay=0.05,
+  # Without a sweep (`quick`): the rates the quick-scale sweep chose on validation for
+  # most arms (experiments/transfer_scenes/); the conv net's is not swept there.
+  c.probe.update(dict(num_steps=400, learning_rate=1e-2, warmup_steps=20))
+  c.finetune.update(dict(num_steps=400, learning_rate=3e-3, warmup_steps=20, weight_decay=0.05,
                          layer_decay=0.75, head_hidden=128, dense_head="upsample"))
   c.supervised.update(dict(num_steps=400, learning_rate=3e-3, warmup_steps=20, width=16))
   c.sweep.split = "validation"
-  c.sweep.learning_rates = dict(probe=(3e-4, 1e-3, 3e-3), finetune=(1e-4, 3e-4, 1e-3),
-                                supervised=(1e-3, 3e-3))
+  c.sweep.learning_rates = dict(probe=(3e-3, 1e-2, 3e-2), finetune=(1e-3, 3e-3, 1e-2),
+                                supervised=(1e-3, 3e-3, 1e-2))
   c.eval.num_examples = 8
   c.log_every = 50
   c.checkpoint_every = 500

@@ -101,7 +101,9 @@ class UpsampleHead(nnx.Module):
 
   norm -> 1x1 projection to `widths[0]` -> per doubling of the resolution
   (log2 p of them): 2x bilinear upsampling, 3x3 convolution to the next
-  width, GELU -> 1x1 convolution to C (zero-initialised). MultiMAE decodes
+  width, GELU -> 1x1 convolution to C (zero-initialised), plus a linear
+  readout of each token bilinearly upsampled (the probe's path, so the class
+  of a patch does not have to pass the narrow convolutions). MultiMAE decodes
   dense tasks with a (heavier) convolutional head for the same reason: one
   token per 8x8 patch cannot place a boundary inside the patch by itself.
   """
@@ -125,6 +127,7 @@ class UpsampleHead(nnx.Module):
                            for i in range(steps)])
     self.out = nnx.Conv(widths[steps], out_channels, (1, 1),
                         kernel_init=nnx.initializers.zeros, rngs=rngs)
+    self.readout = nnx.Linear(dim, out_channels, kernel_init=nnx.initializers.zeros, rngs=rngs)
 
   def __call__(self, grid: Array, train: bool = False) -> Array:
     x = grid.astype(jnp.float32)
@@ -132,12 +135,14 @@ class UpsampleHead(nnx.Module):
       x = self.norm(x, use_running_average=not train)
     else:
       x = self.norm(x)
+    coarse = self.readout(x)
     x = jax.nn.gelu(self.proj(x))
     for conv in self.convs:
       b, h, w, c = x.shape
       x = jax.image.resize(x, (b, 2 * h, 2 * w, c), "bilinear")
       x = jax.nn.gelu(conv(x))
-    return self.out(x)
+    b, h, w, c = coarse.shape
+    return self.out(x) + jax.image.resize(coarse, (b, *x.shape[1:3], c), "bilinear")
 
 
 # ------------------------------------------------------------------ losses
