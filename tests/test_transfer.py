@@ -412,6 +412,11 @@ def test_verdicts_say_plainly_whether_pretraining_helped():
   (line,) = report.verdicts([row("pretrained", 0.3, "abs_rel", False),
                              row("scratch", 0.4, "abs_rel", False)])
   assert line.endswith("pretrained beats scratch")  # Lower is better.
+  (line,) = report.verdicts([row("pretrained", 0.435), row("scratch", 0.434)])
+  assert line.endswith("no clear difference (within the noise margin 0.010)")
+  seeds = [row("pretrained", v) for v in (0.40, 0.50, 0.60)] + [row("scratch", 0.45)] * 3
+  (line,) = report.verdicts(seeds)  # +0.05, but the seeds spread by 0.08.
+  assert "no clear difference" in line and "0.082" in line
 
 
 def test_upsample_head_draws_at_full_resolution_and_starts_uniform():

@@ -221,8 +221,18 @@ def headline(results: Sequence[Mapping[str, Any]]) -> dict:
   return out
 
 
+# Differences smaller than this (or than the seeds' std, with several seeds) are
+# called ties: one seed's test figure moves by about a point between seeds.
+TIE_MARGIN = 0.01
+
+
 def verdicts(results: Sequence[Mapping[str, Any]]) -> list[str]:
-  """One plain sentence per headline row: does pretrained beat scratch?"""
+  """One plain sentence per headline row: does pretrained beat scratch?
+
+  A difference within the noise margin (TIE_MARGIN, or the larger of the
+  two arms' std over seeds if that is larger) is reported as no clear
+  difference, not as a win.
+  """
   out = []
   for (task, fraction, protocol), by_init in _groups(results).items():
     if "pretrained" not in by_init or "scratch" not in by_init:
@@ -230,12 +240,17 @@ def verdicts(results: Sequence[Mapping[str, Any]]) -> list[str]:
     first = by_init["pretrained"][0]
     metric = first["headline"][0]
     higher = first["higher_is_better"].get(metric, True)
-    pre, scr = (float(np.mean([r["metrics"][metric] for r in by_init[i]]))
-                for i in ("pretrained", "scratch"))
-    wins = pre > scr if higher else pre < scr
+    values = {i: [float(r["metrics"][metric]) for r in by_init[i]]
+              for i in ("pretrained", "scratch")}
+    pre, scr = (float(np.mean(values[i])) for i in ("pretrained", "scratch"))
+    margin = max([TIE_MARGIN] + [float(np.std(v)) for v in values.values() if len(v) > 1])
+    gain = (pre - scr) if higher else (scr - pre)
+    if abs(gain) <= margin:
+      verdict = f"no clear difference (within the noise margin {margin:.3f})"
+    else:
+      verdict = "pretrained beats scratch" if gain > 0 else "pretrained does NOT beat scratch"
     out.append(f"{task} {protocol} {100 * fraction:g}% {metric}: pretrained {pre:.3f} vs scratch"
-               f" {scr:.3f} ({pre - scr:+.3f}): "
-               + ("pretrained beats scratch" if wins else "pretrained does NOT beat scratch"))
+               f" {scr:.3f} ({pre - scr:+.3f}): {verdict}")
   return out
 
 
