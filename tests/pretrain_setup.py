@@ -164,6 +164,11 @@ def pretrain_config(assets_, shards, **overrides):
   c.eval.update(dict(every=0, batch_size=8, num_batches=1, baseline_batches=1, grid_samples=0,
                      cross_modal_every_eval=False))
   c.eval.cross_modal.targets = ()
+  return with_overrides(c, **overrides)
+
+
+def with_overrides(c, **overrides):
+  """Sets each dotted field of `c` (`"optimizer.lr"=...`) in place; returns `c`."""
   for k, v in overrides.items():
     node = c
     *path, last = k.split(".")

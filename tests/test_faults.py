@@ -149,14 +149,7 @@ def _copy(reference_, tmp_path, name="run") -> str:
 
 
 def _with(config_, **overrides):
-  c = config_.copy_and_resolve_references()
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  return S.with_overrides(config_.copy_and_resolve_references(), **overrides)
 
 
 # ---------------------------------------------------------------------------

@@ -41,26 +41,33 @@ IGNORE = transforms.SEMSEG_IGNORE
 NORMS = ("batch", "layer")
 
 
+def _norm(dim: int, norm: str, rngs: nnx.Rngs) -> nnx.Module:
+  """The head's input norm: "batch" (statistics only) or "layer"."""
+  if norm not in NORMS:
+    raise ValueError(f"head norm {norm!r} is not one of {NORMS}.")
+  if norm == "batch":
+    return nnx.BatchNorm(dim, momentum=0.9, epsilon=1e-6, use_bias=False, use_scale=False,
+                         rngs=rngs)
+  return nnx.LayerNorm(dim, epsilon=1e-6, rngs=rngs)
+
+
+def _apply_norm(norm: nnx.Module, x: Array, train: bool) -> Array:
+  if isinstance(norm, nnx.BatchNorm):
+    return norm(x, use_running_average=not train)
+  return norm(x)
+
+
 class _Readout(nnx.Module):
   """Norm -> [Linear -> GELU] -> Linear (zero-initialised)."""
 
   def __init__(self, dim: int, out: int, *, hidden: int, norm: str, rngs: nnx.Rngs):
-    if norm not in NORMS:
-      raise ValueError(f"head norm {norm!r} is not one of {NORMS}.")
-    if norm == "batch":
-      self.norm = nnx.BatchNorm(dim, momentum=0.9, epsilon=1e-6, use_bias=False,
-                                use_scale=False, rngs=rngs)
-    else:
-      self.norm = nnx.LayerNorm(dim, epsilon=1e-6, rngs=rngs)
+    self.norm = _norm(dim, norm, rngs)
     self.hidden = nnx.Linear(dim, hidden, rngs=rngs) if hidden else None
     self.out = nnx.Linear(hidden or dim, out, kernel_init=nnx.initializers.zeros, rngs=rngs)
 
   def __call__(self, x: Array, train: bool) -> Array:
     x = x.astype(jnp.float32)
-    if isinstance(self.norm, nnx.BatchNorm):
-      x = self.norm(x, use_running_average=not train)
-    else:
-      x = self.norm(x)
+    x = _apply_norm(self.norm, x, train)
     if self.hidden is not None:
       x = jax.nn.gelu(self.hidden(x))
     return self.out(x)
@@ -115,13 +122,7 @@ class UpsampleHead(nnx.Module):
       raise ValueError(f"UpsampleHead: the patch size {patch} must be a power of 2 (>= 2).")
     widths = tuple(int(w) for w in widths)
     widths = widths + (widths[-1],) * (steps + 1 - len(widths))
-    if norm not in NORMS:
-      raise ValueError(f"head norm {norm!r} is not one of {NORMS}.")
-    if norm == "batch":
-      self.norm = nnx.BatchNorm(dim, momentum=0.9, epsilon=1e-6, use_bias=False,
-                                use_scale=False, rngs=rngs)
-    else:
-      self.norm = nnx.LayerNorm(dim, epsilon=1e-6, rngs=rngs)
+    self.norm = _norm(dim, norm, rngs)
     self.proj = nnx.Linear(dim, widths[0], rngs=rngs)
     self.convs = nnx.List([nnx.Conv(widths[i], widths[i + 1], (3, 3), rngs=rngs)
                            for i in range(steps)])
@@ -131,10 +132,7 @@ class UpsampleHead(nnx.Module):
 
   def __call__(self, grid: Array, train: bool = False) -> Array:
     x = grid.astype(jnp.float32)
-    if isinstance(self.norm, nnx.BatchNorm):
-      x = self.norm(x, use_running_average=not train)
-    else:
-      x = self.norm(x)
+    x = _apply_norm(self.norm, x, train)
     coarse = self.readout(x)
     x = jax.nn.gelu(self.proj(x))
     for conv in self.convs:
