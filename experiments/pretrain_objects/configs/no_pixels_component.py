@@ -1,0 +1,28 @@
+"""E16: E13 (the recipe at quick scale) plus a mixture component that withholds the RGB pixels.
+
+    python -m m4.main --config=experiments/pretrain_objects/configs/no_pixels_component.py \
+        --workdir=workdirs/ablations/e16
+
+"RGB to all" 3 : "all to all" 1 : "all but the pixels to all" 1, so that the
+model also learns to predict from captions, depth and semseg without the
+image (caption -> semseg -> rgb; experiments/generation/).
+"""
+
+import runpy
+
+
+def get_config(arg=None):
+  del arg
+  c = runpy.run_path("experiments/pretrain_objects/configs/ablation.py")["get_config"]("quick")
+  c.data.batch_size = 32
+  c.total_steps = 900
+  c.optimizer.warmup_steps = 90
+  c.optimizer.lr = 3e-3
+  c.eval.every = c.checkpoint_every = 300
+  c.log_every = 50
+  mix = c.masking.mixture
+  mix.rgb2all.weight = 3.0
+  no_pixels = mix.all2all.to_dict()
+  no_pixels["input_alphas"] = dict(no_pixels["input_alphas"], rgb_pixels=0.0)
+  mix.no_pixels2all = no_pixels
+  return c

@@ -1,0 +1,39 @@
+"""The recorded transfer table: configs/transfer/scenes.py on the quickstart:full run.
+
+    python -m m4.main --config=experiments/transfer_scenes/configs/full_model.py \
+        --workdir=workdirs/transfer/scenes_full
+    python -m m4.main --config=experiments/transfer_scenes/configs/full_model.py:rgbd \
+        --workdir=workdirs/transfer/scenes_full_rgbd
+
+ROOT is the workdir of `python -m m4.main --config=configs/quickstart.py:full`
+(its data, its depth tokenizer, its pretrained model). Cut to fit the
+session's CPU time (stated in the README): 200 steps per run instead of 400,
+no sweep (every arm uses the rates the sweeps chose: probe 1e-2, fine-tune
+3e-3, conv net 3e-3), the conv net at 10 % only. The default variant runs
+count, semseg and depth with 3 seeds; `rgbd` runs semseg from RGB and from
+RGB + depth tokens (seed 0), the new-input-modality claim.
+"""
+
+import os
+import runpy
+
+ROOT = os.environ.get("M4_FULL_ROOT", "workdirs/scenes_full")
+
+
+def get_config(arg=None):
+  c = runpy.run_path("configs/transfer/scenes.py")["get_config"]("core")
+  c.init = os.path.join(ROOT, "pretrain")
+  c.data.dir = os.path.join(ROOT, "data")
+  c.tokenizers.depth = os.path.join(ROOT, "tok_depth")
+  c.sweep.learning_rates = dict(probe=(), finetune=(), supervised=())
+  c.probe.num_steps = c.finetune.num_steps = c.supervised.num_steps = 200
+  c.baseline_fractions = (0.1,)
+  c.checkpoint_every = 0
+  if arg == "rgbd":
+    c.tasks = {"semseg": c.tasks.semseg.to_dict(),
+               "semseg_rgbd": runpy.run_path("configs/transfer/scenes.py")["get_config"]().tasks.semseg_rgbd.to_dict()}
+    c.seeds = (0,)
+    c.baselines = ()
+  elif arg:
+    raise ValueError(f"full_model: unknown variant {arg!r}; use '' or rgbd.")
+  return c
