@@ -11,6 +11,7 @@ from flax import nnx
 
 import m4  # pylint: disable=unused-import
 from m4 import modalities
+from m4 import optim
 from m4 import workdir
 from m4.data import subsets
 from m4.evaluators import depth as depth_eval
@@ -82,15 +83,14 @@ def test_layer_decay_gives_each_layer_its_scale():
   _, trainable, _ = nnx.split(model, transfer.trainable_filter(model, "finetune"), ...)
   params = nnx.to_pure_dict(trainable)
   depth, decay = cfg.encoder_depth, 0.5
-  scales = transfer.layer_scales(params, depth, decay)
+  scales = optim.rule_tree(transfer.layer_decay_rules(depth, decay), params, 1.0)
   bb = scales["backbone"]
-  assert float(bb["encoder_embed"][PIXELS]) == decay ** (depth + 1)
-  assert float(bb["modality_embed"][PIXELS]) == decay ** (depth + 1)
-  np.testing.assert_allclose(bb["encoder"]["qkv"].reshape(-1), [0.125, 0.25, 0.5])
-  assert bb["encoder"]["qkv"].shape == (depth, 1, 1, 1, 1)
-  assert float(bb["encoder_norm_scale"]) == 1.0
-  assert all(float(s) == 1.0 for s in jax.tree.leaves(scales["head"]))
-  decays = transfer.weight_decay_mask(params)
+  assert bb["encoder_embed"][PIXELS] == decay ** (depth + 1)
+  assert bb["modality_embed"][PIXELS] == decay ** (depth + 1)
+  np.testing.assert_allclose(bb["encoder"]["qkv"], [0.125, 0.25, 0.5])
+  assert bb["encoder_norm_scale"] == 1.0
+  assert all(s == 1.0 for s in jax.tree.leaves(scales["head"]))
+  decays = optim.rule_tree(transfer.decay_rules(model.inputs), params, False)
   assert decays["backbone"]["encoder"]["qkv"] and decays["backbone"]["encoder_embed"][PIXELS]
   assert decays["head"]["readout"]["out"]["kernel"]
   assert not any((decays["backbone"]["encoder"]["norm1_scale"],
@@ -105,9 +105,9 @@ def test_layer_decay_gives_each_layer_its_scale():
 
   # Through the optimizer: with constant gradients Adam's step is lr * sign(g),
   # so block i moves decay ** (depth - i) times as far as the head.
-  tx = trainer.make_optimizer(learning_rate=1e-2, min_learning_rate=1e-2, warmup_steps=1,
-                              num_steps=10, weight_decay=0.0, layer_decay=decay, depth=depth,
-                              grad_clip=0.0, b1=0.9, b2=0.999)
+  tx, _ = trainer.make_optimizer(learning_rate=1e-2, min_learning_rate=1e-2, warmup_steps=1,
+                                 num_steps=10, weight_decay=0.0, layer_decay=decay, depth=depth,
+                                 grad_clip=0.0, b1=0.9, b2=0.999)
   grads = jax.tree.map(jnp.ones_like, params)
   state = tx.init(params)
   for _ in range(2):
@@ -138,9 +138,10 @@ def test_probe_keeps_the_encoder_frozen_and_finetuning_changes_it(protocol):
   graphdef, trainable, stats, rest = nnx.split(
       model, transfer.trainable_filter(model, protocol), nnx.BatchStat, ...)
   params, stats = nnx.to_pure_dict(trainable), nnx.to_pure_dict(stats)
-  tx = trainer.make_optimizer(learning_rate=1e-2, min_learning_rate=0.0, warmup_steps=1,
-                              num_steps=4, weight_decay=0.05, layer_decay=0.75, depth=3,
-                              grad_clip=1.0, b1=0.9, b2=0.999)
+  tx, _ = trainer.make_optimizer(learning_rate=1e-2, min_learning_rate=0.0, warmup_steps=1,
+                                 num_steps=4, weight_decay=0.05, layer_decay=0.75, depth=3,
+                                 grad_clip=1.0, b1=0.9, b2=0.999,
+                                 decay_rules=transfer.decay_rules(model.inputs))
   opt_state = tx.init(params)
   enc, labels = _batch()
   for _ in range(3):

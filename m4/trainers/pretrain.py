@@ -80,6 +80,7 @@ from flax import struct
 
 from m4 import checkpoints
 from m4 import modalities
+from m4 import optim
 from m4 import sharding
 from m4 import workdir
 
@@ -98,7 +99,8 @@ class TrainState:
 
 def make_optimizer(opt: Mapping[str, Any], total_steps: int, model):
   """AdamW with linear warmup + cosine decay, global-norm gradient clipping,
-  and weight decay on linear-layer matrices only (`model.decay_mask()`).
+  and weight decay on linear-layer matrices only (`model.decay_rules()`), by
+  `m4.optim.make`.
 
   Args:
     opt: config.optimizer with fields OPTIMIZER_FIELDS.
@@ -115,25 +117,11 @@ def make_optimizer(opt: Mapping[str, Any], total_steps: int, model):
   workdir.require(not unknown, "optimizer", f"unknown fields {unknown}; known {OPTIMIZER_FIELDS}.")
   workdir.require(0 <= opt["warmup_steps"] < max(total_steps, 1), "optimizer.warmup_steps",
                   f"must be in [0, total_steps={total_steps}).")
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=opt["lr"], warmup_steps=int(opt["warmup_steps"]),
-      decay_steps=max(int(total_steps), 1), end_value=opt["lr"] * opt["final_lr_ratio"])
-  mask = model.decay_mask()
-
-  def decay_mask(params):  # The same tree as `params` (State or pure dict).
-    def leaf(path, _):
-      node = mask
-      for k in path:
-        if isinstance(k, jax.tree_util.DictKey):
-          node = node[k.key]
-      return node
-    return jax.tree_util.tree_map_with_path(leaf, params)
-
-  tx = optax.chain(
-      optax.clip_by_global_norm(opt["clip_norm"]),
-      optax.adamw(schedule, b1=opt["b1"], b2=opt["b2"], eps=opt["eps"],
-                  weight_decay=opt["weight_decay"], mask=decay_mask))
-  return tx, schedule
+  return optim.make(dict(
+      lr=opt["lr"], warmup_steps=int(opt["warmup_steps"]), decay_steps=max(int(total_steps), 1),
+      end_lr=opt["lr"] * opt["final_lr_ratio"], b1=opt["b1"], b2=opt["b2"], eps=opt["eps"],
+      weight_decay=opt["weight_decay"], clip_norm=opt["clip_norm"],
+      decay_rules=model.decay_rules()))
 
 
 def init_state(model, tx) -> TrainState:

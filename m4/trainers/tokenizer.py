@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from m4 import checkpoints
 from m4 import modalities
+from m4 import optim
 from m4 import sharding
 from m4 import workdir as workdir_lib
 from m4.data import pipeline
@@ -109,20 +110,18 @@ def spec_from_config(config, step: int | None = None, metrics=None) -> vq_tokeni
       model=config.model.to_dict(), io=io, step=step, metrics=metrics)
 
 
-def make_optimizer(opt, total_steps: int):
-  """(AdamW with warmup + cosine decay and gradient clipping, its schedule).
+# Weight decay on kernels (the only parameters with ndim > 1), not biases and norm scales.
+DECAY_RULES = (("(.*/)?kernel", True),)
 
-  Weight decay applies to kernels (ndim > 1), not to biases and norm scales.
-  """
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=opt.learning_rate, warmup_steps=opt.warmup_steps,
-      decay_steps=max(int(total_steps), opt.warmup_steps + 1), end_value=opt.end_learning_rate)
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-  tx = optax.chain(
-      optax.clip_by_global_norm(opt.grad_clip),
-      optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay,
-                  mask=decay_mask))
-  return tx, schedule
+
+def make_optimizer(opt, total_steps: int):
+  """(AdamW with warmup + cosine decay and gradient clipping, its schedule), by
+  `m4.optim.make`, with weight decay by DECAY_RULES."""
+  return optim.make(dict(
+      lr=opt.learning_rate, warmup_steps=opt.warmup_steps,
+      decay_steps=max(int(total_steps), opt.warmup_steps + 1), end_lr=opt.end_learning_rate,
+      b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, clip_norm=opt.grad_clip,
+      decay_rules=DECAY_RULES))
 
 
 class Trainer:

@@ -76,6 +76,7 @@ from flax import nnx
 from m4 import checkpoints
 from m4 import evaluators
 from m4 import modalities
+from m4 import optim
 from m4 import sharding
 from m4 import workdir as workdir_lib
 from m4.data import pipeline
@@ -104,7 +105,7 @@ def protocol_config(**overrides) -> ml_collections.ConfigDict:
       learning_rate=1e-3, min_learning_rate=0.0,  # Linear warmup from 0, then cosine.
       warmup_steps=50,  # 0: use warmup_epochs.
       warmup_epochs=0.0,  # Warmup in epochs over the labelled subset (when warmup_steps is 0).
-      weight_decay=0.0,  # AdamW, on linear matrices only (transfer.weight_decay_mask).
+      weight_decay=0.0,  # AdamW, on linear matrices only (transfer.decay_rules).
       layer_decay=1.0,  # Finetune: lr of block i scaled by decay ** (depth - i); 1: none.
       grad_clip=1.0,  # Global-norm clipping; 0: none.
       head_hidden=0,  # 0: linear readout; > 0: MLP with this hidden width.
@@ -160,25 +161,18 @@ def default_config() -> ml_collections.ConfigDict:
 @functools.lru_cache(maxsize=None)
 def make_optimizer(*, learning_rate: float, min_learning_rate: float, warmup_steps: int,
                    num_steps: int, weight_decay: float, layer_decay: float, depth: int,
-                   grad_clip: float, b1: float, b2: float) -> optax.GradientTransformation:
-  """AdamW, warmup + cosine schedule, optional clipping and layer-wise decay.
+                   grad_clip: float, b1: float, b2: float, decay_rules: optim.Rules = ()):
+  """(optimizer, schedule) of a protocol's settings (`m4.optim.make`): AdamW,
+  warmup + cosine, optional clipping, weight decay by `decay_rules`
+  (transfer.decay_rules) and, with layer_decay < 1, transfer.layer_decay_rules.
 
   Cached, so runs with the same settings share one compiled train step.
-  Weight decay applies to linear matrices (transfer.weight_decay_mask); with
-  layer_decay < 1 each update is scaled by transfer.layer_scales (BEiT's
-  per-layer learning rates).
   """
-  lr = optax.warmup_cosine_decay_schedule(
-      0.0, learning_rate, max(int(warmup_steps), 1), max(int(num_steps), 2),
-      end_value=min_learning_rate)
-  parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
-  parts.append(optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay,
-                           mask=transfer.weight_decay_mask))
-  if layer_decay < 1.0:
-    scale = lambda updates, params=None: jax.tree.map(
-        lambda u, s: u * s, updates, transfer.layer_scales(updates, depth, layer_decay))
-    parts.append(optax.stateless(scale))
-  return optax.chain(*parts)
+  return optim.make(dict(
+      lr=learning_rate, warmup_steps=max(int(warmup_steps), 1),
+      decay_steps=max(int(num_steps), 2), end_lr=min_learning_rate, b1=b1, b2=b2,
+      weight_decay=weight_decay, clip_norm=grad_clip, decay_rules=decay_rules,
+      lr_mults=transfer.layer_decay_rules(depth, layer_decay) if layer_decay < 1.0 else ()))
 
 
 def run_length(settings, num_labels: int, batch_size: int, where: str) -> tuple[int, int]:
@@ -190,12 +184,6 @@ def run_length(settings, num_labels: int, batch_size: int, where: str) -> tuple[
   require(warmup < steps, f"{where}.warmup_steps",
           f"warmup ({warmup} steps) must be shorter than the run ({steps} steps).")
   return steps, warmup
-
-
-def schedule(settings, num_steps: int, warmup: int):
-  return optax.warmup_cosine_decay_schedule(
-      0.0, float(settings.learning_rate), max(warmup, 1), max(num_steps, 2),
-      end_value=float(settings.min_learning_rate))
 
 
 # ------------------------------------------------------------------ steps
@@ -441,16 +429,16 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
   graphdef, trainable, stats, rest = nnx.split(
       model, transfer.trainable_filter(model, run.protocol), nnx.BatchStat, ...)
   params, stats = nnx.to_pure_dict(trainable), nnx.to_pure_dict(stats)
-  tx = make_optimizer(
+  tx, lr = make_optimizer(
       learning_rate=float(settings.learning_rate),
       min_learning_rate=float(settings.min_learning_rate),
       warmup_steps=warmup, num_steps=num_steps,
       weight_decay=float(settings.weight_decay), layer_decay=float(settings.layer_decay),
       depth=model.backbone.cfg.encoder_depth if run.init != "convnet" else 0,
       grad_clip=float(settings.grad_clip),
-      b1=float(settings.b1), b2=float(settings.b2))
+      b1=float(settings.b1), b2=float(settings.b2),
+      decay_rules=transfer.decay_rules(model.inputs))
   opt_state = on_mesh(tx.init(params), ctx.mesh)
-  lr = schedule(settings, num_steps, warmup)
   it = pipeline.make_iterator(data, data.train_split, seed=run.seed, training=True,
                               source=source)
   ckpt, start = None, 0
