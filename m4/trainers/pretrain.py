@@ -208,32 +208,18 @@ def _nan_updates_at(step: int) -> optax.GradientTransformation:
   return optax.GradientTransformation(init, update)
 
 
-def _is_state(x) -> bool:
-  return isinstance(x, nnx.State)
-
-
 def to_checkpoint(state: TrainState) -> dict:
   """What a checkpoint holds: {"model": parameters, "opt_state", "step"}.
 
-  "model" is what `m4.checkpoints.restore_subtree(run_dir, ...)` reads.
+  "model" is what `m4.checkpoints.restore_subtree(run_dir, ...)` reads; the
+  Checkpointer stores nnx.States as pure dicts (`m4.checkpoints.to_pure`).
   """
-  opt = jax.tree.map(lambda x: nnx.to_pure_dict(x) if _is_state(x) else x, state.opt_state,
-                     is_leaf=_is_state)
-  return {"model": state.params, "opt_state": opt, "step": state.step}
+  return {"model": state.params, "opt_state": state.opt_state, "step": state.step}
 
 
-def from_checkpoint(template: TrainState, tree: Mapping[str, Any]) -> TrainState:
-  """The inverse of `to_checkpoint`, in the structure of `template`."""
-
-  def fill(t, pure):
-    if not _is_state(t):
-      return pure
-    new = jax.tree.map(lambda x: x, t)
-    nnx.replace_by_pure_dict(new, pure)
-    return new
-
-  opt = jax.tree.map(fill, template.opt_state, tree["opt_state"], is_leaf=_is_state)
-  return TrainState(step=tree["step"], params=tree["model"], opt_state=opt)
+def from_checkpoint(tree: Mapping[str, Any]) -> TrainState:
+  """The inverse of `to_checkpoint` (of a tree the Checkpointer restored)."""
+  return TrainState(step=tree["step"], params=tree["model"], opt_state=tree["opt_state"])
 
 
 class _Preemption:
@@ -456,7 +442,7 @@ def _resume(ckpt, target, train_it, workdir_path: str):
     return None
   tree, meta, step = resumed
   logging.info("pretrain: resumed from step %d (%s)", step, meta)
-  return from_checkpoint(target, tree), step
+  return from_checkpoint(tree), step
 
 
 def _train(config, workdir_path, ckpt, guard, *, data, cfg, target, shardings, mesh, rules, tx,
