@@ -126,14 +126,7 @@ def load_tokenizers(init: str, names, overrides=None):
   for name in names:
     mod = modalities.get(name)
     if mod.is_image:
-      where = paths.get(name) or mod.tokenizer
-      try:
-        vq[name] = tokenizers_lib.load(where)
-      except FileNotFoundError as e:
-        raise ConfigError(f"config.tokenizers.{name}: {e}") from None
-      require(tuple(vq[name].grid) == tuple(mod.grid) and vq[name].vocab_size == mod.vocab_size,
-              f"tokenizers.{name}", f"{where} has grid {vq[name].grid} and {vq[name].vocab_size}"
-              f" codes; the model's {name!r} has {mod.grid} and {mod.vocab_size}.")
+      vq[name] = tokenizers_lib.load_for_modality(name, paths.get(name))
     elif mod.is_sequence:
       text[name] = text_lib.load(paths.get(name) or mod.tokenizer)
   return vq, text

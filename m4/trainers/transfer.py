@@ -78,6 +78,7 @@ from m4 import evaluators
 from m4 import modalities
 from m4 import optim
 from m4 import sharding
+from m4 import tokenizers
 from m4 import workdir as workdir_lib
 from m4.data import pipeline
 from m4.data import sources
@@ -292,13 +293,7 @@ class _Context:
   def tokenizer(self, name: str):
     if name not in self._tokenizers:
       spec = self.config.tokenizers.get(name) if "tokenizers" in self.config else None
-      spec = spec or modalities.get(name).tokenizer
-      require(bool(spec), f"tokenizers.{name}", "names no tokenizer for this input.")
-      from m4 import tokenizers  # pylint: disable=g-import-not-at-top
-      try:
-        self._tokenizers[name] = tokenizers.load(spec)
-      except (FileNotFoundError, ValueError) as e:
-        raise ConfigError(f"config.tokenizers.{name}: {e}") from None
+      self._tokenizers[name] = tokenizers.load_for_modality(name, spec)
     return self._tokenizers[name]
 
   def encoder_inputs(self, task: transfer.TaskSpec) -> transfer.EncoderInputs:
