@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 import m4  # pylint: disable=unused-import
+from m4 import engine
 from m4 import modalities
 from m4 import optim
 from m4 import workdir
@@ -142,13 +143,13 @@ def test_probe_keeps_the_encoder_frozen_and_finetuning_changes_it(protocol):
                                  num_steps=4, weight_decay=0.05, layer_decay=0.75, depth=3,
                                  grad_clip=1.0, b1=0.9, b2=0.999,
                                  decay_rules=transfer.decay_rules(model.inputs))
-  opt_state = tx.init(params)
+  state = engine.init_state(params, tx, extra=stats)
+  step = trainer.train_step(graphdef, task, protocol == "probe", tx)
   enc, labels = _batch()
   for _ in range(3):
-    params, stats, opt_state, metrics = trainer.train_step(
-        graphdef, task, protocol == "probe", tx, params, stats, opt_state, rest, enc, labels)
-  assert np.isfinite(float(metrics["loss"]))
-  trained = nnx.merge(graphdef, nnx.State(params), nnx.State(stats), rest)
+    state, metrics = step(state, (rest, enc, labels))
+  assert np.isfinite(float(metrics["loss"])) and int(state.step) == 3
+  trained = nnx.merge(graphdef, nnx.State(state.params), nnx.State(state.extra), rest)
   after = nnx.to_pure_dict(nnx.state(trained, nnx.Param))
   # The head's batch statistics moved towards the features' (running averages).
   assert float(jnp.abs(trained.head.readout.norm.mean[...]).max()) > 0
@@ -432,19 +433,24 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, scenes_dir, mon
   c.checkpoint_every = 3
   c.model = _tiny_cfg().to_dict()  # The end-to-end test's model: its compiled steps are reused.
   whole = trainer.run(c, str(tmp_path / "whole"))
-  step = trainer.train_step
+  make_step = trainer.train_step
   calls = []
 
-  def crash_at_five(*args):
-    calls.append(1)
-    if len(calls) == 5:
-      raise KeyboardInterrupt("stopped after a checkpoint at step 3")
-    return step(*args)
+  def crashing(*settings):
+    step = make_step(*settings)
 
-  monkeypatch.setattr(trainer, "train_step", crash_at_five)
+    def crash_at_five(*args):
+      calls.append(1)
+      if len(calls) == 5:
+        raise KeyboardInterrupt("stopped after a checkpoint at step 3")
+      return step(*args)
+
+    return crash_at_five
+
+  monkeypatch.setattr(trainer, "train_step", crashing)
   with pytest.raises(KeyboardInterrupt):
     trainer.run(c, str(tmp_path / "cut"))
-  monkeypatch.setattr(trainer, "train_step", step)
+  monkeypatch.setattr(trainer, "train_step", make_step)
   resumed = trainer.run(c, str(tmp_path / "cut"))
   assert resumed["headline"] == whole["headline"]
   get = lambda d: json.loads((tmp_path / d / "eval" / "results.json").read_text())[0]

@@ -278,7 +278,8 @@ def test_sharded_train_step_equals_unsharded(scenes_dir):
     for _ in range(2):
       state, m = trainer.train_step(state, sharding.to_global(x, mesh))
       metrics.append(jax.device_get(m))
-    results.append((jax.device_get(state["params"]), jax.device_get(state["codebook"]), metrics))
+    results.append((jax.device_get(state.params), jax.device_get(state.extra["codebook"]),
+                    metrics))
   (p1, c1, m1), (p8, c8, m8) = results
   for a, b in zip(m1, m8):
     assert int(a["codes_restarted"]) == int(b["codes_restarted"]) == 0

@@ -70,10 +70,10 @@ import time
 import jax
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 
 from m4 import checkpoints
+from m4 import engine
 from m4 import evaluators
 from m4 import modalities
 from m4 import optim
@@ -190,20 +190,20 @@ def run_length(settings, num_labels: int, batch_size: int, where: str) -> tuple[
 # ------------------------------------------------------------------ steps
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), donate_argnums=(4, 5, 6))
-def train_step(graphdef, task, frozen, tx, params, stats, opt_state, rest, enc, targets):
-  """One optimizer step on the trainable `params`; `stats` are the heads'
-  running batch statistics, updated (both pure dicts)."""
+@functools.lru_cache(maxsize=None)
+def train_step(graphdef, task, frozen, tx):
+  """The run's `m4.engine` step: `step(state, (rest, enc, targets))`, with the
+  trainable parameters as `state.params` and the heads' running batch
+  statistics as `state.extra` (both pure dicts), `rest` the model's other
+  state. Cached, so runs with the same settings share one compiled step."""
 
-  def loss_fn(p):
-    model = nnx.merge(graphdef, nnx.State(p), nnx.State(stats), rest)
+  def loss_fn(params, stats, batch):
+    rest, enc, targets = batch
+    model = nnx.merge(graphdef, nnx.State(params), nnx.State(stats), rest)
     loss = transfer.loss(task, model(enc, frozen=frozen, train=True), targets)
-    return loss, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+    return loss, ({}, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
 
-  (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-  updates, opt_state = tx.update(grads, opt_state, params)
-  params = optax.apply_updates(params, updates)
-  return params, stats, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+  return engine.make_train_step(loss_fn, tx, param_norm=False)
 
 
 # ------------------------------------------------------------------ runs
@@ -433,17 +433,20 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
       grad_clip=float(settings.grad_clip),
       b1=float(settings.b1), b2=float(settings.b2),
       decay_rules=transfer.decay_rules(model.inputs))
-  opt_state = on_mesh(tx.init(params), ctx.mesh)
   it = pipeline.make_iterator(data, data.train_split, seed=run.seed, training=True,
                               source=source)
   ckpt, start = None, 0
+  opt_state = tx.init(params)
   if config.checkpoint_every:
     ckpt = checkpoints.Checkpointer(os.path.join(run_dir, "checkpoints"), max_to_keep=1)
     if ckpt.latest_step() is not None:
-      state, meta = ckpt.restore({"params": params, "stats": stats, "opt_state": opt_state},
-                                 data_iter=it)
-      params, stats, opt_state = state["params"], state["stats"], state["opt_state"]
+      stored, meta = ckpt.restore({"params": params, "stats": stats, "opt_state": opt_state},
+                                  data_iter=it)
+      params, stats, opt_state = stored["params"], stored["stats"], stored["opt_state"]
       start = int(meta["step"])
+  state = on_mesh(engine.TrainState(step=np.int32(start), params=params, opt_state=opt_state,
+                                    extra=stats), ctx.mesh)
+  step_fn = train_step(graphdef, task, frozen, tx)
   print(f"{note}{len(source)} labelled samples, {num_steps} steps"
         f" ({num_steps * batch_size / len(source):.1f} epochs)"
         + (f", resuming at {start}" if start else ""), flush=True)
@@ -456,17 +459,15 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
       targets = np.asarray(task.targets(batch))
       if step == start + 1:
         _check_targets(task, targets)
-      params, stats, opt_state, m = train_step(graphdef, task, frozen, tx, params, stats,
-                                               opt_state, rest, ctx.place(inputs(batch)),
-                                               ctx.place(targets))
+      state, m = step_fn(state, (rest, ctx.place(inputs(batch)), ctx.place(targets)))
       loss_sum, seen = loss_sum + m["loss"], seen + 1
       if step % config.log_every == 0 or step == num_steps:
         last = logger.write(step, {"loss": float(loss_sum) / seen, "grad_norm": m["grad_norm"],
                                    "lr": lr(step)})
         loss_sum, seen = 0.0, 0
       if ckpt is not None and (step % config.checkpoint_every == 0 or step == num_steps):
-        ckpt.save(step, {"params": params, "stats": stats, "opt_state": opt_state},
-                  data_iter=it)
+        ckpt.save(step, {"params": state.params, "stats": state.extra,
+                         "opt_state": state.opt_state}, data_iter=it)
   seconds = time.time() - t0
   if ckpt is not None:
     ckpt.close()
@@ -475,7 +476,7 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
   figures = {"steps": num_steps, "epochs": num_steps * batch_size / len(source),
              "train_loss": last.get("loss"), "train_seconds": round(seconds, 1),
              "steps_per_sec": (num_steps - start) / max(seconds, 1e-9)}
-  return nnx.merge(graphdef, nnx.State(params), nnx.State(stats), rest), figures
+  return nnx.merge(graphdef, nnx.State(state.params), nnx.State(state.extra), rest), figures
 
 
 def train_and_evaluate(ctx: _Context, run: Run, label: str = "") -> dict:
