@@ -160,24 +160,28 @@ def _restore_args(target, partial: bool = False):
       partial_restore=partial)
 
 
+def _is_state(x) -> bool:
+  return isinstance(x, nnx.State)
+
+
 def to_pure(tree):
-  """Every nnx.State in `tree` -> nested dicts of arrays (what orbax stores)."""
-  if isinstance(tree, nnx.State):
-    return nnx.to_pure_dict(tree)
-  if isinstance(tree, Mapping):
-    return {k: to_pure(v) for k, v in tree.items()}
-  return tree
+  """Every nnx.State in the pytree `tree` -> nested dicts of arrays (what orbax stores)."""
+  return jax.tree.map(lambda x: nnx.to_pure_dict(x) if _is_state(x) else x, tree,
+                      is_leaf=_is_state)
 
 
-def _fill(target, pure):
-  """`pure` back in the structure of `target` (nnx.States where it had them)."""
-  if isinstance(target, nnx.State):
-    new = jax.tree.map(lambda x: x, target)  # A copy to fill in.
-    nnx.replace_by_pure_dict(new, pure)
+def from_pure(target, pure):
+  """The inverse of `to_pure`: `pure` in the structure of `target`, with
+  nnx.States where `target` has them."""
+
+  def fill(t, p):
+    if not _is_state(t):
+      return p
+    new = jax.tree.map(lambda x: x, t)  # A copy to fill in.
+    nnx.replace_by_pure_dict(new, p)
     return new
-  if isinstance(target, Mapping):
-    return {k: _fill(target[k], pure[k]) for k in target}
-  return pure
+
+  return jax.tree.map(fill, target, pure, is_leaf=_is_state)
 
 
 def _check_finite(tree, where: str) -> None:
@@ -253,8 +257,8 @@ class Checkpointer:
   def restore(self, target, *, step: int | None = None, data_iter=None):
     """Restores into the structure (and shardings) of `target`.
 
-    `target` is a pure dict or nnx.State of arrays or ShapeDtypeStructs; an
-    nnx.State comes back as one. A given `data_iter` is restored in place.
+    `target` is a pytree of arrays or ShapeDtypeStructs; its nnx.States come
+    back as States (`to_pure`, `from_pure`). A given `data_iter` is restored in place.
     Returns (state, meta). Raises ConfigError if the checkpoint holds other
     names, shapes or dtypes, CheckpointError if it cannot be read.
     """
@@ -272,7 +276,7 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(f"{where}: cannot read the checkpoint: {_first_line(e)}") from None
     _check_finite(restored[STATE], where)
-    return _fill(target, restored[STATE]), dict(restored[META] or {})
+    return from_pure(target, restored[STATE]), dict(restored[META] or {})
 
   def restore_latest(self, target, *, data_iter=None):
     """Resume: (state, meta, step) of the newest checkpoint that restores, or
@@ -406,4 +410,4 @@ def _restore_subtree(ckpt: Checkpointer, step: int, target, key: str):
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(f"{where}: cannot read the checkpoint: {_first_line(e)}") from None
   _check_finite(restored[STATE], where)
-  return _fill({key: target}, restored[STATE])[key]
+  return from_pure({key: target}, restored[STATE])[key]

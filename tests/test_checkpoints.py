@@ -4,6 +4,7 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -43,6 +44,25 @@ def test_state_and_iterator_round_trip(tmp_path):
   assert isinstance(restored["model"], nnx.State)
   jax.tree.map(np.testing.assert_array_equal, want, nnx.to_pure_dict(restored["model"]))
   assert int(restored["step"]) == 7
+
+
+def test_optimizer_states_are_stored_as_pure_dicts_and_come_back_as_states(tmp_path):
+  params = nnx.state(_Tiny(nnx.Rngs(0)), nnx.Param)
+  opt = optax.adam(1e-3).init(params)
+  opt = jax.tree.map(lambda x: x + 1, opt)
+  pure = checkpoints.to_pure({"opt": opt})
+  assert isinstance(pure["opt"][0].mu, dict) and "dense/kernel" in checkpoints._leaves(pure["opt"][0].mu)  # pylint: disable=protected-access
+  back = checkpoints.from_pure({"opt": opt}, pure)
+  assert isinstance(back["opt"][0].mu, nnx.State)
+  assert jax.tree.structure(back) == jax.tree.structure({"opt": opt})
+  with checkpoints.Checkpointer(str(tmp_path / "ck"), async_save=False) as ck:
+    ck.save(1, {"opt": opt})
+    stored = checkpoints._leaves(ck.stored_state(1))  # pylint: disable=protected-access
+    assert "opt/0/mu/dense/kernel" in stored  # Not ".../kernel/value": pure dicts.
+    target = {"opt": optax.adam(1e-3).init(params)}
+    restored, _ = ck.restore(target)
+  assert isinstance(restored["opt"][0].mu, nnx.State)
+  jax.tree.map(np.testing.assert_array_equal, restored, {"opt": opt})
 
 
 def test_restore_subtree_reads_only_the_model(tmp_path):

@@ -10,7 +10,9 @@ import pytest
 from flax import nnx
 
 import m4  # pylint: disable=unused-import
+from m4 import engine
 from m4 import modalities
+from m4 import optim
 from m4 import workdir
 from m4.data import subsets
 from m4.evaluators import depth as depth_eval
@@ -82,15 +84,14 @@ def test_layer_decay_gives_each_layer_its_scale():
   _, trainable, _ = nnx.split(model, transfer.trainable_filter(model, "finetune"), ...)
   params = nnx.to_pure_dict(trainable)
   depth, decay = cfg.encoder_depth, 0.5
-  scales = transfer.layer_scales(params, depth, decay)
+  scales = optim.rule_tree(transfer.layer_decay_rules(depth, decay), params, 1.0)
   bb = scales["backbone"]
-  assert float(bb["encoder_embed"][PIXELS]) == decay ** (depth + 1)
-  assert float(bb["modality_embed"][PIXELS]) == decay ** (depth + 1)
-  np.testing.assert_allclose(bb["encoder"]["qkv"].reshape(-1), [0.125, 0.25, 0.5])
-  assert bb["encoder"]["qkv"].shape == (depth, 1, 1, 1, 1)
-  assert float(bb["encoder_norm_scale"]) == 1.0
-  assert all(float(s) == 1.0 for s in jax.tree.leaves(scales["head"]))
-  decays = transfer.weight_decay_mask(params)
+  assert bb["encoder_embed"][PIXELS] == decay ** (depth + 1)
+  assert bb["modality_embed"][PIXELS] == decay ** (depth + 1)
+  np.testing.assert_allclose(bb["encoder"]["qkv"], [0.125, 0.25, 0.5])
+  assert bb["encoder_norm_scale"] == 1.0
+  assert all(s == 1.0 for s in jax.tree.leaves(scales["head"]))
+  decays = optim.rule_tree(transfer.decay_rules(model.inputs), params, False)
   assert decays["backbone"]["encoder"]["qkv"] and decays["backbone"]["encoder_embed"][PIXELS]
   assert decays["head"]["readout"]["out"]["kernel"]
   assert not any((decays["backbone"]["encoder"]["norm1_scale"],
@@ -105,9 +106,9 @@ def test_layer_decay_gives_each_layer_its_scale():
 
   # Through the optimizer: with constant gradients Adam's step is lr * sign(g),
   # so block i moves decay ** (depth - i) times as far as the head.
-  tx = trainer.make_optimizer(learning_rate=1e-2, min_learning_rate=1e-2, warmup_steps=1,
-                              num_steps=10, weight_decay=0.0, layer_decay=decay, depth=depth,
-                              grad_clip=0.0, b1=0.9, b2=0.999)
+  tx, _ = trainer.make_optimizer(learning_rate=1e-2, min_learning_rate=1e-2, warmup_steps=1,
+                                 num_steps=10, weight_decay=0.0, layer_decay=decay, depth=depth,
+                                 grad_clip=0.0, b1=0.9, b2=0.999)
   grads = jax.tree.map(jnp.ones_like, params)
   state = tx.init(params)
   for _ in range(2):
@@ -138,16 +139,17 @@ def test_probe_keeps_the_encoder_frozen_and_finetuning_changes_it(protocol):
   graphdef, trainable, stats, rest = nnx.split(
       model, transfer.trainable_filter(model, protocol), nnx.BatchStat, ...)
   params, stats = nnx.to_pure_dict(trainable), nnx.to_pure_dict(stats)
-  tx = trainer.make_optimizer(learning_rate=1e-2, min_learning_rate=0.0, warmup_steps=1,
-                              num_steps=4, weight_decay=0.05, layer_decay=0.75, depth=3,
-                              grad_clip=1.0, b1=0.9, b2=0.999)
-  opt_state = tx.init(params)
+  tx, _ = trainer.make_optimizer(learning_rate=1e-2, min_learning_rate=0.0, warmup_steps=1,
+                                 num_steps=4, weight_decay=0.05, layer_decay=0.75, depth=3,
+                                 grad_clip=1.0, b1=0.9, b2=0.999,
+                                 decay_rules=transfer.decay_rules(model.inputs))
+  state = engine.init_state(params, tx, extra=stats)
+  step = trainer.train_step(graphdef, task, protocol == "probe", tx)
   enc, labels = _batch()
   for _ in range(3):
-    params, stats, opt_state, metrics = trainer.train_step(
-        graphdef, task, protocol == "probe", tx, params, stats, opt_state, rest, enc, labels)
-  assert np.isfinite(float(metrics["loss"]))
-  trained = nnx.merge(graphdef, nnx.State(params), nnx.State(stats), rest)
+    state, metrics = step(state, (rest, enc, labels))
+  assert np.isfinite(float(metrics["loss"])) and int(state.step) == 3
+  trained = nnx.merge(graphdef, nnx.State(state.params), nnx.State(state.extra), rest)
   after = nnx.to_pure_dict(nnx.state(trained, nnx.Param))
   # The head's batch statistics moved towards the features' (running averages).
   assert float(jnp.abs(trained.head.readout.norm.mean[...]).max()) > 0
@@ -436,19 +438,24 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, scenes_dir, mon
   c.checkpoint_every = 3
   c.model = _tiny_cfg().to_dict()  # The end-to-end test's model: its compiled steps are reused.
   whole = trainer.run(c, str(tmp_path / "whole"))
-  step = trainer.train_step
+  make_step = trainer.train_step
   calls = []
 
-  def crash_at_five(*args):
-    calls.append(1)
-    if len(calls) == 5:
-      raise KeyboardInterrupt("stopped after a checkpoint at step 3")
-    return step(*args)
+  def crashing(*settings):
+    step = make_step(*settings)
 
-  monkeypatch.setattr(trainer, "train_step", crash_at_five)
+    def crash_at_five(*args):
+      calls.append(1)
+      if len(calls) == 5:
+        raise KeyboardInterrupt("stopped after a checkpoint at step 3")
+      return step(*args)
+
+    return crash_at_five
+
+  monkeypatch.setattr(trainer, "train_step", crashing)
   with pytest.raises(KeyboardInterrupt):
     trainer.run(c, str(tmp_path / "cut"))
-  monkeypatch.setattr(trainer, "train_step", step)
+  monkeypatch.setattr(trainer, "train_step", make_step)
   resumed = trainer.run(c, str(tmp_path / "cut"))
   assert resumed["headline"] == whole["headline"]
   get = lambda d: json.loads((tmp_path / d / "eval" / "results.json").read_text())[0]

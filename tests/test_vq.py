@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -188,6 +189,19 @@ def test_save_load_round_trip_gives_identical_tokens(tmp_path, monkeypatch):
     tokenizers.load("vq_nope")
   with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
     tokenizers.load(str(tmp_path))
+  # What jobs call: errors of the config field, naming the path.
+  assert tokenizers.load_for_modality("semseg", "vq_semseg").grid == tok.grid
+  with pytest.raises(workdir_lib.ConfigError,
+                     match=r"config.tokenizers.semseg: unknown tokenizer 'vq_nope'"):
+    tokenizers.load_for_modality("semseg", "vq_nope")
+  with pytest.raises(workdir_lib.ConfigError, match=r"config.tokenize: .*no tokenizer.json"):
+    tokenizers.load_for_modality("semseg", str(tmp_path), field="tokenize")
+  other = dict(modalities.get("semseg").to_dict(), name="semseg@vqtest",
+               vocab_size=tok.vocab_size * 2)
+  modalities.register_from_config({"semseg@vqtest": other})
+  with pytest.raises(workdir_lib.ConfigError,
+                     match=rf"config.tokenizers.semseg@vqtest: {re.escape(path)} has grid .* the registry's"):
+    tokenizers.load_for_modality("semseg@vqtest", path)
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -264,7 +278,8 @@ def test_sharded_train_step_equals_unsharded(scenes_dir):
     for _ in range(2):
       state, m = trainer.train_step(state, sharding.to_global(x, mesh))
       metrics.append(jax.device_get(m))
-    results.append((jax.device_get(state["params"]), jax.device_get(state["codebook"]), metrics))
+    results.append((jax.device_get(state.params), jax.device_get(state.extra["codebook"]),
+                    metrics))
   (p1, c1, m1), (p8, c8, m8) = results
   for a, b in zip(m1, m8):
     assert int(a["codes_restarted"]) == int(b["codes_restarted"]) == 0

@@ -31,6 +31,7 @@ import grain
 import numpy as np
 
 from m4 import modalities as modalities_lib
+from m4 import tokenizers
 from m4.data import masking as masking_lib
 from m4.data import pipeline
 from m4.data import token_shards
@@ -126,13 +127,8 @@ class PretrainData:
   def vq_tokenizers(self) -> dict:
     """The VQ tokenizers of the image modalities (loaded once)."""
     if self._vq is None:
-      from m4 import tokenizers  # pylint: disable=g-import-not-at-top
-      self._vq = {}
-      for n in image_names(self.names):
-        try:
-          self._vq[n] = tokenizers.load(self.tokenizers_wanted[n])
-        except FileNotFoundError as e:
-          raise ConfigError(f"config.tokenizers.{n}: {e}") from None
+      self._vq = {n: tokenizers.load_for_modality(n, self.tokenizers_wanted[n])
+                  for n in image_names(self.names)}
     return self._vq
 
   # --- datasets ---

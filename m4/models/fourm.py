@@ -18,6 +18,7 @@ equal the reference 4M's (apple/ml-4m FourM.forward); see
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 import jax
@@ -34,6 +35,9 @@ from m4.models.configs import FourMConfig
 
 Array = jax.Array
 Batch = Mapping[str, Mapping[str, Any]]
+# The matrices of linear layers (the parameters' last key), which get weight decay.
+LINEAR = ("qkv", "proj", "cross_q", "cross_kv", "cross_proj", "mlp_in", "mlp_out",
+          "context_proj")
 
 
 @struct.dataclass
@@ -118,24 +122,17 @@ class FourM(nnx.Module):
       self.encoder_norm_bias = p(layers.constant(0.0), (d,), (None,))
       self.decoder_norm_bias = p(layers.constant(0.0), (d,), (None,))
 
-  def decay_mask(self) -> dict:
-    """Pure dict of bools, True for parameters that get weight decay: the
-    matrices of linear layers (not norms, biases, embeddings, mask token)."""
-    linear = {"qkv", "proj", "cross_q", "cross_kv", "cross_proj", "mlp_in", "mlp_out",
-              "context_proj"}
-    pixels = {n for n in self.cfg.encoder_modalities
-              if modalities.get(n).kind == modalities.PIXELS}
-
-    def decays(path):
-      keys = [getattr(k, "key", getattr(k, "name", k)) for k in path]
-      if keys[0] == "heads":
-        return True
-      if keys[0] == "encoder_embed":
-        return keys[1] in pixels
-      return keys[-1] in linear
-
-    params = nnx.to_pure_dict(nnx.state(self, nnx.Param))
-    return jax.tree_util.tree_map_with_path(lambda path, _: decays(path), params)
+  def decay_rules(self) -> tuple[tuple[str, bool], ...]:
+    """Weight decay as (regex, bool) rules on parameter paths (`m4.optim`): the
+    matrices of linear layers, the heads and pixel patch embeddings; not norms,
+    biases, token or modality embeddings, the mask token."""
+    pixels = [re.escape(n) for n in self.cfg.encoder_modalities
+              if modalities.get(n).kind == modalities.PIXELS]
+    rules = [("heads/.*", True)]
+    if pixels:
+      rules.append((f"encoder_embed/({'|'.join(pixels)})(/.*)?", True))
+    rules += [("encoder_embed/.*", False), (f"(.*/)?({'|'.join(LINEAR)})", True)]
+    return tuple(rules)
 
   # ---------------------------------------------------------------- helpers
 

@@ -1,7 +1,7 @@
 """Saved models: a directory with config.json and an orbax checkpoint.
 
     pretrained.save(directory, model, extra={"source": ...})
-    model = pretrained.load(directory)                  # on the default device
+    model = pretrained.load(directory)                  # on the default device (or a run's workdir)
     model = pretrained.load(directory, mesh=mesh)       # sharded by logical names
 
 `config.json` holds `model` (FourMConfig fields) and `modalities` (registry
@@ -22,10 +22,12 @@ from m4 import checkpoints
 from m4 import modalities
 from m4 import sharding
 from m4 import workdir
+from m4.workdir import ConfigError, require
 from m4.models import configs
 from m4.models.fourm import FourM
 
 CONFIG = "config.json"
+PARAM_KEYS = ("model", "params")  # Where runs keep the model parameters in their state.
 
 
 def model_config_dict(cfg: configs.FourMConfig) -> dict:
@@ -60,21 +62,40 @@ def read_config(directory: str) -> configs.FourMConfig:
   return configs.from_config(d["model"])
 
 
-def load(directory: str, *, mesh=None, rules=sharding.DEFAULT_RULES,
+def load(directory: str, *, mesh=None, rules=sharding.DEFAULT_RULES, field: str = "init",
          **overrides) -> FourM:
-  """The model saved in `directory`; `overrides` replace config fields
-  (e.g. dtype, remat) that do not change the parameters."""
-  cfg = read_config(directory)
+  """The model of a pretraining workdir or saved model directory; `overrides`
+  replace config fields (e.g. dtype, remat) that do not change the parameters.
+
+  The parameters are the checkpoint's first of PARAM_KEYS. A directory that
+  holds no m4 model is a ConfigError of `config.<field>` naming it.
+  """
+  require(bool(directory), field, f"needs the pretraining workdir (--config.{field}=DIR).")
+  if not os.path.exists(os.path.join(directory, CONFIG)):
+    raise ConfigError(f"config.{field}: {directory} has no {CONFIG} (not an m4 run).")
+  try:
+    cfg = read_config(directory)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"config.{field}: {directory}/{CONFIG}: {e}") from None
   if overrides:
     cfg = cfg.replace(**overrides)
   abstract = nnx.eval_shape(lambda: FourM(cfg, rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(abstract)
   params = nnx.state(abstract, nnx.Param)
   if mesh is not None:
     shardings = sharding.state_shardings(params, mesh, rules)
     params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           params, shardings)
-  restored = checkpoints.restore_subtree(directory, params, key="model")
+  try:
+    ckpt_dir = checkpoints.find_directory(directory)
+  except FileNotFoundError as e:
+    raise ConfigError(f"config.{field}: {e}") from None
+  for key in PARAM_KEYS:
+    try:
+      restored = checkpoints.restore_subtree(ckpt_dir, params, key=key)
+      break
+    except KeyError as e:
+      error = e
+  else:
+    raise ConfigError(f"config.{field}: {error.args[0]} (looked for {PARAM_KEYS}).")
   nnx.update(abstract, restored)
-  del graphdef, state
   return abstract

@@ -21,6 +21,7 @@ the parameters `encode` reads are trained, restored or saved).
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -29,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from m4 import modalities
+from m4 import optim
 from m4.data import transforms
 from m4.models import configs
 from m4.models import transfer_heads as heads
@@ -185,35 +187,35 @@ class TransferModel(nnx.Module):
     return self.head(grid.reshape(b, h, w, len(self.inputs) * d), train)
 
 
-def is_encoder_path(path: Sequence[Any], inputs: Sequence[str]) -> bool:
-  """Whether a parameter path (from the model's root) is read by `encode`."""
-  path = tuple(str(p) for p in path)
-  if len(path) < 2 or path[0] != "backbone":
-    return False
-  return path[1] in _ENCODER_KEYS or (path[1] in _EMBED_KEYS and len(path) > 2
-                                      and path[2] in inputs)
+def encoder_rules(inputs: Sequence[str]) -> tuple[str, ...]:
+  """Regexes (`m4.optim`) of the parameter paths, from the model's root, that
+  `encode` reads: the encoder's and the inputs' embeddings."""
+  names = "|".join(re.escape(n) for n in inputs)
+  return (f"backbone/({'|'.join(_ENCODER_KEYS)})(/.*)?",
+          f"backbone/({'|'.join(_EMBED_KEYS)})/({names})(/.*)?")
+
+
+def frozen_rules(protocol: str, inputs: Sequence[str]) -> tuple[tuple[str, bool], ...]:
+  """(regex, frozen) rules of what a protocol leaves untrained: it trains the head
+  ("probe"), the head and the encoder ("finetune"), or every parameter
+  ("supervised", m4.models.convnet)."""
+  if protocol == "supervised":
+    return ()
+  trained = ("head(/.*)?",) + (encoder_rules(inputs) if protocol == "finetune" else ())
+  return tuple((r, False) for r in trained) + ((".*", True),)
 
 
 def trainable_filter(model: TransferModel, protocol: str):
-  """nnx filter of what a protocol trains: the head ("probe"), the head and
-  the encoder ("finetune"), or every parameter ("supervised", m4.models.convnet)."""
-  inputs = model.inputs
-
-  def f(path, value):
-    if not isinstance(value, nnx.Param):
-      return False
-    if str(path[0]) == "head" or protocol == "supervised":  # (A from-scratch baseline.)
-      return True
-    return protocol == "finetune" and is_encoder_path(path, inputs)
-
-  return f
+  """nnx filter of the parameters a protocol trains (`frozen_rules`)."""
+  frozen = optim.nnx_filter(frozen_rules(protocol, model.inputs))
+  return lambda path, value: isinstance(value, nnx.Param) and not frozen(path, value)
 
 
 def encoder_params(model: TransferModel) -> nnx.State:
   """The backbone parameters `encode` reads (what a pretrained init replaces)."""
-  inputs = model.inputs
+  read = optim.nnx_filter(tuple((r, True) for r in encoder_rules(model.inputs)))
   return nnx.state(model.backbone, lambda p, v: isinstance(v, nnx.Param)
-                   and is_encoder_path(("backbone",) + tuple(p), inputs))
+                   and read(("backbone",) + tuple(p), v))
 
 
 def restore_encoder(model: TransferModel, directory: str, key: str = "model",
@@ -228,50 +230,27 @@ def restore_encoder(model: TransferModel, directory: str, key: str = "model",
 _LINEAR = ("qkv", "proj", "mlp_in", "mlp_out")  # FourM's encoder matrices.
 
 
-def _keys(path) -> tuple[str, ...]:
-  return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-
-
-def weight_decay_mask(params: Mapping[str, Any]):
-  """True for the parameters that get weight decay, as FourM.decay_mask: the
+def decay_rules(inputs: Sequence[str]) -> tuple[tuple[str, bool], ...]:
+  """Weight decay as (regex, bool) rules (`m4.optim`), as FourM.decay_rules: the
   matrices of linear layers (encoder blocks, pixel patch embeddings, the
   head's and a conv net's kernels); not norms, biases, token or modality
   embeddings."""
-
-  def decays(path, _):
-    keys = _keys(path)
-    if keys[0] != "backbone":  # The head (or a conv net): kernels of linear / conv layers.
-      return keys[-1] == "kernel"
-    if keys[1] == "encoder_embed":
-      return modalities.get(keys[2]).kind == modalities.PIXELS
-    return keys[1] == "encoder" and keys[-1] in _LINEAR
-
-  return jax.tree_util.tree_map_with_path(decays, params)
+  pixels = [re.escape(n) for n in inputs if modalities.get(n).kind == modalities.PIXELS]
+  rules = [(f"backbone/encoder_embed/({'|'.join(pixels)})(/.*)?", True)] if pixels else []
+  return tuple(rules) + ((f"backbone/encoder/(.*/)?({'|'.join(_LINEAR)})", True),
+                         ("backbone/.*", False), ("(.*/)?kernel", True))
 
 
-def layer_scales(params: Mapping[str, Any], depth: int, decay: float):
-  """Per-parameter learning-rate scales of layer-wise decay (BEiT/MultiMAE).
+def layer_decay_rules(depth: int, decay: float) -> tuple[tuple[str, Any], ...]:
+  """Layer-wise learning-rate decay (BEiT/MultiMAE) as `m4.optim` lr_mults.
 
   With L = `depth` blocks, layer ids are 0 for the token/modality
   embeddings, i + 1 for block i and L + 1 for the final norm and the head;
-  a parameter's scale is decay ** (L + 1 - id). Stacked block parameters
-  (leading axis `layers`) get one scale per block, shaped to broadcast.
-  `params` is a pure nested dict (paths from the model root).
+  a parameter's factor is decay ** (L + 1 - id). Stacked block parameters
+  (leading axis `layers`) get one factor per block.
   """
-  blocks = np.asarray(decay, np.float64) ** (depth - np.arange(depth))
-
-  def one(path, x):
-    keys = _keys(path)
-    if keys[0] == "backbone" and keys[1] in _EMBED_KEYS:
-      return np.full((), decay ** (depth + 1), np.float32)
-    if keys[0] == "backbone" and keys[1] == "encoder":
-      if np.shape(x)[0] != depth:
-        raise ValueError(f"layer_scales: {'/'.join(keys)} has leading axis {np.shape(x)[0]},"
-                         f" not the {depth} blocks.")
-      return blocks.reshape((depth,) + (1,) * (np.ndim(x) - 1)).astype(np.float32)
-    return np.ones((), np.float32)
-
-  return jax.tree_util.tree_map_with_path(one, params)
+  return ((f"backbone/({'|'.join(_EMBED_KEYS)})(/.*)?", decay ** (depth + 1)),
+          ("backbone/encoder/.*", tuple(decay ** (depth - i) for i in range(depth))))
 
 
 class EncoderInputs:

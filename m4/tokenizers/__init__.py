@@ -9,7 +9,8 @@ A trained VQ tokenizer is a directory holding `tokenizer.json` and
 `checkpoints/`: the workdir of a `tokenizer` training run is one
 (`python -m m4.main --config=configs/tokenizers/rgb_scenes.py --workdir=DIR`).
 `load(path)` takes such a directory; `load(name)` looks for `<dir>/<name>` in
-each directory of the search path:
+each directory of the search path (jobs use `load_for_modality`, which
+reports failures as errors of their config field):
 
   1. the `search_path` argument, if given;
   2. else `$M4_TOKENIZERS` (directories separated by os.pathsep), if set;
@@ -24,7 +25,9 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+from m4 import modalities
 from m4.tokenizers.vq_tokenizer import SPEC_FILE, TokenizerSpec, VQTokenizer
+from m4.workdir import ConfigError, require
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV_VAR = "M4_TOKENIZERS"
@@ -73,4 +76,28 @@ def load(name_or_path: str, search_path: Sequence[str] | None = None) -> VQToken
   return VQTokenizer.from_directory(resolve(name_or_path, search_path))
 
 
-__all__ = ["load", "available", "resolve", "search_path", "VQTokenizer", "TokenizerSpec"]
+def load_for_modality(name: str, name_or_path: str | None = None, *, field: str | None = None,
+                      search_path: Sequence[str] | None = None) -> VQTokenizer:  # pylint: disable=redefined-outer-name
+  """The VQ tokenizer of the registry's image modality `name`: `name_or_path`,
+  else the registry entry's `tokenizer`.
+
+  Failures are ConfigErrors of `config.<field>` (default `tokenizers.<name>`)
+  naming the path: none named, not found or unreadable, or a grid or
+  vocabulary other than the registry's.
+  """
+  field = field or f"tokenizers.{name}"
+  mod = modalities.get(name)
+  where = name_or_path or mod.tokenizer
+  require(bool(where), field, "names no tokenizer for this input.")
+  try:
+    tok = load(where, search_path)
+  except (FileNotFoundError, ValueError) as e:
+    raise ConfigError(f"config.{field}: {e}") from None
+  require(tuple(tok.grid) == tuple(mod.grid) and tok.vocab_size == mod.vocab_size, field,
+          f"{where} has grid {tok.grid} and {tok.vocab_size} codes; the registry's {name!r}"
+          f" has {mod.grid} and {mod.vocab_size}.")
+  return tok
+
+
+__all__ = ["load", "load_for_modality", "available", "resolve", "search_path", "VQTokenizer",
+           "TokenizerSpec"]

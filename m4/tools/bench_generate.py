@@ -33,9 +33,9 @@ def _model(args):
   from m4.models import configs  # pylint: disable=g-import-not-at-top
   from m4.models.fourm import FourM  # pylint: disable=g-import-not-at-top
   from m4.tools import tiny_checkpoint  # pylint: disable=g-import-not-at-top
-  from m4.trainers import generate  # pylint: disable=g-import-not-at-top
+  from m4.models import pretrained  # pylint: disable=g-import-not-at-top
   if args.init:
-    return generate.load_model(args.init)
+    return pretrained.load(args.init)
   path, _, arg = args.config.partition(":")
   config = runpy.run_path(path)["get_config"](*([arg] if arg else []))
   modalities.register_from_config(config.get("modalities"))

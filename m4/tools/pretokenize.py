@@ -64,6 +64,7 @@ import numpy as np
 from absl import logging
 
 from m4 import modalities as modalities_lib
+from m4 import tokenizers
 from m4 import workdir as workdir_lib
 from m4.data import record_files
 from m4.data import sources
@@ -97,7 +98,6 @@ class Tokenizers:
   """The tokenizers of the modalities to pre-tokenize, loaded and checked."""
 
   def __init__(self, config):
-    from m4 import tokenizers as vq  # pylint: disable=g-import-not-at-top
     from m4.tokenizers import text  # pylint: disable=g-import-not-at-top
     self.names = tuple(config.tokenize)
     require(len(self.names) > 0, "tokenize", "is empty.")
@@ -122,7 +122,7 @@ class Tokenizers:
         raise ConfigError(f"config.{field}: {e}") from None
       path = self.entries[name]["path"]
       if mod.is_image:
-        tok = vq.load(path)
+        tok = tokenizers.load_for_modality(name, path, field=field)
         require(tok.name == name and tok.grid == mod.grid and tok.vocab_size == mod.vocab_size,
                 field, f"{path} tokenizes {tok.name!r} ({tok.grid}, {tok.vocab_size} codes),"
                 f" not the registry's {name!r} ({mod.grid}, {mod.vocab_size}).")

@@ -46,10 +46,8 @@ import os
 import jax
 import numpy as np
 from absl import logging
-from flax import nnx
 from tqdm import tqdm
 
-from m4 import checkpoints
 from m4 import generation
 from m4 import modalities
 from m4 import tokenizers as tokenizers_lib
@@ -59,40 +57,9 @@ from m4.data import sources
 from m4.data import transforms
 from m4.generation import quality
 from m4.models import pretrained
-from m4.models.fourm import FourM
 from m4.tokenizers import text as text_lib
 from m4.tools import grid as grid_lib
-from m4.workdir import ConfigError, require
-
-PARAM_KEYS = ("model", "params")  # Where runs keep the model parameters in state.
-
-
-def load_model(path: str) -> FourM:
-  """The FourM of a pretraining workdir or a saved model directory."""
-  require(bool(path), "init", "needs the pretraining workdir (--config.init=DIR).")
-  if not os.path.exists(os.path.join(path, pretrained.CONFIG)):
-    raise ConfigError(f"config.init: {path} has no {pretrained.CONFIG} (not an m4 run).")
-  try:
-    cfg = pretrained.read_config(path)
-  except (ValueError, TypeError) as e:
-    raise ConfigError(f"config.init: {path}/{pretrained.CONFIG}: {e}") from None
-  abstract = nnx.eval_shape(lambda: FourM(cfg, rngs=nnx.Rngs(0)))
-  params = nnx.state(abstract, nnx.Param)
-  try:
-    directory = checkpoints.find_directory(path)
-  except FileNotFoundError as e:
-    raise ConfigError(f"config.init: {e}") from None
-  for key in PARAM_KEYS:
-    try:
-      restored = checkpoints.restore_subtree(directory, params, key=key)
-      break
-    except KeyError as e:
-      error = e
-  else:
-    raise ConfigError(f"config.init: {error.args[0]} (looked for {PARAM_KEYS}).")
-  nnx.update(abstract, restored)
-  return abstract
-
+from m4.workdir import require
 
 def _check(config, steps, model):
   require(int(config.num_samples) >= 0, "num_samples", "must be >= 0.")
@@ -126,14 +93,7 @@ def load_tokenizers(init: str, names, overrides=None):
   for name in names:
     mod = modalities.get(name)
     if mod.is_image:
-      where = paths.get(name) or mod.tokenizer
-      try:
-        vq[name] = tokenizers_lib.load(where)
-      except FileNotFoundError as e:
-        raise ConfigError(f"config.tokenizers.{name}: {e}") from None
-      require(tuple(vq[name].grid) == tuple(mod.grid) and vq[name].vocab_size == mod.vocab_size,
-              f"tokenizers.{name}", f"{where} has grid {vq[name].grid} and {vq[name].vocab_size}"
-              f" codes; the model's {name!r} has {mod.grid} and {mod.vocab_size}.")
+      vq[name] = tokenizers_lib.load_for_modality(name, paths.get(name))
     elif mod.is_sequence:
       text[name] = text_lib.load(paths.get(name) or mod.tokenizer)
   return vq, text
@@ -156,7 +116,7 @@ def _label(conditions, target) -> str:
 
 
 def run(config, workdir: str) -> dict:
-  model = load_model(config.init)
+  model = pretrained.load(config.init)
   steps = generation.steps_from_config(tuple(config.targets), config.decoding)
   _check(config, steps, model)
   gen = generation.Generator(model)

@@ -20,7 +20,8 @@ gradient-norm spike against the running median, `divergence`), stops the run
 naming the first bad step, without saving: the latest checkpoint is the last
 healthy one.
 
-The pieces, also used by `m4.tools.bench_train` (which times this step):
+The pieces (`m4.engine`'s, with the FourM's loss), also used by
+`m4.tools.bench_train` (which times this step):
 
     tx, schedule = make_optimizer(config.optimizer, config.total_steps, model)
     state = init_state(model, tx)
@@ -76,29 +77,26 @@ import numpy as np
 import optax
 from absl import logging
 from flax import nnx
-from flax import struct
 
 from m4 import checkpoints
+from m4 import engine
 from m4 import modalities
+from m4 import optim
 from m4 import sharding
 from m4 import workdir
 
+TrainState = engine.TrainState
+train_state_shardings = engine.train_state_shardings
 OPTIMIZER_FIELDS = ("lr", "warmup_steps", "final_lr_ratio", "b1", "b2", "eps",
                     "weight_decay", "clip_norm")
 # The divergence guard's defaults (config.divergence overrides them field by field).
 DIVERGENCE = dict(loss_factor=3.0, grad_norm_factor=20.0, window=100, min_steps=2)
 
 
-@struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any  # nnx.State of the model's nnx.Param variables.
-  opt_state: Any
-
-
 def make_optimizer(opt: Mapping[str, Any], total_steps: int, model):
   """AdamW with linear warmup + cosine decay, global-norm gradient clipping,
-  and weight decay on linear-layer matrices only (`model.decay_mask()`).
+  and weight decay on linear-layer matrices only (`model.decay_rules()`), by
+  `m4.optim.make`.
 
   Args:
     opt: config.optimizer with fields OPTIMIZER_FIELDS.
@@ -115,25 +113,11 @@ def make_optimizer(opt: Mapping[str, Any], total_steps: int, model):
   workdir.require(not unknown, "optimizer", f"unknown fields {unknown}; known {OPTIMIZER_FIELDS}.")
   workdir.require(0 <= opt["warmup_steps"] < max(total_steps, 1), "optimizer.warmup_steps",
                   f"must be in [0, total_steps={total_steps}).")
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=opt["lr"], warmup_steps=int(opt["warmup_steps"]),
-      decay_steps=max(int(total_steps), 1), end_value=opt["lr"] * opt["final_lr_ratio"])
-  mask = model.decay_mask()
-
-  def decay_mask(params):  # The same tree as `params` (State or pure dict).
-    def leaf(path, _):
-      node = mask
-      for k in path:
-        if isinstance(k, jax.tree_util.DictKey):
-          node = node[k.key]
-      return node
-    return jax.tree_util.tree_map_with_path(leaf, params)
-
-  tx = optax.chain(
-      optax.clip_by_global_norm(opt["clip_norm"]),
-      optax.adamw(schedule, b1=opt["b1"], b2=opt["b2"], eps=opt["eps"],
-                  weight_decay=opt["weight_decay"], mask=decay_mask))
-  return tx, schedule
+  return optim.make(dict(
+      lr=opt["lr"], warmup_steps=int(opt["warmup_steps"]), decay_steps=max(int(total_steps), 1),
+      end_lr=opt["lr"] * opt["final_lr_ratio"], b1=opt["b1"], b2=opt["b2"], eps=opt["eps"],
+      weight_decay=opt["weight_decay"], clip_norm=opt["clip_norm"],
+      decay_rules=model.decay_rules()))
 
 
 def init_state(model, tx) -> TrainState:
@@ -141,63 +125,19 @@ def init_state(model, tx) -> TrainState:
 
   The state holds the model's own arrays, which the first step donates.
   """
-  params = nnx.state(model, nnx.Param)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=jax.jit(tx.init)(params))
+  return engine.init_state(nnx.state(model, nnx.Param), tx)
 
 
 def make_train_step(graphdef, tx, *, schedule=None, mesh=None,
                     rules=sharding.DEFAULT_RULES, state_shardings=None):
-  """A jitted `step(state, batch) -> (state, metrics)`; `state` is donated.
+  """`engine.make_train_step` with the FourM's masked-modeling loss."""
 
-  With a `mesh`, the step runs under `sharding.use(mesh, rules)` and keeps
-  the state in `state_shardings` (e.g. from `train_state_shardings`).
-  """
+  def loss_fn(params, extra, batch):
+    loss, metrics = nnx.merge(graphdef, params)(batch)
+    return loss, (metrics, extra)
 
-  def loss_fn(params, batch):
-    model = nnx.merge(graphdef, params)
-    return model(batch)
-
-  def step(state: TrainState, batch):
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads),
-                   param_norm=optax.global_norm(params))
-    if schedule is not None:
-      metrics["lr"] = schedule(state.step)
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-  if mesh is None:
-    return jax.jit(step, donate_argnums=(0,))
-  jitted = jax.jit(step, donate_argnums=(0,), out_shardings=(state_shardings, None))
-
-  def sharded_step(state, batch):
-    with sharding.use(mesh, rules):
-      return jitted(state, batch)
-
-  sharded_step.lower = lambda *a: _lower_in(mesh, rules, jitted, *a)
-  return sharded_step
-
-
-def _lower_in(mesh, rules, jitted, *args):
-  with sharding.use(mesh, rules):
-    return jitted.lower(*args)
-
-
-def train_state_shardings(state: TrainState, mesh, rules=sharding.DEFAULT_RULES):
-  """NamedShardings of a TrainState: parameters and their optimizer moments by
-  the parameters' logical names, everything else replicated."""
-  params = sharding.state_shardings(state.params, mesh, rules)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-
-  def like_params(x):
-    if isinstance(x, nnx.State):
-      return params
-    return jax.tree.map(lambda _: replicated, x)
-
-  opt = jax.tree.map(like_params, state.opt_state, is_leaf=lambda x: isinstance(x, nnx.State))
-  return TrainState(step=replicated, params=params, opt_state=opt)
+  return engine.make_train_step(loss_fn, tx, schedule=schedule, mesh=mesh, rules=rules,
+                                state_shardings=state_shardings)
 
 
 # ---------------------------------------------------------------------------
@@ -220,32 +160,18 @@ def _nan_updates_at(step: int) -> optax.GradientTransformation:
   return optax.GradientTransformation(init, update)
 
 
-def _is_state(x) -> bool:
-  return isinstance(x, nnx.State)
-
-
 def to_checkpoint(state: TrainState) -> dict:
   """What a checkpoint holds: {"model": parameters, "opt_state", "step"}.
 
-  "model" is what `m4.checkpoints.restore_subtree(run_dir, ...)` reads.
+  "model" is what `m4.checkpoints.restore_subtree(run_dir, ...)` reads; the
+  Checkpointer stores nnx.States as pure dicts (`m4.checkpoints.to_pure`).
   """
-  opt = jax.tree.map(lambda x: nnx.to_pure_dict(x) if _is_state(x) else x, state.opt_state,
-                     is_leaf=_is_state)
-  return {"model": state.params, "opt_state": opt, "step": state.step}
+  return {"model": state.params, "opt_state": state.opt_state, "step": state.step}
 
 
-def from_checkpoint(template: TrainState, tree: Mapping[str, Any]) -> TrainState:
-  """The inverse of `to_checkpoint`, in the structure of `template`."""
-
-  def fill(t, pure):
-    if not _is_state(t):
-      return pure
-    new = jax.tree.map(lambda x: x, t)
-    nnx.replace_by_pure_dict(new, pure)
-    return new
-
-  opt = jax.tree.map(fill, template.opt_state, tree["opt_state"], is_leaf=_is_state)
-  return TrainState(step=tree["step"], params=tree["model"], opt_state=opt)
+def from_checkpoint(tree: Mapping[str, Any]) -> TrainState:
+  """The inverse of `to_checkpoint` (of a tree the Checkpointer restored)."""
+  return TrainState(step=tree["step"], params=tree["model"], opt_state=tree["opt_state"])
 
 
 class _Preemption:
@@ -468,7 +394,7 @@ def _resume(ckpt, target, train_it, workdir_path: str):
     return None
   tree, meta, step = resumed
   logging.info("pretrain: resumed from step %d (%s)", step, meta)
-  return from_checkpoint(target, tree), step
+  return from_checkpoint(tree), step
 
 
 def _train(config, workdir_path, ckpt, guard, *, data, cfg, target, shardings, mesh, rules, tx,

@@ -40,14 +40,15 @@ import jax
 import ml_collections
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from m4 import checkpoints
+from m4 import engine
 from m4 import modalities
+from m4 import optim
 from m4 import sharding
 from m4 import workdir as workdir_lib
 from m4.data import pipeline
@@ -109,20 +110,18 @@ def spec_from_config(config, step: int | None = None, metrics=None) -> vq_tokeni
       model=config.model.to_dict(), io=io, step=step, metrics=metrics)
 
 
-def make_optimizer(opt, total_steps: int):
-  """(AdamW with warmup + cosine decay and gradient clipping, its schedule).
+# Weight decay on kernels (the only parameters with ndim > 1), not biases and norm scales.
+DECAY_RULES = (("(.*/)?kernel", True),)
 
-  Weight decay applies to kernels (ndim > 1), not to biases and norm scales.
-  """
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=opt.learning_rate, warmup_steps=opt.warmup_steps,
-      decay_steps=max(int(total_steps), opt.warmup_steps + 1), end_value=opt.end_learning_rate)
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-  tx = optax.chain(
-      optax.clip_by_global_norm(opt.grad_clip),
-      optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay,
-                  mask=decay_mask))
-  return tx, schedule
+
+def make_optimizer(opt, total_steps: int):
+  """(AdamW with warmup + cosine decay and gradient clipping, its schedule), by
+  `m4.optim.make`, with weight decay by DECAY_RULES."""
+  return optim.make(dict(
+      lr=opt.learning_rate, warmup_steps=opt.warmup_steps,
+      decay_steps=max(int(total_steps), opt.warmup_steps + 1), end_lr=opt.end_learning_rate,
+      b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, clip_norm=opt.grad_clip,
+      decay_rules=DECAY_RULES))
 
 
 class Trainer:
@@ -140,51 +139,47 @@ class Trainer:
     self.vocab_size = model.quantizer.num_codes
     self.graphdef, params, codebook = nnx.split(model, nnx.Param, quantizer_lib.CodebookState)
     self.tx, self.schedule = make_optimizer(config.optimizer, config.num_steps)
-    replicated = NamedSharding(mesh, P())
-    self.initial = jax.device_put({
-        "params": params, "codebook": codebook, "opt": self.tx.init(params),
-        "rng": jax.random.PRNGKey(config.seed + 1)}, replicated)
-    self.train_step = jax.jit(self._train_step)
+    self.replicated = NamedSharding(mesh, P())
+    self.initial = jax.device_put(engine.init_state(params, self.tx, extra={
+        "codebook": codebook, "rng": jax.random.PRNGKey(config.seed + 1)}), self.replicated)
+    self.train_step = engine.make_train_step(self._loss, self.tx, param_norm=False)
     self.eval_step = jax.jit(self._eval_step)
 
   @staticmethod
-  def to_checkpoint(state) -> dict:
+  def to_checkpoint(state: engine.TrainState) -> dict:
     """The stored layout: `model` holds weights and codebook together."""
-    return {vq_tokenizer.MODEL_KEY: nnx.merge_state(state["params"], state["codebook"]),
-            "opt": state["opt"], "rng": state["rng"]}
+    return {vq_tokenizer.MODEL_KEY: nnx.merge_state(state.params, state.extra["codebook"]),
+            "opt": state.opt_state, "rng": state.extra["rng"]}
 
-  @staticmethod
-  def from_checkpoint(stored) -> dict:
+  def from_checkpoint(self, stored, step: int) -> engine.TrainState:
     params, codebook = nnx.split_state(stored[vq_tokenizer.MODEL_KEY], nnx.Param,
                                        quantizer_lib.CodebookState)
-    return {"params": params, "codebook": codebook, "opt": stored["opt"], "rng": stored["rng"]}
+    return engine.TrainState(step=jax.device_put(np.int32(step), self.replicated),
+                             params=params, opt_state=stored["opt"],
+                             extra={"codebook": codebook, "rng": stored["rng"]})
 
-  def model(self, state) -> nnx.Module:
-    return nnx.merge(self.graphdef, state["params"], state["codebook"])
+  def model(self, state: engine.TrainState) -> nnx.Module:
+    return nnx.merge(self.graphdef, state.params, state.extra["codebook"])
 
-  def _train_step(self, state, x):
-    rng, ema_key = jax.random.split(state["rng"])
-
-    def loss_fn(params):
-      out = nnx.merge(self.graphdef, params, state["codebook"])(self.io.prepare(x))
-      rec, metrics = self.io.loss(out.output, x)
-      loss = rec + self.config.commitment * out.quantizer.commitment
-      return loss, (out.quantizer, dict(metrics, reconstruction=rec,
-                                        commitment=out.quantizer.commitment))
-
-    (loss, (q, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt_state = self.tx.update(grads, state["opt"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    model = nnx.merge(self.graphdef, params, state["codebook"])
+  def _loss(self, params, extra, x):
+    """The engine's loss function: reconstruction + commitment; the codebook's
+    EMA update (which reads no parameter) is the step's `extra`."""
+    rng, ema_key = jax.random.split(extra["rng"])
+    codebook = jax.tree.map(lambda x: x, extra["codebook"])  # Variables of this trace.
+    model = nnx.merge(self.graphdef, params, codebook)
+    out = model(self.io.prepare(x))
+    rec, metrics = self.io.loss(out.output, x)
+    q = out.quantizer
+    loss = rec + self.config.commitment * q.commitment
     restarted = model.quantizer.ema_update(q.normalized, q.indices, ema_key)
-    codebook = nnx.state(model, quantizer_lib.CodebookState)
     stats = quantizer_lib.code_statistics(quantizer_lib.assignment_counts(q.indices, self.vocab_size))
     alive = jnp.mean(model.quantizer.ema_count.get_value() >= model.quantizer.dead_threshold)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+    metrics = dict(metrics, reconstruction=rec, commitment=q.commitment,
                    batch_codebook_usage=stats["codebook_usage"],
                    batch_perplexity=stats["perplexity"], codes_restarted=restarted,
                    codes_alive=alive)
-    return {"params": params, "codebook": codebook, "opt": opt_state, "rng": rng}, metrics
+    return loss, (metrics, {"codebook": nnx.state(model, quantizer_lib.CodebookState),
+                            "rng": rng})
 
   def _eval_step(self, state, x, valid):
     model = self.model(state)
@@ -277,8 +272,8 @@ def run(config, workdir: str) -> dict:
                         " new workdir, or the config the run was made with.") from None
     if resumed is not None:
       stored, meta, _ = resumed
-      state = trainer.from_checkpoint(stored)
       step, train_seconds = int(meta["step"]), float(meta.get("train_seconds", 0.0))
+      state = trainer.from_checkpoint(stored, step)
       logging.info("tokenizer: resumed %s from step %d", workdir, step)
       print(f"tokenizer {config.modality}: resuming from step {step}", flush=True)
     workdir_lib.write_config(config, workdir)  # Checked against the workdir: now it writes.

@@ -70,13 +70,15 @@ import time
 import jax
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 
 from m4 import checkpoints
+from m4 import engine
 from m4 import evaluators
 from m4 import modalities
+from m4 import optim
 from m4 import sharding
+from m4 import tokenizers
 from m4 import workdir as workdir_lib
 from m4.data import pipeline
 from m4.data import sources
@@ -104,7 +106,7 @@ def protocol_config(**overrides) -> ml_collections.ConfigDict:
       learning_rate=1e-3, min_learning_rate=0.0,  # Linear warmup from 0, then cosine.
       warmup_steps=50,  # 0: use warmup_epochs.
       warmup_epochs=0.0,  # Warmup in epochs over the labelled subset (when warmup_steps is 0).
-      weight_decay=0.0,  # AdamW, on linear matrices only (transfer.weight_decay_mask).
+      weight_decay=0.0,  # AdamW, on linear matrices only (transfer.decay_rules).
       layer_decay=1.0,  # Finetune: lr of block i scaled by decay ** (depth - i); 1: none.
       grad_clip=1.0,  # Global-norm clipping; 0: none.
       head_hidden=0,  # 0: linear readout; > 0: MLP with this hidden width.
@@ -160,25 +162,18 @@ def default_config() -> ml_collections.ConfigDict:
 @functools.lru_cache(maxsize=None)
 def make_optimizer(*, learning_rate: float, min_learning_rate: float, warmup_steps: int,
                    num_steps: int, weight_decay: float, layer_decay: float, depth: int,
-                   grad_clip: float, b1: float, b2: float) -> optax.GradientTransformation:
-  """AdamW, warmup + cosine schedule, optional clipping and layer-wise decay.
+                   grad_clip: float, b1: float, b2: float, decay_rules: optim.Rules = ()):
+  """(optimizer, schedule) of a protocol's settings (`m4.optim.make`): AdamW,
+  warmup + cosine, optional clipping, weight decay by `decay_rules`
+  (transfer.decay_rules) and, with layer_decay < 1, transfer.layer_decay_rules.
 
   Cached, so runs with the same settings share one compiled train step.
-  Weight decay applies to linear matrices (transfer.weight_decay_mask); with
-  layer_decay < 1 each update is scaled by transfer.layer_scales (BEiT's
-  per-layer learning rates).
   """
-  lr = optax.warmup_cosine_decay_schedule(
-      0.0, learning_rate, max(int(warmup_steps), 1), max(int(num_steps), 2),
-      end_value=min_learning_rate)
-  parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
-  parts.append(optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay,
-                           mask=transfer.weight_decay_mask))
-  if layer_decay < 1.0:
-    scale = lambda updates, params=None: jax.tree.map(
-        lambda u, s: u * s, updates, transfer.layer_scales(updates, depth, layer_decay))
-    parts.append(optax.stateless(scale))
-  return optax.chain(*parts)
+  return optim.make(dict(
+      lr=learning_rate, warmup_steps=max(int(warmup_steps), 1),
+      decay_steps=max(int(num_steps), 2), end_lr=min_learning_rate, b1=b1, b2=b2,
+      weight_decay=weight_decay, clip_norm=grad_clip, decay_rules=decay_rules,
+      lr_mults=transfer.layer_decay_rules(depth, layer_decay) if layer_decay < 1.0 else ()))
 
 
 def run_length(settings, num_labels: int, batch_size: int, where: str) -> tuple[int, int]:
@@ -192,29 +187,23 @@ def run_length(settings, num_labels: int, batch_size: int, where: str) -> tuple[
   return steps, warmup
 
 
-def schedule(settings, num_steps: int, warmup: int):
-  return optax.warmup_cosine_decay_schedule(
-      0.0, float(settings.learning_rate), max(warmup, 1), max(num_steps, 2),
-      end_value=float(settings.min_learning_rate))
-
-
 # ------------------------------------------------------------------ steps
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), donate_argnums=(4, 5, 6))
-def train_step(graphdef, task, frozen, tx, params, stats, opt_state, rest, enc, targets):
-  """One optimizer step on the trainable `params`; `stats` are the heads'
-  running batch statistics, updated (both pure dicts)."""
+@functools.lru_cache(maxsize=None)
+def train_step(graphdef, task, frozen, tx):
+  """The run's `m4.engine` step: `step(state, (rest, enc, targets))`, with the
+  trainable parameters as `state.params` and the heads' running batch
+  statistics as `state.extra` (both pure dicts), `rest` the model's other
+  state. Cached, so runs with the same settings share one compiled step."""
 
-  def loss_fn(p):
-    model = nnx.merge(graphdef, nnx.State(p), nnx.State(stats), rest)
+  def loss_fn(params, stats, batch):
+    rest, enc, targets = batch
+    model = nnx.merge(graphdef, nnx.State(params), nnx.State(stats), rest)
     loss = transfer.loss(task, model(enc, frozen=frozen, train=True), targets)
-    return loss, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+    return loss, ({}, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
 
-  (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-  updates, opt_state = tx.update(grads, opt_state, params)
-  params = optax.apply_updates(params, updates)
-  return params, stats, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+  return engine.make_train_step(loss_fn, tx, param_norm=False)
 
 
 # ------------------------------------------------------------------ runs
@@ -304,13 +293,7 @@ class _Context:
   def tokenizer(self, name: str):
     if name not in self._tokenizers:
       spec = self.config.tokenizers.get(name) if "tokenizers" in self.config else None
-      spec = spec or modalities.get(name).tokenizer
-      require(bool(spec), f"tokenizers.{name}", "names no tokenizer for this input.")
-      from m4 import tokenizers  # pylint: disable=g-import-not-at-top
-      try:
-        self._tokenizers[name] = tokenizers.load(spec)
-      except (FileNotFoundError, ValueError) as e:
-        raise ConfigError(f"config.tokenizers.{name}: {e}") from None
+      self._tokenizers[name] = tokenizers.load_for_modality(name, spec)
     return self._tokenizers[name]
 
   def encoder_inputs(self, task: transfer.TaskSpec) -> transfer.EncoderInputs:
@@ -441,26 +424,29 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
   graphdef, trainable, stats, rest = nnx.split(
       model, transfer.trainable_filter(model, run.protocol), nnx.BatchStat, ...)
   params, stats = nnx.to_pure_dict(trainable), nnx.to_pure_dict(stats)
-  tx = make_optimizer(
+  tx, lr = make_optimizer(
       learning_rate=float(settings.learning_rate),
       min_learning_rate=float(settings.min_learning_rate),
       warmup_steps=warmup, num_steps=num_steps,
       weight_decay=float(settings.weight_decay), layer_decay=float(settings.layer_decay),
       depth=model.backbone.cfg.encoder_depth if run.init != "convnet" else 0,
       grad_clip=float(settings.grad_clip),
-      b1=float(settings.b1), b2=float(settings.b2))
-  opt_state = on_mesh(tx.init(params), ctx.mesh)
-  lr = schedule(settings, num_steps, warmup)
+      b1=float(settings.b1), b2=float(settings.b2),
+      decay_rules=transfer.decay_rules(model.inputs))
   it = pipeline.make_iterator(data, data.train_split, seed=run.seed, training=True,
                               source=source)
   ckpt, start = None, 0
+  opt_state = tx.init(params)
   if config.checkpoint_every:
     ckpt = checkpoints.Checkpointer(os.path.join(run_dir, "checkpoints"), max_to_keep=1)
     if ckpt.latest_step() is not None:
-      state, meta = ckpt.restore({"params": params, "stats": stats, "opt_state": opt_state},
-                                 data_iter=it)
-      params, stats, opt_state = state["params"], state["stats"], state["opt_state"]
+      stored, meta = ckpt.restore({"params": params, "stats": stats, "opt_state": opt_state},
+                                  data_iter=it)
+      params, stats, opt_state = stored["params"], stored["stats"], stored["opt_state"]
       start = int(meta["step"])
+  state = on_mesh(engine.TrainState(step=np.int32(start), params=params, opt_state=opt_state,
+                                    extra=stats), ctx.mesh)
+  step_fn = train_step(graphdef, task, frozen, tx)
   print(f"{note}{len(source)} labelled samples, {num_steps} steps"
         f" ({num_steps * batch_size / len(source):.1f} epochs)"
         + (f", resuming at {start}" if start else ""), flush=True)
@@ -473,17 +459,15 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
       targets = np.asarray(task.targets(batch))
       if step == start + 1:
         _check_targets(task, targets)
-      params, stats, opt_state, m = train_step(graphdef, task, frozen, tx, params, stats,
-                                               opt_state, rest, ctx.place(inputs(batch)),
-                                               ctx.place(targets))
+      state, m = step_fn(state, (rest, ctx.place(inputs(batch)), ctx.place(targets)))
       loss_sum, seen = loss_sum + m["loss"], seen + 1
       if step % config.log_every == 0 or step == num_steps:
         last = logger.write(step, {"loss": float(loss_sum) / seen, "grad_norm": m["grad_norm"],
                                    "lr": lr(step)})
         loss_sum, seen = 0.0, 0
       if ckpt is not None and (step % config.checkpoint_every == 0 or step == num_steps):
-        ckpt.save(step, {"params": params, "stats": stats, "opt_state": opt_state},
-                  data_iter=it)
+        ckpt.save(step, {"params": state.params, "stats": state.extra,
+                         "opt_state": state.opt_state}, data_iter=it)
   seconds = time.time() - t0
   if ckpt is not None:
     ckpt.close()
@@ -492,7 +476,7 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
   figures = {"steps": num_steps, "epochs": num_steps * batch_size / len(source),
              "train_loss": last.get("loss"), "train_seconds": round(seconds, 1),
              "steps_per_sec": (num_steps - start) / max(seconds, 1e-9)}
-  return nnx.merge(graphdef, nnx.State(params), nnx.State(stats), rest), figures
+  return nnx.merge(graphdef, nnx.State(state.params), nnx.State(state.extra), rest), figures
 
 
 def train_and_evaluate(ctx: _Context, run: Run, label: str = "") -> dict:
