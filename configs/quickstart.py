@@ -9,7 +9,7 @@ same command resumes. Budget: under 20 minutes on 2 CPU cores.
 `full` is the same pipeline at the size of the recorded results
 (experiments/pretrain_objects/, generation/, transfer_scenes/): 16000
 training scenes, the full pretraining (configs/pretrain/scenes_tiny.py: about
-65 minutes on 2 cores), generation on 500 test scenes and the full transfer
+45 minutes on 2 cores), generation on 500 test scenes and the full transfer
 table (configs/transfer/scenes.py: every task, a learning-rate sweep per arm,
 3 seeds, the conv-net reference at 10 % and 100 % of the labels; hours).
 """

@@ -15,7 +15,7 @@ decoder tokens per sample. RGB goes in as raw 8x8-pixel patches
 (`rgb_pixels`, as 4M-7's `rgb@224`) and its VQ tokens are a target like
 depth, semseg and the caption. The masking is 4M-7's mixture ("RGB to all"
 and "all to all") weighted 3:1 towards "RGB to all", with condition dropout
-for guidance. Batch 32, AdamW lr 3e-3, 6000 steps: about 65 minutes on 2
+for guidance. Batch 32, AdamW lr 3e-3, 6000 steps: about 45 minutes on 2
 CPU cores. Why these settings (pixels in, the mixture weight, the learning
 rate, the batch size) and what each bought: experiments/pretrain_objects/.
 
