@@ -289,10 +289,54 @@ def test_bad_configs_and_batches_are_named(model):
                         (dict(base, dim=66, num_heads=4), "config.model.dim")):
     with pytest.raises(workdir.ConfigError, match=match):
       configs.from_config(fields)
-  cfg = configs.from_config(dict(base, size="tiny", encoder_modalities=["thermal"]))
   with pytest.raises(workdir.ConfigError, match="encoder_modalities.*thermal"):
-    fourm.FourM(cfg, rngs=nnx.Rngs(0))
+    configs.from_config(dict(base, size="tiny", encoder_modalities=["thermal"]))
   batch = _batch()
   batch["depth"] = dict(batch["depth"], tensor=batch["depth"]["tensor"][:, :10])
   with pytest.raises(ValueError, match=r"batch\['depth'\]\['tensor'\].*\(B, 64\)"):
     model.encode(batch)
+
+
+_LOAD_IN_A_FRESH_PROCESS = """
+import json, sys
+import numpy as np
+from m4 import modalities
+from m4.models import pretrained
+model = pretrained.load(sys.argv[1])
+x = np.arange(32, dtype=np.int32).reshape(2, 16) % 32
+batch = {"thermal_cfg": {"tensor": x, "input_mask": np.ones((2, 16), bool)}}
+print(json.dumps({"registered": "thermal_cfg" in modalities.names(),
+                  "spec": model.cfg.modality("thermal_cfg").to_dict(),
+                  "out": float(np.asarray(model.encode(batch, 16).out).sum())}))
+"""
+
+
+def test_a_model_is_described_by_its_config(tmp_path):
+  """Specs the registry lacks build a model, are saved with it, and a fresh
+  process loads it from its directory alone, registering nothing."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from m4.models import pretrained  # pylint: disable=g-import-not-at-top
+  thermal = modalities.Modality("thermal_cfg", modalities.IMAGE, vocab_size=32, num_tokens=16,
+                                grid=(4, 4))
+  cfg = configs.preset("tiny", encoder_modalities=("rgb", "thermal_cfg"),
+                       decoder_modalities=("thermal_cfg",), modality_specs=(thermal,),
+                       num_encoder_tokens=16, num_decoder_tokens=8)
+  model = fourm.FourM(cfg, rngs=nnx.Rngs(3))
+  assert "thermal_cfg" not in modalities.names()
+  assert model.encoder_embed["thermal_cfg"][...].shape == (32, cfg.dim)
+  pretrained.save(str(tmp_path / "m"), model)
+  x = np.arange(32, dtype=np.int32).reshape(2, 16) % 32
+  want = float(np.asarray(model.encode(
+      {"thermal_cfg": {"tensor": x, "input_mask": np.ones((2, 16), bool)}}, 16).out).sum())
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  run = subprocess.run([sys.executable, "-c", _LOAD_IN_A_FRESH_PROCESS, str(tmp_path / "m")],
+                       cwd=repo, env=dict(os.environ, PYTHONPATH=repo), capture_output=True,
+                       text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-2000:]
+  got = json.loads(run.stdout.strip().splitlines()[-1])
+  assert not got["registered"]
+  assert got["spec"] == thermal.to_dict() | {"grid": [4, 4], "roles": ["input", "target"]}
+  np.testing.assert_allclose(got["out"], want, rtol=1e-5)

@@ -190,7 +190,7 @@ def test_transfer_optimizer_equals_adamw_with_layer_decay(protocol):
   tx, schedule = transfer_trainer.make_optimizer(
       learning_rate=1e-2, min_learning_rate=1e-4, warmup_steps=0, num_steps=5,
       weight_decay=0.05, layer_decay=decay, depth=depth, grad_clip=1.0, b1=0.9, b2=0.999,
-      decay_rules=transfer.decay_rules(model.inputs))
+      decay_rules=model.decay_rules())
   want_schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-2, 1, 5, end_value=1e-4)
   assert [float(schedule(s)) for s in range(7)] == [float(want_schedule(s)) for s in range(7)]
   mask = lambda p: jax.tree_util.tree_map_with_path(

@@ -91,7 +91,7 @@ def test_layer_decay_gives_each_layer_its_scale():
   np.testing.assert_allclose(bb["encoder"]["qkv"], [0.125, 0.25, 0.5])
   assert bb["encoder_norm_scale"] == 1.0
   assert all(s == 1.0 for s in jax.tree.leaves(scales["head"]))
-  decays = optim.rule_tree(transfer.decay_rules(model.inputs), params, False)
+  decays = optim.rule_tree(model.decay_rules(), params, False)
   assert decays["backbone"]["encoder"]["qkv"] and decays["backbone"]["encoder_embed"][PIXELS]
   assert decays["head"]["readout"]["out"]["kernel"]
   assert not any((decays["backbone"]["encoder"]["norm1_scale"],
@@ -142,7 +142,7 @@ def test_probe_keeps_the_encoder_frozen_and_finetuning_changes_it(protocol):
   tx, _ = trainer.make_optimizer(learning_rate=1e-2, min_learning_rate=0.0, warmup_steps=1,
                                  num_steps=4, weight_decay=0.05, layer_decay=0.75, depth=3,
                                  grad_clip=1.0, b1=0.9, b2=0.999,
-                                 decay_rules=transfer.decay_rules(model.inputs))
+                                 decay_rules=model.decay_rules())
   state = engine.init_state(params, tx, extra=stats)
   step = trainer.train_step(graphdef, task, protocol == "probe", tx)
   enc, labels = _batch()

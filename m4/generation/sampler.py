@@ -76,11 +76,17 @@ def is_sentinel(ids):
 
 
 # ---------------------------------------------------------------- entries
+# Each takes a Modality spec (e.g. `model.cfg.modality(name)`) or a registry name.
 
 
-def image_entry(name: str, tokens, known=None) -> dict:
+def _spec(modality: modalities.Modality | str) -> modalities.Modality:
+  return modality if isinstance(modality, modalities.Modality) else modalities.get(modality)
+
+
+def image_entry(modality: modalities.Modality | str, tokens, known=None) -> dict:
   """An image entry: tokens (B, h, w) or (B, h*w); known defaults to all True."""
-  mod = modalities.get(name)
+  mod = _spec(modality)
+  name = mod.name
   tokens = np.asarray(tokens)
   if tokens.ndim == 3:
     tokens = tokens.reshape(tokens.shape[0], -1)
@@ -93,21 +99,22 @@ def image_entry(name: str, tokens, known=None) -> dict:
   return {"tensor": tokens.astype(np.int32), "known": known}
 
 
-def empty_entry(name: str, batch_size: int) -> dict:
+def empty_entry(modality: modalities.Modality | str, batch_size: int) -> dict:
   """Nothing known: the whole modality is to be generated."""
-  mod = modalities.get(name)
+  mod = _spec(modality)
   n = mod.num_tokens + 1 if mod.is_sequence else mod.num_tokens
   return {"tensor": np.full((batch_size, n), PAD_ID, np.int32),
           "known": np.zeros((batch_size, n), bool)}
 
 
-def sequence_entry(name: str, ids: Sequence[Sequence[int]]) -> dict:
+def sequence_entry(modality: modalities.Modality | str, ids: Sequence[Sequence[int]]) -> dict:
   """A sequence entry from per-sample input ids (sentinels mark spans to fill).
 
   Sentinels must be [S_1], [S_2], ... in order, as masking writes them; ids
   are cut to num_tokens + 1.
   """
-  mod = modalities.get(name)
+  mod = _spec(modality)
+  name = mod.name
   n = mod.num_tokens + 1
   tensor = np.full((len(ids), n), PAD_ID, np.int32)
   for b, row in enumerate(ids):
@@ -122,7 +129,7 @@ def sequence_entry(name: str, ids: Sequence[Sequence[int]]) -> dict:
   return {"tensor": tensor, "known": tensor != PAD_ID}
 
 
-def text_entry(name: str, texts: Sequence[str], tokenizer: text_lib.TextTokenizer) -> dict:
+def text_entry(modality: modalities.Modality | str, texts: Sequence[str], tokenizer: text_lib.TextTokenizer) -> dict:
   """A sequence entry from text: "a red [S_1] left of [S_2]" fills two spans.
 
   As masking's inputs: word pieces, then [EOS] unless the text ends in a
@@ -134,20 +141,20 @@ def text_entry(name: str, texts: Sequence[str], tokenizer: text_lib.TextTokenize
     if row and not tokenizer.is_sentinel(np.asarray(row[-1:]))[0]:
       row = row + [tokenizer.eos_id]
     ids.append(row)
-  return sequence_entry(name, ids)
+  return sequence_entry(modality, ids)
 
 
-def pixel_entry(name: str, images) -> dict:
+def pixel_entry(modality: modalities.Modality | str, images) -> dict:
   """A pixel entry (encoder input only): images (B, H, W, C), every patch known."""
-  mod = modalities.get(name)
+  mod = _spec(modality)
   images = np.asarray(images, np.float32)
   return {"tensor": images, "known": np.ones((images.shape[0], mod.num_tokens), bool)}
 
 
-def _check_state(state: Mapping[str, Mapping[str, Any]]) -> int:
+def _check_state(state: Mapping[str, Mapping[str, Any]], spec=_spec) -> int:
   sizes = set()
   for name, e in state.items():
-    mod = modalities.get(name)
+    mod = spec(name)
     if set(e) != {"tensor", "known"}:
       raise ValueError(f"generation: state[{name!r}] must have 'tensor' and 'known',"
                        f" has {sorted(e)}.")
@@ -214,6 +221,10 @@ class Generator:
     self._sequence = jax.jit(self._sequence_impl,
                              static_argnames=("step", "use_cache", "return_logits"))
 
+  def _spec(self, name: str) -> modalities.Modality:
+    """The model's spec of `name`; the registry's for modalities it lacks."""
+    return self.cfg.modality(name) if name in self.cfg.modality_names else modalities.get(name)
+
   # ---- model batches
 
   def _batch(self, state: State, target: str | None = None, target_mask=None,
@@ -224,7 +235,7 @@ class Generator:
     for name, e in state.items():
       if name not in self.cfg.encoder_modalities and name != target:
         continue
-      mod = modalities.get(name)
+      mod = self._spec(name)
       known = e["known"]
       if mod.kind == modalities.PIXELS:
         batch[name] = {"tensor": e["tensor"], "input_mask": known}
@@ -287,7 +298,7 @@ class Generator:
   def _image_impl(self, params, state, key, scale, step: Step):
     model = nnx.merge(self.graphdef, params)
     name = step.modality
-    n_tok = modalities.get(name).num_tokens
+    n_tok = self.cfg.modality(name).num_tokens
     tokens0, known0 = state[name]["tensor"], state[name]["known"]
     b = tokens0.shape[0]
     unknown = jnp.sum(~known0, axis=1)
@@ -338,7 +349,7 @@ class Generator:
                      return_logits: bool = False):
     model = nnx.merge(self.graphdef, params)
     name = step.modality
-    mod = modalities.get(name)
+    mod = self.cfg.modality(name)
     length = step.length
     entry = state[name]
     b = entry["tensor"].shape[0]
@@ -420,13 +431,14 @@ class Generator:
     step = dataclasses.replace(step, cfg_scale=0.0 if step.guided else 1.0)  # The static part.
     name = step.modality
     if name not in state:
-      state = dict(state, **{name: empty_entry(name, _check_state(state))})
+      state = dict(state, **{name: empty_entry(self.cfg.modality(name),
+                                               _check_state(state, self._spec))})
     jstate = jax.tree.map(jnp.asarray, dict(state))
-    if modalities.get(name).is_sequence:
+    if self.cfg.modality(name).is_sequence:
       out, logits = self._sequence(self.params, jstate, key, scale, step=step, use_cache=use_cache,
                                    return_logits=return_logits)
       out = np.asarray(out)
-      entry = _merge_sequence(name, np.asarray(state[name]["tensor"]),
+      entry = _merge_sequence(self.cfg.modality(name), np.asarray(state[name]["tensor"]),
                               np.asarray(state[name]["known"]), out)
       extras = {"targets": out}
       if return_logits:
@@ -446,7 +458,7 @@ class Generator:
     semseg, not rgb + depth -> semseg).
     """
     given = {n: dict(e) for n, e in state.items()}
-    _check_state(given)
+    _check_state(given, self._spec)
     key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)
     result = Result(state=dict(given))
     for k, step in enumerate(steps):
@@ -464,7 +476,7 @@ class Generator:
     return result
 
 
-def _merge_sequence(name: str, tensor: np.ndarray, known: np.ndarray,
+def _merge_sequence(modality: modalities.Modality, tensor: np.ndarray, known: np.ndarray,
                     generated: np.ndarray) -> dict:
   """The full input sequence: each input sentinel replaced by its generated span."""
   ids = []
@@ -474,12 +486,12 @@ def _merge_sequence(name: str, tensor: np.ndarray, known: np.ndarray,
       given = np.array([sentinel(1)], np.int32)
     target = np.concatenate([[sentinel(1)], gen[gen != PAD_ID]]).astype(np.int32)
     ids.append(masking.merge_spans(given, target, is_sentinel))
-  entry = sequence_entry_unchecked(name, ids)
-  return entry
+  return sequence_entry_unchecked(modality, ids)
 
 
-def sequence_entry_unchecked(name: str, ids: Sequence[np.ndarray]) -> dict:
-  mod = modalities.get(name)
+def sequence_entry_unchecked(modality: modalities.Modality | str,
+                             ids: Sequence[np.ndarray]) -> dict:
+  mod = _spec(modality)
   n = mod.num_tokens + 1
   tensor = np.full((len(ids), n), PAD_ID, np.int32)
   known = np.zeros((len(ids), n), bool)

@@ -21,6 +21,7 @@ LOSS_TYPES = ("mod", "token")
 REMAT = ("none", "full", "dots")
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION = (None, "xla", "cudnn", "einsum")
+BACKWARD = ("auto", "cpu_tuned", "plain")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +64,12 @@ class FourMConfig:
     head_chunk_size: tokens per chunk when scoring decoder tokens with their
       modality's head (the loss never materialises all logits at once).
     init_std: std of the normal initialisers (embeddings, mask token).
+    backward: "auto" (XLA:CPU-tuned custom backward passes for projections
+      and the MLP on CPU, JAX's own elsewhere), "cpu_tuned" or "plain" (the
+      same gradients either way).
+    modality_specs: what each modality of the model is (m4.modalities.Modality),
+      saved with the model; left empty, filled from the modality registry, so
+      the built model never reads the registry again.
   """
 
   encoder_modalities: tuple[str, ...]
@@ -92,11 +99,31 @@ class FourMConfig:
   attention_impl: str | None = None
   head_chunk_size: int = 128
   init_std: float = 0.02
+  backward: str = "auto"
+  modality_specs: tuple[modalities.Modality, ...] = ()
 
   def __post_init__(self):
     object.__setattr__(self, "encoder_modalities", tuple(self.encoder_modalities))
     object.__setattr__(self, "decoder_modalities", tuple(self.decoder_modalities))
     self.validate()
+    object.__setattr__(self, "modality_specs", self._resolve_specs())
+    self.check_modalities()
+
+  def _resolve_specs(self) -> tuple[modalities.Modality, ...]:
+    """The given specs of the model's modalities, the registry's for the rest."""
+    given = {}
+    for spec in self.modality_specs:
+      if not isinstance(spec, modalities.Modality):
+        spec = modalities.Modality(**spec)
+      given[spec.name] = spec
+    for field in ("encoder_modalities", "decoder_modalities"):
+      for name in getattr(self, field):
+        if name not in given:
+          try:
+            given[name] = modalities.get(name)
+          except KeyError as e:
+            raise workdir.ConfigError(f"config.model.{field}: {e.args[0]}") from None
+    return tuple(given[name] for name in self.modality_names)
 
   def validate(self):
     where = "model"
@@ -108,7 +135,8 @@ class FourMConfig:
         "encoder_depth and decoder_depth must be >= 1.")
     for field, allowed in (("mlp_type", MLP_TYPES), ("loss_type", LOSS_TYPES),
                            ("remat", REMAT), ("dtype", DTYPES), ("param_dtype", DTYPES),
-                           ("attention_impl", ATTENTION)):
+                           ("attention_impl", ATTENTION),
+                           ("backward", BACKWARD)):
       value = getattr(self, field)
       req(value in allowed, f"{where}.{field}", f"{value!r} not in {allowed}.")
     req(self.head_chunk_size >= 1, f"{where}.head_chunk_size", "must be >= 1.")
@@ -119,6 +147,18 @@ class FourMConfig:
     for field in ("encoder_modalities", "decoder_modalities"):
       names = getattr(self, field)
       req(len(set(names)) == len(names), f"{where}.{field}", f"has duplicates: {names}.")
+
+  @property
+  def modality_names(self) -> tuple[str, ...]:
+    """Encoder then decoder modalities, each once."""
+    return tuple(dict.fromkeys(self.encoder_modalities + self.decoder_modalities))
+
+  def modality(self, name: str) -> modalities.Modality:
+    """The spec of one of the model's modalities."""
+    for spec in self.modality_specs:
+      if spec.name == name:
+        return spec
+    raise KeyError(f"{name!r} is not a modality of this model; it has {list(self.modality_names)}.")
 
   # Derived sizes.
   @property
@@ -135,14 +175,11 @@ class FourMConfig:
     return self.mlp_type == "swiglu"
 
   def check_modalities(self) -> None:
-    """Raises ConfigError unless every modality is registered for its role."""
+    """Raises ConfigError unless every modality can play its role."""
     for field, role in (("encoder_modalities", modalities.INPUT),
                         ("decoder_modalities", modalities.TARGET)):
       for name in getattr(self, field):
-        try:
-          mod = modalities.get(name)
-        except KeyError as e:
-          raise workdir.ConfigError(f"config.model.{field}: {e.args[0]}") from None
+        mod = self.modality(name)
         workdir.require(role in mod.roles, f"model.{field}",
                         f"modality {name!r} cannot be an {role} (roles {mod.roles}).")
         if mod.kind == modalities.PIXELS:
@@ -154,10 +191,16 @@ class FourMConfig:
     return dataclasses.replace(self, **changes)
 
   def to_dict(self) -> dict:
-    d = dataclasses.asdict(self)
+    """The fields (config.json's `model`); the specs are `modalities_dict()`."""
+    d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+         if f.name != "modality_specs"}
     d["encoder_modalities"] = list(self.encoder_modalities)
     d["decoder_modalities"] = list(self.decoder_modalities)
     return d
+
+  def modalities_dict(self) -> dict[str, dict]:
+    """{name: Modality fields} of the model's modalities (config.json's `modalities`)."""
+    return {m.name: m.to_dict() for m in self.modality_specs}
 
 
 # 4M's sizes (apple/ml-4m `fm_*_swiglu_nobias`): depths, width, heads.
@@ -177,12 +220,25 @@ def preset(size: str, **overrides) -> FourMConfig:
   return FourMConfig(**{**SIZES[size], **overrides})
 
 
-def from_config(model_config: Mapping[str, Any] | Any) -> FourMConfig:
+def from_config(model_config: Mapping[str, Any] | Any,
+                modality_specs: Mapping[str, Mapping[str, Any]] | None = None) -> FourMConfig:
   """A FourMConfig from `config.model` (a ConfigDict or dict).
 
   `size` (optional) names a preset that the other fields override.
+  `modality_specs` ({name: Modality fields}, e.g. a saved model's) describe
+  the modalities; those it lacks come from the registry.
   """
   d = dict(model_config.to_dict() if hasattr(model_config, "to_dict") else model_config)
+  specs = []
+  for name, fields in (modality_specs or {}).items():
+    fields = dict(fields)
+    fields.setdefault("name", name)
+    try:
+      specs.append(modalities.Modality(**fields))
+    except (TypeError, ValueError) as e:
+      raise workdir.ConfigError(f"modalities.{name}: {e}") from None
+  if specs:
+    d["modality_specs"] = tuple(specs)
   size = d.pop("size", None)
   fields = {f.name for f in dataclasses.fields(FourMConfig)}
   unknown = sorted(set(d) - fields)

@@ -69,6 +69,10 @@ class ConvNet(nnx.Module):
       self.head = nnx.Linear(widths[-1], task.num_classes, kernel_init=nnx.initializers.zeros,
                              rngs=rngs)
 
+  def decay_rules(self) -> tuple[tuple[str, bool], ...]:
+    """Weight decay on the convolution and linear kernels (`m4.optim` rules)."""
+    return (("(.*/)?kernel", True),)
+
   def __call__(self, batch, *, frozen: bool = False, train: bool = False) -> jax.Array:
     """Logits (B, C) or (B, H, W, C), or log-depth (B, H, W, 1), as TransferModel."""
     del frozen  # Nothing is pretrained: every parameter always trains.

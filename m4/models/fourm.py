@@ -76,7 +76,6 @@ class FourM(nnx.Module):
   """4M: per-modality embeddings, a transformer encoder-decoder, heads."""
 
   def __init__(self, cfg: FourMConfig, *, rngs: nnx.Rngs):
-    cfg.check_modalities()
     self.cfg = cfg
     d = cfg.dim
     dt = jnp.dtype(cfg.param_dtype)
@@ -85,7 +84,7 @@ class FourM(nnx.Module):
 
     self.encoder_embed = nnx.Dict()
     for name in cfg.encoder_modalities:
-      mod = modalities.get(name)
+      mod = self.cfg.modality(name)
       if mod.kind == modalities.PIXELS:
         fan_in = cfg.patch_size * cfg.patch_size * cfg.pixel_channels
         self.encoder_embed[name] = p(layers.xavier_uniform(fan_in, d), (fan_in, d),
@@ -95,7 +94,7 @@ class FourM(nnx.Module):
     self.decoder_embed = nnx.Dict()
     self.heads = nnx.Dict()
     for name in cfg.decoder_modalities:
-      v = modalities.get(name).vocab_size
+      v = self.cfg.modality(name).vocab_size
       # The reference initialises its Linear heads after the embeddings, so a
       # tied decoder embedding ends up Xavier-uniform, an untied one normal.
       init = layers.xavier_uniform(d, v) if cfg.tie_heads else emb_init
@@ -127,7 +126,7 @@ class FourM(nnx.Module):
     matrices of linear layers, the heads and pixel patch embeddings; not norms,
     biases, token or modality embeddings, the mask token."""
     pixels = [re.escape(n) for n in self.cfg.encoder_modalities
-              if modalities.get(n).kind == modalities.PIXELS]
+              if self.cfg.modality(n).kind == modalities.PIXELS]
     rules = [("heads/.*", True)]
     if pixels:
       rules.append((f"encoder_embed/({'|'.join(pixels)})(/.*)?", True))
@@ -153,7 +152,7 @@ class FourM(nnx.Module):
 
   def _length(self, name: str) -> int:
     """Tokens per sample in the batch tensor of modality `name`."""
-    mod = modalities.get(name)
+    mod = self.cfg.modality(name)
     return 2 * (mod.num_tokens + 1) if mod.kind == modalities.SEQUENCE else mod.num_tokens
 
   def _norm(self, prefix: str, x: Array) -> Array:
@@ -199,7 +198,7 @@ class FourM(nnx.Module):
   def _encoder_tokens(self, batch, name, slots, i, input_mask):
     """(token embedding, position embedding) at every slot, for modality `name`."""
     cfg = self.cfg
-    mod = modalities.get(name)
+    mod = self.cfg.modality(name)
     table = self.encoder_embed[name][...]
     if mod.kind == modalities.PIXELS:
       images = jnp.asarray(batch[name]["tensor"])
@@ -240,10 +239,10 @@ class FourM(nnx.Module):
         dam = self._field(batch, name, "decoder_attention_mask", self._length(name))
       else:  # 4M's defaults: all targets of an image see each other; text is causal.
         dam = target.astype(jnp.int32)
-        if modalities.get(name).kind != modalities.SEQUENCE:
+        if self.cfg.modality(name).kind != modalities.SEQUENCE:
           dam = jnp.where(jnp.arange(dam.shape[1]) == jnp.argmax(target, axis=1)[:, None],
                           jnp.sum(dam, axis=1, keepdims=True), 0)
-      if modalities.get(name).kind == modalities.SEQUENCE:
+      if self.cfg.modality(name).kind == modalities.SEQUENCE:
         # Slot p reads id p and predicts id p + 1: both must be targets.
         target, dam = target[:, :-1] & target[:, 1:], dam[:, :-1]
       selectable.append(target)
@@ -276,7 +275,7 @@ class FourM(nnx.Module):
   def _decoder_tokens(self, batch, name, slots, i):
     """(input token, position embedding, target id) at every slot."""
     cfg = self.cfg
-    mod = modalities.get(name)
+    mod = self.cfg.modality(name)
     ids = self._field(batch, name, "tensor", self._length(name)).astype(jnp.int32)
     if mod.kind == modalities.IMAGE:
       tok = jnp.broadcast_to(self.mask_token[...], slots.position.shape + (cfg.dim,))
@@ -320,7 +319,7 @@ class FourM(nnx.Module):
       same numbers as `decode` + `logits` on the teacher-forced sequence.
     """
     cfg = self.cfg
-    mod = modalities.get(name)
+    mod = self.cfg.modality(name)
     if mod.kind != modalities.SEQUENCE or name not in cfg.decoder_modalities:
       raise ValueError(f"decode_step needs a sequence decoder modality; got {name!r}.")
     position = jnp.broadcast_to(jnp.asarray(position, jnp.int32), ids.shape)

@@ -4,8 +4,9 @@
     model = pretrained.load(directory)                  # on the default device (or a run's workdir)
     model = pretrained.load(directory, mesh=mesh)       # sharded by logical names
 
-`config.json` holds `model` (FourMConfig fields) and `modalities` (registry
-specs, registered on load); the parameters are `state["model"]` of the
+`config.json` holds `model` (FourMConfig fields) and `modalities` (their
+Modality specs), so a model opens from its directory alone: loading reads
+no registry and registers nothing. The parameters are `state["model"]` of the
 checkpoint in `directory/checkpoints`, readable with
 `m4.checkpoints.restore_subtree(directory, target, key="model")`.
 """
@@ -19,7 +20,6 @@ import jax
 from flax import nnx
 
 from m4 import checkpoints
-from m4 import modalities
 from m4 import sharding
 from m4 import workdir
 from m4.workdir import ConfigError, require
@@ -32,9 +32,7 @@ PARAM_KEYS = ("model", "params")  # Where runs keep the model parameters in thei
 
 def model_config_dict(cfg: configs.FourMConfig) -> dict:
   """The config.json content describing a model and its modalities."""
-  names = dict.fromkeys(cfg.encoder_modalities + cfg.decoder_modalities)
-  return {"model": cfg.to_dict(),
-          "modalities": {n: modalities.get(n).to_dict() for n in names}}
+  return {"model": cfg.to_dict(), "modalities": cfg.modalities_dict()}
 
 
 def save(directory: str, model: FourM, *, step: int = 0,
@@ -51,15 +49,14 @@ def save(directory: str, model: FourM, *, step: int = 0,
 
 
 def read_config(directory: str) -> configs.FourMConfig:
-  """Registers the saved modalities and returns the model config."""
+  """The saved model config, its modalities as saved."""
   path = os.path.join(directory, CONFIG)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} does not exist (not a saved m4 model).")
   d = workdir.read_json(path)
   if "model" not in d:
     raise workdir.ConfigError(f"{path}: no 'model' entry.")
-  modalities.register_from_config(d.get("modalities"))
-  return configs.from_config(d["model"])
+  return configs.from_config(d["model"], d.get("modalities"))
 
 
 def load(directory: str, *, mesh=None, rules=sharding.DEFAULT_RULES, field: str = "init",

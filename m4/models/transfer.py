@@ -5,7 +5,8 @@
     model = transfer.TransferModel(cfg, task, image_size=(64, 64), head_hidden=0,
                                    rngs=nnx.Rngs(0))
     transfer.restore_encoder(model, init_dir)          # or keep the random init
-    inputs = transfer.EncoderInputs(task.inputs, {"rgb": vq_rgb})
+    inputs = transfer.EncoderInputs([cfg.modality(n) for n in cfg.encoder_modalities],
+                                    {"rgb": vq_rgb})
     out = model(inputs(raw_batch))                     # logits / log-depth
 
 Every token of every input modality is an encoder input (no masking), so the
@@ -133,7 +134,7 @@ def backbone_config(base: configs.FourMConfig, inputs: Sequence[str],
   fields.pop("size", None)
   known = {f.name for f in dataclasses.fields(configs.FourMConfig)}
   require(not set(fields) - known, "model", f"unknown fields {sorted(set(fields) - known)}.")
-  num = sum(modalities.get(n).num_tokens for n in order)
+  num = sum(base.modality(n).num_tokens for n in order)
   return base.replace(**{**fields, "encoder_modalities": order,
                          "decoder_modalities": base.decoder_modalities[:1], "decoder_depth": 1,
                          "num_encoder_tokens": num, "num_decoder_tokens": 1})
@@ -153,7 +154,7 @@ class TransferModel(nnx.Module):
       self.head = heads.ClassificationHead(cfg.dim, task.num_classes, hidden=head_hidden,
                                            norm=head_norm, rngs=rngs)
       return
-    grids = {n: modalities.get(n).grid for n in self.inputs}
+    grids = {n: cfg.modality(n).grid for n in self.inputs}
     require(len(set(grids.values())) == 1, f"tasks.{task.name}.inputs",
             f"a dense task needs inputs on one token grid, got {grids}.")
     h, w = next(iter(grids.values()))
@@ -170,6 +171,10 @@ class TransferModel(nnx.Module):
     else:
       self.head = heads.DenseHead(dim, out, size[0] // h, hidden=head_hidden, norm=head_norm,
                                   rngs=rngs)
+
+  def decay_rules(self) -> tuple[tuple[str, bool], ...]:
+    cfg = self.backbone.cfg
+    return decay_rules([n for n in self.inputs if cfg.modality(n).kind == modalities.PIXELS])
 
   def __call__(self, batch, *, frozen: bool = False, train: bool = False) -> jax.Array:
     """Head outputs: (B, C) logits, (B, H, W, C) logits or (B, H, W, 1) log-depth.
@@ -230,12 +235,12 @@ def restore_encoder(model: TransferModel, directory: str, key: str = "model",
 _LINEAR = ("qkv", "proj", "mlp_in", "mlp_out")  # FourM's encoder matrices.
 
 
-def decay_rules(inputs: Sequence[str]) -> tuple[tuple[str, bool], ...]:
+def decay_rules(pixel_inputs: Sequence[str] = ()) -> tuple[tuple[str, bool], ...]:
   """Weight decay as (regex, bool) rules (`m4.optim`), as FourM.decay_rules: the
-  matrices of linear layers (encoder blocks, pixel patch embeddings, the
-  head's and a conv net's kernels); not norms, biases, token or modality
-  embeddings."""
-  pixels = [re.escape(n) for n in inputs if modalities.get(n).kind == modalities.PIXELS]
+  matrices of linear layers (encoder blocks, the patch embeddings of
+  `pixel_inputs`, the head's and a conv net's kernels); not norms, biases,
+  token or modality embeddings."""
+  pixels = [re.escape(n) for n in pixel_inputs]
   rules = [(f"backbone/encoder_embed/({'|'.join(pixels)})(/.*)?", True)] if pixels else []
   return tuple(rules) + ((f"backbone/encoder/(.*/)?({'|'.join(_LINEAR)})", True),
                          ("backbone/.*", False), ("(.*/)?kernel", True))
@@ -261,25 +266,29 @@ class EncoderInputs:
   `encode(images) -> (B, h, w)` ids, e.g. m4.tokenizers.VQTokenizer);
   PIXELS modalities get the normalised image ("symmetric": [0, 1] -> [-1, 1],
   m4.data.transforms.normalize; "imagenet": (x - mean) / std per channel, as
-  4M's rgb@224). Every token is an input; nothing is a target.
+  4M's rgb@224). Every token is an input; nothing is a target. `inputs`
+  are Modality specs (a model config's) or names in the modality registry.
   """
 
-  def __init__(self, names: Sequence[str], tokenizers: Mapping[str, Any] | None = None, *,
+  def __init__(self, inputs: Sequence[modalities.Modality | str],
+               tokenizers: Mapping[str, Any] | None = None, *,
                pixel_normalization: str = "symmetric"):
     require(pixel_normalization in PIXEL_NORMALIZATIONS, "pixel_normalization",
             f"{pixel_normalization!r} is not one of {PIXEL_NORMALIZATIONS}.")
-    self.names = tuple(names)
+    self.specs = {m.name: m for m in (modalities.get(m) if isinstance(m, str) else m
+                                      for m in inputs)}
+    self.names = tuple(self.specs)
     self.tokenizers = dict(tokenizers or {})
     self.pixel_normalization = pixel_normalization
     for n in self.names:
-      if modalities.get(n).kind == modalities.IMAGE:
+      if self.specs[n].kind == modalities.IMAGE:
         require(n in self.tokenizers, f"tokenizers.{n}",
                 f"input modality {n!r} is made of VQ tokens and needs a tokenizer.")
 
   def __call__(self, batch: Mapping[str, Any]) -> dict:
     out = {}
     for n in self.names:
-      mod = modalities.get(n)
+      mod = self.specs[n]
       x = batch[mod.data_key]
       b = np.shape(x)[0]
       if mod.kind == modalities.PIXELS:
@@ -288,7 +297,7 @@ class EncoderInputs:
         tokens = np.asarray(self.tokenizers[n].encode(x))
         if tokens.shape[1:] != tuple(mod.grid):
           raise ValueError(f"tokenizer of {n!r} gave tokens of shape {tokens.shape[1:]},"
-                           f" the registry says {tuple(mod.grid)}.")
+                           f" its modality says {tuple(mod.grid)}.")
         tensor = tokens.reshape(b, -1).astype(np.int32)
       out[n] = {"tensor": tensor,
                 "input_mask": np.ones((b, mod.num_tokens), bool),

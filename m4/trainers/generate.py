@@ -80,6 +80,15 @@ def _check(config, steps, model):
               f"{name!r} is not an input of this step.")
 
 
+def _know_modalities_of(cfg, field: str) -> None:
+  """Lets this job's config name the model's modalities (e.g. a converted
+  model's 14x14 grids): the model itself reads only its own specs."""
+  try:
+    modalities.register_from_config(cfg.modalities_dict())
+  except ValueError as e:
+    raise workdir_lib.ConfigError(f"config.{field}: {e}") from None
+
+
 def load_tokenizers(init: str, names, overrides=None):
   """({image modality: VQTokenizer}, {sequence modality: TextTokenizer}).
 
@@ -117,6 +126,7 @@ def _label(conditions, target) -> str:
 
 def run(config, workdir: str) -> dict:
   model = pretrained.load(config.init)
+  _know_modalities_of(model.cfg, "init")
   steps = generation.steps_from_config(tuple(config.targets), config.decoding)
   _check(config, steps, model)
   gen = generation.Generator(model)

@@ -281,6 +281,8 @@ class _Context:
     if config.get("init"):
       try:
         self.base = pretrained.read_config(config.init)
+        # The tasks may name the model's modalities (e.g. a converted model's).
+        modalities.register_from_config(self.base.modalities_dict())
       except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"config.init: {e}") from None
     else:
@@ -297,9 +299,10 @@ class _Context:
     return self._tokenizers[name]
 
   def encoder_inputs(self, task: transfer.TaskSpec) -> transfer.EncoderInputs:
-    toks = {n: self.tokenizer(n) for n in task.inputs
-            if modalities.get(n).kind == modalities.IMAGE}
-    return transfer.EncoderInputs(task.inputs, toks,
+    specs = [self.base.modality(n) if n in self.base.modality_names else modalities.get(n)
+             for n in task.inputs]  # The conv net may read what the model does not.
+    toks = {m.name: self.tokenizer(m.name) for m in specs if m.kind == modalities.IMAGE}
+    return transfer.EncoderInputs(specs, toks,
                                   pixel_normalization=self.config.pixel_normalization)
 
   def place(self, tree):
@@ -432,7 +435,7 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
       depth=model.backbone.cfg.encoder_depth if run.init != "convnet" else 0,
       grad_clip=float(settings.grad_clip),
       b1=float(settings.b1), b2=float(settings.b2),
-      decay_rules=transfer.decay_rules(model.inputs))
+      decay_rules=model.decay_rules())
   it = pipeline.make_iterator(data, data.train_split, seed=run.seed, training=True,
                               source=source)
   ckpt, start = None, 0

@@ -193,7 +193,7 @@ def plan(tensors: dict[str, np.ndarray], ref_cfg: dict, *, suffix: str = "",
       norm_eps=float(norm_kwargs.get("eps", lookup(ref_cfg, "norm_eps", 1e-6))),
       tie_heads=all(tied.values()) if tied else True,
       share_modality_embeddings=bool(share_mod_emb), patch_size=patch,
-      pixel_channels=channels,
+      pixel_channels=channels, modality_specs=tuple(specs.values()),
       num_encoder_tokens=int(ref_cfg.get("num_encoder_tokens",
                                          ref_cfg.get("num_input_tokens", 128))),
       num_decoder_tokens=int(ref_cfg.get("num_decoder_tokens",
@@ -218,11 +218,10 @@ def register(p: Plan) -> None:
 def plan_from_saved(directory: str) -> Plan:
   """The plan of a converted model (its config.json records the name map)."""
   d = workdir.read_json(os.path.join(directory, "config.json"))
-  modalities.register_from_config(d.get("modalities"))
-  cfg = configs.from_config(d["model"])
+  cfg = configs.from_config(d["model"], d.get("modalities"))
   names = dict(d.get("source", {}).get("names", {}))
   if not names:
     raise ConversionError(f"{directory}/config.json has no source.names (not a converted 4M).")
-  specs = {n: modalities.get(n) for n in names.values()}
+  specs = {n: cfg.modality(n) for n in names.values()}
   return Plan(cfg=cfg, specs=specs, names=names, skipped=[])
 
