@@ -20,3 +20,8 @@ def test_bench_reports_steady_state_steps():
   np.testing.assert_allclose(out["tokens_per_s"], 4 * 32 / out["step_s_median"], rtol=1e-2)
   assert out["compile_s"] > 0 and out["peak_rss_mb"] > 0 and np.isfinite(out["loss"])
   assert 4096 <= out["mean_target_vocab"] <= 30000
+  # FLOPs: at least the heads' matmuls (2 x D x V per target token, forward only).
+  assert out["gflops_per_step"] * 1e9 > 2 * 32 * 4096 * 4 * 16
+  np.testing.assert_allclose(out["tflops_per_s"], out["gflops_per_step"] / 1e3
+                             / out["step_s_median"], rtol=2e-2)
+  assert out["peak_tflops"] > 0 and 0 < out["mfu"] < 1, out["peak_source"]

@@ -166,6 +166,7 @@ def test_pixel_patches_go_to_their_slots():
 
 
 @pytest.mark.parametrize("change, what, atol", [(dict(remat="full"), "grads", 1e-6),
+                                                (dict(backward="plain"), "grads", 1e-6),
                                                 (dict(scan_layers=False), "loss", 1e-6),
                                                 (dict(dtype="bfloat16"), "loss", 3e-2)])
 def test_layer_options_give_the_same_results(model, change, what, atol):
@@ -340,3 +341,43 @@ def test_a_model_is_described_by_its_config(tmp_path):
   assert not got["registered"]
   assert got["spec"] == thermal.to_dict() | {"grid": [4, 4], "roles": ["input", "target"]}
   np.testing.assert_allclose(got["out"], want, rtol=1e-5)
+
+
+BF16_STEP_TOLERANCE = 0.03  # |loss(bf16 compute) - loss(fp32)| after each of 5 AdamW steps.
+
+
+def test_a_bf16_training_step_tracks_the_fp32_one(model):
+  """Mixed precision: bf16 matmuls, fp32 parameters and optimizer state."""
+  from m4 import optim  # pylint: disable=g-import-not-at-top
+  from m4.trainers import pretrain  # pylint: disable=g-import-not-at-top
+  assert model.cfg.backward == "auto"
+  tx, _ = optim.make(dict(lr=1e-3, warmup_steps=0, decay_steps=10))
+  losses = {}
+  for dtype in ("float32", "bfloat16"):
+    m = nnx.eval_shape(lambda: fourm.FourM(model.cfg.replace(dtype=dtype), rngs=nnx.Rngs(0)))
+    nnx.update(m, jax.tree.map(jnp.copy, nnx.state(model, nnx.Param)))
+    state = pretrain.init_state(m, tx)
+    step = pretrain.make_train_step(nnx.graphdef(m), tx)
+    losses[dtype] = []
+    for i in range(5):
+      state, metrics = step(state, _batch(seed=20 + i))
+      losses[dtype].append(float(metrics["loss"]))
+    dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.opt_state))
+              if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)}
+    assert dtypes == {jnp.dtype("float32")}, dtypes
+  np.testing.assert_allclose(losses["bfloat16"], losses["float32"], atol=BF16_STEP_TOLERANCE)
+  assert losses["float32"][-1] < losses["float32"][0]
+
+
+def test_cpu_tuned_backward_only_where_asked(model):
+  from m4.models import layers  # pylint: disable=g-import-not-at-top
+  batch = _batch(seed=9)
+  for backward, tuned in (("auto", jax.default_backend() == "cpu"), ("cpu_tuned", True),
+                          ("plain", False)):
+    m = nnx.eval_shape(lambda b=backward: fourm.FourM(model.cfg.replace(backward=b),
+                                                     rngs=nnx.Rngs(0)))
+    nnx.update(m, nnx.state(model, nnx.Param))
+    assert layers.cpu_tuned(m.cfg) == tuned
+    graphdef, params = nnx.split(m)
+    grad = jax.grad(lambda p: nnx.merge(graphdef, p)(batch)[0])
+    assert ("optimization_barrier" in str(jax.make_jaxpr(grad)(params))) == tuned, backward

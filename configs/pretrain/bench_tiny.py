@@ -38,5 +38,8 @@ def get_config(arg=None):
       weight_decay=0.05, clip_norm=1.0))
   # Synthetic masked batches: Dirichlet(alpha) budget splits (4M's all-to-all).
   # breakdown: also time forward and forward + backward alone.
-  c.bench = ml_collections.ConfigDict(dict(warmup=2, steps=10, alpha=1.0, breakdown=False))
+  # peak_tflops: the MFU's peak (None: bench_train.peak_tflops's figure for the device).
+  c.bench = ml_collections.ConfigDict(dict(
+      warmup=2, steps=10, alpha=1.0, breakdown=False,
+      peak_tflops=ml_collections.config_dict.placeholder(float)))
   return c

@@ -82,7 +82,16 @@ def _dense(x: Array, w: Array, spec: str, b: Array | None = None) -> Array:
 # transposed copies that weight-gradient matmuls need, and those fused copies
 # are slow. The two ops below give the backward pass explicitly and pin its
 # intermediates with optimization barriers, so each is computed once and the
-# matmuls read plain arrays. The math is unchanged.
+# matmuls read plain arrays. The math is unchanged. They are used only where
+# `cpu_tuned(cfg)`: other backends get JAX's own backward pass (and the
+# sharding constraints that the fused MLP's flattened layout cannot carry).
+
+
+def cpu_tuned(cfg: FourMConfig) -> bool:
+  """Whether the projections and the MLP use the XLA:CPU-tuned backward passes."""
+  if cfg.backward == "auto":
+    return jax.default_backend() == "cpu"
+  return cfg.backward == "cpu_tuned"
 
 
 @jax.custom_vjp
@@ -266,52 +275,58 @@ def _gelu(x):
 def mlp(cfg: FourMConfig, p: dict, x: Array) -> Array:
   w_in, b_in = p["mlp_in"].astype(x.dtype), _get(p, "mlp_in_bias")
   act = _silu if cfg.gated else _gelu
-  if b_in is None and _get(p, "mlp_out_bias") is None:
+  if b_in is None and _get(p, "mlp_out_bias") is None and cpu_tuned(cfg):
     b, t, d = x.shape
     y = fused_mlp(act, x.reshape(b * t, d), w_in, p["mlp_out"].astype(x.dtype))
     return y.reshape(b, t, d)
   names = ("batch", "length", "mlp")
-  h1 = sharding.constrain(_dense(x, w_in[:, 0], "btd,df->btf", b_in[0]), names)
+  bias = lambda k: None if b_in is None else b_in[k]
+  h1 = sharding.constrain(_dense(x, w_in[:, 0], "btd,df->btf", bias(0)), names)
   if cfg.gated:
-    h3 = sharding.constrain(_dense(x, w_in[:, 1], "btd,df->btf", b_in[1]), names)
+    h3 = sharding.constrain(_dense(x, w_in[:, 1], "btd,df->btf", bias(1)), names)
     hidden = act(h1) * h3
   else:
     hidden = act(h1)
   return _dense(hidden, p["mlp_out"], "btf,fd->btd", _get(p, "mlp_out_bias"))
 
 
-def _linear_nd(x: Array, w: Array, n_in: int, b: Array | None = None) -> Array:
-  """Contracts x's last `n_in` dims with w's first `n_in` dims via `linear`."""
-  lead, k = x.shape[:x.ndim - n_in], math.prod(w.shape[:n_in])
-  y = linear(x.reshape(-1, k), w.astype(x.dtype).reshape(k, -1))
-  y = y.reshape(lead + w.shape[n_in:])
+def _linear_nd(cfg: FourMConfig, x: Array, w: Array, n_in: int,
+               b: Array | None = None) -> Array:
+  """Contracts x's last `n_in` dims with w's first `n_in` dims (via `linear`
+  where `cpu_tuned`)."""
+  w = w.astype(x.dtype)
+  if cpu_tuned(cfg):
+    lead, k = x.shape[:x.ndim - n_in], math.prod(w.shape[:n_in])
+    y = linear(x.reshape(-1, k), w.reshape(k, -1)).reshape(lead + w.shape[n_in:])
+  else:
+    y = jnp.tensordot(x, w, axes=(tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))))
   return y if b is None else y + b.astype(x.dtype)
 
 
-def _project(x: Array, w: Array, b: Array | None) -> Array:
+def _project(cfg: FourMConfig, x: Array, w: Array, b: Array | None) -> Array:
   """A fused (D, K, H, hd) projection: (B, T, K, H, hd)."""
-  y = _linear_nd(x, w, 1, b)
+  y = _linear_nd(cfg, x, w, 1, b)
   return sharding.constrain(y, ("batch", "length", None, "heads", "kv"))
 
 
 def self_attention(cfg: FourMConfig, p: dict, x: Array, mask: Array) -> Array:
-  qkv = _project(x, p["qkv"], _get(p, "qkv_bias"))
+  qkv = _project(cfg, x, p["qkv"], _get(p, "qkv_bias"))
   out = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], mask, cfg.attention_impl)
-  return _linear_nd(out, p["proj"], 2, _get(p, "proj_bias"))
+  return _linear_nd(cfg, out, p["proj"], 2, _get(p, "proj_bias"))
 
 
 def cross_kv(cfg: FourMConfig, p: dict, context: Array) -> tuple[Array, Array]:
   """Keys and values of the (normalised) context, each (B, S, H, hd)."""
   ctx = layer_norm(context, p["context_norm_scale"], _get(p, "context_norm_bias"), cfg.norm_eps)
-  kv = _project(ctx, p["cross_kv"], _get(p, "cross_kv_bias"))
+  kv = _project(cfg, ctx, p["cross_kv"], _get(p, "cross_kv_bias"))
   return kv[:, :, 0], kv[:, :, 1]
 
 
 def cross_attention(cfg: FourMConfig, p: dict, x: Array, kv: tuple[Array, Array],
                     mask: Array) -> Array:
-  q = _linear_nd(x, p["cross_q"], 1, _get(p, "cross_q_bias"))
+  q = _linear_nd(cfg, x, p["cross_q"], 1, _get(p, "cross_q_bias"))
   out = attention(q, kv[0], kv[1], mask, cfg.attention_impl)
-  return _linear_nd(out, p["cross_proj"], 2, _get(p, "cross_proj_bias"))
+  return _linear_nd(cfg, out, p["cross_proj"], 2, _get(p, "cross_proj_bias"))
 
 
 def _norm(cfg, p, name, x):
@@ -335,13 +350,13 @@ def layer(cfg: FourMConfig, p: dict, x: Array, mask: Array, context: Array | Non
 def cached_layer(cfg: FourMConfig, p: dict, x: Array, k_cache: Array, v_cache: Array,
                  index: Array, cross: tuple[Array, Array], context_mask: Array):
   """`layer` for one new decoder token that attends to cached ones (causal)."""
-  qkv = _project(_norm(cfg, p, "norm1", x), p["qkv"], _get(p, "qkv_bias"))
+  qkv = _project(cfg, _norm(cfg, p, "norm1", x), p["qkv"], _get(p, "qkv_bias"))
   q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
   k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), index, axis=1)
   v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), index, axis=1)
   mask = (jnp.arange(k_cache.shape[1]) <= index)[None, None, None, :]
   out = attention(q, k_cache, v_cache, mask, cfg.attention_impl)
-  x = x + _linear_nd(out, p["proj"], 2, _get(p, "proj_bias"))
+  x = x + _linear_nd(cfg, out, p["proj"], 2, _get(p, "proj_bias"))
   x = x + cross_attention(cfg, p, _norm(cfg, p, "query_norm", x), cross, context_mask)
   x = x + mlp(cfg, p, _norm(cfg, p, "norm2", x))
   return x, k_cache, v_cache

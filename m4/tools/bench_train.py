@@ -11,7 +11,10 @@ one JSON line: step seconds (median, min, max), tokens/s (encoder + decoder
 tokens per sample x batch / median step), CPU seconds per step (all
 threads; robust to other jobs sharing the machine), compile seconds, peak
 memory, and
-the average head vocabulary per target token (the heads' share of the work).
+the average head vocabulary per target token (the heads' share of the work),
+and XLA's FLOPs per step with the model FLOPs utilisation (MFU) against a
+stated peak (`config.bench.peak_tflops`, else `peak_tflops()`'s figure for
+the device; `peak_source` says which).
 With `config.bench.breakdown=True` it also times the forward pass (loss) and
 forward + backward (gradients) alone, so backward = grads - forward and
 optimizer = step - grads.
@@ -39,6 +42,52 @@ def _target_vocab(batch, names):
     total += k * mod.vocab_size
     count += k
   return total / max(count, 1)
+
+
+# Dense peak TFLOP/s by device kind and compute dtype (float32 matmuls run as TF32).
+GPU_PEAK_TFLOPS = {"H100": {"bfloat16": 989.0, "float32": 494.0},
+                   "H200": {"bfloat16": 989.0, "float32": 494.0},
+                   "A100": {"bfloat16": 312.0, "float32": 156.0}}
+
+
+def peak_tflops(device, dtype: str) -> tuple[float | None, str]:
+  """(peak TFLOP/s, where the figure comes from) of `device` for `dtype` matmuls.
+
+  GPUs: the vendor's dense figure (GPU_PEAK_TFLOPS). CPUs: an estimate, cores
+  x clock x FLOPs per cycle per core (fp32 FMA: 64 with AVX-512, 32 with AVX2,
+  two FMA units); bf16 is counted at the fp32 rate.
+  """
+  kind = getattr(device, "device_kind", "")
+  for name, peaks in GPU_PEAK_TFLOPS.items():
+    if name in kind:
+      peak = peaks.get(dtype, peaks["float32"])
+      return peak, f"{kind} dense {dtype} datasheet figure"
+  if device.platform != "cpu":
+    return None, f"no peak known for {kind!r}; pass --config.bench.peak_tflops"
+  mhz, flags = 0.0, ""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("cpu MHz"):
+          mhz = max(mhz, float(line.split(":")[1]))
+        elif line.startswith("flags") and not flags:
+          flags = line
+  except OSError:
+    pass
+  if not mhz:
+    return None, "CPU clock unknown; pass --config.bench.peak_tflops"
+  per_cycle = 64 if " avx512f" in flags else 32
+  cores = os.cpu_count() or 1
+  return (cores * mhz * 1e6 * per_cycle / 1e12,
+          f"estimate: {cores} cores x {mhz / 1e3:.2f} GHz x {per_cycle} fp32 FLOP/cycle")
+
+
+def _step_flops(compiled) -> float | None:
+  """XLA's FLOP count of one call of a compiled function."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  return float(cost["flops"]) if cost and "flops" in cost else None
 
 
 def _time(fn, args, warmup: int, steps: int) -> tuple[list[float], float]:
@@ -104,6 +153,11 @@ def bench(config) -> dict:
       parts[f"{name}_s_median"] = round(float(np.median(t)), 4)
     parts["backward_s"] = round(parts["forward_backward_s_median"] - parts["forward_s_median"], 4)
     parts["optimizer_s"] = round(median - parts["forward_backward_s_median"], 4)
+  flops = _step_flops(compiled)
+  peak, peak_source = peak_tflops(jax.devices()[0], cfg.dtype)
+  if config.bench.get("peak_tflops"):
+    peak, peak_source = float(config.bench.peak_tflops), "config.bench.peak_tflops"
+  achieved = flops / median / 1e12 if flops else None
   mem = compiled.memory_analysis()
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   return {
@@ -117,7 +171,11 @@ def bench(config) -> dict:
       "tokens_per_step": tokens, "mean_target_vocab": round(vocab, 1),
       "loss": round(float(metrics["loss"]), 4), "steps_timed": len(times),
       "load_avg_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
-      "backend": jax.default_backend(), **parts,
+      "backend": jax.default_backend(),
+      "gflops_per_step": round(flops / 1e9, 3) if flops else None,
+      "tflops_per_s": round(achieved, 4) if achieved else None,
+      "peak_tflops": round(peak, 3) if peak else None, "peak_source": peak_source,
+      "mfu": round(achieved / peak, 4) if achieved and peak else None, **parts,
   }
 
 
