@@ -1,10 +1,13 @@
 """Device mesh, logical axis rules, and the shardings of state and batches.
 
-Model code names *logical* axes only (`batch`, `length`, `embed`, `heads`,
-`kv`, `mlp`, `vocab`, `layers`); the config maps them onto mesh axes:
+Model code names *logical* axes only; the config maps them onto mesh axes.
+Parameters and activations have names of their own, so each is placed on
+purpose: parameters `embed`, `heads`, `kv`, `mlp`, `vocab`, `layers`;
+activations `act_batch`, `act_length`, `act_embed`, `act_heads`, `act_kv`,
+`act_mlp`, `act_vocab` (batches are split by `act_batch`).
 
     config.mesh = {"data": -1, "fsdp": 1, "tensor": 1}   # -1: all the rest
-    config.sharding_rules = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ...)
+    config.sharding_rules = (("act_batch", ("data", "fsdp")), ("embed", "fsdp"), ...)
 
 Parameters carry their logical names as `nnx.with_partitioning(init, names)`
 metadata; activations are constrained with `constrain(x, names)`, which does
@@ -29,18 +32,27 @@ LogicalRules = tuple[tuple[str, Any], ...]
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Data parallelism over `data`, ZeRO-3 style parameter sharding over `fsdp`
-# (the batch is split over it too), Megatron-style tensor parallelism over
-# `tensor`. A rule's value is a mesh axis, a tuple of them, or None.
+# (the batch is split over it too, so activations keep their width whole),
+# Megatron-style tensor parallelism over `tensor`. A rule's value is a mesh
+# axis, a tuple of them, or None.
 DEFAULT_RULES: LogicalRules = (
-    ("batch", ("data", "fsdp")),
-    ("length", None),
+    # Parameters.
     ("embed", "fsdp"),
     ("heads", "tensor"),
     ("kv", None),
     ("mlp", "tensor"),
     ("vocab", "tensor"),
     ("layers", None),
+    # Activations.
+    ("act_batch", ("data", "fsdp")),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv", None),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
 )
+BATCH = "act_batch"  # The logical name that splits batches over devices.
 
 
 def make_mesh(mesh_config: Mapping[str, int] | None = None,
@@ -185,8 +197,8 @@ def init_sharded(make_model, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES):
 
 
 def batch_spec(rules: LogicalRules = DEFAULT_RULES, ndim: int = 1) -> P:
-  """Batch arrays: leading axis over the `batch` rule, the rest replicated."""
-  return P(logical_to_spec(("batch",), rules)[0], *([None] * (ndim - 1)))
+  """Batch arrays: leading axis over the `act_batch` rule, the rest replicated."""
+  return P(logical_to_spec((BATCH,), rules)[0], *([None] * (ndim - 1)))
 
 
 def batch_sharding(mesh: Mesh, rules: LogicalRules = DEFAULT_RULES):
@@ -209,6 +221,6 @@ def to_global(local_batch, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES):
 
 def num_batch_shards(mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> int:
   """How many ways the batch is split (the global batch must divide by it)."""
-  axes = logical_to_spec(("batch",), rules)[0]
+  axes = logical_to_spec((BATCH,), rules)[0]
   flat = (axes,) if isinstance(axes, str) else tuple(axes or ())
   return math.prod(mesh.shape[a] for a in flat)

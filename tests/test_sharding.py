@@ -17,7 +17,7 @@ class _Mlp(nnx.Module):
     self.w2 = nnx.Param(nnx.with_partitioning(init, ("mlp", "embed"))(rngs.params(), (32, 16)))
 
   def __call__(self, x):
-    h = sharding.constrain(x @ self.w1, ("batch", "mlp"))
+    h = sharding.constrain(x @ self.w1, ("act_batch", "act_mlp"))
     return h @ self.w2
 
 
@@ -31,8 +31,8 @@ def test_make_mesh_fills_and_validates():
 
 
 def test_logical_to_spec_uses_each_mesh_axis_once():
-  rules = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"))
-  assert sharding.logical_to_spec(("batch", "embed"), rules) == jax.sharding.PartitionSpec(
+  rules = (("act_batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"))
+  assert sharding.logical_to_spec(("act_batch", "embed"), rules) == jax.sharding.PartitionSpec(
       ("data", "fsdp"), None)
   assert sharding.logical_to_spec(("embed", "mlp"), rules) == jax.sharding.PartitionSpec(
       "fsdp", "tensor")
@@ -66,3 +66,43 @@ def test_init_sharded_places_params_without_a_full_copy():
   w1 = model.w1.get_value() if hasattr(model.w1, "get_value") else model.w1.value
   assert {s.data.shape for s in w1.addressable_shards} == {(8, 16)}
   np.testing.assert_array_equal(np.asarray(w1), np.asarray(ref.w1[...]))
+
+
+def test_activations_and_parameters_have_their_own_names():
+  rules = sharding.DEFAULT_RULES
+  P = jax.sharding.PartitionSpec
+  assert sharding.logical_to_spec(("embed", "mlp"), rules) == P("fsdp", "tensor")
+  # Activations keep their width whole whatever the batch rule takes.
+  assert sharding.logical_to_spec(("act_batch", "act_length", "act_embed"), rules) == P(
+      ("data", "fsdp"), None, None)
+  assert sharding.logical_to_spec(("act_embed",), rules) == P(None)
+
+
+def test_heads_score_their_vocabulary_slice_and_match_one_device():
+  from m4.models import heads as H  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(0)
+  b, m, d = 8, 6, 16
+  y = jnp.asarray(rng.randn(b, m, d), jnp.float32)
+  hs = (jnp.asarray(rng.randn(32, d), jnp.float32), jnp.asarray(rng.randn(12, d), jnp.float32))
+  modality = jnp.asarray(rng.randint(0, 2, (b, m)))
+  valid = jnp.asarray(rng.rand(b, m) > 0.2)
+  targets = jnp.where(modality == 0, rng.randint(0, 32, (b, m)), rng.randint(0, 12, (b, m)))
+  weights = jnp.asarray(rng.rand(b, m), jnp.float32)
+
+  def loss(y, hs):
+    value, stats = H.grouped_cross_entropy(y, hs, modality=modality, valid=valid,
+                                           targets=targets, weights=weights, chunk=4)
+    return value, stats
+
+  # jit caches by function, not by the sharding context: one function per run.
+  grad = lambda: jax.jit(jax.value_and_grad(lambda *a: loss(*a), argnums=(0, 1), has_aux=True))
+  (want, want_stats), want_grads = grad()(y, hs)
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  with sharding.use(mesh):
+    jaxpr = str(jax.make_jaxpr(lambda *a: loss(*a))(y, hs))
+    (got, got_stats), got_grads = grad()(y, hs)
+  # Both heads' vocabularies (32, 12) split over `tensor`, as the parameters are.
+  assert jaxpr.count("P('tensor', None)") >= 2, jaxpr[:2000]
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  jax.tree.map(lambda a, c: np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6),
+               (want_stats, want_grads), (got_stats, got_grads))

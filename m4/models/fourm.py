@@ -189,8 +189,8 @@ class FourM(nnx.Module):
       here = slots.of(i)[..., None]
       x = jnp.where(here, tok.astype(self.dtype), x)
       emb = jnp.where(here, (pos + self.modality_embed[name][...]).astype(self.dtype), emb)
-    x = sharding.constrain(x, ("batch", "length", "embed"))
-    emb = sharding.constrain(emb, ("batch", "length", "embed"))
+    x = sharding.constrain(x, ("act_batch", "act_length", "act_embed"))
+    emb = sharding.constrain(emb, ("act_batch", "act_length", "act_embed"))
     mask = slots.valid[:, None, None, :]
     out = self.encoder(x + emb, mask)
     return Encoded(out=self._norm("encoder_norm", out), emb=emb, slots=slots)
@@ -264,7 +264,7 @@ class FourM(nnx.Module):
       sel_i = sel.astype(jnp.int32)
       rank = jnp.where(here, E.gather(jnp.cumsum(sel_i, axis=1) - 1, slots, i), rank)
       span = jnp.where(here, E.gather(jnp.cumsum(sel_i * dam, axis=1), slots, i), span)
-    y = sharding.constrain(y, ("batch", "length", "embed"))
+    y = sharding.constrain(y, ("act_batch", "act_length", "act_embed"))
     same = slots.modality[:, :, None] == slots.modality[:, None, :]
     seen = rank[:, None, :] < span[:, :, None]
     self_mask = (same & seen & slots.valid[:, :, None] & slots.valid[:, None, :])[:, None]

@@ -12,6 +12,7 @@ the two gradient matmuls, while the chunk is still in cache.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Sequence
 
 import jax
@@ -24,14 +25,20 @@ Array = jax.Array
 
 
 def _run(y, heads, weights, modality, valid, targets, chunk: int, vary: tuple,
-         with_grads: bool):
+         vocab_axes: tuple, with_grads: bool):
   """Loss sum, per-modality statistics and (optionally) gradients.
 
-  `vary` names the manual mesh axes (inside shard_map) the results vary over.
+  `vary` names the manual mesh axes (inside shard_map) the rows are split
+  over; `vocab_axes` those the heads' vocabularies are split over (each
+  device scores its slice; softmax sums and the target's logit are reduced
+  over them).
   """
-  def zeros(shape, dtype=jnp.float32):
+  def zeros(shape, dtype=jnp.float32, axes=vary):
     z = jnp.zeros(shape, dtype)
-    return jax.lax.pcast(z, vary, to="varying") if vary else z
+    return jax.lax.pcast(z, axes, to="varying") if axes else z
+
+  def over_vocab(reduce, x):
+    return reduce(x, vocab_axes) if vocab_axes else x
 
   b, m, d = y.shape
   n = len(heads)
@@ -60,11 +67,16 @@ def _run(y, heads, weights, modality, valid, targets, chunk: int, vary: tuple,
       t = jnp.where(ok, jax.lax.dynamic_slice_in_dim(ts, start, chunk), 0)
       w = jnp.where(ok, jax.lax.dynamic_slice_in_dim(ws, start, chunk), 0.0)
       logits = jnp.einsum("cd,vd->cv", rows, w_c, preferred_element_type=jnp.float32)
+      local_v = logits.shape[1]
+      # The target's column in this device's vocabulary slice (if it is there).
+      col = t - (jax.lax.axis_index(vocab_axes) * local_v if vocab_axes else 0)
+      here = (col >= 0) & (col < local_v)
       # One exp pass serves the loss and its gradient.
-      top = jnp.max(logits, axis=-1)
+      top = over_vocab(jax.lax.pmax, jnp.max(logits, axis=-1))
       e = jnp.exp(logits - top[:, None])
-      total = jnp.sum(e, axis=-1)
-      picked = jnp.take_along_axis(logits, t[:, None], axis=1)[:, 0]
+      total = over_vocab(jax.lax.psum, jnp.sum(e, axis=-1))
+      picked = jnp.take_along_axis(logits, jnp.clip(col, 0, local_v - 1)[:, None], axis=1)[:, 0]
+      picked = over_vocab(jax.lax.psum, jnp.where(here, picked, 0.0))
       ce = top + jnp.log(total) - picked
       c = dict(c)
       c["loss"] = c["loss"] + jnp.sum(w * ce)
@@ -72,10 +84,11 @@ def _run(y, heads, weights, modality, valid, targets, chunk: int, vary: tuple,
       hit = ok & (picked >= top)  # The target has the largest logit.
       c["correct"] = c["correct"].at[i].add(jnp.sum(hit.astype(jnp.float32)))
       if with_grads:
-        onehot = jnp.arange(logits.shape[1])[None, :] == t[:, None]
+        onehot = jnp.arange(local_v)[None, :] == col[:, None]
         g = e * (w / total)[:, None] - jnp.where(onehot, w[:, None], 0.0)
         g = g.astype(y.dtype)
-        dx_rows = jnp.einsum("cv,vd->cd", g, w_c, preferred_element_type=jnp.float32)
+        dx_rows = over_vocab(jax.lax.psum, jnp.einsum("cv,vd->cd", g, w_c,
+                                                      preferred_element_type=jnp.float32))
         old = jax.lax.dynamic_slice_in_dim(c["dx"], start, chunk)
         c["dx"] = jax.lax.dynamic_update_slice_in_dim(c["dx"], old + dx_rows, start, 0)
         c[f"dw{i}"] = c[f"dw{i}"] + jnp.einsum("cv,cd->vd", g, rows,
@@ -83,7 +96,7 @@ def _run(y, heads, weights, modality, valid, targets, chunk: int, vary: tuple,
       return c
 
     if with_grads:
-      carry[f"dw{i}"] = zeros(w_head.shape)
+      carry[f"dw{i}"] = zeros(w_head.shape, axes=vary + vocab_axes)
     num_chunks = (counts[i] + chunk - 1) // chunk
     carry = jax.lax.fori_loop(0, num_chunks, body, carry)
     if with_grads:
@@ -96,23 +109,25 @@ def _run(y, heads, weights, modality, valid, targets, chunk: int, vary: tuple,
   return carry["loss"], stats, (dx, tuple(grads))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
-def _grouped(y, heads, weights, modality, valid, targets, chunk, vary):
-  loss, stats, _ = _run(y, heads, weights, modality, valid, targets, chunk, vary, False)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
+def _grouped(y, heads, weights, modality, valid, targets, chunk, vary, vocab_axes):
+  loss, stats, _ = _run(y, heads, weights, modality, valid, targets, chunk, vary, vocab_axes,
+                        False)
   return loss, stats
 
 
-def _grouped_fwd(y, heads, weights, modality, valid, targets, chunk, vary):
-  loss, stats, (dx, dws) = _run(y, heads, weights, modality, valid, targets, chunk, vary, True)
+def _grouped_fwd(y, heads, weights, modality, valid, targets, chunk, vary, vocab_axes):
+  loss, stats, (dx, dws) = _run(y, heads, weights, modality, valid, targets, chunk, vary,
+                                vocab_axes, True)
   return (loss, stats), (dx, dws, weights, modality, valid, targets)
 
 
-def _grouped_bwd(chunk, vary, res, cotangents):
-  del chunk
+def _grouped_bwd(chunk, vary, vocab_axes, res, cotangents):
+  del chunk, vocab_axes
   dx, dws, weights, modality, valid, targets = res
   g = cotangents[0]
   dws = tuple((g * dw).astype(dw.dtype) for dw in dws)
-  if vary:  # The heads are replicated: their gradient sums over the batch shards.
+  if vary:  # Every row shard holds the heads (or its vocabulary slice): sum over them.
     dws = jax.lax.psum(dws, vary)
   zero = lambda a: (jnp.zeros_like(a) if jnp.issubdtype(a.dtype, jnp.floating)
                     else None)
@@ -143,24 +158,34 @@ def grouped_cross_entropy(y: Array, heads: Sequence[Array], *, modality: Array,
     tokens whose argmax is the target, and the number of tokens (float32).
 
   Under `m4.sharding.use(mesh, ...)` each device scores its own rows of the
-  batch (shard_map over the batch's mesh axes, heads gathered) and the sums
-  are reduced over devices, instead of sorting the global batch.
+  batch (shard_map over the batch's mesh axes) against its slice of each
+  head's vocabulary (the `vocab` rule; softmax sums reduced over it), and the
+  sums are reduced over devices, instead of sorting the global batch.
   """
   heads = tuple(heads)
   mesh, rules = sharding.current()
   if mesh is None or mesh.size == 1:
-    return _grouped(y, heads, weights, modality, valid, targets, int(chunk), ())
-  axes = sharding.logical_to_spec(("batch",), rules)[0]
-  axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    return _grouped(y, heads, weights, modality, valid, targets, int(chunk), (), ())
+  flat = lambda a: () if a is None else (a,) if isinstance(a, str) else tuple(a)
+  axes = flat(sharding.logical_to_spec((sharding.BATCH,), rules)[0])
+  # The heads keep the parameters' `vocab` split (where every vocabulary divides it).
+  vocab_axes = tuple(a for a in flat(sharding.logical_to_spec(("vocab",), rules)[0])
+                     if a not in axes)
+  split = math.prod(mesh.shape[a] for a in vocab_axes)
+  if any(h.shape[0] % split for h in heads):
+    vocab_axes = ()
   rows = P(axes or None)
+  head_spec = P(vocab_axes or None, None)
 
   def local(y, heads, weights, modality, valid, targets):
-    loss, stats = _grouped(y, heads, weights, modality, valid, targets, int(chunk), axes)
+    loss, stats = _grouped(y, heads, weights, modality, valid, targets, int(chunk), axes,
+                           vocab_axes)
     if axes:
       loss, stats = jax.lax.psum((loss, stats), axes)
     return loss, stats
 
-  return jax.shard_map(local, mesh=mesh, in_specs=(rows, P(), rows, rows, rows, rows),
+  return jax.shard_map(local, mesh=mesh,
+                       in_specs=(rows, (head_spec,) * len(heads), rows, rows, rows, rows),
                        out_specs=(P(), P()))(y, heads, weights, modality, valid, targets)
 
 

@@ -279,7 +279,7 @@ def mlp(cfg: FourMConfig, p: dict, x: Array) -> Array:
     b, t, d = x.shape
     y = fused_mlp(act, x.reshape(b * t, d), w_in, p["mlp_out"].astype(x.dtype))
     return y.reshape(b, t, d)
-  names = ("batch", "length", "mlp")
+  names = ("act_batch", "act_length", "act_mlp")
   bias = lambda k: None if b_in is None else b_in[k]
   h1 = sharding.constrain(_dense(x, w_in[:, 0], "btd,df->btf", bias(0)), names)
   if cfg.gated:
@@ -306,7 +306,7 @@ def _linear_nd(cfg: FourMConfig, x: Array, w: Array, n_in: int,
 def _project(cfg: FourMConfig, x: Array, w: Array, b: Array | None) -> Array:
   """A fused (D, K, H, hd) projection: (B, T, K, H, hd)."""
   y = _linear_nd(cfg, x, w, 1, b)
-  return sharding.constrain(y, ("batch", "length", None, "heads", "kv"))
+  return sharding.constrain(y, ("act_batch", "act_length", None, "act_heads", "act_kv"))
 
 
 def self_attention(cfg: FourMConfig, p: dict, x: Array, mask: Array) -> Array:
@@ -336,7 +336,7 @@ def _norm(cfg, p, name, x):
 def layer(cfg: FourMConfig, p: dict, x: Array, mask: Array, context: Array | None,
           context_mask: Array | None) -> Array:
   """One encoder layer, or one decoder layer when `context` is given."""
-  names = ("batch", "length", "embed")
+  names = ("act_batch", "act_length", "act_embed")
   x = x + self_attention(cfg, p, _norm(cfg, p, "norm1", x), mask)
   x = sharding.constrain(x, names)
   if context is not None:
