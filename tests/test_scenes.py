@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from m4 import pictures
 from m4 import workdir
 from m4.data import record_files
 from m4.data import scenes
@@ -243,7 +244,7 @@ def test_grid_draws_cells_where_expected(tmp_path):
   rows = [{"rgb": rgb, "depth": depth, "semseg": semseg},
           {"rgb": rgb.astype(np.float32) / 255, "semseg": semseg,
            "tok": np.arange(16).reshape(4, 4)}]
-  path = grid.save_grid(str(tmp_path / "g.png"), rows, ["a caption", "another"], cell_size=64)
+  path = pictures.save_grid(str(tmp_path / "g.png"), rows, ["a caption", "another"], cell_size=64)
   img = np.asarray(Image.open(path).convert("RGB"))
   pad, title_h = 4, 12 + 4 + 4  # As make_grid lays out a 12 pt font.
   assert img.shape[1] == 4 * (64 + pad) + pad
@@ -251,7 +252,7 @@ def test_grid_draws_cells_where_expected(tmp_path):
                                 np.repeat(np.repeat(rgb, 2, 0), 2, 1))
   x = pad + 2 * (64 + pad)  # The semseg column through the fixed palette.
   np.testing.assert_array_equal(img[title_h:title_h + 64:2, x:x + 64:2],
-                                grid.SEMSEG_PALETTE[semseg])
+                                pictures.SEMSEG_PALETTE[semseg])
   x = pad + 64 + pad  # Depth: invalid row black, near brighter than far.
   assert np.all(img[title_h:title_h + 2, x:x + 64] == 0)
   assert img[title_h + 2, x].sum() > img[title_h + 63, x + 63].sum()

@@ -63,6 +63,7 @@ import sys
 
 # The public names of the scenes dataset, re-exported for callers.
 # pylint: disable=g-importing-member,unused-import
+from m4 import pictures
 from m4.data.scene_captions import LEFT_OF_FRACTION, RELATIONS, caption_words, parse_caption
 from m4.data.scene_raycast import GROUND_FAR
 from m4.data.scene_render import benchmark, render
@@ -72,6 +73,17 @@ from m4.data.scene_spec import (CLASSES, COLORS, FIRST_OBJECT_CLASS, GROUND, MAX
 from m4.data.scene_store import SPEC_FILE, ScenesSource, decode, encode, read_spec, split_path
 from m4.data.scene_writer import ensure, write_split
 # pylint: enable=g-importing-member,unused-import
+
+
+def grid(path: str, data_dir: str, split: str = "validation", num: int = 8,
+         start: int = 0) -> str:
+  """Draws samples `start`.. of a stored split as a PNG grid of rgb / depth /
+  semseg with their captions (m4.pictures); returns `path`."""
+  source = ScenesSource(data_dir, split)
+  samples = [source[i] for i in range(start, min(start + num, len(source)))]
+  rows = [{"rgb": s["rgb"], "depth": s["depth"], "semseg": s["semseg"]} for s in samples]
+  captions = [f"{split} {int(s['id'])}: {s['caption']}" for s in samples]
+  return pictures.save_grid(path, rows, captions, titles={"depth": "depth (m)"})
 
 
 def main(argv=None):

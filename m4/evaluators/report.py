@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from m4 import pictures
 from m4 import workdir as workdir_lib
 
 INIT_ORDER = ("scratch", "pretrained", "convnet")
@@ -167,7 +168,6 @@ def plot(path: str, results: Sequence[Mapping[str, Any]]) -> str:
 def prediction_grids(eval_dir: str, results: Sequence[Mapping[str, Any]],
                      rows: int = 6) -> list[str]:
   """One PNG per dense task and label budget (first seed): inputs, label, predictions."""
-  from m4.tools import grid  # pylint: disable=g-import-not-at-top
   out = []
   dense = [r for r in results if r["kind"] in ("segmentation", "depth")]
   keys = dict.fromkeys((r["task"], r["label_fraction"]) for r in dense)
@@ -205,7 +205,7 @@ def prediction_grids(eval_dir: str, results: Sequence[Mapping[str, Any]],
       cells.append(row)
     captions = [f"test {int(ref['id'][i])}" for i in range(n)]
     path = os.path.join(eval_dir, f"{task}_{100 * fraction:g}pct_predictions.png")
-    out.append(grid.save_grid(path, cells, captions, kinds, titles=titles))
+    out.append(pictures.save_grid(path, cells, captions, kinds, titles=titles))
   return out
 
 

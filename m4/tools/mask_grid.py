@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from m4.data import masking
-from m4.tools import grid
+from m4 import pictures
 
 _GREY = 225
 
@@ -55,8 +55,8 @@ def mask_rows(masker: masking.Masking, samples: Sequence[Mapping], *, seed: int 
         if m.data_key not in raw:
           row[f"{m.name} in"] = row[f"{m.name} target"] = None
           continue
-        kind = m.data_key if m.data_key in grid.KINDS else grid.guess_kind(m.name, raw[m.data_key])
-        image = grid.to_image(raw[m.data_key], kind)
+        kind = m.data_key if m.data_key in pictures.KINDS else pictures.guess_kind(m.name, raw[m.data_key])
+        image = pictures.to_image(raw[m.data_key], kind)
         row[f"{m.name} in"] = _cells(image, entry["input_mask"], m.grid)
         row[f"{m.name} target"] = _cells(image, entry["target_mask"], m.grid)
       elif m.name in masker.text_tokenizers:
@@ -73,7 +73,7 @@ def save_mask_grid(path: str, masker: masking.Masking, samples: Sequence[Mapping
                    seed: int = 0) -> str:
   rows, captions = mask_rows(masker, samples, seed=seed)
   kinds = {k: "rgb" for row in rows for k in row}
-  return grid.save_grid(path, rows, captions, kinds, max_caption_lines=4)
+  return pictures.save_grid(path, rows, captions, kinds, max_caption_lines=4)
 
 
 def token_stats(masker: masking.Masking, samples: Sequence[Mapping], *, seed: int = 0) -> dict:

@@ -338,7 +338,7 @@ def pretokenize(config, out_dir: str, *, progress: bool = True,
 
 def views_grid(path: str, directory: str, split: str, toks: Tokenizers, num: int) -> str:
   """PNG: for the first `num` samples of `split`, each view decoded from its tokens."""
-  from m4.tools import grid  # pylint: disable=g-import-not-at-top
+  from m4 import pictures  # pylint: disable=g-import-not-at-top
   source = token_shards.TokenShardSource(directory, split)
   rows, captions = [], []
   for i in range(min(num, len(source))):
@@ -353,7 +353,7 @@ def views_grid(path: str, directory: str, split: str, toks: Tokenizers, num: int
       captions.append(f"{split} {int(rec['id'])} view {v}: crop y0={y0:.0f} x0={x0:.0f}"
                       f" {h:.0f}x{w:.0f}{' flipped' if flipped else ''}{text}")
   kinds = {n: modalities_lib.get(n).data_key for n in toks.image}
-  return grid.save_grid(path, rows, captions, kinds=kinds,
+  return pictures.save_grid(path, rows, captions, kinds=kinds,
                         titles={n: f"{n} (decoded tokens)" for n in toks.image})
 
 

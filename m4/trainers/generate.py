@@ -50,6 +50,7 @@ from tqdm import tqdm
 
 from m4 import generation
 from m4 import modalities
+from m4 import pictures
 from m4 import tokenizers as tokenizers_lib
 from m4 import workdir as workdir_lib
 from m4.data import pipeline
@@ -58,7 +59,6 @@ from m4.data import transforms
 from m4.generation import quality
 from m4.models import pretrained
 from m4.tokenizers import text as text_lib
-from m4.tools import grid as grid_lib
 from m4.workdir import require
 
 def _check(config, steps, model):
@@ -234,7 +234,7 @@ def run(config, workdir: str) -> dict:
   if jax.process_index() == 0:
     _write_records(os.path.join(workdir, "generated.json"), records)
     if rows:
-      grid_lib.save_grid(grid_path, rows, captions, kinds=_grid_kinds(rows),
+      pictures.save_grid(grid_path, rows, captions, kinds=_grid_kinds(rows),
                          depth_range=_depth_range(rows))
   logging.info("generate: wrote %s", eval_dir)
   summary = {"grid": grid_path, "metrics": os.path.abspath(os.path.join(eval_dir, "metrics.json")),

@@ -31,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from m4 import modalities as modalities_lib
+from m4 import pictures
 from m4 import sharding
 from m4 import workdir as workdir_lib
 from m4.data import pretrain_data
@@ -208,7 +209,6 @@ class PretrainEval:
     Every process computes (the model is sharded); process 0 draws the
     first `num` samples of its first batch.
     """
-    from m4.tools import grid as grid_lib  # pylint: disable=g-import-not-at-top
     try:
       vq = self.data.vq_tokenizers()
     except workdir_lib.ConfigError:
@@ -244,7 +244,7 @@ class PretrainEval:
                 + ", ".join(rows[i].pop("_acc")) for i in range(num)]
     if jax.process_index() != 0:
       return path
-    return grid_lib.save_grid(path, rows, captions, kinds=kinds, titles=titles)
+    return pictures.save_grid(path, rows, captions, kinds=kinds, titles=titles)
 
 
 def _decoded_scorer(tok):

@@ -17,7 +17,6 @@ import os
 
 from m4 import workdir as workdir_lib
 from m4.data import scenes
-from m4.tools import grid as grid_lib
 
 
 def run(config, workdir: str) -> dict:
@@ -48,6 +47,6 @@ def run(config, workdir: str) -> dict:
     summary["generated"] = "reused an existing dataset"
   if config.benchmark_samples:
     summary["render_samples_per_sec_1core"] = scenes.benchmark(spec, config.benchmark_samples)
-  summary["grid"] = grid_lib.scenes_grid(os.path.abspath(os.path.join(workdir, "scenes_grid.png")),
-                                         data.dir, config.grid_split, config.grid_rows)
+  summary["grid"] = scenes.grid(os.path.abspath(os.path.join(workdir, "scenes_grid.png")),
+                                data.dir, config.grid_split, config.grid_rows)
   return summary

@@ -49,13 +49,13 @@ from m4 import checkpoints
 from m4 import engine
 from m4 import modalities
 from m4 import optim
+from m4 import pictures
 from m4 import sharding
 from m4 import workdir as workdir_lib
 from m4.data import pipeline
 from m4.data import sources
 from m4.tokenizers import quantizer as quantizer_lib
 from m4.tokenizers import vq_tokenizer
-from m4.tools import grid as grid_lib
 from m4.workdir import ConfigError, require
 
 
@@ -246,7 +246,7 @@ def evaluate(trainer: Trainer, state, config, workdir: str) -> tuple[dict, str]:
   kind = key
   grid_path = os.path.join(workdir, "eval", "reconstructions.png")
   if jax.process_index() == 0:
-    grid_lib.save_grid(grid_path, grid_rows, kinds={"input": kind, "reconstruction": kind,
+    pictures.save_grid(grid_path, grid_rows, kinds={"input": kind, "reconstruction": kind,
                                                    "tokens": "tokens"},
                        titles={"tokens": f"tokens {trainer.spec.modality['grid']}"})
   return metrics, grid_path
