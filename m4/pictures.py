@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import colorsys
 import os
-import sys
 import textwrap
 from typing import Mapping, Sequence
 

@@ -7,6 +7,7 @@ import pytest
 
 from m4 import checkpoints
 from m4.data import pipeline
+from m4 import value_scales
 from m4.data import transforms
 from m4.workdir import ConfigError
 
@@ -103,19 +104,19 @@ def test_full_crop_is_identity_and_eval_crop_is_central():
 def test_normalize_round_trip_numpy_and_jax():
   depth = np.array([[0.0, -1.0, np.nan, np.inf], [0.1, 1.0, 5.0, 100.0]], np.float32)
   for xp in (np, jnp):
-    z = transforms.normalize("depth", xp.asarray(depth))
+    z = value_scales.normalize("depth", xp.asarray(depth))
     assert isinstance(z, jax.Array) == (xp is jnp)
     z = np.asarray(z)
-    assert (z[0] == transforms.DEPTH_INVALID).all() and (z[1] > transforms.DEPTH_INVALID_BELOW).all()
+    assert (z[0] == value_scales.DEPTH_INVALID).all() and (z[1] > value_scales.DEPTH_INVALID_BELOW).all()
     assert z[1, 2] == 0  # 5 m is the centre of the scale.
-    back = np.asarray(transforms.denormalize("depth", xp.asarray(z)))
+    back = np.asarray(value_scales.denormalize("depth", xp.asarray(z)))
     np.testing.assert_allclose(back, np.nan_to_num(np.maximum(depth, 0), posinf=0), rtol=1e-5)
     rgb = np.linspace(0, 1, 12, dtype=np.float32).reshape(2, 2, 3)
-    x = transforms.normalize("rgb", xp.asarray(rgb))
+    x = value_scales.normalize("rgb", xp.asarray(rgb))
     assert float(x.min()) == -1 and float(x.max()) == 1
-    np.testing.assert_allclose(np.asarray(transforms.denormalize("rgb", x)), rgb, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(value_scales.denormalize("rgb", x)), rgb, atol=1e-7)
   with pytest.raises(ValueError, match="'caption' has no value scale"):
-    transforms.normalize("caption", np.zeros(3))
+    value_scales.normalize("caption", np.zeros(3))
 
 
 def _config(**kw):

@@ -29,7 +29,7 @@ from m4.data import scenes
 from m4.data import sources
 from m4.data import token_shards
 from m4.tokenizers import vq_tokenizer
-from m4.tools import pretokenize
+from m4.trainers import pretokenize
 from m4.trainers import pretrain
 from m4.workdir import ConfigError, DataError
 from tests import pretrain_setup as S

@@ -13,7 +13,7 @@ Pretraining (configs/pretrain/scenes_tiny.py) reads the shards.
 import os
 import runpy
 
-from m4.tools import pretokenize
+from m4.trainers import pretokenize
 
 _DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                      "data", "scenes64.py")

@@ -35,7 +35,7 @@ Per sample, as 4M's `UnifiedMasking` does:
   4. images: one random permutation of the grid gives the inputs, then the
      targets (disjoint); `decoder_attention_mask` holds the number of targets
      at the first target position; pixels: a random set of input patches,
-     the tensor is the image scaled by `m4.data.transforms.pixels`;
+     the tensor is the image scaled by `m4.data.value_scales.pixels`;
   5. sequences: T5 span masking. Each token is kept with probability p
      (uniform in [0, 1) for keep="random", 1 for "all", 0 or 1 for "binary");
      each run of dropped tokens becomes one sentinel [S_k] in the input
@@ -77,7 +77,7 @@ import ml_collections
 import numpy as np
 
 from m4 import modalities as modalities_lib
-from m4.data import transforms
+from m4 import value_scales
 from m4.tokenizers import text as text_lib
 
 KEEP_SCHEMES = ("random", "all", "binary")
@@ -380,7 +380,7 @@ class Masking(grain.transforms.RandomMap):
     if image.ndim != 3 or image.shape[0] % h or image.shape[1] % w:
       raise ValueError(f"masking: sample[{m.name!r}] must be an (H, W, C) image of whole"
                        f" {m.grid} patches; got {image.dtype} {image.shape}.")
-    entry["tensor"] = transforms.pixels(image)
+    entry["tensor"] = value_scales.pixels(image)
     entry["input_mask"][rng.permutation(m.num_tokens)[:budget_in]] = True
     return entry
 

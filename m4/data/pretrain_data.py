@@ -8,7 +8,7 @@
 
 `config.tokens.source` picks where tokens come from:
 
-  * "shards": the token shards in `config.tokens.dir` (`m4.tools.pretokenize`);
+  * "shards": the token shards in `config.tokens.dir` (`m4.trainers.pretokenize`);
     training picks one of each sample's views per epoch, evaluation view 0.
     The shards' tokenizers must be the ones `config.tokenizers` names (same
     fingerprint), else a ConfigError names both.
@@ -35,7 +35,7 @@ from m4 import tokenizers
 from m4.data import masking as masking_lib
 from m4.data import pipeline
 from m4.data import token_shards
-from m4.data import transforms
+from m4 import value_scales
 from m4.workdir import ConfigError, DataError, require
 
 SOURCES = ("shards", "on_the_fly")
@@ -196,7 +196,7 @@ def cross_modal_batch(tokens: Mapping[str, np.ndarray], inputs: Sequence[str], t
     pixels = m.kind == modalities_lib.PIXELS
     require(m.is_image or (pixels and name in inputs), "eval.cross_modal.inputs",
             f"{name!r} is not an image or pixel modality.")
-    grid = (transforms.pixels(tokens[name]) if pixels
+    grid = (value_scales.pixels(tokens[name]) if pixels
             else np.asarray(tokens[name], np.int32).reshape(b, m.num_tokens))
     is_in, is_tgt = name in inputs, name == target
     dam = np.zeros((b, m.num_tokens), np.int32)

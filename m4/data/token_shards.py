@@ -4,7 +4,7 @@
     record = source[0]     # {"id", "crop", "rgb": (V, 8, 8), "caption": (V, 48), ...}
     pick = token_shards.SelectView(source.spec, training=True)   # a grain RandomMap
 
-`m4.tools.pretokenize` writes them; pretraining reads them. On disk:
+`m4.trainers.pretokenize` writes them; pretraining reads them. On disk:
 
     DIR/spec.json        what the shards hold (written first, compared on resume):
                          format, modalities (registry entries), tokenizers
@@ -165,7 +165,7 @@ def read_spec(directory: str) -> dict:
   path = os.path.join(directory, SPEC_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: {directory} holds no token shards (make them"
-                            " with python -m m4.tools.pretokenize or the pretokenize trainer).")
+                            " with python -m m4.tools.pretokenize or the pretokenize job).")
   spec = workdir.read_json(path)
   if spec.get("format") != FORMAT:
     raise ValueError(f"{path}: format {spec.get('format')!r} is not {FORMAT!r}.")

@@ -23,7 +23,7 @@ from flax import nnx
 from m4 import sharding
 from m4.data import pipeline
 from m4.data import sources
-from m4.data import transforms
+from m4 import value_scales
 from m4.models import transfer
 
 
@@ -115,7 +115,7 @@ class DatasetEvaluator:
     keep = {"target": targets[valid], "prediction": preds[valid],
             "id": np.asarray(batch["id"])[valid]}
     for key in self.task.raw_keys():
-      if key in transforms.IMAGE_KEYS and key != self.task.target:
+      if key in value_scales.IMAGE_KEYS and key != self.task.target:
         keep[f"input_{key}"] = np.asarray(batch[key])[valid]
     return keep
 

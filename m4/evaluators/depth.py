@@ -6,14 +6,14 @@ the images that have any (the usual NYUv2 protocol, e.g. Eigen et al.):
   abs_rel  mean |pred - gt| / gt (lower is better)
   rmse     sqrt(mean (pred - gt)^2), metres (lower is better)
 Predictions are the head's log-depth in metres, clipped to the range of
-m4.data.transforms (DEPTH_MIN_M .. DEPTH_MAX_M).
+m4.value_scales (DEPTH_MIN_M .. DEPTH_MAX_M).
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
-from m4.data import transforms
+from m4 import value_scales
 from m4.evaluators import base
 
 
@@ -27,7 +27,7 @@ class Evaluator(base.DatasetEvaluator):
   def batch_sums(preds, targets, valid, num_classes):
     del num_classes
     gt = targets.astype(jnp.float32)
-    mask = transforms.depth_valid(gt) & valid[:, None, None]
+    mask = value_scales.depth_valid(gt) & valid[:, None, None]
     n = jnp.sum(mask, axis=(1, 2)).astype(jnp.float32)
     has = n > 0
     safe_gt = jnp.where(mask, gt, 1.0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from m4.data import transforms
+from m4 import value_scales
 from m4.evaluators import base
 
 
@@ -23,7 +23,7 @@ class Evaluator(base.DatasetEvaluator):
 
   @staticmethod
   def batch_sums(preds, targets, valid, num_classes):
-    labelled = (targets != transforms.SEMSEG_IGNORE) & valid[:, None, None]
+    labelled = (targets != value_scales.SEMSEG_IGNORE) & valid[:, None, None]
     labelled &= (targets >= 0) & (targets < num_classes)
     index = jnp.where(labelled, targets * num_classes + preds, 0).reshape(-1)
     conf = jnp.zeros((num_classes * num_classes,), jnp.int32).at[index].add(

@@ -32,7 +32,7 @@ from flax import nnx
 
 from m4 import modalities
 from m4 import optim
-from m4.data import transforms
+from m4 import value_scales
 from m4.models import configs
 from m4.models import transfer_heads as heads
 from m4.models.fourm import FourM
@@ -40,7 +40,7 @@ from m4.workdir import ConfigError, require
 
 CLASSIFICATION, SEGMENTATION, DEPTH = "classification", "segmentation", "depth"
 TASK_KINDS = (CLASSIFICATION, SEGMENTATION, DEPTH)
-PIXEL_NORMALIZATIONS = transforms.PIXEL_NORMALIZATIONS
+PIXEL_NORMALIZATIONS = value_scales.PIXEL_NORMALIZATIONS
 # Dense tasks' heads: a per-token readout laid out as pixels, or a light
 # convolutional upsampling decoder (m4.models.transfer_heads).
 DENSE_HEADS = ("patch", "upsample")
@@ -265,7 +265,7 @@ class EncoderInputs:
   (`modality.data_key`) by `tokenizers[name]` (anything with
   `encode(images) -> (B, h, w)` ids, e.g. m4.tokenizers.VQTokenizer);
   PIXELS modalities get the normalised image ("symmetric": [0, 1] -> [-1, 1],
-  m4.data.transforms.normalize; "imagenet": (x - mean) / std per channel, as
+  m4.data.value_scales.normalize; "imagenet": (x - mean) / std per channel, as
   4M's rgb@224). Every token is an input; nothing is a target. `inputs`
   are Modality specs (a model config's) or names in the modality registry.
   """
@@ -292,7 +292,7 @@ class EncoderInputs:
       x = batch[mod.data_key]
       b = np.shape(x)[0]
       if mod.kind == modalities.PIXELS:
-        tensor = transforms.pixels(x, self.pixel_normalization)
+        tensor = value_scales.pixels(x, self.pixel_normalization)
       else:
         tokens = np.asarray(self.tokenizers[n].encode(x))
         if tokens.shape[1:] != tuple(mod.grid):

@@ -22,7 +22,7 @@ Losses (means over the labelled elements, float32):
   classification  softmax cross-entropy, optional label smoothing;
   segmentation    per-pixel cross-entropy, class 255 (unlabelled) ignored;
   depth           L1 between the prediction and the normalised log-depth of
-                  m4.data.transforms.normalize, over valid pixels (depth > 0).
+                  m4.data.value_scales.normalize, over valid pixels (depth > 0).
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from m4.data import transforms
+from m4 import value_scales
 
 Array = jax.Array
-IGNORE = transforms.SEMSEG_IGNORE
+IGNORE = value_scales.SEMSEG_IGNORE
 
 
 NORMS = ("batch", "layer")
@@ -163,8 +163,8 @@ def depth_loss(pred: Array, depth_m: Array) -> Array:
   """Mean |pred - normalised log-depth| over valid pixels; pred (B, H, W[, 1])."""
   if pred.ndim == depth_m.ndim + 1:
     pred = pred[..., 0]
-  valid = transforms.depth_valid(depth_m)
-  err = jnp.abs(pred.astype(jnp.float32) - transforms.normalize("depth", depth_m))
+  valid = value_scales.depth_valid(depth_m)
+  err = jnp.abs(pred.astype(jnp.float32) - value_scales.normalize("depth", depth_m))
   return jnp.sum(jnp.where(valid, err, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
 
 
@@ -172,4 +172,4 @@ def depth_metres(pred: Array) -> Array:
   """Head output (normalised log-depth) -> metres, always a valid depth."""
   if pred.ndim == 4:
     pred = pred[..., 0]
-  return transforms.denormalize("depth", jnp.maximum(pred, transforms.DEPTH_INVALID_BELOW))
+  return value_scales.denormalize("depth", jnp.maximum(pred, value_scales.DEPTH_INVALID_BELOW))

@@ -7,7 +7,7 @@
     depth = io.postprocess(model_output)   # back to raw units
 
 Raw units follow m4's data contract; value scales come from
-`m4.data.transforms.normalize/denormalize`:
+`m4.value_scales.normalize/denormalize`:
 
   rgb     (B, H, W, 3) uint8, or float in [0, 1]. Input and output in
           [-1, 1]; loss: mean squared + mean absolute error (weights
@@ -35,9 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from m4 import modalities
-from m4.data import transforms
+from m4 import value_scales
 
-SEMSEG_IGNORE = transforms.SEMSEG_IGNORE
+SEMSEG_IGNORE = value_scales.SEMSEG_IGNORE
 RGB_TOLERANCE = 1e-3  # Float rgb may exceed [0, 1] by this much (rounding).
 
 
@@ -131,7 +131,7 @@ class RgbIO(ModalityIO):
     return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
 
   def prepare(self, x):
-    return transforms.normalize("rgb", self._unit(x))
+    return value_scales.normalize("rgb", self._unit(x))
 
   def loss(self, output, x):
     err = output - self.prepare(x)
@@ -142,7 +142,7 @@ class RgbIO(ModalityIO):
     return w["mse"] * mse + w["l1"] * l1, {"mse": mse, "l1": l1, "psnr": psnr}
 
   def postprocess(self, output):
-    return transforms.denormalize("rgb", output)
+    return value_scales.denormalize("rgb", output)
 
   def metric_sums(self, output, x, valid):
     se = jnp.mean(jnp.square(self.postprocess(output) - self._unit(x)), axis=(1, 2, 3))
@@ -178,8 +178,8 @@ class DepthIO(ModalityIO):
   @staticmethod
   def _target(x):
     x = jnp.asarray(x, jnp.float32)
-    valid = transforms.depth_valid(x)
-    return jnp.where(valid, transforms.normalize("depth", x), 0.0), valid
+    valid = value_scales.depth_valid(x)
+    return jnp.where(valid, value_scales.normalize("depth", x), 0.0), valid
 
   def prepare(self, x):
     z, valid = self._target(x)
@@ -193,13 +193,13 @@ class DepthIO(ModalityIO):
     depth_loss = jnp.sum(robust * v) / jnp.maximum(jnp.sum(v), 1.0)
     bce = jnp.mean(jax.nn.softplus(output[..., 1]) - v * output[..., 1])
     w = self.loss_weights
-    delta1 = jnp.sum((jnp.abs(err) < math.log(1.25) / transforms.LOG_DEPTH_STD) * v) / jnp.maximum(
+    delta1 = jnp.sum((jnp.abs(err) < math.log(1.25) / value_scales.LOG_DEPTH_STD) * v) / jnp.maximum(
         jnp.sum(v), 1.0)
     return w["depth"] * depth_loss + w["valid"] * bce, {
         "depth_l1": depth_loss, "valid_bce": bce, "delta1_log": delta1}
 
   def postprocess(self, output):
-    depth = transforms.denormalize("depth", output[..., 0])
+    depth = value_scales.denormalize("depth", output[..., 0])
     return jnp.where(output[..., 1] > 0, depth, 0.0)
 
   def metric_sums(self, output, x, valid):
@@ -207,8 +207,8 @@ class DepthIO(ModalityIO):
     the range the tokenizer represents ([DEPTH_MIN_M, DEPTH_MAX_M])."""
     gt = jnp.asarray(x, jnp.float32)
     image = jnp.broadcast_to(jnp.asarray(valid, jnp.float32)[:, None, None], gt.shape)
-    valid = transforms.depth_valid(gt) & (image > 0)
-    gt_clipped = jnp.clip(jnp.where(valid, gt, 1.0), transforms.DEPTH_MIN_M, transforms.DEPTH_MAX_M)
+    valid = value_scales.depth_valid(gt) & (image > 0)
+    gt_clipped = jnp.clip(jnp.where(valid, gt, 1.0), value_scales.DEPTH_MIN_M, value_scales.DEPTH_MAX_M)
     pred = self.postprocess(output)
     v = valid.astype(jnp.float32)
     ratio = jnp.maximum(pred / gt_clipped, gt_clipped / jnp.maximum(pred, 1e-6))
@@ -216,7 +216,7 @@ class DepthIO(ModalityIO):
     return {"valid_pixels": jnp.sum(v),
             "abs_rel": jnp.sum(jnp.abs(pred - gt_clipped) / gt_clipped * v),
             "delta1": jnp.sum((ratio < 1.25) * v),
-            "validity_correct": jnp.sum((pred_valid == transforms.depth_valid(gt)) * image),
+            "validity_correct": jnp.sum((pred_valid == value_scales.depth_valid(gt)) * image),
             "pixels": jnp.sum(image)}
 
   def metrics_from_sums(self, sums):

@@ -55,7 +55,7 @@ from m4 import tokenizers as tokenizers_lib
 from m4 import workdir as workdir_lib
 from m4.data import pipeline
 from m4.data import sources
-from m4.data import transforms
+from m4 import value_scales
 from m4.generation import quality
 from m4.models import pretrained
 from m4.tokenizers import text as text_lib
@@ -156,7 +156,7 @@ def run(config, workdir: str) -> dict:
       if mod.is_sequence:
         state[name] = generation.text_entry(name, [str(t) for t in raw], text[name])
       elif mod.kind == modalities.PIXELS:
-        state[name] = generation.pixel_entry(name, transforms.pixels(raw))
+        state[name] = generation.pixel_entry(name, value_scales.pixels(raw))
       else:
         state[name] = generation.image_entry(name, vq[name].encode(np.asarray(raw)))
     batch_key = jax.random.fold_in(key, index)

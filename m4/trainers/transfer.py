@@ -83,7 +83,7 @@ from m4 import workdir as workdir_lib
 from m4.data import pipeline
 from m4.data import sources
 from m4.data import subsets
-from m4.data import transforms
+from m4 import value_scales
 from m4.evaluators import report
 from m4.models import configs
 from m4.models import convnet
@@ -321,7 +321,7 @@ def _check_targets(task: transfer.TaskSpec, targets: np.ndarray) -> None:
   t = np.asarray(targets)
   bad = (t < 0) | (t >= task.num_classes)
   if task.kind == transfer.SEGMENTATION:
-    bad &= t != transforms.SEMSEG_IGNORE
+    bad &= t != value_scales.SEMSEG_IGNORE
   if bad.any():
     raise ConfigError(f"config.tasks.{task.name}.num_classes: labels of {task.target!r} include"
                       f" {sorted(set(t[bad].tolist()))[:5]}, outside [0, {task.num_classes}).")
