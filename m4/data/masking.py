@@ -35,7 +35,7 @@ Per sample, as 4M's `UnifiedMasking` does:
   4. images: one random permutation of the grid gives the inputs, then the
      targets (disjoint); `decoder_attention_mask` holds the number of targets
      at the first target position; pixels: a random set of input patches,
-     the tensor is the image scaled by `m4.data.value_scales.pixels`;
+     the tensor is the image scaled by `m4.value_scales.pixels`;
   5. sequences: T5 span masking. Each token is kept with probability p
      (uniform in [0, 1) for keep="random", 1 for "all", 0 or 1 for "binary");
      each run of dropped tokens becomes one sentinel [S_k] in the input

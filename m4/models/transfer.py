@@ -265,7 +265,7 @@ class EncoderInputs:
   (`modality.data_key`) by `tokenizers[name]` (anything with
   `encode(images) -> (B, h, w)` ids, e.g. m4.tokenizers.VQTokenizer);
   PIXELS modalities get the normalised image ("symmetric": [0, 1] -> [-1, 1],
-  m4.data.value_scales.normalize; "imagenet": (x - mean) / std per channel, as
+  m4.value_scales.normalize; "imagenet": (x - mean) / std per channel, as
   4M's rgb@224). Every token is an input; nothing is a target. `inputs`
   are Modality specs (a model config's) or names in the modality registry.
   """

@@ -22,7 +22,7 @@ Losses (means over the labelled elements, float32):
   classification  softmax cross-entropy, optional label smoothing;
   segmentation    per-pixel cross-entropy, class 255 (unlabelled) ignored;
   depth           L1 between the prediction and the normalised log-depth of
-                  m4.data.value_scales.normalize, over valid pixels (depth > 0).
+                  m4.value_scales.normalize, over valid pixels (depth > 0).
 """
 
 from __future__ import annotations
