@@ -380,7 +380,8 @@ def test_divergence_guard_keeps_the_last_healthy_checkpoint(config, reference, t
   before = max([ratio[s] for s in ratio if s < spike] + [1.0])
   factor = (ratio[spike] + before) / 2
   assert factor > 1
-  guarded = _with(config, divergence=dict(grad_norm_factor=factor, window=1, min_steps=1))
+  guarded = _with(config, divergence=dict(loss_factor=3.0, grad_norm_factor=factor, window=1,
+                                          min_steps=1))
   workdir = str(tmp_path / "run")
   rc, out = _main(guarded, workdir, cache)
   assert rc == 1, out[-3000:]
@@ -394,7 +395,8 @@ def test_divergence_guard_keeps_the_last_healthy_checkpoint(config, reference, t
 
 
 def test_divergence_guard_stops_at_the_first_spike():
-  guard = pretrain.DivergenceGuard(None)  # The defaults (pretrain.DIVERGENCE).
+  settings = dict(loss_factor=3.0, grad_norm_factor=20.0, window=100, min_steps=2)
+  guard = pretrain.DivergenceGuard(settings)  # configs/pretrain/scenes_tiny.py's.
   # Issue 15's run: lr 1e3, the loss reached 2.4e6 at step 3.
   guard.check(1, {"loss": 6.9, "grad_norm": 17.5})
   guard.check(2, {"loss": 6.9, "grad_norm": 21.8})
@@ -402,9 +404,11 @@ def test_divergence_guard_stops_at_the_first_spike():
     guard.check(3, {"loss": 2.4e6, "grad_norm": 3.9})
   assert e.value.args[:2] == (3, "loss")
   with pytest.raises(ConfigError, match="config.divergence.loss_factor"):
-    pretrain.DivergenceGuard({"loss_factor": 0.5})
+    pretrain.DivergenceGuard(dict(settings, loss_factor=0.5))
   with pytest.raises(ConfigError, match="config.divergence: unknown fields"):
-    pretrain.DivergenceGuard({"nope": 1})
+    pretrain.DivergenceGuard(dict(settings, nope=1))
+  with pytest.raises(ConfigError, match=r"config.divergence: missing fields \['window'\]"):
+    pretrain.DivergenceGuard({k: v for k, v in settings.items() if k != "window"})
 
 
 # ---------------------------------------------------------------------------

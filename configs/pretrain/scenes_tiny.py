@@ -71,7 +71,10 @@ def get_config(arg=None):
   c.sharding_rules = None  # m4.sharding.DEFAULT_RULES.
   c.init = ""
   c.tensorboard = True
-  c.inject_nan_at_step = -1
+  # Stop when a step's train loss / gradient norm exceeds this factor times the
+  # median of the previous `window` steps (0: no check), after `min_steps` steps.
+  c.divergence = ml_collections.ConfigDict(dict(
+      loss_factor=3.0, grad_norm_factor=20.0, window=100, min_steps=2))
   if arg == "quick":
     c.model.update(encoder_depth=3, decoder_depth=3)
     c.total_steps = 1200

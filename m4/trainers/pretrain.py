@@ -51,12 +51,10 @@ Config fields (configs/pretrain/*.py set them all):
   init: "" or the directory of a pretraining run or saved / converted model
     whose parameters start this run (`m4.checkpoints.restore_subtree`).
   tensorboard: write TensorBoard events besides metrics.jsonl.
-  divergence (optional; defaults `DIVERGENCE`): loss_factor, grad_norm_factor
-    (a step whose train loss / gradient norm exceeds this factor times the
-    median of the previous `window` steps stops the run; 0 turns the check
-    off), window, min_steps (steps of history before checking).
-  inject_nan_at_step: -1; k >= 1 makes the update of step k NaN (tests the
-    non-finite stop).
+  divergence: loss_factor, grad_norm_factor (a step whose train loss /
+    gradient norm exceeds this factor times the median of the previous
+    `window` steps stops the run; 0 turns the check off), window, min_steps
+    (steps of history before checking).
 
 Writes DIR/metrics.jsonl (train/*, val/*, cross_modal/*, baseline/*),
 DIR/checkpoints/, DIR/curves.png, DIR/predictions.png, DIR/eval/final.json.
@@ -72,9 +70,7 @@ import time
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 from flax import nnx
 
@@ -89,8 +85,7 @@ TrainState = engine.TrainState
 train_state_shardings = engine.train_state_shardings
 OPTIMIZER_FIELDS = ("lr", "warmup_steps", "final_lr_ratio", "b1", "b2", "eps",
                     "weight_decay", "clip_norm")
-# The divergence guard's defaults (config.divergence overrides them field by field).
-DIVERGENCE = dict(loss_factor=3.0, grad_norm_factor=20.0, window=100, min_steps=2)
+DIVERGENCE_FIELDS = ("loss_factor", "grad_norm_factor", "window", "min_steps")
 
 
 def make_optimizer(opt: Mapping[str, Any], total_steps: int, model):
@@ -142,22 +137,6 @@ def make_train_step(graphdef, tx, *, schedule=None, mesh=None,
 
 # ---------------------------------------------------------------------------
 # The training job.
-
-
-def _nan_updates_at(step: int) -> optax.GradientTransformation:
-  """Turns the updates of training step `step` (1-based) into NaN (a test knob)."""
-
-  def init(params):
-    del params
-    return optax.ScaleByScheduleState(count=jnp.zeros((), jnp.int32))
-
-  def update(updates, state, params=None):
-    del params
-    bad = state.count + 1 == step
-    updates = jax.tree.map(lambda u: jnp.where(bad, jnp.nan, u), updates)
-    return updates, optax.ScaleByScheduleState(count=state.count + 1)
-
-  return optax.GradientTransformation(init, update)
 
 
 def to_checkpoint(state: TrainState) -> dict:
@@ -283,14 +262,16 @@ class Diverged(FloatingPointError):
 
 class DivergenceGuard:
   """Stops at the first step whose train loss or gradient norm exceeds
-  `factor` times the median of the previous `window` steps (`DIVERGENCE`)."""
+  `factor` times the median of the previous `window` steps (`config.divergence`,
+  DIVERGENCE_FIELDS)."""
 
-  def __init__(self, settings: Mapping[str, Any] | None = None):
-    settings = dict(settings.to_dict() if hasattr(settings, "to_dict") else settings or {})
-    unknown = sorted(set(settings) - set(DIVERGENCE))
+  def __init__(self, settings: Mapping[str, Any]):
+    s = dict(settings.to_dict() if hasattr(settings, "to_dict") else settings)
+    unknown = sorted(set(s) - set(DIVERGENCE_FIELDS))
     workdir.require(not unknown, "divergence",
-                    f"unknown fields {unknown}; known {sorted(DIVERGENCE)}.")
-    s = {**DIVERGENCE, **settings}
+                    f"unknown fields {unknown}; known {list(DIVERGENCE_FIELDS)}.")
+    missing = [k for k in DIVERGENCE_FIELDS if k not in s]
+    workdir.require(not missing, "divergence", f"missing fields {missing}.")
     for k in ("loss_factor", "grad_norm_factor"):
       workdir.require(float(s[k]) == 0 or float(s[k]) > 1, f"divergence.{k}",
                       f"must be 0 (off) or > 1, got {s[k]}.")
@@ -366,13 +347,13 @@ def run(config, workdir_path: str) -> dict:
   abstract_model = nnx.eval_shape(make_model)
   graphdef = nnx.graphdef(abstract_model)
   tx, schedule = make_optimizer(config.optimizer, total, abstract_model)
-  if int(config.inject_nan_at_step) >= 1:
-    tx = optax.chain(tx, _nan_updates_at(int(config.inject_nan_at_step)))
   abstract = jax.eval_shape(lambda: init_state(make_model(), tx))
   shardings = train_state_shardings(abstract, mesh, rules)
   target = _with_shardings(abstract, shardings)
 
-  guard = DivergenceGuard(config.get("divergence"))
+  workdir.require("divergence" in config, "divergence",
+                  f"is required (fields {list(DIVERGENCE_FIELDS)}; configs/pretrain/scenes_tiny.py).")
+  guard = DivergenceGuard(config.divergence)
   ckpt = checkpoints.Checkpointer(os.path.join(workdir_path, "checkpoints"),
                                   max_to_keep=int(config.keep_checkpoints))
   with ckpt:  # Closed (orbax threads stopped) however the run ends.
