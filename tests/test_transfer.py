@@ -2,6 +2,7 @@
 
 import json
 import os
+import runpy
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,7 @@ from m4.models import pretrained
 from m4.models import transfer
 from m4.models.fourm import FourM
 from m4.trainers import transfer as trainer
+from tests.conftest import REPO
 
 # 32 px scenes read as 8 px patches: a 4x4 grid of raw-pixel tokens.
 PIXELS = "rgb_pixels@32test"
@@ -30,6 +32,11 @@ PIXELS_SPEC = dict(kind="pixels", vocab_size=0, num_tokens=16, grid=(4, 4), role
 SCENES = dict(resolution=32, min_objects=1, max_objects=3, seed=3, antialias=1, num_train=120,
               num_validation=4, num_test=32)
 
+
+
+def _tiny_transfer_config():
+  """configs/transfer/scenes.py:tiny, every field the job reads."""
+  return runpy.run_path(f"{REPO}/configs/transfer/scenes.py")["get_config"]("tiny")
 
 def _rngs(seed):
   return nnx.Rngs(jax.random.key(seed, impl="rbg"))  # Compiles fast on CPU.
@@ -176,7 +183,7 @@ def test_token_inputs_and_the_grid_a_dense_head_reads(tmp_path):
   rng = np.random.default_rng(0)
   batch = {"rgb": rng.random((2, 32, 32, 3), dtype=np.float32),
            "depth": rng.uniform(0.5, 20, (2, 32, 32)).astype(np.float32)}
-  c = trainer.default_config()
+  c = _tiny_transfer_config()
   toks = {}
   for i, name in enumerate(specs):
     spec = vq_tokenizer.TokenizerSpec(
@@ -285,8 +292,9 @@ def test_bad_task_configs_name_the_field():
   with pytest.raises(workdir.ConfigError, match=r"tasks.t: unknown fields \['clases'\]"):
     transfer.TaskSpec.from_config("t", dict(kind="depth", inputs=(PIXELS,), target="depth",
                                             clases=3))
-  c = trainer.default_config()
-  c.tasks.t = dict(kind="depth", inputs=(PIXELS,), target="depth")
+  c = _tiny_transfer_config()
+  c.tasks = {"t": dict(kind="depth", inputs=(PIXELS,), target="depth")}
+  c.init = ""
   with pytest.raises(workdir.ConfigError, match=r"config.init: the 'pretrained' init needs"):
     trainer.check_config(c)
   c.inits = ("scratch",)
@@ -307,8 +315,7 @@ def scenes_dir(tmp_path_factory):
 
 
 def _scenes_config(data_dir, init_dir):
-  import importlib  # pylint: disable=g-import-not-at-top
-  c = importlib.import_module("configs.transfer.scenes").get_config("tiny")
+  c = _tiny_transfer_config()
   c.init = init_dir
   c.modalities[PIXELS] = PIXELS_SPEC
   c.data.dir = data_dir

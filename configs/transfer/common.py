@@ -1,14 +1,15 @@
 """What configs/transfer/{ade20k,nyu_depth,imagenet}.py share: a TFDS benchmark
 read as a converted 4M's raw RGB pixels at 224 px, and the `:mock` shrink.
 
-Not a config itself: the configs beside it call `tfds_base(...)`, set their
-task, data and schedules, and `shrink_for_mock(c)` for `:mock`. Every field is
-documented in m4/trainers/transfer.py.
+Not a config itself: the configs beside it call `tfds_base(...)`, which
+writes every field the transfer job reads, set their task, data and
+schedules, and `shrink_for_mock(c)` for `:mock`. The fields are documented in
+m4/trainers/transfer.py and configs/transfer/scenes.py.
 """
 
 import ml_collections
 
-from m4.trainers import transfer
+from m4.data import pipeline
 
 # The raw-pixel input of a converted 4M (m4.tools.convert_4m names it so).
 PIXELS = "rgb_pixels@224"
@@ -20,16 +21,44 @@ def tfds_base(file: str, arg, title: str) -> ml_collections.ConfigDict:
   """Pretrained and scratch, fine-tuned and probed, on TFDS data at 224 px with flips."""
   if arg not in (None, "", "mock"):
     raise ValueError(f"configs/transfer/{file}: unknown variant {arg!r}; use '' or mock.")
-  c = transfer.default_config()
+  c = ml_collections.ConfigDict()
+  c.trainer = "transfer"
   c.title = title
-  c.modalities[PIXELS] = PIXELS_SPEC
+  c.seeds = (0,)
+  c.init = ""  # The converted 4M's directory (m4.tools.convert_4m).
+  c.init_key = "model"
+  c.init_step = -1
+  c.model = ml_collections.ConfigDict()
+  c.modalities = ml_collections.ConfigDict({PIXELS: PIXELS_SPEC})
   c.inits = ("pretrained", "scratch")
   c.protocols = ("finetune", "probe")
+  c.label_fractions = (1.0,)
+  c.tasks = ml_collections.ConfigDict()
+  c.tokenizers = ml_collections.ConfigDict()
   c.pixel_normalization = "imagenet"  # As 4M's rgb@224 input.
-  c.data.update(dict(kind="tfds", dir="", train_split="train", image_size=(224, 224), flip=True,
-                     modalities=()))
+  c.data = pipeline.data_config(kind="tfds", dir="", train_split="train", eval_split="test",
+                                image_size=(224, 224), flip=True, modalities=())
+  c.probe = _protocol(learning_rate=1e-3)
+  c.finetune = _protocol(learning_rate=1e-4, weight_decay=0.05, layer_decay=0.75)
+  c.baselines = ()
+  c.baseline_fractions = ()
+  c.supervised = _protocol(learning_rate=2e-3, weight_decay=1e-4, width=16)
+  c.sweep = ml_collections.ConfigDict(dict(split="validation", learning_rates=dict(
+      probe=(), finetune=(), supervised=())))
+  c.eval = ml_collections.ConfigDict(dict(num_samples=0, num_examples=8))
   c.log_every = 100
+  c.checkpoint_every = 0
+  c.mesh = ml_collections.ConfigDict({"data": -1})
+  c.sharding_rules = None
+  c.prng_impl = "rbg"
   return c
+
+
+def _protocol(**fields) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({**dict(
+      num_steps=1000, num_epochs=0.0, learning_rate=1e-3, min_learning_rate=0.0,
+      warmup_steps=50, warmup_epochs=0.0, weight_decay=0.0, layer_decay=1.0, grad_clip=1.0,
+      head_hidden=0, head_norm="batch", dense_head="patch", b1=0.9, b2=0.999), **fields})
 
 
 def shrink_for_mock(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

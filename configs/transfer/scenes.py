@@ -28,7 +28,27 @@ short runs, about three minutes on 2 CPU cores), `:tiny` (tests: a few steps).
 Results: experiments/transfer_scenes/.
 """
 
-from m4.trainers import transfer
+import ml_collections
+
+from m4.data import pipeline
+
+
+def _protocol(**fields) -> ml_collections.ConfigDict:
+  """One protocol's settings: every field the transfer job reads for it."""
+  return ml_collections.ConfigDict({**dict(
+      num_steps=400,  # Optimizer steps; 0: use num_epochs.
+      num_epochs=0.0,  # Epochs over the labelled subset (when num_steps is 0).
+      learning_rate=1e-3,
+      min_learning_rate=0.0,  # Linear warmup from 0, then cosine to this.
+      warmup_steps=20,  # 0: use warmup_epochs.
+      warmup_epochs=0.0,
+      weight_decay=0.0,  # AdamW, on linear matrices only.
+      layer_decay=1.0,  # Fine-tuning: block i's lr x decay ** (depth - i); 1: none.
+      grad_clip=1.0,  # Global-norm clipping; 0: none.
+      head_hidden=0,  # 0: a linear readout; > 0: an MLP with this hidden width.
+      head_norm="batch",  # Before the readout: "batch" (MAE's probe) or "layer".
+      dense_head="patch",  # Dense tasks: "patch" (per-token readout) or "upsample".
+      b1=0.9, b2=0.999), **fields})
 
 
 def get_config(arg=None):
@@ -36,10 +56,15 @@ def get_config(arg=None):
   if variant not in ("full", "core", "quick", "tiny"):
     raise ValueError(f"configs/transfer/scenes.py: unknown variant {arg!r};"
                      " use '', core, quick or tiny.")
-  c = transfer.default_config()
+  c = ml_collections.ConfigDict()
+  c.trainer = "transfer"
   c.title = "Transfer on scenes (64 px)"
   c.seeds = (0, 1, 2)
   c.init = "workdirs/pretrain/scenes_tiny"  # A pretraining run (or saved model) directory.
+  c.init_key = "model"  # Where the checkpoint keeps the model's parameters.
+  c.init_step = -1  # The checkpoint step (-1: the latest).
+  c.model = ml_collections.ConfigDict()  # Overrides keeping the parameters (dtype, remat).
+  c.modalities = ml_collections.ConfigDict()  # Registry entries the tasks add (none here).
   c.inits = ("pretrained", "scratch")
   c.protocols = ("probe", "finetune")
   c.label_fractions = (0.1,)
@@ -47,6 +72,7 @@ def get_config(arg=None):
   c.baseline_fractions = (0.1, 1.0)
 
   rgb = ("rgb_pixels",)
+  c.tasks = ml_collections.ConfigDict()
   c.tasks.count = dict(kind="classification", inputs=rgb, target="labels/count",
                        num_classes=6, label_smoothing=0.0)
   c.tasks.largest_shape = dict(kind="classification", inputs=rgb, target="labels/largest_shape",
@@ -56,30 +82,38 @@ def get_config(arg=None):
   c.tasks.semseg_rgbd = dict(kind="segmentation", inputs=("rgb_pixels", "depth"),
                              target="semseg", num_classes=6)
   # The VQ tokenizer of each token input (a name on m4.tokenizers' search path or a dir).
-  c.tokenizers.depth = "vq_depth"
+  c.tokenizers = ml_collections.ConfigDict(dict(depth="vq_depth"))
   c.pixel_normalization = "symmetric"  # For pixel inputs: [0, 1] -> [-1, 1].
 
   # The scenes dataset of configs/data/scenes64.py; None fields accept what is stored.
-  c.data.update(dict(
+  c.data = pipeline.data_config(
       kind="scenes", dir="workdirs/data/scenes64", image_size=(64, 64),
       crop_scale=(1.0, 1.0), flip=True,  # Crops could cut objects out of count labels.
-      batch_size=32, eval_split="test", num_workers=0))
+      batch_size=32, eval_split="test", num_workers=0)
   for field in ("resolution", "min_objects", "max_objects", "seed", "antialias", "num_train",
                 "num_validation", "num_test"):
     c.data[field] = None
 
   # Without a sweep (`quick`): the rates the quick-scale sweep chose on validation for
   # most arms (experiments/transfer_scenes/); the conv net's is not swept there.
-  c.probe.update(dict(num_steps=400, learning_rate=1e-2, warmup_steps=20))
-  c.finetune.update(dict(num_steps=400, learning_rate=3e-3, warmup_steps=20, weight_decay=0.05,
-                         layer_decay=0.75, head_hidden=128, dense_head="upsample"))
-  c.supervised.update(dict(num_steps=400, learning_rate=3e-3, warmup_steps=20, width=16))
-  c.sweep.split = "validation"
-  c.sweep.learning_rates = dict(probe=(3e-3, 1e-2, 3e-2), finetune=(1e-3, 3e-3, 1e-2),
-                                supervised=(1e-3, 3e-3, 1e-2))
-  c.eval.num_examples = 8
+  c.probe = _protocol(learning_rate=1e-2)
+  c.finetune = _protocol(learning_rate=3e-3, weight_decay=0.05, layer_decay=0.75, head_hidden=128,
+                         dense_head="upsample")
+  c.supervised = _protocol(learning_rate=3e-3, weight_decay=1e-4,
+                           width=16)  # width: the conv net's first (then 2x, 4x, 4x).
+  # Learning rates each arm tries on its first seed, scored on `split`; every
+  # seed then runs with the best (empty: no sweep, the rates above).
+  c.sweep = ml_collections.ConfigDict(dict(split="validation", learning_rates=dict(
+      probe=(3e-3, 1e-2, 3e-2), finetune=(1e-3, 3e-3, 1e-2), supervised=(1e-3, 3e-3, 1e-2))))
+  # num_samples: evaluated samples (0: the whole split); num_examples: in pictures.
+  c.eval = ml_collections.ConfigDict(dict(num_samples=0, num_examples=8))
   c.log_every = 50
   c.checkpoint_every = 500
+  c.mesh = ml_collections.ConfigDict({"data": -1})
+  c.sharding_rules = None  # m4.sharding.DEFAULT_RULES.
+  # PRNG of the models' initialisation: "rbg" compiles far faster on CPU than
+  # "threefry2x32" (seconds, not half a minute, for a small model's first build).
+  c.prng_impl = "rbg"
 
   if variant == "core":  # One task of each kind: classification, segmentation, depth.
     for name in ("largest_shape", "semseg_rgbd"):

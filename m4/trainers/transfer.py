@@ -98,62 +98,14 @@ BASELINES = ("convnet",)
 SUPERVISED = "supervised"  # The protocol name of a baseline's runs.
 
 
-def protocol_config(**overrides) -> ml_collections.ConfigDict:
-  """The settings of one protocol (`config.probe` / `config.finetune`)."""
-  c = ml_collections.ConfigDict(dict(
-      num_steps=1000,  # Optimizer steps; 0: use num_epochs.
-      num_epochs=0.0,  # Epochs over the labelled subset (when num_steps is 0).
-      learning_rate=1e-3, min_learning_rate=0.0,  # Linear warmup from 0, then cosine.
-      warmup_steps=50,  # 0: use warmup_epochs.
-      warmup_epochs=0.0,  # Warmup in epochs over the labelled subset (when warmup_steps is 0).
-      weight_decay=0.0,  # AdamW, on linear matrices only (transfer.decay_rules).
-      layer_decay=1.0,  # Finetune: lr of block i scaled by decay ** (depth - i); 1: none.
-      grad_clip=1.0,  # Global-norm clipping; 0: none.
-      head_hidden=0,  # 0: linear readout; > 0: MLP with this hidden width.
-      head_norm="batch",  # Before the readout: "batch" (MAE's probe) or "layer".
-      dense_head="patch",  # Dense tasks: "patch" (per-token readout) or "upsample" (conv decoder).
-      b1=0.9, b2=0.999))
-  c.update(overrides)
-  return c
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """Every field the transfer job reads (see the module doc); configs override them."""
-  c = ml_collections.ConfigDict()
-  c.trainer = "transfer"
-  c.title = "Transfer"
-  c.seeds = (0,)
-  c.init = ""
-  c.init_key = "model"
-  c.init_step = -1
-  c.model = ml_collections.ConfigDict()
-  c.modalities = ml_collections.ConfigDict()  # Registry entries the tasks need (name -> fields).
-  c.inits = INITS
-  c.protocols = PROTOCOLS
-  c.label_fractions = (1.0,)
-  c.tasks = ml_collections.ConfigDict()
-  c.tokenizers = ml_collections.ConfigDict()
-  c.pixel_normalization = "symmetric"
-  c.data = pipeline.data_config(eval_split="test")
-  c.probe = protocol_config()
-  c.finetune = protocol_config(learning_rate=1e-4, weight_decay=0.05, layer_decay=0.75)
-  c.baselines = ()  # ("convnet",): m4.models.convnet on the tasks whose inputs are pixels.
-  c.baseline_fractions = ()  # The baselines' label fractions (empty: label_fractions).
-  c.supervised = protocol_config(learning_rate=2e-3, weight_decay=1e-4)
-  c.supervised.width = 16  # The conv net's first width (then 2x, 4x, 4x).
-  # Learning rates tried per protocol on the first seed, scored on `split`;
-  # each arm then runs every seed with its best (empty: no sweep).
-  c.sweep = ml_collections.ConfigDict(dict(split="validation", learning_rates=dict(
-      probe=(), finetune=(), supervised=())))
-  c.eval = ml_collections.ConfigDict(dict(num_samples=0, num_examples=8))
-  c.log_every = 50
-  c.checkpoint_every = 0
-  c.mesh = ml_collections.ConfigDict({"data": -1})
-  c.sharding_rules = None
-  # PRNG of the models' initialisation: "rbg" compiles far faster on CPU than
-  # "threefry2x32" (seconds, not half a minute, for a small model's first build).
-  c.prng_impl = "rbg"
-  return c
+# Every field the job reads; a config lacking one is refused, naming it.
+FIELDS = ("title", "seeds", "init", "init_key", "init_step", "model", "modalities", "inits",
+          "protocols", "label_fractions", "tasks", "tokenizers", "pixel_normalization", "data",
+          "probe", "finetune", "baselines", "baseline_fractions", "supervised", "sweep", "eval",
+          "log_every", "checkpoint_every", "mesh", "sharding_rules", "prng_impl")
+PROTOCOL_FIELDS = ("num_steps", "num_epochs", "learning_rate", "min_learning_rate",
+                   "warmup_steps", "warmup_epochs", "weight_decay", "layer_decay", "grad_clip",
+                   "head_hidden", "head_norm", "dense_head", "b1", "b2")
 
 
 # ------------------------------------------------------------------ optimizer
@@ -221,28 +173,32 @@ def run_name(task: str, init: str, protocol: str, fraction: float, seed: int) ->
 
 def check_config(config) -> None:
   """Early, named errors for the fields every run needs."""
-  for field in ("seeds", "inits", "protocols", "label_fractions", "tasks", "data", "probe",
-                "finetune", "eval"):
+  for field in FIELDS:
     require(field in config, field, "is required (see configs/transfer/scenes.py).")
+  for protocol in PROTOCOLS + (SUPERVISED,):
+    for field in PROTOCOL_FIELDS:
+      require(field in config[protocol], f"{protocol}.{field}",
+              "is required (see configs/transfer/scenes.py).")
+  require("width" in config.supervised, "supervised.width", "is required (the conv net's).")
   require(len(config.seeds) > 0, "seeds", "needs at least one seed.")
   for init in config.inits:
     require(init in INITS, "inits", f"{init!r} is not one of {INITS}.")
   for protocol in config.protocols:
     require(protocol in PROTOCOLS, "protocols", f"{protocol!r} is not one of {PROTOCOLS}.")
-  for baseline in config.get("baselines", ()):
+  for baseline in config.baselines:
     require(baseline in BASELINES, "baselines", f"{baseline!r} is not one of {BASELINES}.")
   for field in ("label_fractions", "baseline_fractions"):
-    for f in config.get(field, ()):
+    for f in config[field]:
       require(0 < float(f) <= 1, field, f"{f} is not in (0, 1].")
   require(len(config.tasks) > 0, "tasks", "no task to run.")
   if "pretrained" in config.inits:
-    require(bool(config.get("init")), "init",
+    require(bool(config.init), "init",
             "the 'pretrained' init needs the directory of a pretraining run or saved model"
             " (--config.init=DIR), or drop it from config.inits.")
     require(os.path.isdir(config.init), "init", f"{config.init!r} is not a directory.")
   require(config.log_every > 0, "log_every", "must be positive.")
   require(config.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0: none).")
-  for protocol in tuple(config.protocols) + ((SUPERVISED,) if config.get("baselines") else ()):
+  for protocol in tuple(config.protocols) + ((SUPERVISED,) if config.baselines else ()):
     s = config[protocol]
     require(s.num_steps > 0 or s.num_epochs > 0, f"{protocol}.num_steps",
             "set num_steps or num_epochs.")
@@ -270,15 +226,15 @@ class _Context:
     self.workdir = os.path.abspath(workdir)
     self.eval_dir = os.path.join(self.workdir, "eval")
     try:
-      modalities.register_from_config(config.get("modalities"))
+      modalities.register_from_config(config.modalities)
     except ValueError as e:
       raise ConfigError(f"config.modalities: {e}") from None
-    self.mesh = sharding.make_mesh(config.get("mesh"))
-    self.rules = sharding.rules_from_config(config.get("sharding_rules"))
+    self.mesh = sharding.make_mesh(config.mesh)
+    self.rules = sharding.rules_from_config(config.sharding_rules)
     shards = sharding.num_batch_shards(self.mesh, self.rules)
     require(config.data.batch_size % shards == 0, "data.batch_size",
             f"{config.data.batch_size} does not split over the {shards} batch shards of the mesh.")
-    if config.get("init"):
+    if config.init:
       try:
         self.base = pretrained.read_config(config.init)
         # The tasks may name the model's modalities (e.g. a converted model's).
@@ -289,7 +245,7 @@ class _Context:
       require(bool(config.model.get("encoder_modalities")), "model.encoder_modalities",
               "without config.init the model's architecture comes from config.model.")
       self.base = configs.from_config(config.model)
-    self.overrides = dict(config.model) if config.get("init") else {}
+    self.overrides = dict(config.model) if config.init else {}
     self._tokenizers = {}
 
   def tokenizer(self, name: str):
@@ -521,7 +477,7 @@ def train_and_evaluate(ctx: _Context, run: Run, label: str = "") -> dict:
       **figures, "seconds": round(time.time() - t0, 1), "metrics": metrics,
       "headline": list(evaluator.headline),
       "higher_is_better": dict(evaluator.higher_is_better),
-      "eval_split": run.split, "init_dir": config.get("init") or "",
+      "eval_split": run.split, "init_dir": config.init or "",
       "run_dir": run_dir, "settings": run_config,
   }
   if jax.process_index() == 0:
@@ -541,8 +497,8 @@ def _arms(config, task: transfer.TaskSpec) -> list[tuple[float, str, str]]:
   arms = [(float(f), init, protocol) for f in config.label_fractions for init in config.inits
           for protocol in config.protocols]
   pixels = all(modalities.get(n).kind == modalities.PIXELS for n in task.inputs)
-  if "convnet" in config.get("baselines", ()) and pixels:
-    fractions = config.get("baseline_fractions") or config.label_fractions
+  if "convnet" in config.baselines and pixels:
+    fractions = config.baseline_fractions or config.label_fractions
     arms += [(float(f), "convnet", SUPERVISED) for f in fractions]
   return arms
 
@@ -600,7 +556,7 @@ def run(config, workdir: str) -> dict:
           label=label))
   if jax.process_index() != 0:
     return {"runs": len(results)}
-  paths = report.write(ctx.eval_dir, results, title=config.get("title", "Transfer"),
+  paths = report.write(ctx.eval_dir, results, title=config.title,
                        notes=report.describe(config), sweep=swept)
   summary = {"results": paths["table"], "plot": paths["plot"],
              "runs": len(results) + len(swept), "seconds": round(time.time() - t0, 1)}
