@@ -1,9 +1,11 @@
-"""The training state and step that every training job shares.
+"""The training state, step and loop that every training job shares.
 
     tx, schedule = optim.make(...)
     state = engine.init_state(params, tx, extra=...)
     step = engine.make_train_step(loss_fn, tx, schedule=schedule)
     state, metrics = step(state, batch)          # state is donated
+    out = engine.train_loop(state, step, batches, start=0, total=1000, log_every=50,
+                            logger=logger, save=save, checkpoint_every=500)
 
 A job supplies `loss_fn(params, extra, batch) -> (loss, (metrics, extra))`:
 `params` are what the optimizer trains, `extra` the state the step carries
@@ -13,15 +15,22 @@ anything else the step reads (not donated).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import dataclasses
+import signal
+import threading
+import time
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from flax import struct
+from jax.experimental import multihost_utils
 
 from m4 import sharding
+from m4 import workdir
 
 
 @struct.dataclass
@@ -94,3 +103,165 @@ def train_state_shardings(state: TrainState, mesh, rules=sharding.DEFAULT_RULES)
   opt = jax.tree.map(like_params, state.opt_state, is_leaf=lambda x: isinstance(x, nnx.State))
   extra = jax.tree.map(lambda _: replicated, state.extra)
   return TrainState(step=replicated, params=params, opt_state=opt, extra=extra)
+
+
+# ---------------------------------------------------------------------------
+# The loop.
+
+
+class Preemption:
+  """Records a SIGTERM; the loop checkpoints and stops at the end of a step.
+
+  With several processes they must stop at the same step: `stop_now` is
+  asked at logging steps and is true on all processes when any of them got
+  the signal.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def stop_now(self) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+class Meter:
+  """Per-step metrics kept on device until the next flush, then checked and averaged.
+
+  `check(step, metrics)` (e.g. a divergence guard) sees every step's values.
+  A metric "x/m" with a "tokens/m" beside it is averaged over tokens; the
+  `sums` are added up over the interval, the rest averaged; "tokens/*" are
+  dropped.
+  """
+
+  def __init__(self, check: Callable[[int, Mapping[str, float]], None] | None = None,
+               sums: Sequence[str] = ()):
+    self.check = check
+    self.sums = tuple(sums)
+    self.pending = []
+    self.t0 = time.time()
+    self.paused = 0.0  # Seconds of evaluation / checkpointing since t0.
+    self.untimed = 0  # Steps since t0 that the rate leaves out (compilation).
+
+  def add(self, step: int, metrics):
+    self.pending.append((step, metrics))
+
+  def restart_clock(self):
+    """Times from now on: the steps so far (e.g. the compiling one) are not timed."""
+    jax.block_until_ready(self.pending[-1][1])
+    self.t0, self.paused, self.untimed = time.time(), 0.0, len(self.pending)
+
+  def flush(self) -> tuple[int, dict[str, float]] | None:
+    """(last step, mean metrics since the last flush, with `_steps` timed over
+    `_seconds`); raises FloatingPointError(step, {name: value}) at the first
+    non-finite value, or what `check` raises."""
+    if not self.pending:
+      return None
+    steps = [s for s, _ in self.pending]
+    values = jax.device_get([m for _, m in self.pending])
+    for step, m in zip(steps, values):
+      bad = {k: float(v) for k, v in m.items() if not np.all(np.isfinite(v))}
+      if bad:
+        raise FloatingPointError(step, bad)
+      if self.check is not None:
+        self.check(step, m)
+    mean = {}
+    for k in values[0]:
+      weights = "tokens/" + k.split("/", 1)[1] if "/" in k else None
+      if k.startswith("tokens/"):
+        continue
+      if weights in values[0]:  # Over the interval's tokens of that modality.
+        tokens = np.array([m[weights] for m in values])
+        if tokens.sum() > 0:
+          mean[k] = float(np.sum(np.array([m[k] for m in values]) * tokens) / tokens.sum())
+      elif k in self.sums:
+        mean[k] = float(np.sum([m[k] for m in values]))
+      else:
+        mean[k] = float(np.mean([m[k] for m in values]))
+    seconds = time.time() - self.t0 - self.paused
+    timed = len(steps) - self.untimed
+    self.pending, self.t0, self.paused, self.untimed = [], time.time(), 0.0, 0
+    return steps[-1], dict(mean, _steps=timed, _seconds=seconds)
+
+
+@dataclasses.dataclass
+class LoopResult:
+  state: Any
+  logged: dict  # The last metrics written.
+  stopped_at: int | None  # The step a SIGTERM stopped at (after saving), else None.
+  seconds: float  # Wall time of the loop.
+
+
+def train_loop(state, step_fn: Callable, batches: Callable[[int], Any], *, start: int,
+               total: int, log_every: int, logger: workdir.MetricLogger,
+               summarize: Callable[[int, dict], dict] | None = None,
+               save: Callable[[int, Any, dict], None] | None = None, checkpoint_every: int = 0,
+               evals: Sequence[tuple[int, Callable[[int, Any], None]]] = (),
+               meter: Meter | None = None) -> LoopResult:
+  """Steps start + 1 .. total of `state, metrics = step_fn(state, batches(step))`.
+
+  Every `log_every` steps (and at the last) the metrics since the last log
+  are checked (non-finite values stop the run: FloatingPointError(step,
+  values), before anything is saved) and averaged (`meter`), turned into what
+  is logged by `summarize(step, means)` (default: the means), and written by
+  `logger` (metrics.jsonl, TensorBoard, a progress line with steps/s and ETA).
+  Every `checkpoint_every` steps and at the last, `save(step, state, logged)`.
+  Each `(every, fn)` of `evals` runs `fn(step, state)` every `every` steps
+  before the last (the job evaluates the final state itself). A SIGTERM
+  saves at the end of the step it arrives in (on several processes: at the
+  next logging step) and returns with `stopped_at`. Time spent saving and
+  evaluating is left out of the step rate.
+  """
+  meter = meter or Meter()
+  summarize = summarize or (lambda step, means: {k: v for k, v in means.items()
+                                                  if not k.startswith("_")})
+  logged = {}
+  t_start = time.time()
+
+  def paused(fn, *args):
+    t = time.time()
+    fn(*args)
+    meter.paused += time.time() - t
+
+  def flush():
+    out = meter.flush()
+    if out is not None:
+      logged.clear()
+      logged.update(logger.write(out[0], summarize(out[0], out[1])))
+
+  with Preemption() as preemption:
+    for step in range(start + 1, total + 1):
+      state, metrics = step_fn(state, batches(step))
+      meter.add(step, metrics)
+      if step == start + 1:
+        meter.restart_clock()
+      do_save = save is not None and checkpoint_every > 0 and (
+          step % checkpoint_every == 0 or step == total)
+      if step % log_every == 0 or step == total or do_save or (
+          preemption.requested and jax.process_count() == 1):
+        flush()  # Checks every step's values before anything is saved.
+        if preemption.stop_now():
+          if save is not None:
+            paused(save, step, state, logged)
+          return LoopResult(state, dict(logged), step, time.time() - t_start)
+      if do_save:
+        paused(save, step, state, logged)
+      for every, fn in evals:
+        if every and step % every == 0 and step != total:
+          paused(fn, step, state)
+  return LoopResult(state, dict(logged), None, time.time() - t_start)

@@ -64,8 +64,6 @@ from __future__ import annotations
 
 import collections
 import os
-import signal
-import threading
 import time
 from typing import Any, Mapping
 
@@ -153,39 +151,6 @@ def from_checkpoint(tree: Mapping[str, Any]) -> TrainState:
   return TrainState(step=tree["step"], params=tree["model"], opt_state=tree["opt_state"])
 
 
-class _Preemption:
-  """Records a SIGTERM; the loop checkpoints and stops at the end of a step.
-
-  With several processes they must stop at the same step: `stop_now` is
-  asked at every logging step and is true on all processes when any of them
-  got the signal.
-  """
-
-  def __init__(self):
-    self.requested = False
-    self._old = None
-
-  def stop_now(self) -> bool:
-    if jax.process_count() == 1:
-      return self.requested
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    flags = multihost_utils.process_allgather(np.asarray(self.requested))
-    return bool(np.any(flags))
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._old = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
-
-
 def _with_shardings(abstract, shardings):
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract, shardings)
@@ -209,51 +174,6 @@ def _check_config(config, cfg) -> None:
         require(float(alpha) == 0 or n in names, f"model.{field}",
                 f"config.masking.mixture.{c}.{key} gives {n!r} alpha {alpha}, but it is not"
                 f" one of {names}.")
-
-
-class _Metrics:
-  """Per-step metrics kept on device until the next flush, then checked and logged."""
-
-  def __init__(self, guard: DivergenceGuard | None = None):
-    self.guard = guard
-    self.pending = []
-    self.t0 = time.time()
-    self.paused = 0.0  # Seconds of evaluation / checkpointing since t0.
-    self.untimed = 0  # Steps since t0 that the rate leaves out (compilation).
-
-  def add(self, step: int, metrics):
-    self.pending.append((step, metrics))
-
-  def restart_clock(self):
-    """Times from now on: the steps so far (e.g. the compiling one) are not timed."""
-    jax.block_until_ready(self.pending[-1][1])
-    self.t0, self.paused, self.untimed = time.time(), 0.0, len(self.pending)
-
-  def flush(self) -> tuple[int, dict[str, float]] | None:
-    """(last step, mean metrics since the last flush); raises FloatingPointError
-    on non-finite values, Diverged at a spike (the first bad step)."""
-    if not self.pending:
-      return None
-    steps = [s for s, _ in self.pending]
-    values = jax.device_get([m for _, m in self.pending])
-    for step, m in zip(steps, values):
-      bad = {k: float(v) for k, v in m.items() if not np.isfinite(v)}
-      if bad:
-        raise FloatingPointError(step, bad)
-      if self.guard is not None:
-        self.guard.check(step, m)
-    mean = {}
-    for k in values[0]:
-      if k.startswith(("loss/", "accuracy/")):  # Over the interval's tokens of that modality.
-        tokens = np.array([m["tokens/" + k.split("/", 1)[1]] for m in values])
-        if tokens.sum() > 0:
-          mean[k] = float(np.sum(np.array([m[k] for m in values]) * tokens) / tokens.sum())
-      elif not k.startswith("tokens/"):
-        mean[k] = float(np.mean([m[k] for m in values]))
-    seconds = time.time() - self.t0 - self.paused
-    timed = len(steps) - self.untimed
-    self.pending, self.t0, self.paused, self.untimed = [], time.time(), 0.0, 0
-    return steps[-1], dict(mean, _steps=timed, _seconds=seconds)
 
 
 class Diverged(FloatingPointError):
@@ -413,9 +333,9 @@ def _train(config, workdir_path, ckpt, guard, *, data, cfg, target, shardings, m
   logger = workdir.MetricLogger(workdir_path, total, name="pretrain",
                                 tensorboard=bool(config.tensorboard))
   with logger:
-    return _loop(config, workdir_path, ckpt, logger, _Metrics(guard), state=state, start=start,
-                 train_it=train_it, step_fn=step_fn, evaluator=evaluator, names=names,
-                 tokens_per_step=tokens_per_step, mesh=mesh, rules=rules, cfg=cfg,
+    return _loop(config, workdir_path, ckpt, logger, engine.Meter(guard.check), state=state,
+                 start=start, train_it=train_it, step_fn=step_fn, evaluator=evaluator,
+                 names=names, tokens_per_step=tokens_per_step, mesh=mesh, rules=rules, cfg=cfg,
                  t_start=t_start)
 
 
@@ -448,62 +368,40 @@ def _loop(config, workdir_path, ckpt, logger, meter, *, state, start, train_it, 
   from m4.models import configs  # pylint: disable=g-import-not-at-top
   from m4.trainers import pretrain_eval  # pylint: disable=g-import-not-at-top
   total = int(config.total_steps)
-  last_train = {}
 
-  def save(step):
-    t = time.time()
+  def save(step, state, logged):
     ckpt.save(step, to_checkpoint(state), data_iter=train_it,
-              meta={"train_loss": last_train.get("train/loss")})
-    meter.paused += time.time() - t
+              meta={"train_loss": logged.get("train/loss")})
 
-  def flush():
-    try:
-      out = meter.flush()
-    except FloatingPointError as e:
-      raise _stopped(e, ckpt) from None
-    if out is not None:
-      last_train.update(_train_metrics(out[1], tokens_per_step))
-      logger.write(out[0], last_train)
-
-  def evaluate(step, final=False):
-    t = time.time()
+  def evaluate(step, state, final=False):
     m = {f"val/{k}": v for k, v in evaluator.held_out(state.params).items()}
     if final or config.eval.cross_modal_every_eval:
       m.update({f"cross_modal/{k}": v for k, v in evaluator.cross_modal(state.params).items()})
       m.update({f"baseline/{k}": v for k, v in evaluator.baseline().items()})
     logger.write(step, m, progress=True)
-    meter.paused += time.time() - t
     return m
 
-  stopped_by = None
-  with _Preemption() as preemption:
-    for step in range(start + 1, total + 1):
-      batch = pretrain_eval.model_batch(next(train_it), names)
-      state, metrics = step_fn(state, sharding.to_global(batch, mesh, rules))
-      meter.add(step, metrics)
-      if step == start + 1:
-        meter.restart_clock()
-      do_ckpt = step % int(config.checkpoint_every) == 0 or step == total
-      # One process stops at the step it got SIGTERM; several agree at a logging step.
-      if step % int(config.log_every) == 0 or do_ckpt or (
-          preemption.requested and jax.process_count() == 1):
-        flush()  # Checks every step's values before anything is saved.
-        if preemption.stop_now():
-          save(step)
-          stopped_by = step
-          break
-      if do_ckpt:
-        save(step)
-      if int(config.eval.every) and step % int(config.eval.every) == 0 and step != total:
-        evaluate(step)
+  def batch(step):
+    del step
+    return sharding.to_global(pretrain_eval.model_batch(next(train_it), names), mesh, rules)
+
+  try:
+    out = engine.train_loop(
+        state, step_fn, batch, start=start, total=total, log_every=int(config.log_every),
+        logger=logger, summarize=lambda step, mean: _train_metrics(mean, tokens_per_step),
+        save=save, checkpoint_every=int(config.checkpoint_every),
+        evals=[(int(config.eval.every), evaluate)], meter=meter)
+  except FloatingPointError as e:
+    raise _stopped(e, ckpt) from None
+  state, last_train = out.state, out.logged
   ckpt.wait()
-  if stopped_by is not None:
+  if out.stopped_at is not None:
     ckpt.close()
     logger.close()
-    raise SystemExit(f"pretrain: SIGTERM: saved a checkpoint at step {stopped_by} in"
+    raise SystemExit(f"pretrain: SIGTERM: saved a checkpoint at step {out.stopped_at} in"
                      f" {ckpt.directory}; run the same command again to resume.")
 
-  final = evaluate(total, final=True)
+  final = evaluate(total, state, final=True)
   pictures = {
       "curves": pretrain_eval.plot_curves(workdir_path, os.path.join(workdir_path, "curves.png")),
       "predictions": evaluator.prediction_grid(
