@@ -280,23 +280,35 @@ def run(config, workdir: str) -> dict:
 
     logger = workdir_lib.MetricLogger(workdir, num_steps, name=f"vq_{config.modality}")
     t0 = time.time()
-    pending = []
-    while step < num_steps:
-      batch = next(it)
-      x = sharding.to_global(np.asarray(batch[key]), mesh, trainer.rules)
-      state, metrics = trainer.train_step(state, x)
-      step += 1
-      pending.append(metrics)
-      if step % config.log_every == 0 or step == num_steps:
-        means = jax.tree.map(lambda *v: np.mean(np.stack(v)), *jax.device_get(pending))
-        means["codes_restarted"] = means["codes_restarted"] * len(pending)  # A sum, not a mean.
-        means["learning_rate"] = trainer.schedule(step - 1)
-        first = ["loss", *trainer.io.headline, "batch_codebook_usage", "batch_perplexity"]
-        logger.write(step, {k: means[k] for k in first + sorted(set(means) - set(first))})
-        pending = []
-      if step % config.checkpoint_every == 0 or step == num_steps:
-        ckpt.save(step, trainer.to_checkpoint(state), data_iter=it,
-                  meta={"step": step, "train_seconds": train_seconds + time.time() - t0})
+
+    def batches(step):
+      del step
+      return sharding.to_global(np.asarray(next(it)[key]), mesh, trainer.rules)
+
+    def summarize(step, means):
+      means = dict(means, learning_rate=trainer.schedule(step - 1))
+      first = ["loss", *trainer.io.headline, "batch_codebook_usage", "batch_perplexity"]
+      rest = sorted(k for k in set(means) - set(first) if not k.startswith("_"))
+      return {k: means[k] for k in first + rest}
+
+    def save(step, state, logged):
+      del logged
+      ckpt.save(step, trainer.to_checkpoint(state), data_iter=it,
+                meta={"step": step, "train_seconds": train_seconds + time.time() - t0})
+
+    try:
+      out = engine.train_loop(
+          state, trainer.train_step, batches, start=step, total=num_steps,
+          log_every=int(config.log_every), logger=logger, summarize=summarize, save=save,
+          checkpoint_every=int(config.checkpoint_every),
+          meter=engine.Meter(sums=("codes_restarted",)))  # Restarts add up; the rest average.
+    except FloatingPointError as e:
+      raise FloatingPointError(f"tokenizer {config.modality}: non-finite values at step"
+                               f" {e.args[0]}: {e.args[1]}; lower optimizer.lr.") from None
+    if out.stopped_at is not None:
+      raise SystemExit(f"tokenizer {config.modality}: SIGTERM: saved a checkpoint at step"
+                       f" {out.stopped_at}; run the same command again to resume.")
+    state, step = out.state, max(step, num_steps)
   train_seconds += time.time() - t0
 
   metrics, grid_path = evaluate(trainer, state, config, workdir)

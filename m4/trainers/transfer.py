@@ -410,24 +410,38 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
         f" ({num_steps * batch_size / len(source):.1f} epochs)"
         + (f", resuming at {start}" if start else ""), flush=True)
   logger.total_steps = num_steps
-  loss_sum, seen, last = 0.0, 0, {}
-  t0 = time.time()
+
+  def batches(step):
+    batch = next(it)
+    targets = np.asarray(task.targets(batch))
+    if step == start + 1:
+      _check_targets(task, targets)
+    return rest, ctx.place(inputs(batch)), ctx.place(targets)
+
+  def save(step, state, logged):
+    del logged
+    ckpt.save(step, {"params": state.params, "stats": state.extra,
+                     "opt_state": state.opt_state}, data_iter=it)
+
+  def summarize(step, mean):
+    return {"loss": mean["loss"], "grad_norm": mean["grad_norm"], "lr": lr(step)}
+
   with sharding.use(ctx.mesh, ctx.rules):
-    for step in range(start + 1, num_steps + 1):
-      batch = next(it)
-      targets = np.asarray(task.targets(batch))
-      if step == start + 1:
-        _check_targets(task, targets)
-      state, m = step_fn(state, (rest, ctx.place(inputs(batch)), ctx.place(targets)))
-      loss_sum, seen = loss_sum + m["loss"], seen + 1
-      if step % config.log_every == 0 or step == num_steps:
-        last = logger.write(step, {"loss": float(loss_sum) / seen, "grad_norm": m["grad_norm"],
-                                   "lr": lr(step)})
-        loss_sum, seen = 0.0, 0
-      if ckpt is not None and (step % config.checkpoint_every == 0 or step == num_steps):
-        ckpt.save(step, {"params": state.params, "stats": state.extra,
-                         "opt_state": state.opt_state}, data_iter=it)
-  seconds = time.time() - t0
+    try:
+      out = engine.train_loop(state, step_fn, batches, start=start, total=num_steps,
+                              log_every=int(config.log_every), logger=logger,
+                              summarize=summarize, save=save if ckpt is not None else None,
+                              checkpoint_every=int(config.checkpoint_every))
+    except FloatingPointError as e:
+      raise FloatingPointError(f"transfer {run.name}: non-finite values at step {e.args[0]}:"
+                               f" {e.args[1]}; lower {run.protocol}.learning_rate.") from None
+  if out.stopped_at is not None:
+    if ckpt is not None:
+      ckpt.close()
+    raise SystemExit(f"transfer {run.name}: SIGTERM: stopped at step {out.stopped_at}"
+                     + (" and saved a checkpoint" if ckpt is not None else "")
+                     + "; run the same command again to resume.")
+  state, last, seconds = out.state, out.logged, out.seconds
   if ckpt is not None:
     ckpt.close()
   if hasattr(it, "close"):
