@@ -108,6 +108,12 @@ def test_resume_after_sigkill_continues_with_the_same_losses(run_config, referen
   after = range(resumed_from + 1, TOTAL + 1)
   assert [losses[s] for s in after] == [reference[s] for s in after]  # Exactly equal.
   assert len(set(reference.values())) > TOTAL // 2  # The losses do change from step to step.
+  # The run describes its model, modality specs included, beside its checkpoints.
+  from m4.models import pretrained  # pylint: disable=g-import-not-at-top
+  saved = workdir_lib.read_json(os.path.join(workdir, pretrained.MODEL_FILE))
+  cfg = pretrained.read_config(workdir)
+  assert sorted(saved["modalities"]) == sorted(cfg.modality_names)
+  assert saved["modalities"]["rgb_pixels"]["kind"] == "pixels"
 
 
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes(run_config, reference, tmp_path, cache):

@@ -27,6 +27,9 @@ from m4.models import configs
 from m4.models.fourm import FourM
 
 CONFIG = "config.json"
+# A pretraining run's model description beside its experiment config.json: the
+# FourMConfig and its modalities' specs, as resolved when the run started.
+MODEL_FILE = "model.json"
 PARAM_KEYS = ("model", "params")  # Where runs keep the model parameters in their state.
 
 
@@ -49,8 +52,10 @@ def save(directory: str, model: FourM, *, step: int = 0,
 
 
 def read_config(directory: str) -> configs.FourMConfig:
-  """The saved model config, its modalities as saved."""
-  path = os.path.join(directory, CONFIG)
+  """The saved model config, its modalities as saved (MODEL_FILE, else CONFIG)."""
+  path = os.path.join(directory, MODEL_FILE)
+  if not os.path.exists(path):
+    path = os.path.join(directory, CONFIG)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} does not exist (not a saved m4 model).")
   d = workdir.read_json(path)

@@ -302,6 +302,7 @@ def _train(config, workdir_path, ckpt, guard, *, data, cfg, target, shardings, m
            schedule, graphdef, make_model, t_start) -> dict:
   """The run from (resumed or fresh) state to the summary."""
   from m4.trainers import pretrain_eval  # pylint: disable=g-import-not-at-top
+  from m4.models import pretrained  # pylint: disable=g-import-not-at-top
   total = int(config.total_steps)
   train_it = data.train_iterator(seed=int(config.seed))
   resumed = _resume(ckpt, target, train_it, workdir_path)
@@ -324,6 +325,8 @@ def _train(config, workdir_path, ckpt, guard, *, data, cfg, target, shardings, m
       logging.info("pretrain: parameters initialised from %s", config.init)
   # Everything is checked: from here on the run writes.
   workdir.write_config(config, workdir_path)
+  workdir.write_json(os.path.join(workdir_path, pretrained.MODEL_FILE),
+                     pretrained.model_config_dict(cfg))
 
   step_fn = make_train_step(graphdef, tx, schedule=schedule, mesh=mesh, rules=rules,
                             state_shardings=shardings)
