@@ -1,6 +1,8 @@
 """m4.optim: rules on parameter paths, and the three jobs' optimizers against
 plain optax chains built here (the behaviour before m4.optim)."""
 
+import runpy
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,6 +21,7 @@ from m4.tokenizers import vq_tokenizer
 from m4.trainers import pretrain
 from m4.trainers import tokenizer as tok_trainer
 from m4.trainers import transfer as transfer_trainer
+from tests.conftest import REPO
 
 PIXELS = "rgb_pixels@32test"  # As tests/test_transfer.py registers it.
 PIXELS_SPEC = dict(kind="pixels", vocab_size=0, num_tokens=16, grid=(4, 4), roles=("input",),
@@ -204,7 +207,7 @@ def test_transfer_optimizer_equals_adamw_with_layer_decay(protocol):
 
 
 def test_tokenizer_optimizer_decays_matrices_only():
-  config = tok_trainer.default_config("rgb")
+  config = runpy.run_path(f"{REPO}/configs/tokenizers/common.py")["vq_scenes"]("rgb", None, 100)
   spec = tok_trainer.spec_from_config(config)
   model = nnx.eval_shape(lambda: vq_tokenizer.build(spec, nnx.Rngs(0))[0])
   params = _random_like(nnx.state(model, nnx.Param), 2)

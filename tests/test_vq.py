@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import runpy
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ from m4.data import scenes
 from m4.tokenizers import quantizer as quantizer_lib
 from m4.tokenizers import vq_tokenizer
 from m4.trainers import tokenizer as tokenizer_trainer
+from tests.conftest import REPO
 
 NUM_CLASSES = len(scenes.CLASSES)
 TINY_MODEL = dict(channels=(16, 32), num_res_blocks=1, code_dim=8, patch=4)
@@ -249,7 +251,7 @@ def scenes_dir(tmp_path_factory):
 
 
 def _config(modality, data_dir, num_steps):
-  c = tokenizer_trainer.default_config(modality)
+  c = runpy.run_path(f"{REPO}/configs/tokenizers/common.py")["vq_scenes"](modality, None, 100)
   c.data.dir = data_dir
   c.data.update(num_train=256, num_validation=64, num_test=8)
   c.data.batch_size = 16

@@ -37,7 +37,6 @@ import os
 import time
 
 import jax
-import ml_collections
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
@@ -59,32 +58,9 @@ from m4.tokenizers import vq_tokenizer
 from m4.workdir import ConfigError, require
 
 
-def default_config(modality: str = "rgb") -> ml_collections.ConfigDict:
-  """Every field this trainer reads, with starting values (configs override)."""
-  c = ml_collections.ConfigDict()
-  c.trainer = "tokenizer"
-  c.modality = modality
-  c.seed = 0
-  c.data = pipeline.data_config(kind="scenes", dir="workdirs/data/scenes64", batch_size=64)
-  c.model = ml_collections.ConfigDict(dict(
-      channels=(64, 128, 256), num_res_blocks=1, code_dim=32, patch=0,
-      ema_decay=0.99, dead_threshold=0.03, restart_noise=0.01))
-  c.io = ml_collections.ConfigDict()
-  c.io.loss_weights = ml_collections.ConfigDict()  # Empty: modality_io's defaults.
-  c.io.num_classes = 0  # semseg only: number of classes.
-  c.commitment = 0.25
-  c.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=1e-3, warmup_steps=200, end_learning_rate=1e-5, weight_decay=1e-4,
-      b1=0.9, b2=0.99, grad_clip=1.0))
-  c.num_steps = 1000
-  c.log_every = 50
-  c.checkpoint_every = 500
-  c.keep_checkpoints = 2
-  c.eval = ml_collections.ConfigDict(dict(
-      split="validation", num_samples=0, batch_size=128, grid_rows=8))
-  c.mesh = ml_collections.ConfigDict({"data": -1})
-  c.sharding_rules = None  # m4.sharding.DEFAULT_RULES.
-  return c
+# Every field the job reads (configs/tokenizers/common.py writes them all).
+FIELDS = ("modality", "seed", "data", "model", "io", "commitment", "optimizer", "num_steps",
+          "log_every", "checkpoint_every", "keep_checkpoints", "eval", "mesh", "sharding_rules")
 
 
 def spec_from_config(config, step: int | None = None, metrics=None) -> vq_tokenizer.TokenizerSpec:
@@ -130,7 +106,7 @@ class Trainer:
   def __init__(self, config, mesh):
     self.config = config
     self.mesh = mesh
-    self.rules = sharding.rules_from_config(config.get("sharding_rules"))
+    self.rules = sharding.rules_from_config(config.sharding_rules)
     self.spec = spec_from_config(config)
     try:
       model, self.io = vq_tokenizer.build(self.spec, nnx.Rngs(config.seed))
@@ -192,6 +168,8 @@ class Trainer:
 
 
 def _check_config(config):
+  for field in FIELDS:
+    require(field in config, field, "is required (see configs/tokenizers/common.py).")
   require(int(config.num_steps) > 0, "num_steps", f"must be positive, got {config.num_steps}.")
   require(int(config.log_every) > 0, "log_every", f"must be positive, got {config.log_every}.")
   require(int(config.checkpoint_every) > 0, "checkpoint_every",
@@ -254,7 +232,7 @@ def evaluate(trainer: Trainer, state, config, workdir: str) -> tuple[dict, str]:
 
 def run(config, workdir: str) -> dict:
   _check_config(config)
-  mesh = sharding.make_mesh(config.get("mesh"))
+  mesh = sharding.make_mesh(config.mesh)
   trainer = Trainer(config, mesh)
   num_steps = int(config.num_steps)
   data = _data_config(config)
