@@ -42,6 +42,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from m4.workdir import ConfigError, DataError
 
@@ -311,7 +312,6 @@ class Checkpointer:
       os.replace(self.step_dir(step), dest)
       warn(f"moved the unreadable checkpoint {self.step_dir(step)} to {dest}")
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices(f"m4 set aside {self.directory} {step}")
     self.manager.reload()
 

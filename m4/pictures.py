@@ -29,6 +29,7 @@ import textwrap
 from typing import Mapping, Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 KINDS = ("rgb", "depth", "semseg", "tokens", "gray")
 UNLABELLED = 255
@@ -89,6 +90,7 @@ def colorize_depth(depth: np.ndarray, vmin: float, vmax: float,
   Colours follow inverse depth between 1 / vmax (dark) and 1 / vmin (bright),
   which shows near objects in more detail than a linear map.
   """
+  # Heavy (matplotlib); only depth colour maps need it.
   import matplotlib  # pylint: disable=g-import-not-at-top
   depth = np.asarray(depth, np.float32)
   valid = np.isfinite(depth) & (depth > 0)
@@ -151,7 +153,6 @@ def _resize_nearest(img: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def _font(size: int):
-  from PIL import ImageFont  # pylint: disable=g-import-not-at-top
   try:
     return ImageFont.load_default(size=size)
   except TypeError:  # Pillow < 10.1: a fixed bitmap font.
@@ -189,7 +190,6 @@ def make_grid(rows: Sequence[Mapping[str, np.ndarray | None]],
       an integer factor to at least 128).
     cmap: matplotlib colour map for depth.
   """
-  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
   if not rows:
     raise ValueError("grid: no rows to draw.")
   if captions is not None and len(captions) != len(rows):
@@ -254,7 +254,6 @@ def save_grid(path: str, rows: Sequence[Mapping[str, np.ndarray | None]],
               captions: Sequence[str] | None = None,
               kinds: Mapping[str, str] | None = None, **kwargs) -> str:
   """Draws `make_grid(rows, captions, kinds, **kwargs)` into the PNG `path`."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   img = make_grid(rows, captions, kinds, **kwargs)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp.{os.getpid()}.png"

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 LogicalRules = tuple[tuple[str, Any], ...]
@@ -75,7 +76,6 @@ def make_mesh(mesh_config: Mapping[str, int] | None = None,
     raise ValueError(f"config.mesh: {sizes} needs {math.prod(shape)} devices, "
                      f"but {len(devices)} are available")
   # mesh_utils orders devices for the interconnect (and by host on multi-host).
-  from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
   try:
     arr = mesh_utils.create_device_mesh(shape, devices=devices)
   except (ValueError, NotImplementedError, AssertionError):

@@ -189,6 +189,7 @@ class MetricLogger:
       except OSError as e:
         raise _write_failed(e, path) from None
       if tensorboard:
+        # Heavy (clu's writers import TensorFlow); only TensorBoard logging needs it.
         from clu import metric_writers  # pylint: disable=g-import-not-at-top
         self._writer = metric_writers.create_default_writer(
             workdir, just_logging=False, asynchronous=False)

@@ -48,7 +48,9 @@ import grain
 import jax
 import ml_collections
 import numpy as np
+from absl import flags
 
+from m4.data import scenes
 from m4.data import sources
 from m4.data import transforms as transforms_lib
 from m4.workdir import ConfigError, require
@@ -67,7 +69,6 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.kind = overrides.get("kind", "scenes")  # "scenes" | "tfds" | "folder" (sources.py).
   if c.kind == "scenes":
-    from m4.data import scenes  # pylint: disable=g-import-not-at-top
     c.update(scenes.default_config())
   c.dir = ""  # scenes: made/kept here; folder: <dir>/<split>/<modality>/...; tfds: data_dir.
   c.name = ""  # tfds: dataset name, e.g. "nyu_depth_v2".
@@ -95,7 +96,6 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
 
 def mark_flags_parsed():
   """grain's worker processes read absl flags; outside `absl.app` they are unparsed."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
 

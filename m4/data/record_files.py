@@ -17,6 +17,8 @@ import glob
 import os
 import socket
 
+from array_record.python import array_record_module
+
 RECORD_OPTIONS = "group_size:1,zstd:3"  # group_size 1: fast random access.
 
 
@@ -52,7 +54,6 @@ class RecordWriter:
   """Writes `final` through a temp file; `commit()` renames it into place."""
 
   def __init__(self, final: str):
-    from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
     if os.path.exists(final):
       raise FileExistsError(f"{final} exists; finished files are never rewritten.")
     os.makedirs(os.path.dirname(final) or ".", exist_ok=True)
@@ -80,7 +81,6 @@ class RecordWriter:
 
 
 def num_records(path: str) -> int:
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   reader = array_record_module.ArrayRecordReader(path)
   try:
     return reader.num_records()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+import ml_collections
 import numpy as np
 
 SHAPES = ("sphere", "cube", "cylinder", "cone")
@@ -96,7 +97,6 @@ class SceneSpec:
 
 def default_config():
   """The data config of a scenes dataset, for configs to start from."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
   return ml_collections.ConfigDict({
       "kind": "scenes", "dir": "", "workers": 1,
       **dataclasses.asdict(SceneSpec())})

@@ -7,8 +7,11 @@ import dataclasses
 import os
 from typing import Any, Iterator, Mapping
 
+import grain
 import numpy as np
+from flax import serialization
 
+from m4 import workdir
 from m4.data.scene_spec import SceneSpec, check_split
 
 SPEC_FILE = "spec.json"
@@ -22,14 +25,11 @@ def split_path(data_dir: str, split: str) -> str:
 
 def encode(sample: Mapping[str, Any]) -> bytes:
   """A sample dict as one msgpack record."""
-  from flax import serialization  # pylint: disable=g-import-not-at-top
   return serialization.msgpack_serialize(dict(sample))
 
 
 def decode(record: bytes) -> dict:
   """A stored record back to the sample dict `render` made (writeable arrays)."""
-  from flax import serialization  # pylint: disable=g-import-not-at-top
-
   def own(x):
     if isinstance(x, dict):
       return {k: own(v) for k, v in x.items()}
@@ -42,7 +42,6 @@ def decode(record: bytes) -> dict:
 
 def read_spec(data_dir: str) -> SceneSpec:
   """The SceneSpec of the dataset in `data_dir`."""
-  from m4 import workdir  # pylint: disable=g-import-not-at-top
   path = os.path.join(data_dir, SPEC_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(
@@ -53,7 +52,6 @@ def read_spec(data_dir: str) -> SceneSpec:
 
 def spec_from_json(path: str, stored: Mapping[str, Any]) -> SceneSpec:
   """The SceneSpec of a stored spec.json (read from `path`, named in errors)."""
-  from m4 import workdir  # pylint: disable=g-import-not-at-top
   try:
     return SceneSpec(**{f.name: stored[f.name] for f in dataclasses.fields(SceneSpec)})
   except (KeyError, TypeError, ValueError) as e:
@@ -68,7 +66,6 @@ class ScenesSource:
   """
 
   def __init__(self, data_dir: str, split: str):
-    import grain  # pylint: disable=g-import-not-at-top
     check_split(split)
     self.data_dir = data_dir
     self.split = split

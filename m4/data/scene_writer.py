@@ -9,6 +9,9 @@ import sys
 import time
 from typing import Any, Mapping
 
+from tqdm import tqdm
+
+from m4 import workdir
 from m4.data import record_files
 from m4.data.scene_render import render
 from m4.data.scene_spec import SPLITS, SceneSpec, check_split
@@ -50,8 +53,6 @@ def write_split(data_dir: str, spec: SceneSpec, split: str, *, workers: int = 1,
 
   Returns {"samples", "seconds", "samples_per_sec"}.
   """
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-
   if renderer is None:
     with _Renderer(workers) as renderer:
       return write_split(data_dir, spec, split, progress=progress, renderer=renderer)
@@ -70,7 +71,6 @@ def write_split(data_dir: str, spec: SceneSpec, split: str, *, workers: int = 1,
 
 def _compare_spec(data_dir: str, stored: Mapping[str, Any], spec: SceneSpec,
                   fields: list[str]):
-  from m4 import workdir  # pylint: disable=g-import-not-at-top
   wanted = spec.to_json()
   for key in ["renderer_version"] + fields:
     if stored.get(key) != wanted[key]:
@@ -107,7 +107,6 @@ def ensure(data_dir: str, config: Mapping[str, Any] | None = None, *,
       parameters (the message names the field), or split files without a
       spec, or a split with the wrong number of records. Nothing is changed.
   """
-  from m4 import workdir  # pylint: disable=g-import-not-at-top
   try:
     spec = SceneSpec.from_config(config)
   except ValueError as e:

@@ -64,6 +64,7 @@ import sys
 # The public names of the scenes dataset, re-exported for callers.
 # pylint: disable=g-importing-member,unused-import
 from m4 import pictures
+from m4 import workdir
 from m4.data.scene_captions import LEFT_OF_FRACTION, RELATIONS, caption_words, parse_caption
 from m4.data.scene_raycast import GROUND_FAR
 from m4.data.scene_render import benchmark, render
@@ -126,7 +127,6 @@ def main(argv=None):
       resolution=args.resolution, min_objects=args.min_objects,
       max_objects=args.max_objects, seed=args.seed, antialias=args.antialias,
       workers=args.workers)
-  from m4 import workdir  # pylint: disable=g-import-not-at-top
   stats = {}
   try:
     ensure(args.out, config, splits=tuple(args.split or SPLITS), stats=stats)

@@ -40,6 +40,7 @@ from absl import logging
 from PIL import Image
 
 from m4.data import image_files
+from m4.data import scenes
 from m4.workdir import ConfigError, DataError
 
 KINDS = ("scenes", "tfds", "folder")
@@ -72,7 +73,6 @@ def make_source(data, split: str):
     raise ConfigError(f"config.data.kind: {kind!r} is not one of {KINDS}.")
   keep = tuple(data.get("modalities") or ())
   if kind == "scenes":
-    from m4.data import scenes  # pylint: disable=g-import-not-at-top
     directory = scenes.ensure(data.dir, data)  # Reads the SceneSpec fields of `data`.
     source = scenes.ScenesSource(directory, split)
   elif kind == "tfds":
@@ -220,6 +220,7 @@ class TfdsSource:
   def __init__(self, name: str, split: str, *, data_dir: str | None = None,
                features: Mapping[str, str] | None = None,
                semseg_reduce_zero: bool | None = None):
+    # Heavy (TensorFlow); only TFDS sources need it.
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     if not name:
       raise ConfigError("config.data.name: a TFDS dataset name is required for kind 'tfds'.")

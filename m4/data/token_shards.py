@@ -40,15 +40,19 @@ is refused by `check_tokenizers`, naming both.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from typing import Any, Mapping
 
 import grain
 import numpy as np
+from flax import serialization
 
 from m4 import modalities as modalities_lib
+from m4 import tokenizers
 from m4 import workdir
 from m4.data import record_files
+from m4.tokenizers import text
 from m4.workdir import ConfigError
 
 FORMAT = "m4.token_shards.v1"
@@ -111,10 +115,8 @@ def tokenizer_entry(modality: str, name_or_path: str | None) -> dict:
   mod = modalities_lib.get(modality)
   name_or_path = name_or_path or mod.tokenizer
   if mod.is_sequence:
-    from m4.tokenizers import text  # pylint: disable=g-import-not-at-top
     path = text.resolve(name_or_path)
   else:
-    from m4 import tokenizers  # pylint: disable=g-import-not-at-top
     path = tokenizers.resolve(name_or_path)
   path = os.path.abspath(path)
   return {"path": path, "fingerprint": fingerprint(path)}
@@ -224,7 +226,6 @@ def write_or_check_spec(directory: str, spec: Mapping[str, Any]) -> dict:
 
 def _canonical(spec):
   """`spec` as it reads back from JSON (tuples -> lists, ...)."""
-  import json  # pylint: disable=g-import-not-at-top
   return json.loads(json.dumps(workdir._to_builtin(spec), sort_keys=True))  # pylint: disable=protected-access
 
 
@@ -273,12 +274,10 @@ def remove_stale_partials(directory: str, split: str) -> None:
 
 
 def encode_record(record: Mapping[str, Any]) -> bytes:
-  from flax import serialization  # pylint: disable=g-import-not-at-top
   return serialization.msgpack_serialize(dict(record))
 
 
 def decode_record(data: bytes) -> dict:
-  from flax import serialization  # pylint: disable=g-import-not-at-top
   return serialization.msgpack_restore(data)
 
 

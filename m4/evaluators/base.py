@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from m4 import sharding
 from m4.data import pipeline
@@ -107,7 +108,6 @@ class DatasetEvaluator:
     """This process's rows of a batch-sharded result."""
     if self.mesh is None or jax.process_count() == 1:
       return np.asarray(x)
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     spec = sharding.batch_spec(self.rules, x.ndim)
     return np.asarray(multihost_utils.global_array_to_host_local_array(x, self.mesh, spec))
 

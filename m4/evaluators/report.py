@@ -127,6 +127,7 @@ def describe(config) -> list[str]:
 
 def plot(path: str, results: Sequence[Mapping[str, Any]]) -> str:
   """Bars of each task's headline metrics: inits side by side per protocol/budget."""
+  # Heavy (matplotlib); only the bar plot needs it.
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top

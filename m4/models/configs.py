@@ -13,6 +13,8 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
+import jax
+
 from m4 import modalities
 from m4 import workdir
 
@@ -255,5 +257,4 @@ def from_config(model_config: Mapping[str, Any] | Any,
 
 def count_params(state) -> int:
   """Number of scalars in a pytree of arrays (or ShapeDtypeStructs), e.g. an nnx.State."""
-  import jax  # pylint: disable=g-import-not-at-top
   return sum(math.prod(x.shape) for x in jax.tree.leaves(state) if hasattr(x, "shape"))

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from m4 import checkpoints
 from m4 import modalities
 from m4 import optim
 from m4 import value_scales
@@ -226,7 +227,6 @@ def encoder_params(model: TransferModel) -> nnx.State:
 def restore_encoder(model: TransferModel, directory: str, key: str = "model",
                     step: int | None = None) -> None:
   """Loads the encoder parameters of the checkpoint at `directory` into `model`."""
-  from m4 import checkpoints  # pylint: disable=g-import-not-at-top
   target = encoder_params(model)
   restored = checkpoints.restore_subtree(directory, target, key=key, step=step)
   nnx.update(model.backbone, restored)

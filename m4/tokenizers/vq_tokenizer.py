@@ -29,6 +29,7 @@ from flax import nnx
 
 from m4 import checkpoints
 from m4 import modalities
+from m4 import workdir
 from m4.tokenizers import modality_io
 from m4.tokenizers import quantizer as quantizer_lib
 from m4.tokenizers import vqvae
@@ -141,7 +142,6 @@ class VQTokenizer:
 
     Refuses a directory that already holds a tokenizer (nothing is overwritten).
     """
-    from m4 import workdir  # pylint: disable=g-import-not-at-top
     if os.path.exists(os.path.join(path, SPEC_FILE)):
       raise FileExistsError(f"{path} already holds a tokenizer ({SPEC_FILE}); not overwriting it.")
     with checkpoints.Checkpointer(os.path.join(path, "checkpoints"), async_save=False) as ckpt:

@@ -18,6 +18,7 @@ from ml_collections import config_flags
 import numpy as np
 import tqdm
 
+from m4 import pictures
 from m4.data import pipeline
 from m4.data import sources
 
@@ -28,7 +29,6 @@ _GRID = flags.DEFINE_string("grid", "", "If set, a PNG of the first batch's firs
 
 
 def save_batch_grid(path: str, batch, num: int = 8) -> str:
-  from m4 import pictures  # pylint: disable=g-import-not-at-top
   keys = [k for k in ("rgb", "depth", "semseg") if k in batch]
   rows = [{k: batch[k][i] for k in keys} for i in range(min(num, len(batch["id"])))]
   captions = [str(c) for c in batch["caption"][:num]] if "caption" in batch else None

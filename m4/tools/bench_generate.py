@@ -23,17 +23,19 @@ import statistics
 import sys
 import time
 
+import jax
 import numpy as np
+from flax import nnx
+
+from m4 import generation
+from m4 import modalities
+from m4.models import configs
+from m4.models import pretrained
+from m4.models.fourm import FourM
+from m4.tools import tiny_checkpoint
 
 
 def _model(args):
-  import m4  # pylint: disable=g-import-not-at-top,unused-import
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from m4 import modalities  # pylint: disable=g-import-not-at-top
-  from m4.models import configs  # pylint: disable=g-import-not-at-top
-  from m4.models.fourm import FourM  # pylint: disable=g-import-not-at-top
-  from m4.tools import tiny_checkpoint  # pylint: disable=g-import-not-at-top
-  from m4.models import pretrained  # pylint: disable=g-import-not-at-top
   if args.init:
     return pretrained.load(args.init)
   path, _, arg = args.config.partition(":")
@@ -44,9 +46,6 @@ def _model(args):
 
 
 def bench(args) -> list[dict]:
-  import jax  # pylint: disable=g-import-not-at-top
-  from m4 import generation  # pylint: disable=g-import-not-at-top
-  from m4 import modalities  # pylint: disable=g-import-not-at-top
   model = _model(args)
   gen = generation.Generator(model)
   names = model.cfg.decoder_modalities

@@ -28,12 +28,23 @@ import resource
 import sys
 import time
 
+import jax
 import numpy as np
+from absl import app
+from absl import flags
+from absl import logging
+from flax import nnx
+from ml_collections import config_flags
+
+from m4 import modalities
+from m4.models import configs
+from m4.models import fourm
+from m4.models import synthetic
+from m4.trainers import pretrain
 
 
 def _target_vocab(batch, names):
   """Mean vocabulary size over the decoder targets of the batch."""
-  from m4 import modalities  # pylint: disable=g-import-not-at-top
   total = count = 0
   for n in names:
     mod = modalities.get(n)
@@ -64,19 +75,19 @@ def peak_tflops(device, dtype: str) -> tuple[float | None, str]:
       return peak, f"{kind} dense {dtype} datasheet figure"
   if device.platform != "cpu":
     return None, f"no peak known for {kind!r}; pass --config.bench.peak_tflops"
-  mhz, flags = 0.0, ""
+  mhz, cpu_flags = 0.0, ""
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:
         if line.startswith("cpu MHz"):
           mhz = max(mhz, float(line.split(":")[1]))
-        elif line.startswith("flags") and not flags:
-          flags = line
+        elif line.startswith("flags") and not cpu_flags:
+          cpu_flags = line
   except OSError:
     pass
   if not mhz:
     return None, "CPU clock unknown; pass --config.bench.peak_tflops"
-  per_cycle = 64 if " avx512f" in flags else 32
+  per_cycle = 64 if " avx512f" in cpu_flags else 32
   cores = os.cpu_count() or 1
   return (cores * mhz * 1e6 * per_cycle / 1e12,
           f"estimate: {cores} cores x {mhz / 1e3:.2f} GHz x {per_cycle} fp32 FLOP/cycle")
@@ -92,7 +103,6 @@ def _step_flops(compiled) -> float | None:
 
 def _time(fn, args, warmup: int, steps: int) -> tuple[list[float], float]:
   """(step seconds, compile seconds) of a jitted `fn(*args)`."""
-  import jax  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
   compiled = jax.jit(fn).lower(*args).compile()
   compile_s = time.perf_counter() - t0
@@ -107,14 +117,6 @@ def _time(fn, args, warmup: int, steps: int) -> tuple[list[float], float]:
 
 
 def bench(config) -> dict:
-  import jax  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from m4 import modalities  # pylint: disable=g-import-not-at-top
-  from m4.models import configs  # pylint: disable=g-import-not-at-top
-  from m4.models import fourm  # pylint: disable=g-import-not-at-top
-  from m4.models import synthetic  # pylint: disable=g-import-not-at-top
-  from m4.trainers import pretrain  # pylint: disable=g-import-not-at-top
-
   modalities.register_from_config(config.get("modalities"))
   cfg = configs.from_config(config.model)
   model = fourm.FourM(cfg, rngs=nnx.Rngs(config.seed))
@@ -180,16 +182,12 @@ def bench(config) -> dict:
 
 
 def main(argv):
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from absl import logging  # pylint: disable=g-import-not-at-top
   del argv
   logging.set_verbosity(logging.WARNING)
   print(json.dumps(bench(flags.FLAGS.config)), flush=True)
 
 
 def run():
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file("config", None, "A config file with get_config().")
   app.run(main)
 

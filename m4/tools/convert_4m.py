@@ -40,21 +40,23 @@ The library is m4.models.convert; this module is its command line.
 import json
 import sys
 
+from absl import app
+from absl import flags
+from absl import logging
+from flax import nnx
+from safetensors.numpy import save_file
+
 from m4 import workdir
 from m4.models import convert
+from m4.models import pretrained
 
 
 def main(argv):
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from absl import logging  # pylint: disable=g-import-not-at-top
   del argv
   logging.set_verbosity(logging.WARNING)
   f = flags.FLAGS
   try:
     if f.to_reference:
-      from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-      from flax import nnx  # pylint: disable=g-import-not-at-top
-      from m4.models import pretrained  # pylint: disable=g-import-not-at-top
       p = convert.plan_from_saved(f.src)
       model = pretrained.load(f.src)
       params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
@@ -79,8 +81,6 @@ def main(argv):
 
 
 def run():
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("src", None, "A .safetensors file or a folder with one (and config.json).")
   flags.DEFINE_string("out", None, "Directory to write the m4 model to.")
   flags.DEFINE_string("check", None, "A reference run (fixture format) to compare against.")

@@ -23,6 +23,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from m4.data import masking
+from m4.data import scenes
 from m4 import pictures
 
 _GREY = 225
@@ -110,7 +111,6 @@ def main(argv=None) -> int:
   p.add_argument("--stats", type=int, default=0,
                  help="also print mean input/target tokens per modality over this many samples")
   args = p.parse_args(argv)
-  from m4.data import scenes  # pylint: disable=g-import-not-at-top
   source = scenes.ScenesSource(args.data, args.split)
   samples = [source[i] for i in range(min(args.num, len(source)))]
   masker = masking.Masking(masking.preset(args.preset, num_input_tokens=args.num_input_tokens,

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import sys
 
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
 from m4 import workdir as workdir_lib
 from m4.trainers.pretokenize import pretokenize
 from m4.workdir import ConfigError, DataError
 
 
 def main(argv):
-  from absl import flags  # pylint: disable=g-import-not-at-top
   del argv
   config, out = flags.FLAGS.config, flags.FLAGS.workdir
   try:
@@ -29,9 +32,6 @@ def main(argv):
 
 
 def cli():
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file("config", None, "A config file with get_config().")
   flags.DEFINE_string("workdir", None, "Where the shards go.")
   flags.mark_flags_as_required(["config", "workdir"])

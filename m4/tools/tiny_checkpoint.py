@@ -31,6 +31,8 @@ from m4.data import scenes
 from m4.models import configs
 from m4.models import pretrained
 from m4.models.fourm import FourM
+from m4.tokenizers import modality_io
+from m4.tokenizers import vq_tokenizer
 
 NAMES = ("rgb", "depth", "semseg", "caption")
 INPUTS = ("rgb_pixels",) + NAMES  # RGB pixels in, as the scenes pretraining reads them.
@@ -73,8 +75,6 @@ def tiny_model(seed: int = 0, names=NAMES, inputs=INPUTS, **overrides) -> FourM:
 
 def tiny_tokenizer(name: str, seed: int = 0, image_size=(64, 64)):
   """An untrained VQ tokenizer of registered image modality `name`."""
-  from m4.tokenizers import modality_io  # pylint: disable=g-import-not-at-top
-  from m4.tokenizers import vq_tokenizer  # pylint: disable=g-import-not-at-top
   io = {"loss_weights": {}}
   if modalities.get(name).data_key == "semseg":
     io["num_classes"] = len(scenes.CLASSES)

@@ -62,20 +62,23 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from tqdm import tqdm
 
 from m4 import modalities as modalities_lib
+from m4 import pictures
 from m4 import tokenizers
 from m4 import workdir as workdir_lib
+from m4.data import pipeline
 from m4.data import record_files
 from m4.data import sources
 from m4.data import token_shards
 from m4.data import transforms as transforms_lib
+from m4.tokenizers import text as text_lib
 from m4.workdir import ConfigError, DataError, require
 
 
 def default_config() -> ml_collections.ConfigDict:
   """Every field this tool reads (configs/pretokenize/*.py set them)."""
-  from m4.data import pipeline  # pylint: disable=g-import-not-at-top
   c = ml_collections.ConfigDict()
   c.trainer = "pretokenize"
   c.seed = 0
@@ -98,7 +101,6 @@ class Tokenizers:
   """The tokenizers of the modalities to pre-tokenize, loaded and checked."""
 
   def __init__(self, config):
-    from m4.tokenizers import text  # pylint: disable=g-import-not-at-top
     self.names = tuple(config.tokenize)
     require(len(self.names) > 0, "tokenize", "is empty.")
     self.image, self.text, self.pixels, self.entries = {}, {}, {}, {}
@@ -131,7 +133,7 @@ class Tokenizers:
                 f" {size}.")
         self.image[name] = tok
       elif mod.is_sequence:
-        tok = text.load(path)
+        tok = text_lib.load(path)
         require(tok.vocab_size <= mod.vocab_size, field,
                 f"{path} has {tok.vocab_size} ids, more than {name!r}'s vocab_size"
                 f" {mod.vocab_size}.")
@@ -261,7 +263,6 @@ def pretokenize(config, out_dir: str, *, progress: bool = True,
   Everything is checked before anything is written; `record_config` then
   writes `out_dir/config.json` first (`m4.workdir.write_config`).
   """
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   try:
     modalities_lib.register_from_config(config.modalities)
   except ValueError as e:
@@ -338,7 +339,6 @@ def pretokenize(config, out_dir: str, *, progress: bool = True,
 
 def views_grid(path: str, directory: str, split: str, toks: Tokenizers, num: int) -> str:
   """PNG: for the first `num` samples of `split`, each view decoded from its tokens."""
-  from m4 import pictures  # pylint: disable=g-import-not-at-top
   source = token_shards.TokenShardSource(directory, split)
   rows, captions = [], []
   for i in range(min(num, len(source))):

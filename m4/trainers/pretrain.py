@@ -78,6 +78,11 @@ from m4 import modalities
 from m4 import optim
 from m4 import sharding
 from m4 import workdir
+from m4.data import pretrain_data
+from m4.models import configs
+from m4.models import fourm
+from m4.models import pretrained
+from m4.trainers import pretrain_eval
 
 TrainState = engine.TrainState
 train_state_shardings = engine.train_state_shardings
@@ -238,10 +243,6 @@ _SUMMARY_FIGURES = ("/accuracy", "/miou", "/delta1", "/abs_rel")
 
 def run(config, workdir_path: str) -> dict:
   """Pretrains (or resumes) in `workdir_path`; returns the summary."""
-  from m4.data import pretrain_data  # pylint: disable=g-import-not-at-top
-  from m4.models import configs  # pylint: disable=g-import-not-at-top
-  from m4.models import fourm  # pylint: disable=g-import-not-at-top
-
   t_start = time.time()
   try:
     modalities.register_from_config(config.get("modalities"))
@@ -301,8 +302,6 @@ def _resume(ckpt, target, train_it, workdir_path: str):
 def _train(config, workdir_path, ckpt, guard, *, data, cfg, target, shardings, mesh, rules, tx,
            schedule, graphdef, make_model, t_start) -> dict:
   """The run from (resumed or fresh) state to the summary."""
-  from m4.trainers import pretrain_eval  # pylint: disable=g-import-not-at-top
-  from m4.models import pretrained  # pylint: disable=g-import-not-at-top
   total = int(config.total_steps)
   train_it = data.train_iterator(seed=int(config.seed))
   resumed = _resume(ckpt, target, train_it, workdir_path)
@@ -368,8 +367,6 @@ def _stopped(e: FloatingPointError, ckpt) -> FloatingPointError:
 def _loop(config, workdir_path, ckpt, logger, meter, *, state, start, train_it, step_fn,
           evaluator, names, tokens_per_step, mesh, rules, cfg, t_start) -> dict:
   """Training steps, checkpoints and evaluations, then the final evaluation."""
-  from m4.models import configs  # pylint: disable=g-import-not-at-top
-  from m4.trainers import pretrain_eval  # pylint: disable=g-import-not-at-top
   total = int(config.total_steps)
 
   def save(step, state, logged):

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from m4 import modalities as modalities_lib
 from m4 import pictures
@@ -263,7 +264,6 @@ def _all_processes(x: np.ndarray) -> np.ndarray:
   """A host-side batch of every process, in the order of the global batch."""
   if jax.process_count() == 1:
     return x
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=True))
 
 
@@ -271,7 +271,6 @@ def _sum_over_processes(x: np.ndarray) -> np.ndarray:
   """Elementwise sum of a host-side array over all processes."""
   if jax.process_count() == 1:
     return x
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return np.asarray(multihost_utils.process_allgather(np.asarray(x))).sum(0)
 
 
@@ -280,6 +279,7 @@ def plot_curves(workdir: str, path: str) -> str | None:
   rows = workdir_lib.read_metrics(workdir)
   if not rows or jax.process_index() != 0:
     return None
+  # Heavy (matplotlib); only the curves' plot needs it.
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top

@@ -53,6 +53,7 @@ def read_captions(data, split: str, limit: int = 0, key: str = "caption") -> lis
 
 
 def _plot_lengths(path: str, lengths: np.ndarray, limit: int):
+  # Heavy (matplotlib); only the length histogram needs it.
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top

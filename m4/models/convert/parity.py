@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import numpy as np
+from flax import nnx
 
 from m4 import modalities
 from m4.models.convert.planning import ConversionError, Plan
@@ -65,9 +67,6 @@ def check(model, p: Plan, folder: str) -> dict:
   max(1, |reference loss|)), "ok"}: ok when max_logit_diff <= LOGIT_TOL and
   every loss is within loss_tol of the reference's.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-
   with open(os.path.join(folder, "config.json")) as f:
     ref_cfg = json.load(f)
   inputs = dict(np.load(os.path.join(folder, "inputs.npz")))

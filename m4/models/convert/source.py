@@ -10,6 +10,7 @@ import json
 import os
 
 import numpy as np
+from safetensors import safe_open
 
 
 class ConversionError(ValueError):
@@ -34,7 +35,6 @@ def check_finite(tensors: dict[str, np.ndarray], where: str) -> None:
 
 def read_source(src: str) -> tuple[dict[str, np.ndarray], dict]:
   """(tensors, reference config) of a .safetensors file or a folder with one."""
-  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
   path = src
   if os.path.isdir(src):
     found = [f for f in sorted(os.listdir(src)) if f.endswith(".safetensors")]

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import os
 
+import jax
 import numpy as np
+from flax import nnx
 
 from m4.models import configs
+from m4.models import pretrained
 from m4.models.convert.planning import ConversionError, Plan, plan, register
 from m4.models.convert.source import read_source
 from m4.models.convert.tensor_map import rules
+from m4.models.fourm import FourM
 
 
 def _abstract_params(cfg: configs.FourMConfig) -> dict:
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from m4.models.fourm import FourM  # pylint: disable=g-import-not-at-top
   model = nnx.eval_shape(lambda: FourM(cfg, rngs=nnx.Rngs(0)))
   return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
@@ -123,11 +125,6 @@ def convert_checkpoint(src: str, out: str | None = None, *, suffix: str = "",
   the name map under `source`, and checkpoints/0; load it with
   pretrained.load(out) or `--config.init=out`). Returns (model, plan).
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from m4.models import pretrained  # pylint: disable=g-import-not-at-top
-  from m4.models.fourm import FourM  # pylint: disable=g-import-not-at-top
-
   tensors, ref_cfg = read_source(src)
   p = plan(tensors, ref_cfg, suffix=suffix, skip_unknown=skip_unknown)
   params = to_m4(tensors, p)
