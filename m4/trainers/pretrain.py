@@ -245,17 +245,17 @@ def run(config, workdir_path: str) -> dict:
   """Pretrains (or resumes) in `workdir_path`; returns the summary."""
   t_start = time.time()
   try:
-    modalities.register_from_config(config.get("modalities"))
+    modalities.register_from_config(config.modalities)
   except ValueError as e:
     raise workdir.ConfigError(f"config.modalities: {e}") from None
   cfg = configs.from_config(config.model)
   cfg.check_modalities()
   _check_config(config, cfg)
   try:
-    mesh = sharding.make_mesh(config.get("mesh"))
+    mesh = sharding.make_mesh(config.mesh)
   except ValueError as e:
     raise workdir.ConfigError(str(e)) from None
-  rules = sharding.rules_from_config(config.get("sharding_rules"))
+  rules = sharding.rules_from_config(config.sharding_rules)
   shards = sharding.num_batch_shards(mesh, rules)
   workdir.require(int(config.data.batch_size) % shards == 0, "data.batch_size",
                   f"{config.data.batch_size} does not split over the {shards} batch shards of"
@@ -311,7 +311,7 @@ def _train(config, workdir_path, ckpt, guard, *, data, cfg, target, shardings, m
   else:
     start = 0
     params = None
-    if config.get("init"):
+    if config.init:
       try:
         params = checkpoints.restore_subtree(config.init, target.params, key="model")
       except (FileNotFoundError, KeyError, ValueError) as e:
