@@ -25,3 +25,6 @@ def test_bench_reports_steady_state_steps():
   np.testing.assert_allclose(out["tflops_per_s"], out["gflops_per_step"] / 1e3
                              / out["step_s_median"], rtol=2e-2)
   assert out["peak_tflops"] > 0 and 0 < out["mfu"] < 1, out["peak_source"]
+  assert out["wall_tflops"] > 0
+  np.testing.assert_allclose(out["fraction_of_wall"], out["tflops_per_s"] / out["wall_tflops"],
+                             rtol=2e-2)

@@ -38,8 +38,9 @@ def get_config(arg=None):
       weight_decay=0.05, clip_norm=1.0))
   # Synthetic masked batches: Dirichlet(alpha) budget splits (4M's all-to-all).
   # breakdown: also time forward and forward + backward alone.
-  # peak_tflops: the MFU's peak (None: bench_train.peak_tflops's figure for the device).
+  # peak_tflops: the MFU's peak (None: bench_train.peak_tflops's figure for the device);
+  # wall: also measure the matmul wall (a 2048^2 product) in the same run.
   c.bench = ml_collections.ConfigDict(dict(
-      warmup=2, steps=10, alpha=1.0, breakdown=False,
+      warmup=2, steps=10, alpha=1.0, breakdown=False, wall=True,
       peak_tflops=ml_collections.config_dict.placeholder(float)))
   return c

@@ -14,7 +14,9 @@ memory, and
 the average head vocabulary per target token (the heads' share of the work),
 and XLA's FLOPs per step with the model FLOPs utilisation (MFU) against a
 stated peak (`config.bench.peak_tflops`, else `peak_tflops()`'s figure for
-the device; `peak_source` says which).
+the device; `peak_source` says which), and the fraction of the matmul wall
+measured in the same run (`matmul_wall_tflops`: a 2048^2 product in the
+model's compute dtype; `config.bench.wall=False` skips it).
 With `config.bench.breakdown=True` it also times the forward pass (loss) and
 forward + backward (gradients) alone, so backward = grads - forward and
 optimizer = step - grads.
@@ -25,10 +27,10 @@ from __future__ import annotations
 import json
 import os
 import resource
-import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app
 from absl import flags
@@ -91,6 +93,15 @@ def peak_tflops(device, dtype: str) -> tuple[float | None, str]:
   cores = os.cpu_count() or 1
   return (cores * mhz * 1e6 * per_cycle / 1e12,
           f"estimate: {cores} cores x {mhz / 1e3:.2f} GHz x {per_cycle} fp32 FLOP/cycle")
+
+
+def matmul_wall_tflops(size: int = 2048, dtype: str = "float32", repeats: int = 10) -> float:
+  """The machine's matmul wall, measured now: median TFLOP/s of a jitted
+  (size x size) @ (size x size) product in `dtype` on the default device."""
+  x = jax.random.normal(jax.random.key(0), (size, size), jnp.dtype(dtype))
+  f = jax.jit(lambda a: a @ a)
+  times, _ = _time(f, (x,), warmup=2, steps=repeats)
+  return 2 * size ** 3 / float(np.median(times)) / 1e12
 
 
 def _step_flops(compiled) -> float | None:
@@ -160,6 +171,7 @@ def bench(config) -> dict:
   if config.bench.get("peak_tflops"):
     peak, peak_source = float(config.bench.peak_tflops), "config.bench.peak_tflops"
   achieved = flops / median / 1e12 if flops else None
+  wall = matmul_wall_tflops(dtype=cfg.dtype) if config.bench.get("wall", True) else None
   mem = compiled.memory_analysis()
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   return {
@@ -177,7 +189,9 @@ def bench(config) -> dict:
       "gflops_per_step": round(flops / 1e9, 3) if flops else None,
       "tflops_per_s": round(achieved, 4) if achieved else None,
       "peak_tflops": round(peak, 3) if peak else None, "peak_source": peak_source,
-      "mfu": round(achieved / peak, 4) if achieved and peak else None, **parts,
+      "mfu": round(achieved / peak, 4) if achieved and peak else None,
+      "wall_tflops": round(wall, 4) if wall else None,
+      "fraction_of_wall": round(achieved / wall, 4) if achieved and wall else None, **parts,
   }
 
 
