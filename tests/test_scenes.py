@@ -448,6 +448,50 @@ def test_palette_and_metadata(extra_samples):
   np.testing.assert_allclose(pal["fraction"], [0.5, 0.25, 0.25, 0.0])
 
 
+def test_aligned_crop_moves_extras(extra_samples):
+  from m4.data import transforms  # pylint: disable=g-import-not-at-top
+  s = extra_samples[0]
+  crop = transforms.AlignedCrop(size=32, flip=True)
+  seen = set()
+  for seed in range(20):
+    out = crop(s, np.random.default_rng(seed))
+    flipped = not np.array_equal(out["semseg"], s["semseg"])
+    seen.add(flipped)
+    cols = slice(None, None, -1) if flipped else slice(None)
+    for key in ("instance", "edges", "rgb_edges"):
+      np.testing.assert_array_equal(out[key], s[key][:, cols])
+      assert out[key].dtype == np.uint8
+    sign = np.array([-1 if flipped else 1, 1, 1], np.float32)
+    np.testing.assert_array_equal(out["normals"], s["normals"][:, cols] * sign)
+    n = int(s["labels"]["count"])
+    for k in range(n):
+      rows, cc = np.nonzero(out["instance"] == 2 + k)
+      np.testing.assert_array_equal(out["boxes"]["bbox_px"][k],
+                                    [cc.min(), rows.min(), cc.max() + 1, rows.max() + 1])
+  assert seen == {False, True}
+  half = transforms.AlignedCrop(size=16, crop_scale=(0.5, 0.5), flip=True)(
+      s, np.random.default_rng(0))
+  assert all(half[k].shape[:2] == (16, 16) for k in ("normals", "instance", "edges", "rgb_edges"))
+
+
+def test_extras_stay_aligned_through_the_training_pipeline(tmp_path):
+  from m4.data import pipeline  # pylint: disable=g-import-not-at-top
+  config = pipeline.data_config(
+      kind="scenes", dir=str(tmp_path / "scenes"), resolution=32, num_train=16,
+      num_validation=2, num_test=2, extras=scenes.EXTRAS, batch_size=8, image_size=(24, 24),
+      crop_scale=(0.4, 1.0), flip=True)
+  it = pipeline.make_iterator(config, config.train_split, seed=0, training=True)
+  for _ in range(2):
+    batch = next(it)
+    assert batch["normals"].shape == (8, 24, 24, 3) and batch["instance"].shape == (8, 24, 24)
+    sky = batch["semseg"] == scenes.SKY
+    np.testing.assert_array_equal(batch["instance"] == 0, sky)
+    np.testing.assert_array_equal(batch["instance"] == 1, batch["semseg"] == scenes.GROUND)
+    np.testing.assert_array_equal(np.all(batch["normals"] == 0, -1), sky)
+    assert batch["boxes"]["bbox_px"].shape == (8, 4, 4)
+    assert batch["palette"]["colors"].shape == (8, 4, 3) and batch["metadata"]["count"].shape == (8,)
+
+
 def test_ensure_with_extras_and_extras_grid(tmp_path):
   d = str(tmp_path / "data")
   config = dict(resolution=32, num_train=2, num_validation=1, num_test=1, seed=1,
