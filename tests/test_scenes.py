@@ -507,4 +507,4 @@ def test_ensure_with_extras_and_extras_grid(tmp_path):
   with pytest.raises(workdir.ConfigError, match="extras"):
     scenes.ensure(d, {**config, "extras": ()}, progress=False)
   path = scenes.extras_grid(str(tmp_path / "extras.png"), num=2, resolution=32)
-  assert Image.open(path).size[0] == 5 * (128 + 4) + 4
+  assert Image.open(path).size[0] == 6 * (128 + 4) + 4

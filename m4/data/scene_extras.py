@@ -23,8 +23,9 @@ exactly aligned with them:
              to max_objects with -1.
   palette    {"colors": uint8 (PALETTE_SIZE, 3), "fraction": float32
              (PALETTE_SIZE,)}: the RGB's dominant colours by k-means
-             (farthest-point start, KMEANS_STEPS Lloyd steps), most pixels
-             first, and the share of pixels each one holds.
+             (a greedy start over 8-level RGB bins, weighing pixels and
+             distance; KMEANS_STEPS Lloyd steps), most pixels first, and the
+             share of pixels each one holds.
   metadata   {"count": int32 objects, "camera_pitch_deg": float32 degrees below
              the horizon, "camera_height_m": float32, "brightness": float32
              mean luma of the RGB in [0, 1], "object_fraction": float32 share
@@ -166,15 +167,18 @@ def boxes(scene_arrays) -> dict:
           "bbox_px": np.asarray(scene_arrays["bbox_px"], np.int32)}
 
 
-def _farthest_points(x: np.ndarray, k: int) -> np.ndarray:
-  """k rows of x: the one nearest the mean, then each farthest from those."""
-  first = int(np.argmin(np.sum((x - x.mean(0)) ** 2, -1)))
-  chosen = [first]
-  dist = np.sum((x - x[first]) ** 2, -1)
+def _initial_centres(x: np.ndarray, k: int) -> np.ndarray:
+  """k starting colours: the mean colours of 8-level RGB bins, the fullest
+  first, then each maximising (pixels) x (squared distance to those chosen)."""
+  bins = np.ravel_multi_index(tuple((x // 32).astype(int).T), (8, 8, 8))
+  _, label, count = np.unique(bins, return_inverse=True, return_counts=True)
+  means = np.stack([np.bincount(label, x[:, c]) for c in range(3)], -1) / count[:, None]
+  chosen = [int(np.argmax(count))]
+  dist = np.sum((means - means[chosen[0]]) ** 2, -1)
   for _ in range(k - 1):
-    chosen.append(int(np.argmax(dist)))
-    dist = np.minimum(dist, np.sum((x - x[chosen[-1]]) ** 2, -1))
-  return x[chosen]
+    chosen.append(int(np.argmax(count * dist)))
+    dist = np.minimum(dist, np.sum((means - means[chosen[-1]]) ** 2, -1))
+  return means[chosen]
 
 
 def _nearest_centre(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -185,7 +189,7 @@ def _nearest_centre(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
 def palette(rgb: np.ndarray, k: int = PALETTE_SIZE) -> dict:
   """The k dominant colours of uint8 RGB and their pixel shares (k-means)."""
   x = rgb.reshape(-1, 3).astype(np.float64)
-  centres = _farthest_points(x, k)
+  centres = _initial_centres(x, k)
   for _ in range(KMEANS_STEPS):
     label = _nearest_centre(x, centres)
     count = np.bincount(label, minlength=k)

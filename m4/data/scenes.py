@@ -103,17 +103,26 @@ def normals_image(normals) -> np.ndarray:
   return np.where(np.any(normals != 0, -1, keepdims=True), (normals + 1) / 2, 0.0)
 
 
+def palette_image(palette, size: int) -> np.ndarray:
+  """A palette as a (size, size, 3) uint8 image: one vertical band a colour,
+  its width its pixel share."""
+  edges = np.round(np.cumsum(palette["fraction"]) * size).astype(int)
+  band = np.searchsorted(edges, np.arange(size), side="right")
+  return palette["colors"][np.minimum(band, len(edges) - 1)][None].repeat(size, 0)
+
+
 def extras_grid(path: str, num: int = 8, split: str = "validation", **render_args) -> str:
   """Renders samples 0.. of `split` with every extra and draws rgb | normals |
-  instance | edges | rgb_edges (m4.pictures); returns `path`."""
+  instance | edges | rgb_edges | palette (m4.pictures); returns `path`."""
   samples = [render(i, split=split, **{**render_args, "extras": EXTRAS}) for i in range(num)]
   rows = [{"rgb": s["rgb"], "normals": normals_image(s["normals"]), "instance": s["instance"],
-           "edges": s["edges"].astype(np.float32), "rgb_edges": s["rgb_edges"].astype(np.float32)}
+           "edges": s["edges"].astype(np.float32), "rgb_edges": s["rgb_edges"].astype(np.float32),
+           "palette": palette_image(s["palette"], s["rgb"].shape[0])}
           for s in samples]
   captions = [f"{split} {int(s['id'])}: {s['caption']}" for s in samples]
   return pictures.save_grid(path, rows, captions,
                             kinds={"normals": "rgb", "instance": "semseg", "edges": "gray",
-                                   "rgb_edges": "gray"})
+                                   "rgb_edges": "gray", "palette": "rgb"})
 
 
 def main(argv=None):
