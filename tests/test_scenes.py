@@ -313,3 +313,193 @@ def test_killed_writer_leaves_no_split_and_ensure_finishes(tmp_path):
   assert not glob.glob(os.path.join(d, ".*partial*"))  # The dead writer's file is gone.
   source = scenes.ScenesSource(d, "validation")
   assert _equal(source[1], scenes.render(1, split="validation", seed=0, resolution=24))
+
+
+# ------------------------------------------------------------ extras (issue 13)
+
+EXTRA_ARGS = dict(seed=3, resolution=32, min_objects=1, max_objects=4, extras=scenes.EXTRAS)
+EXTRA_KEYS = ("normals", "instance", "edges", "rgb_edges", "boxes", "palette", "metadata")
+# sha1 of SMALL's spec.json as written before extras existed (commit 8ed0c54). The
+# records were checked byte-identical there too, on one machine; float rendering
+# may differ across CPUs, so the test compares renders with and without extras.
+SMALL_SPEC_SHA1 = "0c8e090305ba62cfdc077be7c1167fbffa0b5b49"
+
+
+@pytest.fixture(scope="module")
+def extra_samples():
+  return [scenes.render(i, split="validation", **EXTRA_ARGS) for i in range(12)]
+
+
+def _pair_differs(x):
+  """(H, W) bool: pixels with a 4-neighbour of another value."""
+  out = np.zeros(x.shape, bool)
+  h, v = x[:, 1:] != x[:, :-1], x[1:] != x[:-1]
+  out[:, 1:] |= h
+  out[:, :-1] |= h
+  out[1:] |= v
+  out[:-1] |= v
+  return out
+
+
+def test_default_dataset_unchanged_by_extras(tmp_path):
+  spec = scenes.SceneSpec(**SMALL)
+  assert spec.extras == () and "extras" not in spec.to_json()
+  assert scenes.default_config().extras == ()
+  workdir.write_json(str(tmp_path / "spec.json"), spec.to_json())
+  assert hashlib.sha1((tmp_path / "spec.json").read_bytes()).hexdigest() == SMALL_SPEC_SHA1
+  # Extras add keys and change nothing else.
+  plain = scenes.render(1, split="train", **{**EXTRA_ARGS, "extras": ()})
+  full = scenes.render(1, split="train", **EXTRA_ARGS)
+  assert set(full) - set(plain) == set(EXTRA_KEYS)
+  assert _equal(plain, {k: v for k, v in full.items() if k in plain})
+  assert _equal(full, scenes.render(1, split="train", **EXTRA_ARGS))  # Deterministic.
+  assert scenes.SceneSpec(extras=["metadata", "normals"]).extras == ("normals", "metadata")
+  with pytest.raises(ValueError, match="unknown extras"):
+    scenes.SceneSpec(extras=("normal",))
+
+
+def test_extras_contract(extra_samples):
+  for s in extra_samples:
+    n = int(s["labels"]["count"])
+    assert s["normals"].shape == (32, 32, 3) and s["normals"].dtype == np.float32
+    for key in ("instance", "edges", "rgb_edges"):
+      assert s[key].shape == (32, 32) and s[key].dtype == np.uint8, key
+    assert set(np.unique(s["edges"])) <= {0, 1} and set(np.unique(s["rgb_edges"])) <= {0, 1}
+    assert 0 < s["rgb_edges"].mean() < 0.5
+    assert s["boxes"]["class"].shape == (4,) and s["boxes"]["bbox_px"].shape == (4, 4)
+    np.testing.assert_array_equal(s["boxes"]["bbox_px"], s["scene"]["bbox_px"])
+    np.testing.assert_array_equal(s["boxes"]["class"][:n],
+                                  scenes.FIRST_OBJECT_CLASS + s["scene"]["shape"][:n])
+    assert np.all(s["boxes"]["class"][n:] == -1)
+
+
+def test_normals_unit_ground_up_sphere_faces_camera(extra_samples):
+  spheres = 0
+  for s in extra_samples:
+    normals, sem, sc = s["normals"], s["semseg"], s["scene"]
+    sky = sem == scenes.SKY
+    assert np.all(normals[sky] == 0)
+    np.testing.assert_allclose(np.linalg.norm(normals[~sky], axis=-1), 1, atol=1e-5)
+    up = sc["camera_rotation"][:, 1]  # World +y in camera axes (right, up, forward).
+    np.testing.assert_allclose(normals[sem == scenes.GROUND], np.broadcast_to(
+        up, normals[sem == scenes.GROUND].shape), atol=1e-5)
+    tan = 16 / float(sc["focal_px"])
+    c = (np.arange(32) + 0.5) / 16 - 1
+    rays = np.stack(np.broadcast_arrays(c[None] * tan, -c[:, None] * tan, 1.0), -1)
+    assert np.all(np.sum(normals * rays, -1)[~sky] < 1e-6)  # Surfaces face the camera.
+    for k in np.flatnonzero(sc["shape"] == scenes.SHAPES.index("sphere")):
+      x, y = np.floor(sc["center_px"][k]).astype(int)
+      ray = np.array([(x + 0.5) / 16 - 1, 1 - (y + 0.5) / 16, 1 / tan])
+      assert normals[y, x] @ (-ray / np.linalg.norm(ray)) > 0.8
+      spheres += 1
+  assert spheres >= 3
+
+
+def test_instance_agrees_with_semseg_and_scene(extra_samples):
+  for s in extra_samples:
+    inst, sem, sc = s["instance"], s["semseg"], s["scene"]
+    n = int(s["labels"]["count"])
+    np.testing.assert_array_equal(inst == 0, sem == scenes.SKY)
+    np.testing.assert_array_equal(inst == 1, sem == scenes.GROUND)
+    assert inst.max() == n + 1
+    for k in range(n):
+      mine = inst == 2 + k
+      assert np.all(sem[mine] == scenes.FIRST_OBJECT_CLASS + sc["shape"][k])
+      assert mine.sum() == sc["area_px"][k]
+      rows, cols = np.nonzero(mine)
+      assert list(sc["bbox_px"][k]) == [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]
+
+
+def test_edges_cover_boundaries_and_creases_only(extra_samples):
+  creases = 0
+  for s in extra_samples:
+    inst, edges = s["instance"], s["edges"].astype(bool)
+    boundary = _pair_differs(inst)
+    assert np.all(edges[boundary])
+    # The ground plane is one flat surface: no depth jump or crease inside it.
+    assert not np.any(edges[(inst == 1) & ~boundary])
+    for k in np.flatnonzero(s["scene"]["shape"] == scenes.SHAPES.index("cube")):
+      creases += np.sum(edges[(inst == 2 + k) & ~boundary])
+  assert creases > 0  # A cube's visible edges.
+
+
+def test_palette_and_metadata(extra_samples):
+  for s in extra_samples:
+    pal, meta, sc = s["palette"], s["metadata"], s["scene"]
+    assert pal["colors"].shape == (4, 3) and pal["colors"].dtype == np.uint8
+    assert pal["fraction"].dtype == np.float32 and np.all(np.diff(pal["fraction"]) <= 0)
+    assert abs(pal["fraction"].sum() - 1) < 1e-5
+    n = int(s["labels"]["count"])
+    assert meta["count"] == n and meta["count"].dtype == np.int32
+    assert meta["object_fraction"] == np.float32(sc["area_px"][:n].sum() / 32 ** 2)
+    assert meta["camera_height_m"] == sc["camera_position"][1]
+    assert 0 < meta["camera_pitch_deg"] < 27 and 0 < meta["brightness"] < 1
+  two = np.zeros((8, 8, 3), np.uint8)
+  two[:, :4] = (200, 10, 10)
+  two[:, 4:6] = (10, 10, 200)
+  two[:, 6:] = (10, 200, 10)
+  pal = scenes.scene_extras.palette(two)
+  assert [tuple(c) for c in pal["colors"][:3]] == [(200, 10, 10), (10, 10, 200), (10, 200, 10)]
+  np.testing.assert_allclose(pal["fraction"], [0.5, 0.25, 0.25, 0.0])
+
+
+def test_aligned_crop_moves_extras(extra_samples):
+  from m4.data import transforms  # pylint: disable=g-import-not-at-top
+  s = extra_samples[0]
+  crop = transforms.AlignedCrop(size=32, flip=True)
+  seen = set()
+  for seed in range(20):
+    out = crop(s, np.random.default_rng(seed))
+    flipped = not np.array_equal(out["semseg"], s["semseg"])
+    seen.add(flipped)
+    cols = slice(None, None, -1) if flipped else slice(None)
+    for key in ("instance", "edges", "rgb_edges"):
+      np.testing.assert_array_equal(out[key], s[key][:, cols])
+      assert out[key].dtype == np.uint8
+    sign = np.array([-1 if flipped else 1, 1, 1], np.float32)
+    np.testing.assert_array_equal(out["normals"], s["normals"][:, cols] * sign)
+    n = int(s["labels"]["count"])
+    for k in range(n):
+      rows, cc = np.nonzero(out["instance"] == 2 + k)
+      np.testing.assert_array_equal(out["boxes"]["bbox_px"][k],
+                                    [cc.min(), rows.min(), cc.max() + 1, rows.max() + 1])
+  assert seen == {False, True}
+  half = transforms.AlignedCrop(size=16, crop_scale=(0.5, 0.5), flip=True)(
+      s, np.random.default_rng(0))
+  assert all(half[k].shape[:2] == (16, 16) for k in ("normals", "instance", "edges", "rgb_edges"))
+
+
+def test_extras_stay_aligned_through_the_training_pipeline(tmp_path):
+  from m4.data import pipeline  # pylint: disable=g-import-not-at-top
+  config = pipeline.data_config(
+      kind="scenes", dir=str(tmp_path / "scenes"), resolution=32, num_train=16,
+      num_validation=2, num_test=2, extras=scenes.EXTRAS, batch_size=8, image_size=(24, 24),
+      crop_scale=(0.4, 1.0), flip=True)
+  it = pipeline.make_iterator(config, config.train_split, seed=0, training=True)
+  for _ in range(2):
+    batch = next(it)
+    assert batch["normals"].shape == (8, 24, 24, 3) and batch["instance"].shape == (8, 24, 24)
+    sky = batch["semseg"] == scenes.SKY
+    np.testing.assert_array_equal(batch["instance"] == 0, sky)
+    np.testing.assert_array_equal(batch["instance"] == 1, batch["semseg"] == scenes.GROUND)
+    np.testing.assert_array_equal(np.all(batch["normals"] == 0, -1), sky)
+    assert batch["boxes"]["bbox_px"].shape == (8, 4, 4)
+    assert batch["palette"]["colors"].shape == (8, 4, 3) and batch["metadata"]["count"].shape == (8,)
+
+
+def test_ensure_with_extras_and_extras_grid(tmp_path):
+  d = str(tmp_path / "data")
+  config = dict(resolution=32, num_train=2, num_validation=1, num_test=1, seed=1,
+                extras=("metadata", "instance"))
+  scenes.ensure(d, config, progress=False)
+  spec = scenes.read_spec(d)
+  assert spec.extras == ("instance", "metadata")
+  assert workdir.read_json(os.path.join(d, "spec.json"))["extras"] == ["instance", "metadata"]
+  source = scenes.ScenesSource(d, "train")
+  assert _equal(source[1], scenes.render(1, split="train", **spec.render_args()))
+  assert "instance" in source[1] and "normals" not in source[1]
+  scenes.ensure(d, {"dir": d}, progress=False)  # extras left out: whatever is stored.
+  with pytest.raises(workdir.ConfigError, match="extras"):
+    scenes.ensure(d, {**config, "extras": ()}, progress=False)
+  path = scenes.extras_grid(str(tmp_path / "extras.png"), num=2, resolution=32)
+  assert Image.open(path).size[0] == 6 * (128 + 4) + 4

@@ -189,6 +189,18 @@ def _normal_object(scene: Scene, k: int, p, part):
   return n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
 
 
+def surface_normals(scene: Scene, p, ids, part) -> np.ndarray:
+  """Unit world-space normals at hit points p (n, 3) with cast's ids (>= 0)
+  and parts: the ground's is +y."""
+  normal = np.zeros_like(p)
+  normal[:, 1] = 1.0  # Ground.
+  for k in range(len(scene.shape)):
+    sel = np.flatnonzero(ids == k + 1)
+    if sel.size:
+      normal[sel] = _normal_object(scene, k, p[sel], part[sel])
+  return normal
+
+
 def cast(scene: Scene, o, d):
   """Nearest hit: (t, id, part) with id -1 sky, 0 ground, 1 + k object k."""
   with np.errstate(divide="ignore", invalid="ignore"):
@@ -227,12 +239,7 @@ def shade(scene: Scene, d, t, ids, part) -> np.ndarray:
   rgb[sky] = SKY_HORIZON * (1 - sky_w) + SKY_ZENITH * sky_w
   th, hid, hpart = t[hit], ids[hit], part[hit]
   p = scene.cam_pos + th[:, None] * d[hit]
-  normal = np.zeros_like(p)
-  normal[:, 1] = 1.0  # Ground.
-  for k in range(len(scene.shape)):
-    sel = np.flatnonzero(hid == k + 1)
-    if sel.size:
-      normal[sel] = _normal_object(scene, k, p[sel], hpart[sel])
+  normal = surface_normals(scene, p, hid, hpart)
   albedo = np.concatenate([GROUND_ALBEDO[None], ALBEDO[scene.color]])[hid]
   lit = ~_shadowed(scene, p + 1e-4 * normal)
   lambert = np.maximum(normal @ scene.light, 0.0) * lit

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 
+from m4.data import scene_extras
 from m4.data.scene_captions import make_caption
 from m4.data.scene_graph import Scene, rng_for, sample_layout, sample_objects
 from m4.data.scene_raycast import camera_rays, cast, project, shade, to_uint8
@@ -24,14 +25,14 @@ CENTRE_MARGIN = 0.08
 
 def _find_layout(rng, shape, color, size, res: int):
   """Draws layouts until every object is visible enough; returns the scene
-  with its pixel-centre hits (t, ids) and the objects' centres and areas."""
+  with its pixel-centre hits (t, ids, part) and the objects' centres and areas."""
   n = len(shape)
   min_px = max(1, int(round(MIN_VISIBLE_FRACTION * res * res)))
   for _ in range(MAX_ATTEMPTS):
     scene = sample_layout(rng, shape, color, size)
     if scene is None:
       continue
-    t, ids, _ = cast(scene, scene.cam_pos, camera_rays(scene, res, 1))
+    t, ids, part = cast(scene, scene.cam_pos, camera_rays(scene, res, 1))
     ids = ids.reshape(res, res)
     centre = scene.position + np.array([0, 1, 0]) * scene.height[:, None] / 2
     center_px, depth_m = project(scene, centre, res)
@@ -41,7 +42,7 @@ def _find_layout(rng, shape, color, size, res: int):
     area = np.bincount(ids.ravel() + 1, minlength=n + 2)[2:]
     col, row = np.floor(center_px).astype(int).T
     if np.all(area >= min_px) and np.all(ids[row, col] == np.arange(1, n + 1)):
-      return scene, t.reshape(res, res), ids, center_px, depth_m, area
+      return scene, t.reshape(res, res), ids, part.reshape(res, res), center_px, depth_m, area
   return None
 
 
@@ -58,14 +59,16 @@ def _sort_left_to_right(scene: Scene, ids, center_px, depth_m, area):
 
 
 def render(index: int, *, seed: int = 0, split: str = "train", resolution: int = 64,
-           min_objects: int = 1, max_objects: int = 4, antialias: int = 2) -> dict:
-  """Sample `index` of `split`: a raw-sample dict (see m4.data.scenes).
+           min_objects: int = 1, max_objects: int = 4, antialias: int = 2,
+           extras: tuple[str, ...] = ()) -> dict:
+  """Sample `index` of `split`: a raw-sample dict (see m4.data.scenes), with
+  the keys `extras` names (m4.data.scene_extras) added.
 
   A pure function of its arguments: the same arguments give bit-identical
   arrays.
   """
   spec = SceneSpec(resolution=resolution, min_objects=min_objects, max_objects=max_objects,
-                   seed=seed, antialias=antialias)
+                   seed=seed, antialias=antialias, extras=tuple(extras))
   rng = rng_for(spec.seed, split, int(index))
   # What is in the scene is drawn once; only where it stands may be redrawn.
   shape, color, size = sample_objects(rng, spec.min_objects, spec.max_objects)
@@ -74,7 +77,7 @@ def render(index: int, *, seed: int = 0, split: str = "train", resolution: int =
   if found is None:
     raise RuntimeError(f"scenes: no valid layout for {split} sample {index} "
                        f"after {MAX_ATTEMPTS} attempts (seed {seed}).")
-  scene, t, ids, center_px, depth_m, area = found
+  scene, t, ids, part, center_px, depth_m, area = found
   ids, center_px, depth_m, area = _sort_left_to_right(scene, ids, center_px, depth_m, area)
 
   semseg = np.where(ids < 0, SKY, np.where(
@@ -99,7 +102,7 @@ def render(index: int, *, seed: int = 0, split: str = "train", resolution: int =
     out[:n] = x
     return out
 
-  return {
+  sample = {
       "rgb": to_uint8(linear),
       "depth": depth.astype(np.float32),
       "semseg": semseg.astype(np.uint8),
@@ -123,6 +126,9 @@ def render(index: int, *, seed: int = 0, split: str = "train", resolution: int =
       },
       "id": np.int64(index),
   }
+  if spec.extras:
+    sample.update(scene_extras.compute(spec.extras, scene, t, ids, part, sample))
+  return sample
 
 
 def benchmark(spec: SceneSpec, num: int) -> float:

@@ -17,6 +17,8 @@ CLASSES = ("sky", "ground") + SHAPES
 SKY, GROUND, FIRST_OBJECT_CLASS = 0, 1, 2
 SPLITS = ("train", "validation", "test")
 MAX_OBJECTS_LIMIT = 5  # More do not fit the layout; captions: <= 7 * K - 3 words.
+# Optional ground truth a dataset may add to every sample (m4.data.scene_extras).
+EXTRAS = ("normals", "instance", "edges", "rgb_edges", "boxes", "palette", "metadata")
 
 # Bumped whenever the renderer's output changes; datasets record it and ensure()
 # refuses a dataset made by another version. 2: closer framing, at most 5
@@ -37,6 +39,9 @@ class SceneSpec:
     antialias: RGB supersamples per pixel side (1 = none); depth and semseg
       always come from the pixel-centre ray.
     num_train, num_validation, num_test: samples per split.
+    extras: names of EXTRAS added to every sample (any order in, EXTRAS order
+      kept); () = none, and then spec.json has no `extras` entry, so datasets
+      made before extras existed are the same dataset.
   """
 
   resolution: int = 64
@@ -47,9 +52,13 @@ class SceneSpec:
   num_train: int = 10000
   num_validation: int = 1000
   num_test: int = 1000
+  extras: tuple[str, ...] = ()
 
   def __post_init__(self):
+    object.__setattr__(self, "extras", check_extras(self.extras))
     for f in dataclasses.fields(self):
+      if f.name == "extras":
+        continue
       v = getattr(self, f.name)
       if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
         raise ValueError(f"scenes: {f.name} must be an integer, got {v!r}.")
@@ -75,10 +84,14 @@ class SceneSpec:
   def render_args(self) -> dict:
     """The keyword arguments of `render` that this spec fixes."""
     return dict(seed=self.seed, resolution=self.resolution, min_objects=self.min_objects,
-                max_objects=self.max_objects, antialias=self.antialias)
+                max_objects=self.max_objects, antialias=self.antialias, extras=self.extras)
 
   def to_json(self) -> dict:
-    return {"renderer_version": RENDERER_VERSION, **dataclasses.asdict(self),
+    """spec.json's contents; `extras` only when there are any."""
+    fields = dataclasses.asdict(self)
+    extras = fields.pop("extras")
+    return {"renderer_version": RENDERER_VERSION, **fields,
+            **({"extras": list(extras)} if extras else {}),
             "classes": list(CLASSES), "shapes": list(SHAPES), "colors": list(COLORS),
             "sizes": list(SIZES)}
 
@@ -100,6 +113,16 @@ def default_config():
   return ml_collections.ConfigDict({
       "kind": "scenes", "dir": "", "workers": 1,
       **dataclasses.asdict(SceneSpec())})
+
+
+def check_extras(extras) -> tuple[str, ...]:
+  """`extras` as a tuple of known EXTRAS names, in EXTRAS order."""
+  if not isinstance(extras, (tuple, list)) or not all(isinstance(e, str) for e in extras):
+    raise ValueError(f"scenes: extras must be a tuple of names of {EXTRAS}, got {extras!r}.")
+  unknown = sorted(set(extras) - set(EXTRAS))
+  if unknown:
+    raise ValueError(f"scenes: unknown extras {unknown}; known: {EXTRAS}.")
+  return tuple(e for e in EXTRAS if e in extras)
 
 
 def check_split(split: str):

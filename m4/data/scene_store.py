@@ -53,7 +53,8 @@ def read_spec(data_dir: str) -> SceneSpec:
 def spec_from_json(path: str, stored: Mapping[str, Any]) -> SceneSpec:
   """The SceneSpec of a stored spec.json (read from `path`, named in errors)."""
   try:
-    return SceneSpec(**{f.name: stored[f.name] for f in dataclasses.fields(SceneSpec)})
+    return SceneSpec(**{f.name: stored[f.name] for f in dataclasses.fields(SceneSpec)
+                        if f.name != "extras"}, extras=tuple(stored.get("extras", ())))
   except (KeyError, TypeError, ValueError) as e:
     raise workdir.ConfigError(f"{path}: not a valid scenes spec ({e!r}).") from None
 

@@ -73,10 +73,10 @@ def _compare_spec(data_dir: str, stored: Mapping[str, Any], spec: SceneSpec,
                   fields: list[str]):
   wanted = spec.to_json()
   for key in ["renderer_version"] + fields:
-    if stored.get(key) != wanted[key]:
+    if stored.get(key) != wanted.get(key):  # `extras` is absent when there are none.
       raise workdir.ConfigError(
           f"{data_dir} holds a scenes dataset made with {key}={stored.get(key)!r}, but the"
-          f" config asks for {key}={wanted[key]!r}. Use another directory, or delete that"
+          f" config asks for {key}={wanted.get(key)!r}. Use another directory, or delete that"
           " dataset yourself; nothing was changed.")
 
 
@@ -90,7 +90,7 @@ def ensure(data_dir: str, config: Mapping[str, Any] | None = None, *,
       left alone).
     config: a data config (ConfigDict or dict) with SceneSpec fields
       (resolution, min_objects, max_objects, seed, antialias, num_train,
-      num_validation, num_test) and optionally `workers` (processes that
+      num_validation, num_test, extras) and optionally `workers` (processes that
       render; 1 = this one). Other fields are ignored. A field the config sets
       must match an existing dataset; a field it leaves out (or None) accepts
       what is stored, and takes SceneSpec's default for a new dataset.

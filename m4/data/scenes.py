@@ -33,6 +33,12 @@ contract of m4.data):
            forward; focal_px) and light_direction.
   id       int64, the index within its split.
 
+Opt-in (SceneSpec.extras, config field `extras`, e.g. ("normals", "edges")):
+more 4M-21-style ground truth per sample, from the same pixel-centre rays:
+normals (camera space), instance, edges (geometry), rgb_edges (Canny-style),
+boxes, palette and metadata; m4.data.scene_extras documents each. With no
+extras (the default) samples and spec.json are exactly as before.
+
 A sample is a pure function of (seed, split, index, generation parameters):
 the splits draw from disjoint seed streams, so they never overlap.
 
@@ -48,29 +54,33 @@ missing splits. Files other than these in DIR are never touched.
 
     python -m m4.data.scenes --out /tmp/scenes --num 4000 [--workers 2]
         [--num_validation 400 --num_test 400 --resolution 64 --max_objects 4
-         --seed 0 --split train]   # validation/test default to num // 10
+         --seed 0 --split train --extras normals,instance,edges]
+                                   # validation/test default to num // 10
     python -m m4.data.scenes --benchmark 500   # renders only, prints samples/s
 
 The parts: scene_spec (vocabulary, SceneSpec), scene_graph (sampling),
-scene_raycast (intersections, shading), scene_captions, scene_render (one
-sample), scene_store (files, ScenesSource), scene_writer (write_split,
-ensure). This module re-exports what callers use and is the command line.
+scene_raycast (intersections, shading), scene_captions, scene_extras
+(optional ground truth), scene_render (one sample), scene_store (files,
+ScenesSource), scene_writer (write_split, ensure). This module re-exports what callers use and is the command line.
 """
 
 import argparse
 import os
 import sys
 
+import numpy as np
+
 # The public names of the scenes dataset, re-exported for callers.
 # pylint: disable=g-importing-member,unused-import
 from m4 import pictures
 from m4 import workdir
+from m4.data import scene_extras
 from m4.data.scene_captions import LEFT_OF_FRACTION, RELATIONS, caption_words, parse_caption
 from m4.data.scene_raycast import GROUND_FAR
 from m4.data.scene_render import benchmark, render
-from m4.data.scene_spec import (CLASSES, COLORS, FIRST_OBJECT_CLASS, GROUND, MAX_OBJECTS_LIMIT,
-                                RENDERER_VERSION, SHAPES, SIZES, SKY, SPLITS, SceneSpec,
-                                default_config)
+from m4.data.scene_spec import (CLASSES, COLORS, EXTRAS, FIRST_OBJECT_CLASS, GROUND,
+                                MAX_OBJECTS_LIMIT, RENDERER_VERSION, SHAPES, SIZES, SKY, SPLITS,
+                                SceneSpec, default_config)
 from m4.data.scene_store import SPEC_FILE, ScenesSource, decode, encode, read_spec, split_path
 from m4.data.scene_writer import ensure, write_split
 # pylint: enable=g-importing-member,unused-import
@@ -85,6 +95,34 @@ def grid(path: str, data_dir: str, split: str = "validation", num: int = 8,
   rows = [{"rgb": s["rgb"], "depth": s["depth"], "semseg": s["semseg"]} for s in samples]
   captions = [f"{split} {int(s['id'])}: {s['caption']}" for s in samples]
   return pictures.save_grid(path, rows, captions, titles={"depth": "depth (m)"})
+
+
+def normals_image(normals) -> np.ndarray:
+  """Camera-space normals (H, W, 3) as RGB (n + 1) / 2 in [0, 1]; sky black."""
+  normals = np.asarray(normals, np.float32)
+  return np.where(np.any(normals != 0, -1, keepdims=True), (normals + 1) / 2, 0.0)
+
+
+def palette_image(palette, size: int) -> np.ndarray:
+  """A palette as a (size, size, 3) uint8 image: one vertical band a colour,
+  its width its pixel share."""
+  edges = np.round(np.cumsum(palette["fraction"]) * size).astype(int)
+  band = np.searchsorted(edges, np.arange(size), side="right")
+  return palette["colors"][np.minimum(band, len(edges) - 1)][None].repeat(size, 0)
+
+
+def extras_grid(path: str, num: int = 8, split: str = "validation", **render_args) -> str:
+  """Renders samples 0.. of `split` with every extra and draws rgb | normals |
+  instance | edges | rgb_edges | palette (m4.pictures); returns `path`."""
+  samples = [render(i, split=split, **{**render_args, "extras": EXTRAS}) for i in range(num)]
+  rows = [{"rgb": s["rgb"], "normals": normals_image(s["normals"]), "instance": s["instance"],
+           "edges": s["edges"].astype(np.float32), "rgb_edges": s["rgb_edges"].astype(np.float32),
+           "palette": palette_image(s["palette"], s["rgb"].shape[0])}
+          for s in samples]
+  captions = [f"{split} {int(s['id'])}: {s['caption']}" for s in samples]
+  return pictures.save_grid(path, rows, captions,
+                            kinds={"normals": "rgb", "instance": "semseg", "edges": "gray",
+                                   "rgb_edges": "gray", "palette": "rgb"})
 
 
 def main(argv=None):
@@ -105,13 +143,17 @@ def main(argv=None):
   p.add_argument("--max_objects", type=int, default=SceneSpec.max_objects)
   p.add_argument("--seed", type=int, default=SceneSpec.seed)
   p.add_argument("--antialias", type=int, default=SceneSpec.antialias)
+  p.add_argument("--extras", default="",
+                 help=f"comma-separated extra ground truth, of {','.join(EXTRAS)}")
   p.add_argument("--workers", type=int, default=1, help="rendering processes")
   p.add_argument("--split", action="append", choices=SPLITS,
                  help="write only this split now (repeatable; default: all)")
   args = p.parse_args(argv)
+  extras = tuple(e for e in args.extras.split(",") if e)
   if args.benchmark:
     spec = SceneSpec(resolution=args.resolution, min_objects=args.min_objects,
-                     max_objects=args.max_objects, seed=args.seed, antialias=args.antialias)
+                     max_objects=args.max_objects, seed=args.seed, antialias=args.antialias,
+                     extras=extras)
     rate = benchmark(spec, args.benchmark)
     seconds = args.benchmark / rate
     print(f"rendered {args.benchmark} samples in {seconds:.2f} s: {rate:.1f} samples/s,"
@@ -126,7 +168,7 @@ def main(argv=None):
       num_test=held_out if args.num_test is None else args.num_test,
       resolution=args.resolution, min_objects=args.min_objects,
       max_objects=args.max_objects, seed=args.seed, antialias=args.antialias,
-      workers=args.workers)
+      extras=extras, workers=args.workers)
   stats = {}
   try:
     ensure(args.out, config, splits=tuple(args.split or SPLITS), stats=stats)

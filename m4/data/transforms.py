@@ -9,14 +9,16 @@ every image-like key, so the modalities stay pixel-aligned:
   * rgb:    antialiased bilinear (PIL), uint8 -> float32 in [0, 1];
   * depth:  nearest neighbour (never blends depth across object edges),
             float32 metres, 0 = invalid;
-  * semseg: nearest neighbour, int32 class ids, 255 = unlabelled.
+  * semseg: nearest neighbour, int32 class ids, 255 = unlabelled;
+  * the scenes extras (EXTRA_IMAGE_KEYS, m4.data.scene_extras): nearest
+    neighbour, dtypes kept; a flip negates the normals' x (right) component.
 
 Both samplers map output pixel (i, j) to the same source point
 `box_origin + (index + 0.5) * box_size / out_size`, so an output pixel of
 depth or semseg is the source pixel under the centre of the matching rgb
 pixel. Flipped captions have "left" and "right" swapped, and the pixel
-quantities in `scene` (keys ending in `_px`, see `_move_points`) follow the crop,
-resize and flip. Everything else passes through.
+quantities in `scene` and `boxes` (keys ending in `_px`, see `_move_points`)
+follow the crop, resize and flip. Everything else passes through.
 
 Value scales: m4.value_scales.
 """
@@ -33,6 +35,9 @@ from PIL import Image
 
 from m4.value_scales import IMAGE_KEYS
 
+# Image-like keys a scenes dataset may add (SceneSpec.extras).
+EXTRA_IMAGE_KEYS = ("normals", "instance", "edges", "rgb_edges")
+
 
 def to_contract(sample: Mapping[str, Any]) -> dict:
   """Raw dtypes -> transformed dtypes (rgb float [0, 1], semseg int32)."""
@@ -47,7 +52,7 @@ def to_contract(sample: Mapping[str, Any]) -> dict:
 
 
 def _image_size(sample: Mapping[str, Any]) -> tuple[int, int]:
-  sizes = {k: np.shape(sample[k])[:2] for k in IMAGE_KEYS if k in sample}
+  sizes = {k: np.shape(sample[k])[:2] for k in IMAGE_KEYS + EXTRA_IMAGE_KEYS if k in sample}
   if not sizes:
     raise ValueError(f"sample {sample.get('id')}: no image key among {IMAGE_KEYS}"
                      f" (keys: {sorted(sample)}).")
@@ -62,6 +67,15 @@ _LEFT_RIGHT = re.compile(r"\b(left|right)\b")
 def swap_left_right(text: str) -> str:
   """The caption of the mirrored image: "left" <-> "right" as whole words."""
   return _LEFT_RIGHT.sub(lambda m: "right" if m.group(1) == "left" else "left", text)
+
+
+def _nearest(image, rows, cols, *, flip_x: bool = False) -> np.ndarray:
+  """image[rows][:, cols], its dtype kept; flip_x negates channel 0 (a normal's x)."""
+  out = np.asarray(image)[rows][:, cols]
+  if flip_x:
+    out = out.copy()
+    out[..., 0] = 0 - out[..., 0]  # Not -x: sky's 0 stays +0.
+  return out
 
 
 class AlignedCrop(grain.transforms.RandomMap):
@@ -139,10 +153,14 @@ class AlignedCrop(grain.transforms.RandomMap):
       out["depth"] = np.asarray(sample["depth"])[rows][:, cols].astype(np.float32)
     if "semseg" in sample:
       out["semseg"] = np.asarray(sample["semseg"])[rows][:, cols].astype(np.int32)
+    for key in EXTRA_IMAGE_KEYS:
+      if key in sample:
+        out[key] = _nearest(sample[key], rows, cols, flip_x=flipped and key == "normals")
     if flipped and "caption" in sample:
       out["caption"] = swap_left_right(str(sample["caption"]))
-    if "scene" in sample:
-      out["scene"] = self._move_points(sample["scene"], (y0, x0, h, w, flipped))
+    for key in ("scene", "boxes"):
+      if key in sample:
+        out[key] = self._move_points(sample[key], (y0, x0, h, w, flipped))
     return out
 
   def _move_points(self, scene: Mapping[str, Any], box) -> dict:
