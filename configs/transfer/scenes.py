@@ -91,7 +91,7 @@ def get_config(arg=None):
       crop_scale=(1.0, 1.0), flip=True,  # Crops could cut objects out of count labels.
       batch_size=32, eval_split="test", num_workers=0)
   for field in ("resolution", "min_objects", "max_objects", "seed", "antialias", "num_train",
-                "num_validation", "num_test"):
+                "num_validation", "num_test", "extras"):
     c.data[field] = None
 
   # Without a sweep (`quick`): the rates the quick-scale sweep chose on validation for
