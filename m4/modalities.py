@@ -124,13 +124,9 @@ def get_many(names_: Iterable[str]) -> dict[str, Modality]:
   return {n: get(n) for n in names_}
 
 
-def register_from_config(specs: Mapping[str, Mapping] | None) -> list[Modality]:
-  """Registers modalities described in a config (`config.modalities`).
-
-  Each entry maps a name to Modality fields; an entry equal to the registered
-  one is accepted, a different one under a taken name is an error. Converted
-  checkpoints use this to bring their own modalities (e.g. 14x14 grids).
-  """
+def from_config(specs: Mapping[str, Mapping] | None) -> list[Modality]:
+  """Modalities described in a config or a saved model ({name: Modality
+  fields}), without registering them; ValueError names a bad entry."""
   out = []
   for name, spec in (specs or {}).items():
     fields = dict(spec)
@@ -138,10 +134,20 @@ def register_from_config(specs: Mapping[str, Mapping] | None) -> list[Modality]:
     if fields["name"] != name:
       raise ValueError(f"config.modalities.{name}: name field says {fields['name']!r}.")
     try:
-      out.append(register(Modality(**fields)))
+      out.append(Modality(**fields))
     except TypeError as e:
       raise ValueError(f"config.modalities.{name}: {e}") from None
   return out
+
+
+def register_from_config(specs: Mapping[str, Mapping] | None) -> list[Modality]:
+  """Registers modalities described in a config (`config.modalities`).
+
+  Each entry maps a name to Modality fields; an entry equal to the registered
+  one is accepted, a different one under a taken name is an error. Converted
+  checkpoints use this to bring their own modalities (e.g. 14x14 grids).
+  """
+  return [register(m) for m in from_config(specs)]
 
 
 # The embedded default: 64 px scenes, 8x8 VQ tokens per image-like modality.

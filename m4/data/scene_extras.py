@@ -216,8 +216,9 @@ def compute(names, scene: Scene, t, ids, part, sample) -> dict:
   """The extras `names` of a rendered sample (its rgb, depth and scene) from
   its pixel-centre hits (t, ids, part), objects already left to right."""
   out = {}
-  normals = camera_normals(scene, t, ids, part)
   instance = instance_map(ids)
+  if "normals" in names or "edges" in names:
+    normals = camera_normals(scene, t, ids, part)
   if "normals" in names:
     out["normals"] = normals
   if "instance" in names:

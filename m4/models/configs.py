@@ -113,11 +113,7 @@ class FourMConfig:
 
   def _resolve_specs(self) -> tuple[modalities.Modality, ...]:
     """The given specs of the model's modalities, the registry's for the rest."""
-    given = {}
-    for spec in self.modality_specs:
-      if not isinstance(spec, modalities.Modality):
-        spec = modalities.Modality(**spec)
-      given[spec.name] = spec
+    given = {spec.name: spec for spec in self.modality_specs}
     for field in ("encoder_modalities", "decoder_modalities"):
       for name in getattr(self, field):
         if name not in given:
@@ -231,14 +227,10 @@ def from_config(model_config: Mapping[str, Any] | Any,
   the modalities; those it lacks come from the registry.
   """
   d = dict(model_config.to_dict() if hasattr(model_config, "to_dict") else model_config)
-  specs = []
-  for name, fields in (modality_specs or {}).items():
-    fields = dict(fields)
-    fields.setdefault("name", name)
-    try:
-      specs.append(modalities.Modality(**fields))
-    except (TypeError, ValueError) as e:
-      raise workdir.ConfigError(f"modalities.{name}: {e}") from None
+  try:
+    specs = modalities.from_config(modality_specs)
+  except ValueError as e:
+    raise workdir.ConfigError(str(e)) from None
   if specs:
     d["modality_specs"] = tuple(specs)
   size = d.pop("size", None)
