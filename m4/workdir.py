@@ -44,6 +44,13 @@ def require(condition: bool, field: str, message: str):
     raise ConfigError(f"config.{field}: {message}")
 
 
+def require_fields(config, fields, example: str, prefix: str = ""):
+  """Raises ConfigError naming the first of `fields` that `config` lacks (a
+  job reads them all; `example` is a config file that writes them)."""
+  for field in fields:
+    require(field in config, prefix + field, f"is required (see {example}).")
+
+
 def _to_builtin(x):
   if isinstance(x, Mapping) or hasattr(x, "to_dict"):
     d = x.to_dict() if hasattr(x, "to_dict") else x

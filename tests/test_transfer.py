@@ -301,6 +301,13 @@ def test_bad_task_configs_name_the_field():
   c.finetune.layer_decay = 1.5
   with pytest.raises(workdir.ConfigError, match=r"finetune.layer_decay"):
     trainer.check_config(c)
+  c.finetune.layer_decay = 0.75
+  del c.finetune.b2
+  with pytest.raises(workdir.ConfigError, match=r"config.finetune.b2: is required"):
+    trainer.check_config(c)
+  del c.prng_impl
+  with pytest.raises(workdir.ConfigError, match=r"config.prng_impl: is required"):
+    trainer.check_config(c)
 
 
 # ------------------------------------------------------------------ end to end

@@ -272,8 +272,7 @@ def run(config, workdir_path: str) -> dict:
   shardings = train_state_shardings(abstract, mesh, rules)
   target = _with_shardings(abstract, shardings)
 
-  workdir.require("divergence" in config, "divergence",
-                  f"is required (fields {list(DIVERGENCE_FIELDS)}; configs/pretrain/scenes_tiny.py).")
+  workdir.require_fields(config, ("divergence",), "configs/pretrain/scenes_tiny.py")
   guard = DivergenceGuard(config.divergence)
   ckpt = checkpoints.Checkpointer(os.path.join(workdir_path, "checkpoints"),
                                   max_to_keep=int(config.keep_checkpoints))

@@ -168,8 +168,7 @@ class Trainer:
 
 
 def _check_config(config):
-  for field in FIELDS:
-    require(field in config, field, "is required (see configs/tokenizers/common.py).")
+  workdir_lib.require_fields(config, FIELDS, "configs/tokenizers/common.py")
   require(int(config.num_steps) > 0, "num_steps", f"must be positive, got {config.num_steps}.")
   require(int(config.log_every) > 0, "log_every", f"must be positive, got {config.log_every}.")
   require(int(config.checkpoint_every) > 0, "checkpoint_every",

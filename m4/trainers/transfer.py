@@ -173,13 +173,11 @@ def run_name(task: str, init: str, protocol: str, fraction: float, seed: int) ->
 
 def check_config(config) -> None:
   """Early, named errors for the fields every run needs."""
-  for field in FIELDS:
-    require(field in config, field, "is required (see configs/transfer/scenes.py).")
+  example = "configs/transfer/scenes.py"
+  workdir_lib.require_fields(config, FIELDS, example)
   for protocol in PROTOCOLS + (SUPERVISED,):
-    for field in PROTOCOL_FIELDS:
-      require(field in config[protocol], f"{protocol}.{field}",
-              "is required (see configs/transfer/scenes.py).")
-  require("width" in config.supervised, "supervised.width", "is required (the conv net's).")
+    workdir_lib.require_fields(config[protocol], PROTOCOL_FIELDS, example, f"{protocol}.")
+  workdir_lib.require_fields(config.supervised, ("width",), example, "supervised.")
   require(len(config.seeds) > 0, "seeds", "needs at least one seed.")
   for init in config.inits:
     require(init in INITS, "inits", f"{init!r} is not one of {INITS}.")
