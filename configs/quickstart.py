@@ -90,7 +90,7 @@ def get_config(arg=None):
     raise ValueError(f"configs/quickstart.py: unknown variant {arg!r}; use '' or full.")
   full = variant == "full"
   config = ml_collections.ConfigDict()
-  config.trainer = "quickstart"
+  config.job = "quickstart"
   config.seed = 0
   config.stages = ml_collections.ConfigDict()
 
@@ -103,7 +103,7 @@ def get_config(arg=None):
       seed=0, antialias=2, num_train=16000 if full else 4000,
       num_validation=500 if full else 256, num_test=500 if full else 256, workers=2))
   config.stages.data = ml_collections.ConfigDict(dict(
-      trainer="scenes", data=data, grid_split="validation", grid_rows=8,
+      job="scenes", data=data, grid_split="validation", grid_rows=8,
       benchmark_samples=50))
 
   # Stages "tok_rgb", "tok_depth", "tok_semseg": the VQ tokenizers (the quick

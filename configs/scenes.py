@@ -14,7 +14,7 @@ import ml_collections
 def get_config(arg=None):
   del arg
   config = ml_collections.ConfigDict()
-  config.trainer = "scenes"
+  config.job = "scenes"
   config.data = ml_collections.ConfigDict(dict(
       kind="scenes",
       dir="workdirs/scenes/data",

@@ -199,6 +199,20 @@ class Meter:
     return steps[-1], dict(mean, _steps=timed, _seconds=seconds)
 
 
+def non_finite(job: str, e: FloatingPointError, remedy: str, kept: str = "") -> FloatingPointError:
+  """The job's one-line error for the loop's FloatingPointError(step, values)."""
+  step, bad = e.args
+  return FloatingPointError(f"{job}: non-finite values at step {step}: {bad}. Stopped without"
+                            f" saving{'; ' + kept if kept else ''}. {remedy}")
+
+
+def preempted(job: str, step: int, checkpoints: str | None) -> SystemExit:
+  """The job's exit (status 1) after a SIGTERM stopped its loop at `step`."""
+  saved = f"saved a checkpoint at step {step} in {checkpoints}" if checkpoints else (
+      f"stopped at step {step}")
+  return SystemExit(f"{job}: SIGTERM: {saved}; run the same command again to resume.")
+
+
 @dataclasses.dataclass
 class LoopResult:
   state: Any

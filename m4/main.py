@@ -1,6 +1,6 @@
 """Runs one m4 job: `python -m m4.main --config=configs/X.py --workdir=DIR`.
 
-`config.trainer` picks the job from `m4.trainers.TRAINERS`. Any config field
+`config.job` picks the job from `m4.jobs.JOBS`. Any config field
 can be overridden on the command line as `--config.a.b=value`. The job writes
 the resolved config to `DIR/config.json` once it has checked it against
 what DIR holds; running again on the same workdir resumes (or skips what is
@@ -31,7 +31,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from m4 import trainers
+from m4 import jobs
 from m4 import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file with get_config().")
@@ -100,14 +100,14 @@ def _parse_flags(argv):
     _fail("--config is required, e.g. --config=configs/quickstart.py")
   try:
     config = _CONFIG.value  # Loading is lazy: a missing file raises here.
-    config.get("trainer")
+    config.get("job")
   except Exception as e:  # pylint: disable=broad-except
     path = flags.FLAGS["config"].config_filename
     _fail(f"cannot load config file {path!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-  if "trainer" not in config:
-    _fail(f"config {flags.FLAGS['config'].config_filename!r} has no field 'trainer'")
-  if config.trainer not in trainers.TRAINERS:
-    _fail(f"unknown trainer {config.trainer!r} (config.trainer); known: {sorted(trainers.TRAINERS)}")
+  if "job" not in config:
+    _fail(f"config {flags.FLAGS['config'].config_filename!r} has no field 'job'")
+  if config.job not in jobs.JOBS:
+    _fail(f"unknown job {config.job!r} (config.job); known: {sorted(jobs.JOBS)}")
   if not _WORKDIR.value:
     _fail("--workdir is required")
   return rest
@@ -126,8 +126,8 @@ def _run_closing(config, workdir: str):
   """Runs the job; its checkpointers are closed whatever ends it."""
   try:
     workdir_lib.check_workdir(workdir)
-    logging.info("m4: running trainer %r in %s", config.trainer, workdir)
-    return trainers.get(config.trainer)(config, workdir), None
+    logging.info("m4: running job %r in %s", config.job, workdir)
+    return jobs.get(config.job)(config, workdir), None
   except BaseException:
     _quiet_background_errors()
     raise

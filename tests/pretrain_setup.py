@@ -24,7 +24,7 @@ from m4.data import pipeline
 from m4.data import scenes
 from m4.tokenizers import modality_io
 from m4.tokenizers import vq_tokenizer
-from m4.trainers import pretokenize
+from m4.jobs import pretokenize
 
 RESOLUTION = 32
 TINY_VQ = dict(channels=(8,), num_res_blocks=0, code_dim=2, patch=4)

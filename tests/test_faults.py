@@ -29,8 +29,8 @@ from m4.data import scenes
 from m4.data import sources
 from m4.data import token_shards
 from m4.tokenizers import vq_tokenizer
-from m4.trainers import pretokenize
-from m4.trainers import pretrain
+from m4.jobs import pretokenize
+from m4.jobs import pretrain
 from m4.workdir import ConfigError, DataError
 from tests import pretrain_setup as S
 from tests.pretrain_setup import assets_fixture, shards_fixture  # pylint: disable=unused-import
@@ -578,7 +578,7 @@ def test_converter_bad_sources_are_one_line_naming_them(tmp_path):
 _ECHO = """
 import ml_collections
 def get_config(arg=None):
-  return ml_collections.ConfigDict({"trainer": "quickstart", "order": (), "stages": {}})
+  return ml_collections.ConfigDict({"job": "quickstart", "order": (), "stages": {}})
 """
 
 

@@ -224,7 +224,7 @@ def test_parameter_counts_of_4m_sizes(size, trunk_millions):
 
 
 def test_sharded_step_equals_single_device_step():
-  from m4.trainers import pretrain  # pylint: disable=g-import-not-at-top
+  from m4.jobs import pretrain  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   cfg = _tiny().cfg
   sharded = sharding.init_sharded(
@@ -263,7 +263,7 @@ def test_sharded_step_equals_single_device_step():
 
 
 def test_a_few_steps_learn_a_batch():
-  from m4.trainers import pretrain  # pylint: disable=g-import-not-at-top
+  from m4.jobs import pretrain  # pylint: disable=g-import-not-at-top
   model = _tiny()
   opt = dict(lr=3e-3, warmup_steps=2, final_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8,
              weight_decay=0.0, clip_norm=1.0)
@@ -349,7 +349,7 @@ BF16_STEP_TOLERANCE = 0.03  # |loss(bf16 compute) - loss(fp32)| after each of 5 
 def test_a_bf16_training_step_tracks_the_fp32_one(model):
   """Mixed precision: bf16 matmuls, fp32 parameters and optimizer state."""
   from m4 import optim  # pylint: disable=g-import-not-at-top
-  from m4.trainers import pretrain  # pylint: disable=g-import-not-at-top
+  from m4.jobs import pretrain  # pylint: disable=g-import-not-at-top
   assert model.cfg.backward == "auto"
   tx, _ = optim.make(dict(lr=1e-3, warmup_steps=0, decay_steps=10))
   losses = {}

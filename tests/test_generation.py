@@ -261,7 +261,7 @@ def _config(name, tiny_run):
 
 
 def test_generate_trainer_writes_grid_tokens_and_metrics(tiny_run, tmp_path):
-  from m4.trainers import generate as trainer  # pylint: disable=g-import-not-at-top
+  from m4.jobs import generate as trainer  # pylint: disable=g-import-not-at-top
   # Two of the shipped configs, each cut to two targets to compile less.
   for name, targets, labels in (
       ("rgb2all", ("depth", "caption"), ["rgb_pixels->depth", "rgb_pixels->caption"]),

@@ -25,10 +25,10 @@ def echo_config(tmp_path):
       import ml_collections
       def get_config(arg=None):
         c = ml_collections.ConfigDict()
-        c.trainer = "quickstart"
+        c.job = "quickstart"
         c.order = ("a",)
         c.stages = ml_collections.ConfigDict()
-        c.stages.a = ml_collections.ConfigDict({"trainer": "quickstart", "order": (),
+        c.stages.a = ml_collections.ConfigDict({"job": "quickstart", "order": (),
                                                 "stages": {}, "note": "{root}/x"})
         return c
   """))
@@ -48,8 +48,8 @@ def test_missing_config_file(tmp_path):
   assert "missing.py" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_unknown_trainer(echo_config, tmp_path):
-  r = _run(f"--config={echo_config}", f"--workdir={tmp_path / 'w'}", "--config.trainer=nosuch")
+def test_unknown_job(echo_config, tmp_path):
+  r = _run(f"--config={echo_config}", f"--workdir={tmp_path / 'w'}", "--config.job=nosuch")
   assert r.returncode == 2
   assert "nosuch" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 

@@ -18,9 +18,9 @@ from m4.models import configs
 from m4.models import fourm
 from m4.models import transfer
 from m4.tokenizers import vq_tokenizer
-from m4.trainers import pretrain
-from m4.trainers import tokenizer as tok_trainer
-from m4.trainers import transfer as transfer_trainer
+from m4.jobs import pretrain
+from m4.jobs import tokenizer as tok_trainer
+from m4.jobs import transfer as transfer_trainer
 from tests.conftest import REPO
 
 PIXELS = "rgb_pixels@32test"  # As tests/test_transfer.py registers it.

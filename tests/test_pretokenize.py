@@ -12,7 +12,7 @@ from m4.data import record_files
 from m4.data import scenes
 from m4.data import token_shards
 from m4.data import transforms
-from m4.trainers import pretokenize
+from m4.jobs import pretokenize
 from m4.workdir import ConfigError
 from tests import pretrain_setup as S
 from tests.pretrain_setup import assets_fixture, shards_fixture  # pylint: disable=unused-import

@@ -16,7 +16,7 @@ import pytest
 
 from m4 import checkpoints
 from m4 import workdir as workdir_lib
-from m4.trainers import pretrain
+from m4.jobs import pretrain
 from tests import pretrain_setup as S
 from tests.pretrain_setup import assets_fixture, shards_fixture  # pylint: disable=unused-import
 

@@ -259,10 +259,10 @@ def test_grid_draws_cells_where_expected(tmp_path):
 
 
 def test_grid_command_and_trainer(tmp_path):
-  from m4.trainers import scenes as scenes_trainer  # pylint: disable=g-import-not-at-top
+  from m4.jobs import scenes as scenes_trainer  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(dict(
-      trainer="scenes", data=dict(kind="scenes", dir=str(tmp_path / "data"), workers=1, **SMALL),
+      job="scenes", data=dict(kind="scenes", dir=str(tmp_path / "data"), workers=1, **SMALL),
       grid_split="validation", grid_rows=4, benchmark_samples=3))
   summary = scenes_trainer.run(config, str(tmp_path / "job"))
   assert summary["samples"] == {"train": 12, "validation": 5, "test": 5}

@@ -184,7 +184,7 @@ def test_committed_scenes_tokenizer_round_trips_rendered_captions():
 def test_trainer_on_a_scenes_dataset(tmp_path, repo_root):
   import os  # pylint: disable=g-import-not-at-top
   import runpy  # pylint: disable=g-import-not-at-top
-  from m4.trainers import text_tokenizer  # pylint: disable=g-import-not-at-top
+  from m4.jobs import text_tokenizer  # pylint: disable=g-import-not-at-top
   config = runpy.run_path(os.path.join(repo_root, "configs/tokenizers/caption_scenes.py"))[
       "get_config"]()
   config.data.update(dict(dir=str(tmp_path / "data"), resolution=16, num_train=48,

@@ -22,7 +22,7 @@ from m4.models import configs
 from m4.models import pretrained
 from m4.models import transfer
 from m4.models.fourm import FourM
-from m4.trainers import transfer as trainer
+from m4.jobs import transfer as trainer
 from tests.conftest import REPO
 
 # 32 px scenes read as 8 px patches: a 4x4 grid of raw-pixel tokens.

@@ -19,7 +19,7 @@ from m4 import workdir as workdir_lib
 from m4.data import scenes
 from m4.tokenizers import quantizer as quantizer_lib
 from m4.tokenizers import vq_tokenizer
-from m4.trainers import tokenizer as tokenizer_trainer
+from m4.jobs import tokenizer as tokenizer_trainer
 from tests.conftest import REPO
 
 NUM_CLASSES = len(scenes.CLASSES)

@@ -2,7 +2,7 @@
 
     python -m m4.tools.bench_data --config=configs/data/scenes64.py --steps=100
 
-A `config.data` for trainers to copy, and what `m4.tools.bench_data` measures.
+A `config.data` for jobs to copy, and what `m4.tools.bench_data` measures.
 The dataset is made in `data.dir` on first use (about a minute for 16000
 training samples with 2 workers).
 """

@@ -1,7 +1,7 @@
 """What every configs/generate/*.py shares: data, tokenizers, decoding defaults.
 
 Not a config itself: the configs beside it call `base(inputs, targets)` and
-change what they need. Every field is documented in m4/trainers/generate.py.
+change what they need. Every field is documented in m4/jobs/generate.py.
 """
 
 import os
@@ -22,7 +22,7 @@ CAPTION_DECODING = dict(IMAGE_DECODING, scheme="autoregressive", temperature=0.0
 
 def base(inputs, targets, chained=False) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.trainer = "generate"
+  c.job = "generate"
   c.seed = 0
   c.init = ""  # The pretraining workdir: --config.init=DIR.
   # Held-out scenes: the shared 64 px dataset (central view at evaluation).

@@ -13,7 +13,7 @@ Pretraining (configs/pretrain/scenes_tiny.py) reads the shards.
 import os
 import runpy
 
-from m4.trainers import pretokenize
+import ml_collections
 
 _DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                      "data", "scenes64.py")
@@ -21,10 +21,19 @@ _DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def get_config(arg=None):
   del arg
-  c = pretokenize.default_config()
-  c.data = runpy.run_path(_DATA)["get_config"]().data
-  c.tokenizers.update(dict(rgb="vq_rgb", depth="vq_depth", semseg="vq_semseg"))
+  c = ml_collections.ConfigDict()
+  c.job = "pretokenize"
+  c.seed = 0  # Seeds the random views: (seed, split, index, view).
+  c.data = runpy.run_path(_DATA)["get_config"]().data  # Its crop settings define the views.
+  c.modalities = ml_collections.ConfigDict()  # Registry entries to add (none: the defaults).
+  c.tokenize = ("rgb_pixels", "rgb", "depth", "semseg", "caption")
+  c.tokenizers = ml_collections.ConfigDict(dict(rgb="vq_rgb", depth="vq_depth",
+                                                semseg="vq_semseg"))
+  c.splits = ("train", "validation", "test")
+  c.view_splits = ("train",)  # Splits whose samples get random views besides the central one.
   c.random_views = 3
   c.samples_per_shard = 1000
-  c.batch_size = 64
+  c.max_samples = 0  # 0: every sample of each split.
+  c.batch_size = 64  # Images per jitted tokenizer call.
+  c.grid_samples = 4  # Training samples drawn in views_grid.png, every view decoded.
   return c

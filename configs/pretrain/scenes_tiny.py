@@ -39,7 +39,7 @@ def get_config(arg=None):
   if arg not in (None, "quick"):
     raise ValueError(f"scenes_tiny: unknown variant {arg!r}; use no argument or 'quick'.")
   c = ml_collections.ConfigDict()
-  c.trainer = "pretrain"
+  c.job = "pretrain"
   c.seed = 0
   c.modalities = ml_collections.ConfigDict()  # The embedded registry entries.
   c.data = runpy.run_path(_DATA)["get_config"]().data  # Raw data + crops (on the fly).

@@ -22,7 +22,7 @@ from m4.data import pipeline
 def get_config(arg=None):
   del arg
   config = ml_collections.ConfigDict()
-  config.trainer = "text_tokenizer"
+  config.job = "text_tokenizer"
   # The same dataset as configs/scenes.py, so either command makes it once.
   config.data = pipeline.data_config(kind="scenes", dir="workdirs/scenes/data", workers=2,
                                      modalities=("caption",))

@@ -3,7 +3,7 @@
 Not a config itself: the configs beside it call
 `vq_scenes(modality, arg, num_steps)`, which writes every field the tokenizer
 job reads, and set what differs (the loss). The fields are documented in
-m4/trainers/tokenizer.py.
+m4/jobs/tokenizer.py.
 """
 
 import os
@@ -21,7 +21,7 @@ def vq_scenes(modality: str, arg, num_steps: int) -> ml_collections.ConfigDict:
   if arg not in (None, "quick"):
     raise ValueError(f"{modality}_scenes: unknown variant {arg!r}; use no argument or 'quick'.")
   c = ml_collections.ConfigDict()
-  c.trainer = "tokenizer"
+  c.job = "tokenizer"
   c.modality = modality  # A registered image modality: its grid and vocabulary.
   c.seed = 0
   c.data = runpy.run_path(_DATA)["get_config"]().data

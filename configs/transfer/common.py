@@ -4,7 +4,7 @@ read as a converted 4M's raw RGB pixels at 224 px, and the `:mock` shrink.
 Not a config itself: the configs beside it call `tfds_base(...)`, which
 writes every field the transfer job reads, set their task, data and
 schedules, and `shrink_for_mock(c)` for `:mock`. The fields are documented in
-m4/trainers/transfer.py and configs/transfer/scenes.py.
+m4/jobs/transfer.py and configs/transfer/scenes.py.
 """
 
 import ml_collections
@@ -22,7 +22,7 @@ def tfds_base(file: str, arg, title: str) -> ml_collections.ConfigDict:
   if arg not in (None, "", "mock"):
     raise ValueError(f"configs/transfer/{file}: unknown variant {arg!r}; use '' or mock.")
   c = ml_collections.ConfigDict()
-  c.trainer = "transfer"
+  c.job = "transfer"
   c.title = title
   c.seeds = (0,)
   c.init = ""  # The converted 4M's directory (m4.tools.convert_4m).

@@ -57,7 +57,7 @@ def get_config(arg=None):
     raise ValueError(f"configs/transfer/scenes.py: unknown variant {arg!r};"
                      " use '', core, quick or tiny.")
   c = ml_collections.ConfigDict()
-  c.trainer = "transfer"
+  c.job = "transfer"
   c.title = "Transfer on scenes (64 px)"
   c.seeds = (0, 1, 2)
   c.init = "workdirs/pretrain/scenes_tiny"  # A pretraining run (or saved model) directory.

@@ -9,7 +9,7 @@ every token of `--input` and a linear layer predicts every token of
 cosine): supervised, single-task, no decoder, no masking. The same token
 shards, views, batch size and step count as the pretraining run, so its
 held-out figures (token accuracy, and the decoded map's mIoU / IoU per class
-or delta1 against the decoded true tokens, as `m4.trainers.pretrain_eval`
+or delta1 against the decoded true tokens, as `m4.jobs.pretrain_eval`
 scores 4M) say what 4M's cross-modal prediction could reach at this budget.
 Prints one JSON line per evaluation and writes OUT/oracle.json.
 """
@@ -33,7 +33,7 @@ from m4 import modalities
 from m4.data import pretrain_data
 from m4.models import configs
 from m4.models.fourm import FourM
-from m4.trainers import pretrain_eval
+from m4.jobs import pretrain_eval
 
 
 class Oracle(nnx.Module):

@@ -1,4 +1,4 @@
-"""The one grain pipeline builder every trainer uses, set by `config.data`.
+"""The one grain pipeline builder every job uses, set by `config.data`.
 
     config.data = pipeline.data_config(kind="scenes", dir="/tmp/scenes", batch_size=64)
     it = iter(pipeline.make_dataset(config.data, "train", seed=config.seed, training=True,

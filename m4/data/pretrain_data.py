@@ -8,7 +8,7 @@
 
 `config.tokens.source` picks where tokens come from:
 
-  * "shards": the token shards in `config.tokens.dir` (`m4.trainers.pretokenize`);
+  * "shards": the token shards in `config.tokens.dir` (`m4.jobs.pretokenize`);
     training picks one of each sample's views per epoch, evaluation view 0.
     The shards' tokenizers must be the ones `config.tokenizers` names (same
     fingerprint), else a ConfigError names both.

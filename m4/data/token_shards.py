@@ -4,7 +4,7 @@
     record = source[0]     # {"id", "crop", "rgb": (V, 8, 8), "caption": (V, 48), ...}
     pick = token_shards.SelectView(source.spec, training=True)   # a grain RandomMap
 
-`m4.trainers.pretokenize` writes them; pretraining reads them. On disk:
+`m4.jobs.pretokenize` writes them; pretraining reads them. On disk:
 
     DIR/spec.json        what the shards hold (written first, compared on resume):
                          format, modalities (registry entries), tokenizers

@@ -12,7 +12,7 @@ use `encode_traced` / `decode_traced`, which skip those checks.
 
 A tokenizer directory holds `tokenizer.json` (this spec: modality, vocabulary,
 grid, image size, model and IO settings) and `checkpoints/` (orbax, written by
-the `tokenizer` trainer); only the model weights are read from it.
+the `tokenizer` job); only the model weights are read from it.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from m4.tokenizers import vqvae
 
 SPEC_FILE = "tokenizer.json"
 FORMAT = "m4.vq_tokenizer.v1"
-MODEL_KEY = "model"  # Where the trainer's checkpoints keep the model state.
+MODEL_KEY = "model"  # Where the tokenizer job's checkpoints keep the model state.
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,7 @@
     python -m m4.tools.bench_data --config=configs/data/scenes64.py --steps=100 \
         [--config.data.num_workers=2] [--grid=batch.png]
 
-`--config` is any config with `data` and `seed` (a trainer's config works).
+`--config` is any config with `data` and `seed` (a job's config works).
 The first `--warmup` batches (worker start-up, dataset creation) are timed
 apart. Prints one JSON line: samples/s, batch size, workers, load average.
 """

@@ -5,7 +5,7 @@
 
 Builds the model of `config.model` (modalities from `config.modalities`), a
 synthetic masked batch (m4.models.synthetic, `config.bench.alpha`), and the
-training step of m4.trainers.pretrain; compiles it (timed separately), runs
+training step of m4.jobs.pretrain; compiles it (timed separately), runs
 `config.bench.warmup` steps, then times `config.bench.steps` steps. Prints
 one JSON line: step seconds (median, min, max), tokens/s (encoder + decoder
 tokens per sample x batch / median step), CPU seconds per step (all
@@ -43,7 +43,7 @@ from m4 import modalities
 from m4.models import configs
 from m4.models import fourm
 from m4.models import synthetic
-from m4.trainers import pretrain
+from m4.jobs import pretrain
 
 
 def _target_vocab(batch, names):

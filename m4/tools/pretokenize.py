@@ -1,4 +1,4 @@
-"""Pre-tokenizes a dataset into token shards (m4.trainers.pretokenize) outside m4.main.
+"""Pre-tokenizes a dataset into token shards (m4.jobs.pretokenize) outside m4.main.
 
     python -m m4.tools.pretokenize --config=configs/pretokenize/scenes.py --workdir=DIR
 """
@@ -12,7 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from m4 import workdir as workdir_lib
-from m4.trainers.pretokenize import pretokenize
+from m4.jobs.pretokenize import pretokenize
 from m4.workdir import ConfigError, DataError
 
 

@@ -59,7 +59,6 @@ import zlib
 from typing import Any, Mapping
 
 import jax
-import ml_collections
 import numpy as np
 from absl import logging
 from tqdm import tqdm
@@ -68,7 +67,6 @@ from m4 import modalities as modalities_lib
 from m4 import pictures
 from m4 import tokenizers
 from m4 import workdir as workdir_lib
-from m4.data import pipeline
 from m4.data import record_files
 from m4.data import sources
 from m4.data import token_shards
@@ -77,24 +75,8 @@ from m4.tokenizers import text as text_lib
 from m4.workdir import ConfigError, DataError, require
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """Every field this tool reads (configs/pretokenize/*.py set them)."""
-  c = ml_collections.ConfigDict()
-  c.trainer = "pretokenize"
-  c.seed = 0
-  c.data = pipeline.data_config(kind="scenes", dir="workdirs/data/scenes64")
-  c.modalities = ml_collections.ConfigDict()
-  c.tokenize = ("rgb_pixels", "rgb", "depth", "semseg", "caption")
-  c.tokenizers = ml_collections.ConfigDict(dict(rgb="vq_rgb", depth="vq_depth",
-                                                semseg="vq_semseg"))
-  c.splits = ("train", "validation", "test")
-  c.view_splits = ("train",)
-  c.random_views = 3
-  c.samples_per_shard = 1000
-  c.max_samples = 0
-  c.batch_size = 64
-  c.grid_samples = 4
-  return c
+FIELDS = ("seed", "data", "modalities", "tokenize", "tokenizers", "splits", "view_splits",
+          "random_views", "samples_per_shard", "max_samples", "batch_size", "grid_samples")
 
 
 class Tokenizers:
@@ -263,6 +245,7 @@ def pretokenize(config, out_dir: str, *, progress: bool = True,
   Everything is checked before anything is written; `record_config` then
   writes `out_dir/config.json` first (`m4.workdir.write_config`).
   """
+  workdir_lib.require_fields(config, FIELDS, "configs/pretokenize/scenes.py")
   try:
     modalities_lib.register_from_config(config.modalities)
   except ValueError as e:
@@ -358,5 +341,5 @@ def views_grid(path: str, directory: str, split: str, toks: Tokenizers, num: int
 
 
 def run(config, workdir: str) -> dict:
-  """The `pretokenize` trainer: the shards (and config.json) go to `workdir` itself."""
+  """The `pretokenize` job: the shards (and config.json) go to `workdir` itself."""
   return pretokenize(config, workdir, record_config=True)

@@ -1,4 +1,4 @@
-"""Trains the VQ tokenizer of one image-like modality (`config.trainer = "tokenizer"`).
+"""Trains the VQ tokenizer of one image-like modality (`config.job = "tokenizer"`).
 
     python -m m4.main --config=configs/tokenizers/rgb_scenes.py --workdir=DIR
 
@@ -280,11 +280,9 @@ def run(config, workdir: str) -> dict:
           checkpoint_every=int(config.checkpoint_every),
           meter=engine.Meter(sums=("codes_restarted",)))  # Restarts add up; the rest average.
     except FloatingPointError as e:
-      raise FloatingPointError(f"tokenizer {config.modality}: non-finite values at step"
-                               f" {e.args[0]}: {e.args[1]}; lower optimizer.lr.") from None
+      raise engine.non_finite(f"tokenizer {config.modality}", e, "Lower optimizer.lr.") from None
     if out.stopped_at is not None:
-      raise SystemExit(f"tokenizer {config.modality}: SIGTERM: saved a checkpoint at step"
-                       f" {out.stopped_at}; run the same command again to resume.")
+      raise engine.preempted(f"tokenizer {config.modality}", out.stopped_at, ckpt.directory)
     state, step = out.state, max(step, num_steps)
   train_seconds += time.time() - t0
 

@@ -2,7 +2,7 @@
 
 `config.stages` maps `name -> stage config` and `config.order` lists the names
 in the order to run (ConfigDict sorts its keys); each stage config names its
-own `trainer` and runs in `WORKDIR/<name>`. A stage whose workdir
+own `job` and runs in `WORKDIR/<name>`. A stage whose workdir
 holds a summary.json is done and skipped, so re-running resumes. The string
 `{root}` in any stage field is replaced by WORKDIR, which is how a stage reads
 what an earlier one wrote (e.g. `data.dir = "{root}/data"`).
@@ -14,7 +14,7 @@ import time
 import ml_collections
 from absl import logging
 
-from m4 import trainers
+from m4 import jobs
 from m4 import workdir as workdir_lib
 
 
@@ -48,11 +48,11 @@ def run(config, workdir: str) -> dict:
       print(f"[quickstart {i + 1}/{len(names)}] {name}: done before, skipped", flush=True)
       summaries[name] = workdir_lib.read_summary(stage_dir)
       continue
-    print(f"[quickstart {i + 1}/{len(names)}] {name}: trainer {stage.trainer} in {stage_dir}",
+    print(f"[quickstart {i + 1}/{len(names)}] {name}: job {stage.job} in {stage_dir}",
           flush=True)
     t0 = time.time()
     workdir_lib.check_workdir(stage_dir)  # Each stage writes its config.json once checked.
-    summary = dict(trainers.get(stage.trainer)(stage, stage_dir) or {})
+    summary = dict(jobs.get(stage.job)(stage, stage_dir) or {})
     summary.setdefault("seconds", round(time.time() - t0, 1))
     summaries[name] = workdir_lib.write_summary(stage_dir, summary)
   total = {"stages": summaries, "total_seconds": round(time.time() - t_start, 1)}

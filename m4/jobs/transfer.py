@@ -431,14 +431,13 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
                               summarize=summarize, save=save if ckpt is not None else None,
                               checkpoint_every=int(config.checkpoint_every))
     except FloatingPointError as e:
-      raise FloatingPointError(f"transfer {run.name}: non-finite values at step {e.args[0]}:"
-                               f" {e.args[1]}; lower {run.protocol}.learning_rate.") from None
+      raise engine.non_finite(f"transfer {run.name}", e,
+                              f"Lower {run.protocol}.learning_rate.") from None
   if out.stopped_at is not None:
     if ckpt is not None:
       ckpt.close()
-    raise SystemExit(f"transfer {run.name}: SIGTERM: stopped at step {out.stopped_at}"
-                     + (" and saved a checkpoint" if ckpt is not None else "")
-                     + "; run the same command again to resume.")
+    raise engine.preempted(f"transfer {run.name}", out.stopped_at,
+                           ckpt.directory if ckpt is not None else None)
   state, last, seconds = out.state, out.logged, out.seconds
   if ckpt is not None:
     ckpt.close()

@@ -7,7 +7,7 @@ The loop, in the style of big_vision's train.py: masked token batches
 masking -> grain, process-sharded) -> global arrays on the mesh -> a jitted,
 donated AdamW step with explicit state shardings -> metrics every
 `log_every` steps (metrics.jsonl, TensorBoard, a progress line with ETA),
-held-out evaluation every `eval.every` steps (`m4.trainers.pretrain_eval`),
+held-out evaluation every `eval.every` steps (`m4.jobs.pretrain_eval`),
 orbax checkpoints of model, optimizer and data iterator every
 `checkpoint_every` steps. Running the same command on the same workdir
 resumes from the last checkpoint and continues with exactly the losses of an
@@ -82,7 +82,7 @@ from m4.data import pretrain_data
 from m4.models import configs
 from m4.models import fourm
 from m4.models import pretrained
-from m4.trainers import pretrain_eval
+from m4.jobs import pretrain_eval
 
 TrainState = engine.TrainState
 train_state_shardings = engine.train_state_shardings
@@ -356,11 +356,8 @@ def _stopped(e: FloatingPointError, ckpt) -> FloatingPointError:
             f" steps before (config.divergence.{key}_factor = {factor:g})")
     return Diverged(f"pretrain: {what}. Stopped without saving; {kept}. Lower optimizer.lr or"
                     " raise warmup_steps, then re-run to resume from it.")
-  bad_step, bad = e.args
-  return FloatingPointError(
-      f"pretrain: non-finite values at step {bad_step}: {bad}. Stopped without saving;"
-      f" {kept.replace('healthy', 'good')}. Lower optimizer.lr or raise warmup_steps, then"
-      " re-run to resume from it.")
+  return engine.non_finite("pretrain", e, "Lower optimizer.lr or raise warmup_steps, then"
+                           " re-run to resume from it.", kept.replace("healthy", "good"))
 
 
 def _loop(config, workdir_path, ckpt, logger, meter, *, state, start, train_it, step_fn,
@@ -397,8 +394,7 @@ def _loop(config, workdir_path, ckpt, logger, meter, *, state, start, train_it, 
   if out.stopped_at is not None:
     ckpt.close()
     logger.close()
-    raise SystemExit(f"pretrain: SIGTERM: saved a checkpoint at step {out.stopped_at} in"
-                     f" {ckpt.directory}; run the same command again to resume.")
+    raise engine.preempted("pretrain", out.stopped_at, ckpt.directory)
 
   final = evaluate(total, state, final=True)
   pictures = {

@@ -22,7 +22,7 @@ from m4.data import scenes
 def run(config, workdir: str) -> dict:
   data = config.data
   workdir_lib.require(data.get("kind", "scenes") == "scenes", "data.kind",
-                      f"the scenes trainer makes scenes data, got {data.get('kind')!r}.")
+                      f"the scenes job makes scenes data, got {data.get('kind')!r}.")
   workdir_lib.require(bool(data.get("dir")), "data.dir", "the dataset needs a directory.")
   workdir_lib.require(config.grid_split in scenes.SPLITS, "grid_split",
                       f"{config.grid_split!r} is not one of {scenes.SPLITS}.")
