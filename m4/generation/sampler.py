@@ -152,12 +152,17 @@ def pixel_entry(modality: modalities.Modality | str, images) -> dict:
 
 
 def _check_state(state: Mapping[str, Mapping[str, Any]], spec=_spec) -> int:
+  """The state's batch size, after checking each entry against `spec(name)`
+  (entries whose spec is None only ride along: their batch size is checked)."""
   sizes = set()
   for name, e in state.items():
     mod = spec(name)
     if set(e) != {"tensor", "known"}:
       raise ValueError(f"generation: state[{name!r}] must have 'tensor' and 'known',"
                        f" has {sorted(e)}.")
+    if mod is None:
+      sizes.add(np.shape(e["known"])[0])
+      continue
     n = mod.num_tokens + 1 if mod.is_sequence else mod.num_tokens
     if np.shape(e["known"])[1:] != (n,):
       raise ValueError(f"generation: state[{name!r}]['known'] has shape {np.shape(e['known'])};"
@@ -221,9 +226,9 @@ class Generator:
     self._sequence = jax.jit(self._sequence_impl,
                              static_argnames=("step", "use_cache", "return_logits"))
 
-  def _spec(self, name: str) -> modalities.Modality:
-    """The model's spec of `name`; the registry's for modalities it lacks."""
-    return self.cfg.modality(name) if name in self.cfg.modality_names else modalities.get(name)
+  def _spec(self, name: str) -> modalities.Modality | None:
+    """The model's spec of `name`; None for a modality it lacks (it rides along)."""
+    return self.cfg.modality(name) if name in self.cfg.modality_names else None
 
   # ---- model batches
 
@@ -235,7 +240,7 @@ class Generator:
     for name, e in state.items():
       if name not in self.cfg.encoder_modalities and name != target:
         continue
-      mod = self._spec(name)
+      mod = self.cfg.modality(name)  # Skipped above unless the model has it.
       known = e["known"]
       if mod.kind == modalities.PIXELS:
         batch[name] = {"tensor": e["tensor"], "input_mask": known}
