@@ -39,6 +39,7 @@ from __future__ import annotations
 import numpy as np
 
 from m4.data.scene_graph import Scene
+from m4.data import scene_raycast
 from m4.data.scene_raycast import camera_rays, surface_normals
 from m4.data.scene_spec import FIRST_OBJECT_CLASS
 
@@ -82,14 +83,6 @@ def _pairs(x: np.ndarray):
   return (x[:, :-1], x[:, 1:]), (x[:-1], x[1:])
 
 
-def _camera_points(depth: np.ndarray, tan_half_fov: float):
-  """Camera-space ray directions (forward = 1) and hit points of the pixels."""
-  res = depth.shape[0]
-  c = ((np.arange(res) + 0.5) / res * 2 - 1) * tan_half_fov
-  d = np.stack(np.broadcast_arrays(c[None, :], -c[:, None], np.ones((res, res))), -1)
-  return d, depth[..., None] * d
-
-
 def _plane_error(n_a, p_a, d_b, depth_b):
   """Relative error of a's tangent plane as a predictor of b's depth."""
   with np.errstate(divide="ignore", invalid="ignore"):
@@ -100,7 +93,8 @@ def _plane_error(n_a, p_a, d_b, depth_b):
 
 def geometry_edges(instance, depth, normals, tan_half_fov: float) -> np.ndarray:
   """Occlusion and shape boundaries (module docstring) as uint8 {0, 1}."""
-  d, p = _camera_points(depth.astype(np.float64), tan_half_fov)
+  d = scene_raycast.camera_space_rays(depth.shape[0], tan_half_fov)
+  p = depth.astype(np.float64)[..., None] * d  # Hit points.
   n = normals.astype(np.float64)
   cos_crease = np.cos(np.deg2rad(CREASE_DEG))
   flags = []

@@ -33,14 +33,19 @@ GROUND_FAR = 25.0
 _EPS = 1e-6
 
 
+def camera_space_rays(n: int, tan_half_fov: float) -> np.ndarray:
+  """(n, n, 3) ray directions of an n x n pixel grid in camera space: x right,
+  y up, forward = 1 (pixel centres, row-major from the top left)."""
+  c = (np.arange(n) + 0.5) / n * 2 - 1  # Pixel centres in [-1, 1].
+  return np.stack(np.broadcast_arrays(c[None, :] * tan_half_fov, -c[:, None] * tan_half_fov,
+                                      np.ones((n, n))), -1)
+
+
 def camera_rays(scene: Scene, resolution: int, samples: int) -> np.ndarray:
-  """Directions (resolution * samples)^2 x 3, row-major over sub-pixels."""
-  n = resolution * samples
-  c = (np.arange(n) + 0.5) / n * 2 - 1  # Sub-pixel centres in [-1, 1].
-  x = c * scene.tan_half_fov
-  y = -c * scene.tan_half_fov
+  """World directions (resolution * samples)^2 x 3, row-major over sub-pixels."""
+  cam = camera_space_rays(resolution * samples, scene.tan_half_fov)
   right, up, forward = scene.cam_rot
-  d = forward[None, None] + x[None, :, None] * right + y[:, None, None] * up
+  d = cam[..., 2:] * forward + cam[..., :1] * right + cam[..., 1:2] * up
   return d.reshape(-1, 3)
 
 

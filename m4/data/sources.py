@@ -33,7 +33,7 @@ import collections
 import io
 import os
 import threading
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from absl import logging
