@@ -14,12 +14,9 @@ table (configs/transfer/scenes.py: every task, a learning-rate sweep per arm,
 3 seeds, the conv-net reference at 10 % and 100 % of the labels; hours).
 """
 
-import os
-import runpy
-
 import ml_collections
 
-VARIANTS = ("quick", "full")
+from m4 import config_files
 
 # The run's own tokenizers, trained by its tok_* stages.
 _TOKENIZERS = dict(rgb="{root}/tok_rgb", depth="{root}/tok_depth", semseg="{root}/tok_semseg",
@@ -28,8 +25,7 @@ _TOKENIZERS = dict(rgb="{root}/tok_rgb", depth="{root}/tok_depth", semseg="{root
 
 def _stage(path: str, arg=None) -> ml_collections.ConfigDict:
   """get_config(arg) of configs/<path>."""
-  return runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), path))[
-      "get_config"](arg)
+  return config_files.load(__file__, path).get_config(arg)
 
 
 def _caption_tokenizer_stage(data: ml_collections.ConfigDict):
@@ -85,9 +81,7 @@ def _transfer_stage(data: ml_collections.ConfigDict, variant: str):
 
 
 def get_config(arg=None):
-  variant = arg or "quick"
-  if variant not in VARIANTS:
-    raise ValueError(f"configs/quickstart.py: unknown variant {arg!r}; use '' or full.")
+  variant = config_files.variant(arg, __file__, ("quick", "full"))
   full = variant == "full"
   config = ml_collections.ConfigDict()
   config.job = "quickstart"

@@ -10,9 +10,11 @@ m4.main: `python -m m4.data.scenes --out DIR --num 10000 --workers 2`.
 
 import ml_collections
 
+from m4 import config_files
+
 
 def get_config(arg=None):
-  del arg
+  config_files.variant(arg, __file__, ("default",))
   config = ml_collections.ConfigDict()
   config.job = "scenes"
   config.data = ml_collections.ConfigDict(dict(

@@ -90,12 +90,22 @@ def _find_bad_override(argv) -> str | None:
   return None
 
 
+def _flag_error(e: Exception) -> str:
+  """absl's flag error in one line; for a config file that raised, its error
+  (the traceback's last line, e.g. an unknown variant naming the file)."""
+  lines = [l for l in str(e).strip().splitlines() if l.strip()]
+  if len(lines) > 1 and "Error whilst parsing config file" in lines[0]:
+    kind, _, message = lines[-1].partition(": ")
+    return message if message and kind.isidentifier() else lines[-1]
+  return lines[0] if lines else type(e).__name__
+
+
 def _parse_flags(argv):
   """absl parsing, with bad flags and configs reported as one line."""
   try:
     rest = flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except
-    _fail(_find_bad_override(argv) or str(e).strip().splitlines()[0])
+    _fail(_find_bad_override(argv) or _flag_error(e))
   if _CONFIG.value is None or flags.FLAGS["config"].config_filename is None:
     _fail("--config is required, e.g. --config=configs/quickstart.py")
   try:

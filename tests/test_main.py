@@ -66,3 +66,29 @@ def test_writes_config_and_skips_done_stages(echo_config, tmp_path):
   assert (wd / "a" / "summary.json").exists()
   r = _run(f"--config={echo_config}", f"--workdir={wd}")
   assert r.returncode == 0 and "skipped" in r.stdout
+
+
+def _config_files():
+  root = os.path.join(REPO, "configs")
+  return sorted(os.path.relpath(os.path.join(d, f), REPO) for d, _, files in os.walk(root)
+                for f in files if f.endswith(".py") and f != "common.py")
+
+
+@pytest.mark.parametrize("path", _config_files())
+def test_every_config_names_a_job_and_refuses_an_unknown_variant(path):
+  """Each config file's default loads and names a known job; an unknown
+  variant is refused, naming the file (m4.config_files.variant, one way)."""
+  import runpy  # pylint: disable=g-import-not-at-top
+  from m4 import jobs  # pylint: disable=g-import-not-at-top
+  get_config = runpy.run_path(os.path.join(REPO, path))["get_config"]
+  if "job" in get_config():  # Else a config for a tool or for other configs to copy.
+    assert get_config().job in jobs.JOBS
+  with pytest.raises(ValueError, match=f"{path}: unknown variant 'nosuch'"):
+    get_config("nosuch")
+
+
+def test_unknown_variant_is_one_line(tmp_path):
+  r = _run("--config=configs/quickstart.py:nosuch", f"--workdir={tmp_path / 'w'}")
+  assert r.returncode == 2 and not (tmp_path / "w").exists()
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and "configs/quickstart.py: unknown variant 'nosuch'" in lines[0], r.stderr

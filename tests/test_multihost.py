@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pytest
 
-from m4 import workdir as workdir_lib
 from m4.jobs import pretokenize
 from tests import pretrain_setup as S
 from tests import test_pretrain as T

@@ -8,15 +8,14 @@ guidance on the caption), then RGB from caption + generated map. Scored by
 object presence: do the shapes the caption names appear in the map?
 """
 
-import os
-import runpy
+from m4 import config_files
 
-_COMMON = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
+_COMMON = config_files.load(__file__, "common.py")
 
 
 def get_config(arg=None):
-  del arg
-  c = _COMMON["base"](inputs=("caption",), targets=("semseg", "rgb"), chained=True)
+  config_files.variant(arg, __file__, ("default",))
+  c = _COMMON.base(inputs=("caption",), targets=("semseg", "rgb"), chained=True)
   c.decoding.semseg.num_steps = 12
   c.decoding.semseg.temperature = 1.0
   c.decoding.semseg.cfg_scale = 2.0

@@ -4,13 +4,9 @@ Not a config itself: the configs beside it call `base(inputs, targets)` and
 change what they need. Every field is documented in m4/jobs/generate.py.
 """
 
-import os
-import runpy
-
 import ml_collections
 
-_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                     "data", "scenes64.py")
+from m4 import config_files
 
 # How each modality is decoded by default (m4.generation.Step fields).
 IMAGE_DECODING = dict(scheme="maskgit", num_steps=8, token_schedule="cosine",
@@ -26,7 +22,7 @@ def base(inputs, targets, chained=False) -> ml_collections.ConfigDict:
   c.seed = 0
   c.init = ""  # The pretraining workdir: --config.init=DIR.
   # Held-out scenes: the shared 64 px dataset (central view at evaluation).
-  c.data = runpy.run_path(_DATA)["get_config"]().data
+  c.data = config_files.load(__file__, "../data/scenes64.py").get_config().data
   c.data.batch_size = 32
   c.split = "test"
   c.num_samples = 256  # 0: the whole split.

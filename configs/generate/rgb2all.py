@@ -11,15 +11,14 @@ quality against the ground truth and the tokenizers' ceiling in
 DIR/eval/metrics.json (experiments/generation/ has the figures).
 """
 
-import os
-import runpy
+from m4 import config_files
 
-_COMMON = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
+_COMMON = config_files.load(__file__, "common.py")
 
 
 def get_config(arg=None):
-  del arg
-  c = _COMMON["base"](inputs=("rgb_pixels",), targets=("depth", "semseg", "caption"),
+  config_files.variant(arg, __file__, ("default",))
+  c = _COMMON.base(inputs=("rgb_pixels",), targets=("depth", "semseg", "caption"),
                       chained=False)
   for name in ("depth", "semseg"):
     c.decoding[name].num_steps = 1

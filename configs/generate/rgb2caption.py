@@ -7,17 +7,15 @@
 Scored by the (shape, colour) pairs the caption names against the scene.
 """
 
-import os
-import runpy
+from m4 import config_files
 
-_COMMON = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
+_COMMON = config_files.load(__file__, "common.py")
 
 
 def get_config(arg=None):
-  c = _COMMON["base"](inputs=("rgb_pixels",), targets=("caption",))
-  if arg == "sample":
+  variant = config_files.variant(arg, __file__, ("greedy", "sample"))
+  c = _COMMON.base(inputs=("rgb_pixels",), targets=("caption",))
+  if variant == "sample":
     c.decoding.caption.temperature = 0.7
     c.decoding.caption.top_p = 0.9
-  elif arg is not None:
-    raise ValueError(f"rgb2caption: unknown variant {arg!r}; use no argument or 'sample'.")
   return c

@@ -10,21 +10,17 @@ training sample gets its central view and 3 random aligned crops + flips
 Pretraining (configs/pretrain/scenes_tiny.py) reads the shards.
 """
 
-import os
-import runpy
-
 import ml_collections
 
-_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                     "data", "scenes64.py")
+from m4 import config_files
 
 
 def get_config(arg=None):
-  del arg
+  config_files.variant(arg, __file__, ("default",))
   c = ml_collections.ConfigDict()
   c.job = "pretokenize"
   c.seed = 0  # Seeds the random views: (seed, split, index, view).
-  c.data = runpy.run_path(_DATA)["get_config"]().data  # Its crop settings define the views.
+  c.data = config_files.load(__file__, "../data/scenes64.py").get_config().data  # Its crop settings define the views.
   c.modalities = ml_collections.ConfigDict()  # Registry entries to add (none: the defaults).
   c.tokenize = ("rgb_pixels", "rgb", "depth", "semseg", "caption")
   c.tokenizers = ml_collections.ConfigDict(dict(rgb="vq_rgb", depth="vq_depth",

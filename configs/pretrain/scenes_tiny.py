@@ -22,27 +22,22 @@ rate, the batch size) and what each bought: experiments/pretrain_objects/.
 `quick` (the quickstart stage): 3+3 blocks, 1200 steps, about 6 minutes.
 """
 
-import os
-import runpy
-
 import ml_collections
 
+from m4 import config_files
 from m4.data import masking
 
-_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                     "data", "scenes64.py")
 NAMES = ("rgb_pixels", "rgb", "depth", "semseg", "caption")
 TARGETS = ("rgb", "depth", "semseg", "caption")
 
 
 def get_config(arg=None):
-  if arg not in (None, "quick"):
-    raise ValueError(f"scenes_tiny: unknown variant {arg!r}; use no argument or 'quick'.")
+  variant = config_files.variant(arg, __file__, ("full", "quick"))
   c = ml_collections.ConfigDict()
   c.job = "pretrain"
   c.seed = 0
   c.modalities = ml_collections.ConfigDict()  # The embedded registry entries.
-  c.data = runpy.run_path(_DATA)["get_config"]().data  # Raw data + crops (on the fly).
+  c.data = config_files.load(__file__, "../data/scenes64.py").get_config().data  # Raw data + crops (on the fly).
   c.data.batch_size = 32
   c.tokens = ml_collections.ConfigDict(dict(source="shards", dir="workdirs/tokens/scenes64"))
   c.tokenizers = ml_collections.ConfigDict(dict(
@@ -75,7 +70,7 @@ def get_config(arg=None):
   # median of the previous `window` steps (0: no check), after `min_steps` steps.
   c.divergence = ml_collections.ConfigDict(dict(
       loss_factor=3.0, grad_norm_factor=20.0, window=100, min_steps=2))
-  if arg == "quick":
+  if variant == "quick":
     c.model.update(encoder_depth=3, decoder_depth=3)
     c.total_steps = 1200
     c.optimizer.warmup_steps = 100

@@ -16,11 +16,12 @@ import string
 
 import ml_collections
 
+from m4 import config_files
 from m4.data import pipeline
 
 
 def get_config(arg=None):
-  del arg
+  config_files.variant(arg, __file__, ("default",))
   config = ml_collections.ConfigDict()
   config.job = "text_tokenizer"
   # The same dataset as configs/scenes.py, so either command makes it once.

@@ -6,25 +6,20 @@ job reads, and set what differs (the loss). The fields are documented in
 m4/jobs/tokenizer.py.
 """
 
-import os
-import runpy
-
 import ml_collections
 
-# The shared scenes training data (random crops of 60-100 % of the area, flips).
-_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                     "data", "scenes64.py")
+from m4 import config_files
 
 
-def vq_scenes(modality: str, arg, num_steps: int) -> ml_collections.ConfigDict:
+def vq_scenes(config_file: str, modality: str, arg, num_steps: int) -> ml_collections.ConfigDict:
   """A VQ tokenizer for `modality` on 64 px scenes: 8x8 tokens; `arg` "quick": the quickstart's."""
-  if arg not in (None, "quick"):
-    raise ValueError(f"{modality}_scenes: unknown variant {arg!r}; use no argument or 'quick'.")
+  variant = config_files.variant(arg, config_file, ("full", "quick"))
   c = ml_collections.ConfigDict()
   c.job = "tokenizer"
   c.modality = modality  # A registered image modality: its grid and vocabulary.
   c.seed = 0
-  c.data = runpy.run_path(_DATA)["get_config"]().data
+  # The shared scenes training data (random crops of 60-100 % of the area, flips).
+  c.data = config_files.load(__file__, "../data/scenes64.py").get_config().data
   c.data.batch_size = 32
   # 64 px -> space-to-depth 2 -> 32, 16, 8; EMA codebook with dead-code restarts.
   c.model = ml_collections.ConfigDict(dict(
@@ -45,7 +40,7 @@ def vq_scenes(modality: str, arg, num_steps: int) -> ml_collections.ConfigDict:
       split="validation", num_samples=0, batch_size=128, grid_rows=8))  # 0: the whole split.
   c.mesh = ml_collections.ConfigDict({"data": -1})
   c.sharding_rules = None  # m4.sharding.DEFAULT_RULES.
-  if arg == "quick":  # A couple of minutes on 2 CPU cores, lower quality.
+  if variant == "quick":  # A couple of minutes on 2 CPU cores, lower quality.
     c.model.channels = (16, 32, 64)
     c.num_steps = 200
     c.optimizer.warmup_steps = 50

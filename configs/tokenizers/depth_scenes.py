@@ -8,13 +8,11 @@ loss over valid pixels and a validity (sky) channel. `quick` is sized for the
 quickstart; the default is the full run recorded in experiments/tokenizers/.
 """
 
-import os
-import runpy
-
-_COMMON = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
+from m4 import config_files
+_COMMON = config_files.load(__file__, "common.py")
 
 
 def get_config(arg=None):
-  c = _COMMON["vq_scenes"]("depth", arg, num_steps=1000)
+  c = _COMMON.vq_scenes(__file__, "depth", arg, num_steps=1000)
   c.io.loss_weights = {"depth": 1.0, "valid": 0.1}
   return c

@@ -9,13 +9,11 @@ experiments/tokenizers/. The codebook size and the token grid come from the
 modality registry (m4/modalities.py).
 """
 
-import os
-import runpy
-
-_COMMON = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
+from m4 import config_files
+_COMMON = config_files.load(__file__, "common.py")
 
 
 def get_config(arg=None):
-  c = _COMMON["vq_scenes"]("rgb", arg, num_steps=2000)
+  c = _COMMON.vq_scenes(__file__, "rgb", arg, num_steps=2000)
   c.io.loss_weights = {"mse": 1.0, "l1": 0.1}
   return c

@@ -8,16 +8,14 @@ ignored). `quick` is sized for the quickstart; the default is the full run
 recorded in experiments/tokenizers/.
 """
 
-import os
-import runpy
-
+from m4 import config_files
 from m4.data import scenes
 
-_COMMON = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
+_COMMON = config_files.load(__file__, "common.py")
 
 
 def get_config(arg=None):
-  c = _COMMON["vq_scenes"]("semseg", arg, num_steps=1000)
+  c = _COMMON.vq_scenes(__file__, "semseg", arg, num_steps=1000)
   c.io.num_classes = len(scenes.CLASSES)
   c.io.loss_weights = {"ce": 1.0}
   return c

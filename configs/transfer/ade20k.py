@@ -13,15 +13,14 @@ px), m4's per-patch MLP head (MultiMAE: a ConvNeXt adapter), global batch 32.
 Variant `:mock` is the job shrunk for tests on `tfds.testing.mock_data`.
 """
 
-import os
-import runpy
+from m4 import config_files
 
-_COMMON = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
-PIXELS = _COMMON["PIXELS"]  # A converted 4M's raw RGB input at 224 px.
+_COMMON = config_files.load(__file__, "common.py")
+PIXELS = _COMMON.PIXELS  # A converted 4M's raw RGB input at 224 px.
 
 
 def get_config(arg=None):
-  c = _COMMON["tfds_base"]("ade20k.py", arg, "ADE20K semantic segmentation (TFDS scene_parse150)")
+  c = _COMMON.tfds_base(__file__, arg, "ADE20K semantic segmentation (TFDS scene_parse150)")
   c.label_fractions = (1.0,)
   c.tasks.semseg = dict(kind="segmentation", inputs=(PIXELS,), target="semseg",
                         num_classes=150)
@@ -33,7 +32,7 @@ def get_config(arg=None):
   c.probe.update(dict(num_steps=0, num_epochs=16, learning_rate=1e-3, warmup_steps=0,
                       warmup_epochs=1))
   c.checkpoint_every = 2000
-  if arg == "mock":
-    _COMMON["shrink_for_mock"](c)
+  if config_files.variant(arg, __file__, ("full", "mock")) == "mock":
+    _COMMON.shrink_for_mock(c)
     c.finetune.update(dict(num_steps=2, num_epochs=0, warmup_steps=1, head_hidden=8))
   return c

@@ -9,6 +9,7 @@ m4/jobs/transfer.py and configs/transfer/scenes.py.
 
 import ml_collections
 
+from m4 import config_files
 from m4.data import pipeline
 
 # The raw-pixel input of a converted 4M (m4.tools.convert_4m names it so).
@@ -17,10 +18,9 @@ PIXELS_SPEC = dict(kind="pixels", vocab_size=0, num_tokens=196, grid=(14, 14),
                    roles=("input",), tokenizer=None, data_key="rgb")
 
 
-def tfds_base(file: str, arg, title: str) -> ml_collections.ConfigDict:
+def tfds_base(config_file: str, arg, title: str) -> ml_collections.ConfigDict:
   """Pretrained and scratch, fine-tuned and probed, on TFDS data at 224 px with flips."""
-  if arg not in (None, "", "mock"):
-    raise ValueError(f"configs/transfer/{file}: unknown variant {arg!r}; use '' or mock.")
+  config_files.variant(arg, config_file, ("full", "mock"))
   c = ml_collections.ConfigDict()
   c.job = "transfer"
   c.title = title

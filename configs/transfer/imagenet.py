@@ -17,15 +17,14 @@ the SimCLR 1 % / 10 % lists. Variant `:mock` shrinks the job for tests on
 `tfds.testing.mock_data`.
 """
 
-import os
-import runpy
+from m4 import config_files
 
-_COMMON = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
-PIXELS = _COMMON["PIXELS"]  # A converted 4M's raw RGB input at 224 px.
+_COMMON = config_files.load(__file__, "common.py")
+PIXELS = _COMMON.PIXELS  # A converted 4M's raw RGB input at 224 px.
 
 
 def get_config(arg=None):
-  c = _COMMON["tfds_base"]("imagenet.py", arg, "ImageNet-1k classification (TFDS imagenet2012)")
+  c = _COMMON.tfds_base(__file__, arg, "ImageNet-1k classification (TFDS imagenet2012)")
   c.label_fractions = (1.0, 0.1, 0.01)
   c.tasks.imagenet = dict(kind="classification", inputs=(PIXELS,), target="labels/label",
                           num_classes=1000, label_smoothing=0.1)
@@ -37,7 +36,7 @@ def get_config(arg=None):
   c.probe.update(dict(num_steps=0, num_epochs=90, learning_rate=1e-3, warmup_steps=0,
                       warmup_epochs=10))
   c.checkpoint_every = 2000
-  if arg == "mock":
-    _COMMON["shrink_for_mock"](c)
+  if config_files.variant(arg, __file__, ("full", "mock")) == "mock":
+    _COMMON.shrink_for_mock(c)
     c.finetune.update(dict(num_steps=2, num_epochs=0, warmup_steps=1))
   return c

@@ -17,15 +17,14 @@ epochs), so the schedule is set in steps to see about as many samples
 `tfds.testing.mock_data` (a tiny random model, scratch only, a few steps).
 """
 
-import os
-import runpy
+from m4 import config_files
 
-_COMMON = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
-PIXELS = _COMMON["PIXELS"]  # A converted 4M's raw RGB input at 224 px.
+_COMMON = config_files.load(__file__, "common.py")
+PIXELS = _COMMON.PIXELS  # A converted 4M's raw RGB input at 224 px.
 
 
 def get_config(arg=None):
-  c = _COMMON["tfds_base"]("nyu_depth.py", arg, "NYUv2 depth (TFDS nyu_depth_v2)")
+  c = _COMMON.tfds_base(__file__, arg, "NYUv2 depth (TFDS nyu_depth_v2)")
   c.label_fractions = (1.0,)
   c.tasks.depth = dict(kind="depth", inputs=(PIXELS,), target="depth")
   c.data.update(dict(name="nyu_depth_v2", eval_split="validation", crop_scale=(1.0, 1.0),
@@ -34,7 +33,7 @@ def get_config(arg=None):
                          weight_decay=1e-4, layer_decay=0.75, head_hidden=1024))
   c.probe.update(dict(num_steps=10000, learning_rate=1e-3, warmup_steps=500))
   c.checkpoint_every = 1000
-  if arg == "mock":
-    _COMMON["shrink_for_mock"](c)
+  if config_files.variant(arg, __file__, ("full", "mock")) == "mock":
+    _COMMON.shrink_for_mock(c)
     c.finetune.update(dict(num_steps=2, warmup_steps=1, head_hidden=8))
   return c

@@ -30,6 +30,7 @@ Results: experiments/transfer_scenes/.
 
 import ml_collections
 
+from m4 import config_files
 from m4.data import pipeline
 
 
@@ -52,10 +53,7 @@ def _protocol(**fields) -> ml_collections.ConfigDict:
 
 
 def get_config(arg=None):
-  variant = arg or "full"
-  if variant not in ("full", "core", "quick", "tiny"):
-    raise ValueError(f"configs/transfer/scenes.py: unknown variant {arg!r};"
-                     " use '', core, quick or tiny.")
+  variant = config_files.variant(arg, __file__, ("full", "core", "quick", "tiny"))
   c = ml_collections.ConfigDict()
   c.job = "transfer"
   c.title = "Transfer on scenes (64 px)"
