@@ -48,7 +48,7 @@ def _protocol(**fields) -> ml_collections.ConfigDict:
       grad_clip=1.0,  # Global-norm clipping; 0: none.
       head_hidden=0,  # 0: a linear readout; > 0: an MLP with this hidden width.
       head_norm="batch",  # Before the readout: "batch" (MAE's probe) or "layer".
-      dense_head="patch",  # Dense tasks: "patch" (per-token readout) or "upsample".
+      dense_head="patch",  # Dense tasks: "patch" (per-token readout), "bilinear" or "upsample".
       b1=0.9, b2=0.999), **fields})
 
 

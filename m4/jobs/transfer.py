@@ -52,7 +52,7 @@ Config fields (configs/transfer/scenes.py documents a full example):
   probe, finetune: num_steps (or num_epochs over the labelled subset when
     num_steps is 0), learning_rate, min_learning_rate, warmup_steps (or
     warmup_epochs when it is 0), weight_decay, layer_decay (finetune), grad_clip,
-    head_hidden, head_norm, dense_head ("patch" | "upsample"), b1, b2 (AdamW).
+    head_hidden, head_norm, dense_head ("patch" | "bilinear" | "upsample"), b1, b2 (AdamW).
   eval: num_samples (0: the whole split), num_examples (samples in pictures).
   log_every, checkpoint_every (0: no checkpoints), mesh, sharding_rules.
   prng_impl: jax.random key implementation of the inits ("rbg", "threefry2x32").

@@ -44,7 +44,7 @@ TASK_KINDS = (CLASSIFICATION, SEGMENTATION, DEPTH)
 PIXEL_NORMALIZATIONS = value_scales.PIXEL_NORMALIZATIONS
 # Dense tasks' heads: a per-token readout laid out as pixels, or a light
 # convolutional upsampling decoder (m4.models.transfer_heads).
-DENSE_HEADS = ("patch", "upsample")
+DENSE_HEADS = ("patch", "bilinear", "upsample")
 # Top-level FourM parameters that `encode` reads (besides per-modality embeddings).
 _ENCODER_KEYS = ("encoder", "encoder_norm_scale", "encoder_norm_bias")
 _EMBED_KEYS = ("encoder_embed", "modality_embed")
@@ -169,6 +169,9 @@ class TransferModel(nnx.Module):
     dim = cfg.dim * len(self.inputs)
     if dense_head == "upsample":
       self.head = heads.UpsampleHead(dim, out, size[0] // h, norm=head_norm, rngs=rngs)
+    elif dense_head == "bilinear":
+      self.head = heads.BilinearHead(dim, out, size[0] // h, hidden=head_hidden, norm=head_norm,
+                                     rngs=rngs)
     else:
       self.head = heads.DenseHead(dim, out, size[0] // h, hidden=head_hidden, norm=head_norm,
                                   rngs=rngs)

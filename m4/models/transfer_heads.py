@@ -4,6 +4,7 @@
     logits = head(tokens, valid, train=True)    # (B, N, D), (B, N) -> (B, C)
     head = DenseHead(dim, out_channels=6, patch=8, hidden=0, rngs=rngs)
     logits = head(grid)                         # (B, h, w, D) -> (B, h*8, w*8, 6)
+    head = BilinearHead(dim, out_channels=6, patch=8, rngs=rngs)   # token logits, upsampled
     head = UpsampleHead(dim, out_channels=6, patch=8, rngs=rngs)   # conv decoder
 
 Both are standard and light: a normalisation, then one linear layer
@@ -101,6 +102,26 @@ class DenseHead(nnx.Module):
     p, c = self.patch, self.out_channels
     x = self.readout(grid, train).reshape(b, h, w, p, p, c)
     return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * p, w * p, c)
+
+
+class BilinearHead(nnx.Module):
+  """Token grid (B, h, w, D) -> per-token readout -> bilinear upsampling -> (B, h*p, w*p, C).
+
+  The linear protocol of DINOv2's segmentation probe: each token gives the
+  class scores (or depth) of its patch centre, and pixels in between
+  interpolate them, so the readout has to know what a patch shows, not draw
+  the inside of the patch from the token alone (as DenseHead does).
+  """
+
+  def __init__(self, dim: int, out_channels: int, patch: int, *, hidden: int = 0,
+               norm: str = "batch", rngs: nnx.Rngs):
+    self.patch = int(patch)
+    self.readout = _Readout(dim, int(out_channels), hidden=hidden, norm=norm, rngs=rngs)
+
+  def __call__(self, grid: Array, train: bool = False) -> Array:
+    b, h, w, _ = grid.shape
+    x = self.readout(grid, train)
+    return jax.image.resize(x, (b, h * self.patch, w * self.patch, x.shape[-1]), "bilinear")
 
 
 class UpsampleHead(nnx.Module):

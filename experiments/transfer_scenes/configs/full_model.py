@@ -11,17 +11,25 @@ session's CPU time (stated in the README): 200 steps per run instead of 400,
 no sweep (every arm uses the rates the sweeps chose: probe 1e-2, fine-tune
 3e-3, conv net 3e-3), the conv net at 10 % only. The default variant runs
 count, semseg and depth with 3 seeds; `rgbd` runs semseg from RGB and from
-RGB + depth tokens (seed 0), the new-input-modality claim.
+RGB + depth tokens (seed 0), the new-input-modality claim. `dense_probe`
+probes semseg and depth at the config's 400 steps with each arm's own
+learning-rate sweep on validation (3e-2 to 1) and 3 seeds, with
+DINOv2's linear protocol (each token's scores, bilinearly upsampled:
+dense_head "bilinear"; `--config.probe.dense_head=patch` for the per-patch
+readout).
 """
 
 import os
-import runpy
+
+from m4 import config_files
 
 ROOT = os.environ.get("M4_FULL_ROOT", "workdirs/scenes_full")
+_SCENES = "../../../configs/transfer/scenes.py"
 
 
 def get_config(arg=None):
-  c = runpy.run_path("configs/transfer/scenes.py")["get_config"]("core")
+  variant = config_files.variant(arg, __file__, ("default", "rgbd", "dense_probe"))
+  c = config_files.load(__file__, _SCENES).get_config("core")
   c.init = os.path.join(ROOT, "pretrain")
   c.data.dir = os.path.join(ROOT, "data")
   c.tokenizers.depth = os.path.join(ROOT, "tok_depth")
@@ -29,11 +37,16 @@ def get_config(arg=None):
   c.probe.num_steps = c.finetune.num_steps = c.supervised.num_steps = 200
   c.baseline_fractions = (0.1,)
   c.checkpoint_every = 0
-  if arg == "rgbd":
+  if variant == "rgbd":
     c.tasks = {"semseg": c.tasks.semseg.to_dict(),
-               "semseg_rgbd": runpy.run_path("configs/transfer/scenes.py")["get_config"]().tasks.semseg_rgbd.to_dict()}
+               "semseg_rgbd": config_files.load(__file__, _SCENES).get_config().tasks.semseg_rgbd.to_dict()}
     c.seeds = (0,)
     c.baselines = ()
-  elif arg:
-    raise ValueError(f"full_model: unknown variant {arg!r}; use '' or rgbd.")
+  elif variant == "dense_probe":
+    del c.tasks.count
+    c.protocols = ("probe",)
+    c.baselines = ()
+    c.probe.num_steps = 400
+    c.probe.dense_head = "bilinear"
+    c.sweep.learning_rates = dict(probe=(3e-2, 1e-1, 3e-1, 1.0), finetune=(), supervised=())
   return c
