@@ -159,3 +159,7 @@ register(Modality("caption", SEQUENCE, vocab_size=512, num_tokens=48, tokenizer=
 # RGB as raw 8x8-pixel patches, an encoder input only (4M-7's `rgb@224`).
 register(Modality("rgb_pixels", PIXELS, vocab_size=0, num_tokens=64, grid=(8, 8),
                   roles=(INPUT,), data_key="rgb"))
+# 4M-21's geometry on the scenes (their data: `data.extras`, m4.data.scene_extras).
+register(Modality("normals", IMAGE, vocab_size=1024, num_tokens=64, grid=(8, 8),
+                  tokenizer="vq_normals"))
+register(Modality("edges", IMAGE, vocab_size=1024, num_tokens=64, grid=(8, 8), tokenizer="vq_edges"))

@@ -31,7 +31,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-KINDS = ("rgb", "depth", "semseg", "tokens", "gray")
+KINDS = ("rgb", "depth", "semseg", "normals", "edges", "tokens", "gray")
 UNLABELLED = 255
 
 
@@ -66,7 +66,7 @@ _TOKEN_PALETTE = np.random.default_rng(0).integers(40, 256, (4096, 3)).astype(np
 def guess_kind(name: str, x: np.ndarray) -> str:
   """The kind of a column from its name (e.g. "depth_recon"), else its shape."""
   lname = name.lower()
-  for kind in ("semseg", "depth", "tok", "rgb"):
+  for kind in ("semseg", "depth", "normals", "edges", "tok", "rgb"):
     if kind in lname:
       return "tokens" if kind == "tok" else kind
   x = np.asarray(x)
@@ -108,6 +108,13 @@ def colorize_semseg(semseg: np.ndarray) -> np.ndarray:
   return SEMSEG_PALETTE[np.clip(semseg, 0, 255).astype(np.int64)]
 
 
+def colorize_normals(normals: np.ndarray) -> np.ndarray:
+  """Camera-space normals (H, W, 3) as RGB (n + 1) / 2; zero vectors (sky) black."""
+  normals = np.asarray(normals, np.float32)
+  shown = np.where(np.any(normals != 0, -1, keepdims=True), (normals + 1) / 2, 0.0)
+  return _unit_to_uint8(shown)
+
+
 def colorize_tokens(tokens: np.ndarray) -> np.ndarray:
   return _TOKEN_PALETTE[np.asarray(tokens).astype(np.int64) % len(_TOKEN_PALETTE)]
 
@@ -116,10 +123,10 @@ def to_image(x: np.ndarray, kind: str, *, depth_range: tuple[float, float] | Non
              cmap: str = "viridis") -> np.ndarray:
   """One cell as uint8 (H, W, 3)."""
   x = np.asarray(x)
-  if kind == "rgb":
+  if kind in ("rgb", "normals"):
     if x.ndim != 3 or x.shape[-1] != 3:
-      raise ValueError(f"grid: an rgb cell must be (H, W, 3), got {x.shape}.")
-    return _unit_to_uint8(x)
+      raise ValueError(f"grid: an {kind} cell must be (H, W, 3), got {x.shape}.")
+    return _unit_to_uint8(x) if kind == "rgb" else colorize_normals(x)
   if x.ndim == 3 and x.shape[-1] == 1:
     x = x[..., 0]
   if x.ndim != 2:
@@ -131,8 +138,9 @@ def to_image(x: np.ndarray, kind: str, *, depth_range: tuple[float, float] | Non
     return colorize_semseg(x)
   if kind == "tokens":
     return colorize_tokens(x)
-  if kind == "gray":
-    return np.repeat(_unit_to_uint8(x)[..., None], 3, axis=-1)
+  if kind in ("gray", "edges"):  # Edges: {0, 1} maps, white on black.
+    return np.repeat(_unit_to_uint8(x.astype(np.float32) if kind == "edges" else x)[..., None],
+                     3, axis=-1)
   raise ValueError(f"grid: unknown kind {kind!r}; kinds: {KINDS}.")
 
 

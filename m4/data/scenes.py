@@ -97,12 +97,6 @@ def grid(path: str, data_dir: str, split: str = "validation", num: int = 8,
   return pictures.save_grid(path, rows, captions, titles={"depth": "depth (m)"})
 
 
-def normals_image(normals) -> np.ndarray:
-  """Camera-space normals (H, W, 3) as RGB (n + 1) / 2 in [0, 1]; sky black."""
-  normals = np.asarray(normals, np.float32)
-  return np.where(np.any(normals != 0, -1, keepdims=True), (normals + 1) / 2, 0.0)
-
-
 def palette_image(palette, size: int) -> np.ndarray:
   """A palette as a (size, size, 3) uint8 image: one vertical band a colour,
   its width its pixel share."""
@@ -115,14 +109,14 @@ def extras_grid(path: str, num: int = 8, split: str = "validation", **render_arg
   """Renders samples 0.. of `split` with every extra and draws rgb | normals |
   instance | edges | rgb_edges | palette (m4.pictures); returns `path`."""
   samples = [render(i, split=split, **{**render_args, "extras": EXTRAS}) for i in range(num)]
-  rows = [{"rgb": s["rgb"], "normals": normals_image(s["normals"]), "instance": s["instance"],
-           "edges": s["edges"].astype(np.float32), "rgb_edges": s["rgb_edges"].astype(np.float32),
+  rows = [{"rgb": s["rgb"], "normals": s["normals"], "instance": s["instance"],
+           "edges": s["edges"], "rgb_edges": s["rgb_edges"],
            "palette": palette_image(s["palette"], s["rgb"].shape[0])}
           for s in samples]
   captions = [f"{split} {int(s['id'])}: {s['caption']}" for s in samples]
   return pictures.save_grid(path, rows, captions,
-                            kinds={"normals": "rgb", "instance": "semseg", "edges": "gray",
-                                   "rgb_edges": "gray", "palette": "rgb"})
+                            kinds={"normals": "normals", "instance": "semseg", "edges": "edges",
+                                   "rgb_edges": "edges", "palette": "rgb"})
 
 
 def main(argv=None):

@@ -14,7 +14,7 @@ TensorBoard events):
 The returned summary holds the held-out figures and the grid's path.
 Config fields (all read here; see configs/tokenizers/*.py):
 
-  modality             registry name ("rgb", "depth", "semseg"); its
+  modality             registry name ("rgb", "depth", "semseg", "normals", ...); its
                        vocab_size and grid size the codebook and the grid
   seed                 initialisation, data order, restarts
   data                 m4.data.pipeline config (data.batch_size = global batch)
@@ -53,6 +53,7 @@ from m4 import sharding
 from m4 import workdir as workdir_lib
 from m4.data import pipeline
 from m4.data import sources
+from m4.tokenizers import modality_io
 from m4.tokenizers import quantizer as quantizer_lib
 from m4.tokenizers import vq_tokenizer
 from m4.workdir import ConfigError, require
@@ -68,9 +69,9 @@ def spec_from_config(config, step: int | None = None, metrics=None) -> vq_tokeni
           f"{config.modality!r} is not registered; known: {modalities.names()}")
   modality = modalities.get(config.modality)
   require(modality.is_image, "modality", f"{config.modality!r} is not an image modality.")
-  require(modality.data_key in ("rgb", "depth", "semseg"), "modality",
+  require(modality.data_key in modality_io.KEYS, "modality",
           f"{config.modality!r} is made from {modality.data_key!r}; VQ tokenizers handle"
-          " rgb, depth and semseg.")
+          f" {', '.join(modality_io.KEYS)}.")
   io = {"loss_weights": dict(config.io.loss_weights)}
   if modality.data_key == "semseg":
     require(int(config.io.get("num_classes") or 0) >= 2, "io.num_classes",
@@ -191,8 +192,9 @@ def evaluate(trainer: Trainer, state, config, workdir: str) -> tuple[dict, str]:
   """Held-out figures over `config.eval` and the reconstruction grid.
 
   Figures: rgb PSNR (mean over images, and of the mean MSE), depth abs-rel and
-  delta1 over valid pixels, semseg mIoU of the reconstruction against the
-  input; codebook usage (fraction of codes used over the held-out set) and
+  delta1 over valid pixels, semseg mIoU, normals mean angular error, edges
+  pixel precision / recall / F1 of the reconstruction against the input;
+  codebook usage (fraction of codes used over the held-out set) and
   perplexity of the held-out tokens.
   """
   key = modalities.get(config.modality).data_key
@@ -220,7 +222,7 @@ def evaluate(trainer: Trainer, state, config, workdir: str) -> tuple[dict, str]:
   metrics.update({k: float(v) for k, v in quantizer_lib.code_statistics(counts).items()})
   metrics["num_samples"] = n
   metrics["split"] = config.eval.split
-  kind = key
+  kind = trainer.io.key  # The picture kind: "edges" for rgb_edges too.
   grid_path = os.path.join(workdir, "eval", "reconstructions.png")
   if jax.process_index() == 0:
     pictures.save_grid(grid_path, grid_rows, kinds={"input": kind, "reconstruction": kind,

@@ -23,6 +23,16 @@ Raw units follow m4's data contract; value scales come from
           (unlabelled: a zero one-hot input, ignored by the loss). Input:
           one-hot over classes; output: logits; loss: cross-entropy (weight
           `ce`). Decoded: int32 argmax ids (and the logits on request).
+  normals (B, H, W, 3) float unit vectors (camera space, m4.data.scene_extras),
+          0 where there is no surface (sky). Input: the vectors; output:
+          [vector, validity logit]; loss: 1 - cosine to the true normal over
+          valid pixels (weight `angle`) plus a binary cross-entropy on
+          validity (weight `valid`). Decoded: unit vectors, 0 where the
+          validity logit is negative. Figure: mean angular error (degrees).
+  edges   (B, H, W) {0, 1} maps (data keys "edges" and "rgb_edges"). Input:
+          the map in [-1, 1]; output: one logit; loss: binary cross-entropy
+          with the edge pixels weighted by `pos_weight` (weight `bce`).
+          Decoded: uint8 {0, 1}. Figures: pixel precision, recall and F1.
 """
 
 from __future__ import annotations
@@ -52,7 +62,8 @@ def _describe_bad(mask: np.ndarray, values: np.ndarray, limit: int = 5) -> str:
 class ModalityIO:
   """Base class: see the module docstring for what each modality does."""
 
-  key: str = ""  # The raw-sample key: "rgb", "depth" or "semseg".
+  key: str = ""  # The raw-sample key: "rgb", "depth", "semseg", "normals" or "edges".
+  channels: int = 0  # Trailing channels of a raw sample (0: an (H, W) map).
   in_channels: int = 0
   out_channels: int = 0
   headline: tuple[str, ...] = ()  # Training metrics the progress line shows first.
@@ -70,11 +81,11 @@ class ModalityIO:
     return {}
 
   def check_shape(self, x: np.ndarray, image_size: tuple[int, int] | None):
-    want = "(B, H, W, 3)" if self.key == "rgb" else "(B, H, W)"
-    if x.ndim != (4 if self.key == "rgb" else 3):
+    want = f"(B, H, W, {self.channels})" if self.channels else "(B, H, W)"
+    if x.ndim != (4 if self.channels else 3):
       raise ValueError(f"{self.name}: expected a batch of shape {want}, got shape {x.shape}.")
-    if self.key == "rgb" and x.shape[-1] != 3:
-      raise ValueError(f"{self.name}: expected 3 channels (RGB) in the last axis,"
+    if self.channels and x.shape[-1] != self.channels:
+      raise ValueError(f"{self.name}: expected {self.channels} channels in the last axis,"
                        f" got {x.shape[-1]} (shape {x.shape}).")
     if image_size is not None and tuple(x.shape[1:3]) != tuple(image_size):
       raise ValueError(f"{self.name}: images must be {tuple(image_size)} pixels (the tokenizer's"
@@ -105,7 +116,7 @@ class ModalityIO:
 
 
 class RgbIO(ModalityIO):
-  key, in_channels, out_channels = "rgb", 3, 3
+  key, channels, in_channels, out_channels = "rgb", 3, 3, 3
   headline = ("psnr",)
 
   @staticmethod
@@ -290,7 +301,125 @@ class SemsegIO(ModalityIO):
             "iou_per_class": [None if np.isnan(v) else float(v) for v in iou]}
 
 
-_IOS = {"rgb": RgbIO, "depth": DepthIO, "semseg": SemsegIO}
+class NormalsIO(ModalityIO):
+  key, channels, in_channels, out_channels = "normals", 3, 3, 4
+  headline = ("angle_deg",)
+  TOLERANCE = 1e-3  # Vectors may exceed unit length by this much (rounding).
+
+  @staticmethod
+  def default_weights():
+    return {"angle": 1.0, "valid": 0.1}
+
+  def check(self, x, image_size=None):
+    x = np.asarray(x)
+    self.check_shape(x, image_size)
+    if not np.issubdtype(x.dtype, np.floating):
+      raise ValueError(f"{self.name}: expected float unit vectors, got dtype {x.dtype}.")
+    norm = np.linalg.norm(np.nan_to_num(x, nan=np.inf), axis=-1)
+    bad = ~np.isfinite(norm) | ((norm > 0) & (np.abs(norm - 1) > self.TOLERANCE))
+    if bad.any():
+      raise ValueError(f"{self.name}: normals must be unit vectors (0 where there is no"
+                       f" surface); found {_describe_bad(bad, norm)} (their lengths).")
+    return x
+
+  @staticmethod
+  def _valid(x):
+    return jnp.any(jnp.asarray(x) != 0, axis=-1)
+
+  def prepare(self, x):
+    return jnp.asarray(x, jnp.float32)
+
+  @staticmethod
+  def _cosine(output, x):
+    pred = output[..., :3]
+    return jnp.sum(pred * x, -1) / jnp.maximum(jnp.linalg.norm(pred, axis=-1), 1e-6)
+
+  def loss(self, output, x):
+    x = jnp.asarray(x, jnp.float32)
+    v = self._valid(x).astype(jnp.float32)
+    n = jnp.maximum(jnp.sum(v), 1.0)
+    cos = self._cosine(output, x)
+    angle_loss = jnp.sum((1.0 - cos) * v) / n
+    bce = jnp.mean(jax.nn.softplus(output[..., 3]) - v * output[..., 3])
+    degrees = jnp.sum(jnp.degrees(jnp.arccos(jnp.clip(cos, -1.0, 1.0))) * v) / n
+    w = self.loss_weights
+    return w["angle"] * angle_loss + w["valid"] * bce, {
+        "angle_loss": angle_loss, "valid_bce": bce, "angle_deg": degrees}
+
+  def postprocess(self, output):
+    pred = output[..., :3] / jnp.maximum(jnp.linalg.norm(output[..., :3], axis=-1,
+                                                         keepdims=True), 1e-6)
+    return jnp.where(output[..., 3:] > 0, pred, 0.0)
+
+  def metric_sums(self, output, x, valid):
+    """Angles over pixels with a true surface; validity over all pixels."""
+    x = jnp.asarray(x, jnp.float32)
+    image = jnp.broadcast_to(jnp.asarray(valid, jnp.float32)[:, None, None], x.shape[:3])
+    surface = self._valid(x).astype(jnp.float32) * image
+    pred = self.postprocess(output)
+    cos = jnp.clip(jnp.sum(pred * x, -1), -1.0, 1.0)  # A missed surface counts as 90 degrees.
+    angle = jnp.degrees(jnp.arccos(cos))
+    return {"surface_pixels": jnp.sum(surface), "angle_deg": jnp.sum(angle * surface),
+            "within_11_25": jnp.sum((angle < 11.25) * surface),
+            "validity_correct": jnp.sum((self._valid(pred) == self._valid(x)) * image),
+            "pixels": jnp.sum(image)}
+
+  def metrics_from_sums(self, sums):
+    n = max(float(sums["surface_pixels"]), 1.0)
+    return {"angle_deg": float(sums["angle_deg"]) / n,
+            "within_11_25": float(sums["within_11_25"]) / n,
+            "validity_accuracy": float(sums["validity_correct"]) / max(float(sums["pixels"]), 1.0)}
+
+
+class EdgesIO(ModalityIO):
+  key, in_channels, out_channels = "edges", 1, 1
+  headline = ("f1",)
+
+  @staticmethod
+  def default_weights():
+    return {"bce": 1.0, "pos_weight": 1.0}
+
+  def check(self, x, image_size=None):
+    x = np.asarray(x)
+    self.check_shape(x, image_size)
+    if not (np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_):
+      raise ValueError(f"{self.name}: expected an integer {{0, 1}} edge map, got dtype {x.dtype}.")
+    bad = (x != 0) & (x != 1)
+    if bad.any():
+      raise ValueError(f"{self.name}: edge maps hold 0 or 1; found {_describe_bad(bad, x)}.")
+    return x
+
+  def prepare(self, x):
+    return jnp.asarray(x, jnp.float32)[..., None] * 2.0 - 1.0
+
+  def loss(self, output, x):
+    y = jnp.asarray(x, jnp.float32)
+    logit = output[..., 0].astype(jnp.float32)
+    w = self.loss_weights
+    weights = 1.0 + (w["pos_weight"] - 1.0) * y
+    bce = jnp.mean(weights * (jax.nn.softplus(logit) - y * logit))
+    pred, true = logit > 0, y > 0
+    tp, wrong = jnp.sum(pred & true), jnp.sum(pred != true)
+    return w["bce"] * bce, {"bce": bce, "f1": 2 * tp / jnp.maximum(2 * tp + wrong, 1.0)}
+
+  def postprocess(self, output):
+    return (output[..., 0] > 0).astype(jnp.uint8)
+
+  def metric_sums(self, output, x, valid):
+    image = jnp.broadcast_to(jnp.asarray(valid, jnp.float32)[:, None, None], jnp.shape(x)) > 0
+    pred, true = (output[..., 0] > 0) & image, (jnp.asarray(x) > 0) & image
+    return {"true_positive": jnp.sum(pred & true), "false_positive": jnp.sum(pred & ~true),
+            "false_negative": jnp.sum(~pred & true)}
+
+  def metrics_from_sums(self, sums):
+    tp, fp, fn = (float(sums[k]) for k in ("true_positive", "false_positive", "false_negative"))
+    return {"precision": tp / max(tp + fp, 1.0), "recall": tp / max(tp + fn, 1.0),
+            "f1": 2 * tp / max(2 * tp + fp + fn, 1.0)}
+
+
+_IOS = {"rgb": RgbIO, "depth": DepthIO, "semseg": SemsegIO, "normals": NormalsIO,
+        "edges": EdgesIO, "rgb_edges": EdgesIO}
+KEYS = tuple(_IOS)  # The raw-sample keys a VQ tokenizer can take.
 
 
 def make(name: str, *, loss_weights: Mapping[str, float] | None = None,
