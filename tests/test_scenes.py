@@ -13,6 +13,7 @@ from m4 import pictures
 from m4 import workdir
 from m4.data import record_files
 from m4.data import scenes
+from m4.data import transforms
 from m4.tools import grid
 
 RES = 48
@@ -444,7 +445,6 @@ def test_palette_and_metadata(extra_samples):
 
 
 def test_aligned_crop_moves_extras(extra_samples):
-  from m4.data import transforms  # pylint: disable=g-import-not-at-top
   s = extra_samples[0]
   crop = transforms.AlignedCrop(size=32, flip=True)
   seen = set()
@@ -503,3 +503,31 @@ def test_ensure_with_extras_and_extras_grid(tmp_path):
     scenes.ensure(d, {**config, "extras": ()}, progress=False)
   path = scenes.extras_grid(str(tmp_path / "extras.png"), num=2, resolution=32)
   assert Image.open(path).size[0] == 6 * (128 + 4) + 4
+
+
+def test_boxes_palette_and_metadata_round_trip_as_text_through_wordpiece():
+  """4M-21's sequence modalities: after a random crop, each sample's boxes,
+  palette and metadata text parse back to their quantised values, and a
+  WordPiece tokenizer trained on such texts encodes and decodes them exactly."""
+  from m4.data import scene_sequences  # pylint: disable=g-import-not-at-top
+  from m4.tokenizers import text as text_lib  # pylint: disable=g-import-not-at-top
+  crop = transforms.AlignedCrop((64, 64), crop_scale=(0.5, 1.0), flip=True)
+  texts, samples = [], []
+  for i in range(40):
+    s = scenes.render(i, split="train", resolution=64, extras=("boxes", "palette", "metadata"))
+    s = scene_sequences.add_texts(crop.apply(s, np.random.default_rng(i)))
+    for kind in scene_sequences.KINDS:
+      text = s[f"{kind}_text"]
+      assert scene_sequences.from_text(kind, text) == scene_sequences.quantize(kind, s[kind])
+      texts.append(text)
+    samples.append(s)
+  q = scene_sequences.quantize("boxes", samples[0]["boxes"])
+  bbox = np.asarray(samples[0]["boxes"]["bbox_px"])[np.asarray(samples[0]["boxes"]["class"]) >= 0]
+  assert np.max(np.abs(np.asarray(q["bbox"]) - bbox)) <= 0.5  # 64 bins at 64 px: pixels.
+  tok = text_lib.train(texts[:90], vocab_size=200)
+  for text in texts:  # The held-out ones too.
+    ids = tok.encode(text)
+    assert text_lib.UNK not in [tok.tokenizer.id_to_token(i) for i in ids]
+    assert tok.decode(ids) == text
+  with pytest.raises(ValueError, match="cannot read metadata"):
+    scene_sequences.from_text("metadata", "count 3 pitch")

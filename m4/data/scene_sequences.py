@@ -1,0 +1,106 @@
+"""Boxes, palette and metadata of a scenes sample as text, 4M-21's sequence modalities.
+
+4M writes bounding boxes, colour palettes and image metadata as word
+sequences in its shared WordPiece vocabulary; m4 does the same with the
+scenes extras (m4.data.scene_extras), after any crop:
+
+  boxes     "cube 23 29 36 44 cone 48 26 58 37": per object its shape and
+            x0 y0 x1 y1, each in COORD_BINS bins of the image side (at 64 px:
+            pixels), objects in the stored order; "none" without objects.
+  palette   "color 9 8 7 65 color 12 13 15 15 ...": per colour its red,
+            green and blue in COLOR_BINS levels and its share of the pixels
+            in percent, rounded to SHARE_STEP.
+  metadata  "count 3 pitch 15 height 23 brightness 60 objects 7": object
+            count, camera pitch (degrees below the horizon), camera height
+            (decimetres), mean luma (percent), object pixels (percent).
+
+Every word is lower case and every number a plain non-negative integer, so
+the text tokenizer's normalisation leaves the text as it is and
+`from_text(kind, to_text(kind, x)) == quantize(kind, x)`: a round trip is
+exact up to the quantisation stated above.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from m4.data.scene_spec import CLASSES
+
+KINDS = ("boxes", "palette", "metadata")
+COORD_BINS = 64  # Box coordinates: bins of the image side (0..COORD_BINS).
+COLOR_BINS = 16  # Palette colours: levels per channel (0..COLOR_BINS - 1).
+SHARE_STEP = 5  # Palette shares: percent, in steps of this.
+METADATA = (("count", "count", 1.0), ("pitch", "camera_pitch_deg", 1.0),
+            ("height", "camera_height_m", 10.0), ("brightness", "brightness", 100.0),
+            ("objects", "object_fraction", 100.0))  # (word, key, scale to the integer).
+
+
+def quantize(kind: str, value: Mapping[str, Any], image_size=(64, 64)) -> dict:
+  """The values `to_text` writes: integers, padding and empty entries removed."""
+  if kind == "boxes":
+    h, w = image_size
+    classes = np.asarray(value["class"]).reshape(-1)
+    keep = classes >= 0
+    box = np.asarray(value["bbox_px"], np.float64).reshape(-1, 4)[keep]
+    scale = np.array([w, h, w, h], np.float64) / COORD_BINS
+    coords = np.clip(np.round(box / scale), 0, COORD_BINS).astype(int)
+    return {"class": classes[keep].astype(int).tolist(), "bbox": coords.tolist()}
+  if kind == "palette":
+    colors = np.asarray(value["colors"], np.int64) * COLOR_BINS // 256
+    share = np.round(np.asarray(value["fraction"], np.float64) * 100 / SHARE_STEP) * SHARE_STEP
+    return {"colors": colors.tolist(), "share_pct": share.astype(int).tolist()}
+  if kind == "metadata":
+    return {word: int(max(0, round(float(value[key]) * scale))) for word, key, scale in METADATA}
+  raise ValueError(f"scene sequences: unknown kind {kind!r}; kinds: {KINDS}.")
+
+
+def to_text(kind: str, value: Mapping[str, Any], image_size=(64, 64)) -> str:
+  """The text of a sample's boxes, palette or metadata (module docstring)."""
+  q = quantize(kind, value, image_size)
+  if kind == "boxes":
+    words = [f"{CLASSES[c]} {' '.join(map(str, b))}" for c, b in zip(q["class"], q["bbox"])]
+    return " ".join(words) or "none"
+  if kind == "palette":
+    return " ".join(f"color {r} {g} {b} {s}" for (r, g, b), s in zip(q["colors"], q["share_pct"]))
+  return " ".join(f"{word} {q[word]}" for word, _, _ in METADATA)
+
+
+def from_text(kind: str, text: str) -> dict:
+  """The quantised values of a text `to_text` wrote; ValueError naming what does not parse."""
+  words = text.split()
+  try:
+    if kind == "boxes":
+      if words == ["none"]:
+        return {"class": [], "bbox": []}
+      if len(words) % 5:
+        raise ValueError("expected groups of 'shape x0 y0 x1 y1'")
+      groups = [words[i:i + 5] for i in range(0, len(words), 5)]
+      return {"class": [CLASSES.index(g[0]) for g in groups],
+              "bbox": [[int(v) for v in g[1:]] for g in groups]}
+    if kind == "palette":
+      if len(words) % 5 or any(w != "color" for w in words[::5]):
+        raise ValueError("expected groups of 'color r g b share'")
+      groups = [words[i:i + 5] for i in range(0, len(words), 5)]
+      return {"colors": [[int(v) for v in g[1:4]] for g in groups],
+              "share_pct": [int(g[4]) for g in groups]}
+    if kind == "metadata":
+      expected = [word for word, _, _ in METADATA]
+      if words[::2] != expected or len(words) != 2 * len(expected):
+        raise ValueError(f"expected '{' N '.join(expected)} N'")
+      return {word: int(v) for word, v in zip(words[::2], words[1::2])}
+  except ValueError as e:
+    raise ValueError(f"scene sequences: cannot read {kind} from {text!r}: {e}.") from None
+  raise ValueError(f"scene sequences: unknown kind {kind!r}; kinds: {KINDS}.")
+
+
+def add_texts(sample: Mapping[str, Any]) -> dict:
+  """`sample` with `<kind>_text` for each of boxes, palette, metadata it holds
+  (a per-sample transform for after the crop: boxes in output pixels)."""
+  out = dict(sample)
+  size = np.shape(sample["rgb"])[:2] if "rgb" in sample else (64, 64)
+  for kind in KINDS:
+    if kind in sample:
+      out[f"{kind}_text"] = to_text(kind, sample[kind], size)
+  return out
