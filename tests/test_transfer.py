@@ -446,6 +446,27 @@ def test_upsample_head_draws_at_full_resolution_and_starts_uniform():
     transfer_heads.UpsampleHead(32, 6, 6, rngs=_rngs(0))
 
 
+def test_bilinear_head_interpolates_each_tokens_scores():
+  """A linear readout per token, bilinearly upsampled: each pixel between
+  patch centres mixes the scores of the tokens around it by its distance."""
+  from m4.models import transfer_heads  # pylint: disable=g-import-not-at-top
+  head = transfer_heads.BilinearHead(8, 3, 4, norm="layer", rngs=_rngs(0))
+  head.readout.out.kernel.value = jax.random.normal(jax.random.key(2), (8, 3))
+  grid = jax.random.normal(jax.random.key(1), (2, 3, 3, 8))
+  out = np.asarray(head(grid))
+  tokens = np.asarray(head.readout(grid, False))  # (2, 3, 3, 3) per-token scores.
+  assert out.shape == (2, 12, 12, 3)
+  pos = (np.arange(12) + 0.5) / 4 - 0.5  # Pixel centres in token units.
+  inner = np.flatnonzero((pos >= 0) & (pos <= 2))  # Between the first and last centres.
+  lo = np.minimum(np.floor(pos[inner]).astype(int), 1)
+  frac = pos[inner] - lo
+  rows = (tokens[:, lo] * (1 - frac)[None, :, None, None]
+          + tokens[:, lo + 1] * frac[None, :, None, None])
+  expected = (rows[:, :, lo] * (1 - frac)[None, None, :, None]
+              + rows[:, :, lo + 1] * frac[None, None, :, None])
+  np.testing.assert_allclose(out[:, inner][:, :, inner], expected, atol=1e-5)
+
+
 def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, scenes_dir, monkeypatch):
   c = _scenes_config(scenes_dir, "")
   c.inits, c.protocols = ("scratch",), ("finetune",)
