@@ -356,6 +356,9 @@ def test_tiny_geometry_tokenizers_beat_a_constant_map(modality, geometry_dir, tm
     angle = np.degrees(np.arccos(np.clip(np.sum(recon * x, -1)[surface], -1, 1))).mean()
     assert angle == pytest.approx(summary["angle_deg"], abs=0.1)
     assert angle < 0.7 * constant, (angle, constant)
+    objects = np.stack([val[i]["semseg"] for i in range(len(val))]) >= 2  # Not sky or ground.
+    on_objects = np.degrees(np.arccos(np.clip(np.sum(recon * x, -1)[objects], -1, 1))).mean()
+    assert on_objects == pytest.approx(summary["angle_deg_objects"], abs=0.1)
   else:
     p = x.mean()
     constant = 2 * p / (1 + p)  # F1 of marking every pixel.

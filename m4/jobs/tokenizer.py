@@ -53,6 +53,7 @@ from m4 import sharding
 from m4 import workdir as workdir_lib
 from m4.data import pipeline
 from m4.data import sources
+from m4.data.scene_spec import FIRST_OBJECT_CLASS
 from m4.tokenizers import modality_io
 from m4.tokenizers import quantizer as quantizer_lib
 from m4.tokenizers import vq_tokenizer
@@ -193,12 +194,20 @@ def evaluate(trainer: Trainer, state, config, workdir: str) -> tuple[dict, str]:
 
   Figures: rgb PSNR (mean over images, and of the mean MSE), depth abs-rel and
   delta1 over valid pixels, semseg mIoU, normals mean angular error, edges
-  pixel precision / recall / F1 of the reconstruction against the input;
+  pixel precision / recall / F1 (normals of scenes: also the angle on object
+  pixels) of the reconstruction against the input;
   codebook usage (fraction of codes used over the held-out set) and
   perplexity of the held-out tokens.
   """
   key = modalities.get(config.modality).data_key
   data = _data_config(config, config.eval.batch_size)
+  # Normals of the scenes: also the error on object pixels, which the ground
+  # (one flat normal over most of the image) would otherwise hide.
+  objects = key == "normals" and data.kind == "scenes"
+  if objects:
+    with data.unlocked():
+      data.modalities = (key, "semseg")
+  object_angles = []
   total = len(sources.make_source(data, config.eval.split))
   n = total if not config.eval.num_samples else min(int(config.eval.num_samples), total)
   batches = pipeline.num_eval_batches(data, n)
@@ -213,12 +222,19 @@ def evaluate(trainer: Trainer, state, config, workdir: str) -> tuple[dict, str]:
     s, c, tokens, recon = trainer.eval_step(state, x, v)
     sums = s if sums is None else jax.tree.map(jnp.add, sums, s)
     counts = c if counts is None else counts + c
+    if objects:
+      semseg = np.asarray(batch["semseg"])
+      on_object = (semseg >= FIRST_OBJECT_CLASS) & (semseg != 255) & valid[:, None, None]
+      cos = np.sum(np.asarray(recon) * np.asarray(batch[key]), -1)[on_object]
+      object_angles.append(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
     if len(grid_rows) < config.eval.grid_rows:
       tokens, recon = np.asarray(tokens), np.asarray(recon)
       for i in np.flatnonzero(valid)[:config.eval.grid_rows - len(grid_rows)]:
         grid_rows.append({"input": np.asarray(batch[key][i]), "reconstruction": recon[i],
                           "tokens": tokens[i]})
   metrics = trainer.io.metrics_from_sums(jax.device_get(sums))
+  if objects:
+    metrics["angle_deg_objects"] = float(np.mean(np.concatenate(object_angles)))
   metrics.update({k: float(v) for k, v in quantizer_lib.code_statistics(counts).items()})
   metrics["num_samples"] = n
   metrics["split"] = config.eval.split
