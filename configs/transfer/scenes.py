@@ -23,8 +23,9 @@ pretrained on pseudo labels of those modalities); count and largest_shape
 were never targets.
 
 Variants: `:core` (count, semseg and depth only), `:quick` (the quickstart
-stage: count and semseg, one seed, the learning rates the full sweep chose,
-short runs, about three minutes on 2 CPU cores), `:tiny` (tests: a few steps).
+stage: count and semseg, one seed, short runs, each arm's probe rate swept
+on validation, the fine-tuning and conv-net rates the quick-scale sweep
+chose; about four minutes on 2 CPU cores), `:tiny` (tests: a few steps).
 Results: experiments/transfer_scenes/.
 """
 
@@ -102,7 +103,8 @@ def get_config(arg=None):
   # Learning rates each arm tries on its first seed, scored on `split`; every
   # seed then runs with the best (empty: no sweep, the rates above).
   c.sweep = ml_collections.ConfigDict(dict(split="validation", learning_rates=dict(
-      probe=(3e-3, 1e-2, 3e-2), finetune=(1e-3, 3e-3, 1e-2), supervised=(1e-3, 3e-3, 1e-2))))
+      probe=(1e-2, 3e-2, 1e-1, 3e-1), finetune=(1e-3, 3e-3, 1e-2),
+      supervised=(1e-3, 3e-3, 1e-2))))
   # num_samples: evaluated samples (0: the whole split); num_examples: in pictures.
   c.eval = ml_collections.ConfigDict(dict(num_samples=0, num_examples=8))
   c.log_every = 50
@@ -121,7 +123,8 @@ def get_config(arg=None):
       del c.tasks[name]
     c.seeds = (0,)
     c.baseline_fractions = (0.1,)
-    c.sweep.learning_rates = dict(probe=(), finetune=(), supervised=())
+    # Probes are cheap (seconds): each arm picks its rate, at both scales 0.03-0.3.
+    c.sweep.learning_rates = dict(probe=(3e-2, 1e-1, 3e-1), finetune=(), supervised=())
     c.probe.num_steps = c.finetune.num_steps = c.supervised.num_steps = 150
     c.probe.warmup_steps = c.finetune.warmup_steps = c.supervised.warmup_steps = 15
     c.finetune.head_hidden = 64
