@@ -343,6 +343,32 @@ def test_a_model_is_described_by_its_config(tmp_path):
   np.testing.assert_allclose(got["out"], want, rtol=1e-5)
 
 
+def test_a_modality_added_by_a_config_alone_trains():
+  """Issue 13's rule: a new modality is a registry entry from a config (as
+  every job's `config.modalities`), and the model trains with it unchanged."""
+  from m4 import optim  # pylint: disable=g-import-not-at-top
+  from m4.jobs import pretrain  # pylint: disable=g-import-not-at-top
+  from m4.models import synthetic  # pylint: disable=g-import-not-at-top
+  modalities.register_from_config(
+      {"thermal_step": dict(kind="image", vocab_size=48, num_tokens=16, grid=(4, 4))})
+  cfg = configs.preset("tiny", encoder_modalities=("rgb", "thermal_step"),
+                       decoder_modalities=("rgb", "thermal_step"),
+                       num_encoder_tokens=16, num_decoder_tokens=16)
+  model = fourm.FourM(cfg, rngs=nnx.Rngs(0))
+  tx, _ = optim.make(dict(lr=1e-2, warmup_steps=0, decay_steps=10))
+  state = pretrain.init_state(model, tx)
+  step = pretrain.make_train_step(nnx.graphdef(model), tx)
+  batch = synthetic.masked_batch(["rgb", "thermal_step"], 8, 16, 16, seed=0)
+  before = np.asarray(state.params["encoder_embed"]["thermal_step"].value).copy()
+  losses = []
+  for _ in range(4):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < losses[0], losses
+  assert "loss/thermal_step" in metrics
+  assert not np.allclose(before, np.asarray(state.params["encoder_embed"]["thermal_step"].value))
+
+
 BF16_STEP_TOLERANCE = 0.03  # |loss(bf16 compute) - loss(fp32)| after each of 5 AdamW steps.
 
 
