@@ -3,6 +3,7 @@
 import runpy
 
 import numpy as np
+import pytest
 
 from m4.tools import bench_train
 from tests.conftest import REPO
@@ -22,6 +23,11 @@ def test_bench_reports_steady_state_steps():
   assert 4096 <= out["mean_target_vocab"] <= 30000
   # FLOPs: at least the heads' matmuls (2 x D x V per target token, forward only).
   assert out["gflops_per_step"] * 1e9 > 2 * 32 * 4096 * 4 * 16
+  parts = out["gflops_by_part"]
+  assert set(parts) == {"attention_projections", "attention_scores", "mlp", "heads"}
+  assert sum(parts.values()) == pytest.approx(out["gflops_per_step"], abs=5e-3)
+  # Heads: forward + backward (x 3) of D x V per target token (16 per sample, batch 4).
+  assert parts["heads"] == pytest.approx(6 * 4 * 16 * 32 * out["mean_target_vocab"] / 1e9, abs=6e-4)
   np.testing.assert_allclose(out["tflops_per_s"], out["gflops_per_step"] / 1e3
                              / out["step_s_median"], rtol=2e-2)
   assert out["peak_tflops"] > 0 and 0 < out["mfu"] < 1, out["peak_source"]

@@ -12,7 +12,8 @@ tokens per sample x batch / median step), CPU seconds per step (all
 threads; robust to other jobs sharing the machine), compile seconds, peak
 memory, and
 the average head vocabulary per target token (the heads' share of the work),
-and the step's matmul FLOPs (`train_flops`, from the shapes; XLA's own count,
+and the step's matmul FLOPs (`train_flops`, from the shapes, and by part:
+attention projections, attention scores, MLP, heads; XLA's own count,
 which counts a loop body once, beside it) with the model FLOPs utilisation (MFU) against a
 stated peak (`config.bench.peak_tflops`, else `peak_tflops()`'s figure for
 the device; `peak_source` says which), and the fraction of the matmul wall
@@ -105,21 +106,32 @@ def matmul_wall_tflops(size: int = 2048, dtype: str = "float32", repeats: int = 
   return 2 * size ** 3 / float(np.median(times)) / 1e12
 
 
-def train_flops(cfg, batch_size: int, mean_target_vocab: float) -> float:
-  """Matmul FLOPs of one training step (forward x 3), counted from the shapes.
+def train_flops_parts(cfg, batch_size: int, mean_target_vocab: float) -> dict[str, float]:
+  """Matmul FLOPs of one training step (forward x 3) by component, from the shapes.
 
-  Per encoder token and layer: qkv + proj (4 D^2) and the MLP (G + 1) D F,
-  attention 2 N D; per decoder token and layer: self and cross projections
-  (6 D^2), the MLP, attention 2 (M + N) D; cross keys / values 2 D^2 per
-  encoder token and decoder layer; the context projection D^2 per encoder
-  token; each target token's head D V. Multiply-adds count 2.
+  attention_projections: q, k, v and output projections of self-attention
+  (4 D^2 per token and layer), cross-attention's query, output and the
+  decoder's key / value projections of the encoder tokens (2 D^2 each per
+  decoder / encoder token and decoder layer), and the context projection
+  (D^2 per encoder token); attention_scores: QK^T and AV (2 L D per token
+  and layer over L keys); mlp: (G + 1) D F per token and layer (G = 2 for a
+  gated MLP); heads: D V per target token. Multiply-adds count 2.
   """
   d, f, n, m = cfg.dim, cfg.mlp_hidden, cfg.num_encoder_tokens, cfg.num_decoder_tokens
-  mlp = (3 if cfg.gated else 2) * d * f
-  encoder = n * cfg.encoder_depth * (4 * d * d + mlp + 2 * n * d) + n * d * d
-  decoder = cfg.decoder_depth * (m * (6 * d * d + mlp + 2 * (m + n) * d) + n * 2 * d * d)
-  heads = m * d * mean_target_vocab
-  return 3 * 2 * batch_size * (encoder + decoder + heads)
+  le, ld = cfg.encoder_depth, cfg.decoder_depth
+  per_sample = {
+      "attention_projections": (n * le * 4 * d * d + n * d * d
+                                + ld * (m * 6 * d * d + n * 2 * d * d)),
+      "attention_scores": n * le * 2 * n * d + ld * m * 2 * (m + n) * d,
+      "mlp": (n * le + m * ld) * (3 if cfg.gated else 2) * d * f,
+      "heads": m * d * mean_target_vocab,
+  }
+  return {k: 3 * 2 * batch_size * v for k, v in per_sample.items()}
+
+
+def train_flops(cfg, batch_size: int, mean_target_vocab: float) -> float:
+  """Matmul FLOPs of one training step (forward x 3): the sum of `train_flops_parts`."""
+  return sum(train_flops_parts(cfg, batch_size, mean_target_vocab).values())
 
 
 def _xla_flops(compiled) -> float | None:
@@ -184,7 +196,8 @@ def bench(config) -> dict:
       parts[f"{name}_s_median"] = round(float(np.median(t)), 4)
     parts["backward_s"] = round(parts["forward_backward_s_median"] - parts["forward_s_median"], 4)
     parts["optimizer_s"] = round(median - parts["forward_backward_s_median"], 4)
-  flops = train_flops(cfg, config.batch_size, vocab)
+  flops_parts = train_flops_parts(cfg, config.batch_size, vocab)
+  flops = sum(flops_parts.values())
   xla_flops = _xla_flops(compiled)
   peak, peak_source = peak_tflops(jax.devices()[0], cfg.dtype)
   if config.bench.get("peak_tflops"):
@@ -206,6 +219,7 @@ def bench(config) -> dict:
       "load_avg_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
       "backend": jax.default_backend(),
       "gflops_per_step": round(flops / 1e9, 3),
+      "gflops_by_part": {k: round(v / 1e9, 3) for k, v in flops_parts.items()},
       "xla_gflops_per_step": round(xla_flops / 1e9, 3) if xla_flops else None,
       "tflops_per_s": round(achieved, 4) if achieved else None,
       "peak_tflops": round(peak, 3) if peak else None, "peak_source": peak_source,
