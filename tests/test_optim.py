@@ -207,7 +207,7 @@ def test_transfer_optimizer_equals_adamw_with_layer_decay(protocol):
 
 
 def test_tokenizer_optimizer_decays_matrices_only():
-  config = runpy.run_path(f"{REPO}/configs/tokenizers/common.py")["vq_scenes"]("rgb", None, 100)
+  config = runpy.run_path(f"{REPO}/configs/tokenizers/rgb_scenes.py")["get_config"]()
   spec = tok_trainer.spec_from_config(config)
   model = nnx.eval_shape(lambda: vq_tokenizer.build(spec, nnx.Rngs(0))[0])
   params = _random_like(nnx.state(model, nnx.Param), 2)

@@ -221,12 +221,17 @@ def bench(config) -> dict:
       "gflops_per_step": round(flops / 1e9, 3),
       "gflops_by_part": {k: round(v / 1e9, 3) for k, v in flops_parts.items()},
       "xla_gflops_per_step": round(xla_flops / 1e9, 3) if xla_flops else None,
-      "tflops_per_s": round(achieved, 4) if achieved else None,
+      "tflops_per_s": _significant(achieved) if achieved else None,
       "peak_tflops": round(peak, 3) if peak else None, "peak_source": peak_source,
-      "mfu": round(achieved / peak, 4) if achieved and peak else None,
-      "wall_tflops": round(wall, 4) if wall else None,
-      "fraction_of_wall": round(achieved / wall, 4) if achieved and wall else None, **parts,
+      "mfu": _significant(achieved / peak) if achieved and peak else None,
+      "wall_tflops": _significant(wall) if wall else None,
+      "fraction_of_wall": _significant(achieved / wall) if achieved and wall else None, **parts,
   }
+
+
+def _significant(x: float, digits: int = 4) -> float:
+  """`x` to `digits` significant figures (rates of tiny test models stay exact enough)."""
+  return float(f"{x:.{digits}g}")
 
 
 def main(argv):
