@@ -110,15 +110,18 @@ def train_state_shardings(state: TrainState, mesh, rules=sharding.DEFAULT_RULES)
 
 
 class Preemption:
-  """Records a SIGTERM; the loop checkpoints and stops at the end of a step.
+  """Records a SIGTERM or a Ctrl-C; the loop acts on it at the end of a step.
 
-  With several processes they must stop at the same step: `stop_now` is
-  asked at logging steps and is true on all processes when any of them got
-  the signal.
+  A SIGTERM checkpoints and stops. A Ctrl-C raises KeyboardInterrupt between
+  steps, never inside a library's save or load (which may swallow it); a
+  second Ctrl-C interrupts at once. With several processes they must stop at
+  the same step: `stop_now` is asked at logging steps and is true on all
+  processes when any of them got a SIGTERM.
   """
 
   def __init__(self):
     self.requested = False
+    self.interrupted = False
     self._old = None
 
   def stop_now(self) -> bool:
@@ -128,16 +131,23 @@ class Preemption:
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._old = signal.signal(signal.SIGTERM, self._handle)
+      self._old = (signal.signal(signal.SIGTERM, self._handle),
+                   signal.signal(signal.SIGINT, self._interrupt))
     return self
 
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
 
+  def _interrupt(self, signum, frame):
+    del signum, frame
+    self.interrupted = True
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
   def __exit__(self, *exc):
     if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+      signal.signal(signal.SIGTERM, self._old[0])
+      signal.signal(signal.SIGINT, self._old[1])
 
 
 class Meter:
@@ -238,7 +248,8 @@ def train_loop(state, step_fn: Callable, batches: Callable[[int], Any], *, start
   Each `(every, fn)` of `evals` runs `fn(step, state)` every `every` steps
   before the last (the job evaluates the final state itself). A SIGTERM
   saves at the end of the step it arrives in (on several processes: at the
-  next logging step) and returns with `stopped_at`. Time spent saving and
+  next logging step) and returns with `stopped_at`; a Ctrl-C raises
+  KeyboardInterrupt at the end of its step, nothing saved. Time spent saving and
   evaluating is left out of the step rate.
   """
   meter = meter or Meter()
@@ -262,6 +273,8 @@ def train_loop(state, step_fn: Callable, batches: Callable[[int], Any], *, start
     for step in range(start + 1, total + 1):
       state, metrics = step_fn(state, batches(step))
       meter.add(step, metrics)
+      if preemption.interrupted:
+        raise KeyboardInterrupt
       if step == start + 1:
         meter.restart_clock()
       do_save = save is not None and checkpoint_every > 0 and (
