@@ -128,6 +128,51 @@ def test_layer_decay_gives_each_layer_its_scale():
   np.testing.assert_allclose(emb, decay ** (depth + 1), rtol=1e-4)
 
 
+def test_a_new_input_modality_joins_the_pretrained_encoder(tmp_path):
+  """A modality the pretrained model never read (4M's and MultiMAE's claim):
+  the encoder and the old inputs are restored exactly, the new input's
+  embeddings keep their random init and fine-tune at the full rate."""
+  base = _tiny_cfg()
+  init_dir = str(tmp_path / "pretrained")
+  pretrained.save(init_dir, FourM(base, rngs=_rngs(7)))
+  new = "normals_tok32test"
+  modalities.register_from_config({new: dict(kind="image", vocab_size=64, num_tokens=16,
+                                             grid=(4, 4), data_key="normals",
+                                             tokenizer="vq_normals_tok32test")})
+  inputs = (new, PIXELS)
+  assert transfer.new_inputs(base, inputs) == (new,)
+  cfg = transfer.backbone_config(base, inputs)
+  assert cfg.encoder_modalities == (PIXELS, new) and cfg.num_encoder_tokens == 32
+  model = transfer.TransferModel(cfg, _task(inputs=inputs), image_size=(32, 32),
+                                 new_inputs=(new,), rngs=_rngs(0))
+  fresh = nnx.to_pure_dict(nnx.state(model.backbone, nnx.Param))
+  transfer.restore_encoder(model, init_dir)
+  got = nnx.to_pure_dict(nnx.state(model.backbone, nnx.Param))
+  want = nnx.to_pure_dict(nnx.state(FourM(base, rngs=_rngs(7)), nnx.Param))
+  for key in ("encoder_embed", "modality_embed"):
+    np.testing.assert_array_equal(got[key][PIXELS], want[key][PIXELS])
+    np.testing.assert_array_equal(got[key][new], fresh[key][new])
+  for a, b in zip(jax.tree.leaves(got["encoder"]), jax.tree.leaves(want["encoder"])):
+    np.testing.assert_array_equal(a, b)
+  _, trainable, _ = nnx.split(model, transfer.trainable_filter(model, "finetune"), ...)
+  scales = optim.rule_tree(transfer.layer_decay_rules(cfg.encoder_depth, 0.5, (new,)),
+                           nnx.to_pure_dict(trainable), 1.0)["backbone"]
+  assert scales["encoder_embed"][new] == scales["modality_embed"][new] == 1.0
+  assert scales["encoder_embed"][PIXELS] == 0.5 ** (cfg.encoder_depth + 1)
+  assert model(_batch_with(new)).shape == (2, 32, 32, 6)
+  with pytest.raises(workdir.ConfigError, match=r"tasks.\*.inputs.*nosuch"):
+    transfer.backbone_config(base, (PIXELS, "nosuch"))
+
+
+def _batch_with(token_input, n=2, seed=0):
+  """Pixels and random tokens of `token_input`, as EncoderInputs lays them out."""
+  rng = np.random.default_rng(seed)
+  enc = transfer.EncoderInputs((PIXELS,))({"rgb": rng.random((n, 32, 32, 3), dtype=np.float32)})
+  enc[token_input] = dict(tensor=rng.integers(0, 64, (n, 16)).astype(np.int32),
+                          input_mask=np.ones((n, 16), bool), target_mask=np.zeros((n, 16), bool))
+  return enc
+
+
 # ------------------------------------------------------------------ frozen probe
 
 

@@ -114,10 +114,12 @@ PROTOCOL_FIELDS = ("num_steps", "num_epochs", "learning_rate", "min_learning_rat
 @functools.lru_cache(maxsize=None)
 def make_optimizer(*, learning_rate: float, min_learning_rate: float, warmup_steps: int,
                    num_steps: int, weight_decay: float, layer_decay: float, depth: int,
-                   grad_clip: float, b1: float, b2: float, decay_rules: optim.Rules = ()):
+                   grad_clip: float, b1: float, b2: float, decay_rules: optim.Rules = (),
+                   new_inputs: tuple[str, ...] = ()):
   """(optimizer, schedule) of a protocol's settings (`m4.optim.make`): AdamW,
   warmup + cosine, optional clipping, weight decay by `decay_rules`
-  (transfer.decay_rules) and, with layer_decay < 1, transfer.layer_decay_rules.
+  (transfer.decay_rules) and, with layer_decay < 1, transfer.layer_decay_rules
+  (the embeddings of `new_inputs` at the full rate).
 
   Cached, so runs with the same settings share one compiled train step.
   """
@@ -125,7 +127,8 @@ def make_optimizer(*, learning_rate: float, min_learning_rate: float, warmup_ste
       lr=learning_rate, warmup_steps=max(int(warmup_steps), 1),
       decay_steps=max(int(num_steps), 2), end_lr=min_learning_rate, b1=b1, b2=b2,
       weight_decay=weight_decay, clip_norm=grad_clip, decay_rules=decay_rules,
-      lr_mults=transfer.layer_decay_rules(depth, layer_decay) if layer_decay < 1.0 else ()))
+      lr_mults=(transfer.layer_decay_rules(depth, layer_decay, new_inputs)
+                if layer_decay < 1.0 else ())))
 
 
 def run_length(settings, num_labels: int, batch_size: int, where: str) -> tuple[int, int]:
@@ -320,7 +323,7 @@ def build_model(ctx: _Context, run: Run):
     make = lambda: transfer.TransferModel(
         cfg, task, image_size=ctx.config.data.image_size, head_hidden=settings.head_hidden,
         head_norm=settings.head_norm, dense_head=settings.dense_head,
-        rngs=nnx.Rngs(params=key))
+        new_inputs=transfer.new_inputs(ctx.base, task.inputs), rngs=nnx.Rngs(params=key))
   # Built eagerly (op by op: no compile of a whole init, which costs more than
   # a small model's training here), then placed by the parameters' logical names.
   with sharding.use(ctx.mesh, ctx.rules):
@@ -389,7 +392,7 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
       depth=model.backbone.cfg.encoder_depth if run.init != "convnet" else 0,
       grad_clip=float(settings.grad_clip),
       b1=float(settings.b1), b2=float(settings.b2),
-      decay_rules=model.decay_rules())
+      decay_rules=model.decay_rules(), new_inputs=getattr(model, "new_inputs", ()))
   it = pipeline.make_iterator(data, data.train_split, seed=run.seed, training=True,
                               source=source)
   ckpt, start = None, 0

@@ -124,21 +124,32 @@ def backbone_config(base: configs.FourMConfig, inputs: Sequence[str],
                     overrides: Mapping[str, Any] | None = None) -> configs.FourMConfig:
   """`base` reading only `inputs` (all their tokens) with a stub decoder.
 
+  Inputs the base model lacks (a new modality at fine-tune time, 4M's and
+  MultiMAE's claim) come from the modality registry and follow the base's
+  own, in `inputs` order: their embeddings start at random (`new_inputs`).
   `overrides` sets FourMConfig fields that do not change the encoder's
   parameters (dtype, remat, attention_impl, ...).
   """
-  missing = [n for n in inputs if n not in base.encoder_modalities]
-  require(not missing, "tasks.*.inputs",
-          f"{missing} are not inputs of the model (its encoder reads {base.encoder_modalities}).")
-  order = tuple(n for n in base.encoder_modalities if n in inputs)
+  added = new_inputs(base, inputs)
+  unknown = [n for n in added if n not in modalities.names()]
+  require(not unknown, "tasks.*.inputs",
+          f"{unknown} are neither inputs of the model (its encoder reads"
+          f" {base.encoder_modalities}) nor registered modalities {modalities.names()}.")
+  order = tuple(n for n in base.encoder_modalities if n in inputs) + added
   fields = dict(overrides or {})
   fields.pop("size", None)
   known = {f.name for f in dataclasses.fields(configs.FourMConfig)}
   require(not set(fields) - known, "model", f"unknown fields {sorted(set(fields) - known)}.")
-  num = sum(base.modality(n).num_tokens for n in order)
+  spec = lambda n: base.modality(n) if n in base.modality_names else modalities.get(n)
+  num = sum(spec(n).num_tokens for n in order)
   return base.replace(**{**fields, "encoder_modalities": order,
                          "decoder_modalities": base.decoder_modalities[:1], "decoder_depth": 1,
                          "num_encoder_tokens": num, "num_decoder_tokens": 1})
+
+
+def new_inputs(base: configs.FourMConfig, inputs: Sequence[str]) -> tuple[str, ...]:
+  """The `inputs` that `base` does not read: their embeddings are not pretrained."""
+  return tuple(n for n in inputs if n not in base.encoder_modalities)
 
 
 class TransferModel(nnx.Module):
@@ -146,10 +157,11 @@ class TransferModel(nnx.Module):
 
   def __init__(self, cfg: configs.FourMConfig, task: TaskSpec, *, image_size: Sequence[int],
                head_hidden: int = 0, head_norm: str = "batch", dense_head: str = "patch",
-               rngs: nnx.Rngs):
+               new_inputs: Sequence[str] = (), rngs: nnx.Rngs):
     self.task = task
     self.backbone = FourM(cfg, rngs=rngs)
     self.inputs = tuple(cfg.encoder_modalities)
+    self.new_inputs = tuple(new_inputs)  # Not in the pretrained model: never restored.
     require(head_norm in heads.NORMS, "head_norm", f"{head_norm!r} is not one of {heads.NORMS}.")
     if task.kind == CLASSIFICATION:
       self.head = heads.ClassificationHead(cfg.dim, task.num_classes, hidden=head_hidden,
@@ -221,8 +233,10 @@ def trainable_filter(model: TransferModel, protocol: str):
 
 
 def encoder_params(model: TransferModel) -> nnx.State:
-  """The backbone parameters `encode` reads (what a pretrained init replaces)."""
-  read = optim.nnx_filter(tuple((r, True) for r in encoder_rules(model.inputs)))
+  """The backbone parameters `encode` reads that a pretrained init replaces
+  (all but the embeddings of `model.new_inputs`)."""
+  kept = [n for n in model.inputs if n not in model.new_inputs]
+  read = optim.nnx_filter(tuple((r, True) for r in encoder_rules(kept)))
   return nnx.state(model.backbone, lambda p, v: isinstance(v, nnx.Param)
                    and read(("backbone",) + tuple(p), v))
 
@@ -249,16 +263,20 @@ def decay_rules(pixel_inputs: Sequence[str] = ()) -> tuple[tuple[str, bool], ...
                          ("backbone/.*", False), ("(.*/)?kernel", True))
 
 
-def layer_decay_rules(depth: int, decay: float) -> tuple[tuple[str, Any], ...]:
+def layer_decay_rules(depth: int, decay: float,
+                      new_inputs: Sequence[str] = ()) -> tuple[tuple[str, Any], ...]:
   """Layer-wise learning-rate decay (BEiT/MultiMAE) as `m4.optim` lr_mults.
 
   With L = `depth` blocks, layer ids are 0 for the token/modality
   embeddings, i + 1 for block i and L + 1 for the final norm and the head;
   a parameter's factor is decay ** (L + 1 - id). Stacked block parameters
-  (leading axis `layers`) get one factor per block.
+  (leading axis `layers`) get one factor per block. The embeddings of
+  `new_inputs` start at random, so they train at the full rate.
   """
-  return ((f"backbone/({'|'.join(_EMBED_KEYS)})(/.*)?", decay ** (depth + 1)),
-          ("backbone/encoder/.*", tuple(decay ** (depth - i) for i in range(depth))))
+  names = "|".join(re.escape(n) for n in new_inputs)
+  new = ((f"backbone/({'|'.join(_EMBED_KEYS)})/({names})(/.*)?", 1.0),) if new_inputs else ()
+  return new + ((f"backbone/({'|'.join(_EMBED_KEYS)})(/.*)?", decay ** (depth + 1)),
+                ("backbone/encoder/.*", tuple(decay ** (depth - i) for i in range(depth))))
 
 
 class EncoderInputs:
