@@ -18,6 +18,9 @@ import runpy
 import types
 
 
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def variant(arg: str | None, config_file: str, variants) -> str:
   """`arg`, or the first of `variants` when it is empty; ValueError naming the
   file and the known variants for any other value."""
@@ -38,6 +41,11 @@ def load(config_file: str, path: str) -> types.SimpleNamespace:
 
 
 def _relative(config_file: str) -> str:
-  """`configs/...` for files under a configs folder, else the path as given."""
-  parts = os.path.abspath(config_file).split(os.sep)
+  """The path from the repository root for files in it (`configs/...`,
+  `experiments/<name>/configs/...`), else from a `configs` folder, else as given."""
+  full = os.path.abspath(config_file)
+  rel = os.path.relpath(full, _REPO)
+  if not rel.startswith(".."):
+    return rel.replace(os.sep, "/")
+  parts = full.split(os.sep)
   return "/".join(parts[parts.index("configs"):]) if "configs" in parts else config_file

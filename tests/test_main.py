@@ -69,9 +69,14 @@ def test_writes_config_and_skips_done_stages(echo_config, tmp_path):
 
 
 def _config_files():
-  root = os.path.join(REPO, "configs")
-  return sorted(os.path.relpath(os.path.join(d, f), REPO) for d, _, files in os.walk(root)
-                for f in files if f.endswith(".py") and f != "common.py")
+  """configs/**.py and experiments/*/configs/*.py (the files users pass as --config)."""
+  paths = []
+  for root in ("configs", "experiments"):
+    for d, _, files in os.walk(os.path.join(REPO, root)):
+      rel = os.path.relpath(d, REPO)
+      if root == "configs" or os.path.basename(rel) == "configs":
+        paths += [os.path.join(rel, f) for f in files if f.endswith(".py") and f != "common.py"]
+  return sorted(paths)
 
 
 @pytest.mark.parametrize("path", _config_files())

@@ -10,22 +10,31 @@ README's table, e.g.
         --workdir=workdirs/ablations/e13 --config.data.batch_size=32 \
         --config.total_steps=900 --config.optimizer.lr=3e-3 \
         --config.masking.mixture.rgb2all.weight=3.0
+
+The data fields are ROOT's (its config.json) when ROOT exists, else those
+configs/quickstart.py writes (the same 4000 / 256 / 256 scenes).
 """
 
 import json
 import os
-import runpy
+
+from m4 import config_files
 
 ROOT = os.environ.get("M4_ABLATION_ROOT", "workdirs/quickstart")
 TOKENS = os.environ.get("M4_ABLATION_TOKENS", os.path.join(ROOT, "tokens"))
 
 
-def get_config(arg="quick"):
+def get_config(arg=None):
   """`quick` (the E-runs' 3+3 blocks) or `full` (scenes_tiny's 4+4)."""
-  variant = {"quick": "quick", "full": None}[arg or "quick"]
-  c = runpy.run_path("configs/pretrain/scenes_tiny.py")["get_config"](variant)
-  with open(os.path.join(ROOT, "config.json")) as f:
-    data = json.load(f)["stages"]["tokens"]["data"]
+  variant = config_files.variant(arg, __file__, ("quick", "full"))
+  c = config_files.load(__file__, "../../../configs/pretrain/scenes_tiny.py").get_config(variant)
+  recorded = os.path.join(ROOT, "config.json")
+  if os.path.exists(recorded):
+    with open(recorded) as f:
+      data = json.load(f)["stages"]["tokens"]["data"]
+  else:
+    quickstart = config_files.load(__file__, "../../../configs/quickstart.py").get_config()
+    data = quickstart.stages.tokens.data.to_dict()
   data["dir"] = os.path.join(ROOT, "data")
   c.data.update({k: v for k, v in data.items() if k in c.data})
   c.data.batch_size = 64

@@ -8,14 +8,14 @@ pretokenized with the quick tokenizers of ROOT (see ablation.py):
 """
 
 import os
-import runpy
+from m4 import config_files
 
 DATA16K = os.environ.get("M4_ABLATION_DATA16K", "workdirs/ablations/data16k")
 
 
 def get_config(arg=None):
-  del arg
-  c = runpy.run_path("experiments/pretrain_objects/configs/ablation.py")["get_config"]("full")
+  config_files.variant(arg, __file__, ("default",))
+  c = config_files.load(__file__, "ablation.py").get_config("full")
   c.data.update(dict(dir=DATA16K, num_train=16000, num_validation=512, num_test=512))
   c.data.batch_size = 32
   c.tokens.dir = os.environ.get("M4_ABLATION_TOKENS16K", "workdirs/ablations/tokens16k")

@@ -8,12 +8,12 @@ model also learns to predict from captions, depth and semseg without the
 image (caption -> semseg -> rgb; experiments/generation/).
 """
 
-import runpy
+from m4 import config_files
 
 
 def get_config(arg=None):
-  del arg
-  c = runpy.run_path("experiments/pretrain_objects/configs/ablation.py")["get_config"]("quick")
+  config_files.variant(arg, __file__, ("default",))
+  c = config_files.load(__file__, "ablation.py").get_config("quick")
   c.data.batch_size = 32
   c.total_steps = 900
   c.optimizer.warmup_steps = 90
