@@ -1,0 +1,58 @@
+"""The main job with surface normals and edges added: 4M-21's claim at the main job's scale.
+
+    python -m m4.main --config=experiments/pretrain_geometry/configs/quickstart_geometry.py \
+        --workdir=workdirs/quickstart_geometry
+
+configs/quickstart.py (its default, quick variant) with three changes, so
+its figures compare one to one with the main job's: the scenes are rendered
+with their geometry extras (the same scenes: the renderer is deterministic
+and the extras draw no random numbers), two more quick VQ tokenizers
+(configs/tokenizers/{normals,edges}_scenes.py:quick) tokenize them into the
+shards, and the pretraining is configs/pretrain/scenes_geometry.py:quick
+(the same model, steps and mixture, normals and edges among the inputs and
+targets: equal compute). Generation also decodes normals and edges from RGB.
+"""
+
+from m4 import config_files
+
+_ROOT = "../../../configs"
+EXTRAS = ("normals", "edges")
+
+
+def _config(path: str, arg=None):
+  return config_files.load(__file__, f"{_ROOT}/{path}").get_config(arg)
+
+
+def get_config(arg=None):
+  config_files.variant(arg, __file__, ("quick",))
+  quickstart = config_files.load(__file__, f"{_ROOT}/quickstart.py")
+  c = quickstart.get_config("quick")
+  data = c.stages.data.data
+  data.extras = EXTRAS
+  tokenizers = {**quickstart._TOKENIZERS, **{n: f"{{root}}/tok_{n}" for n in EXTRAS}}  # pylint: disable=protected-access
+
+  for name in EXTRAS:  # Stages tok_normals, tok_edges.
+    stage = _config(f"tokenizers/{name}_scenes.py", "quick")
+    stage.data.update(data)
+    c.stages[f"tok_{name}"] = stage
+  c.order = tuple(c.order[:c.order.index("tokens")]) + tuple(f"tok_{n}" for n in EXTRAS) + tuple(
+      c.order[c.order.index("tokens"):])
+
+  for name in ("tok_rgb", "tok_depth", "tok_semseg", "tok_caption", "generate", "transfer"):
+    c.stages[name].data.extras = EXTRAS
+  c.stages.tokens.data.extras = EXTRAS
+  c.stages.tokens.tokenize = tuple(c.stages.tokens.tokenize) + EXTRAS
+  c.stages.tokens.tokenizers.update({n: tokenizers[n] for n in EXTRAS})
+
+  pretrain = _config("pretrain/scenes_geometry.py", "quick")
+  pretrain.data.update(data)
+  pretrain.tokens.dir = "{root}/tokens"
+  pretrain.tokenizers.update(tokenizers)
+  c.stages.pretrain = pretrain
+
+  generate = c.stages.generate
+  generate.targets = tuple(generate.targets) + EXTRAS
+  generate.tokenizers.update({n: tokenizers[n] for n in EXTRAS})
+  for name in EXTRAS:
+    generate.decoding[name] = generate.decoding.depth.to_dict()
+  return c
