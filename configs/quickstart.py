@@ -19,7 +19,7 @@ import ml_collections
 from m4 import config_files
 
 # The run's own tokenizers, trained by its tok_* stages.
-_TOKENIZERS = dict(rgb="{root}/tok_rgb", depth="{root}/tok_depth", semseg="{root}/tok_semseg",
+TOKENIZERS = dict(rgb="{root}/tok_rgb", depth="{root}/tok_depth", semseg="{root}/tok_semseg",
                    caption="{root}/tok_caption/wordpiece_scenes.json")
 
 
@@ -40,7 +40,7 @@ def _pretokenize_stage(data: ml_collections.ConfigDict):
   """configs/pretokenize/scenes.py with the run's data and tokenizers (1 random view)."""
   config = _stage("pretokenize/scenes.py")
   config.data.update(data)
-  config.tokenizers.update(_TOKENIZERS)
+  config.tokenizers.update(TOKENIZERS)
   config.random_views = 1
   return config
 
@@ -50,7 +50,7 @@ def _pretrain_stage(data: ml_collections.ConfigDict, variant: str):
   config = _stage("pretrain/scenes_tiny.py", "quick" if variant == "quick" else None)
   config.data.update(data)
   config.tokens.dir = "{root}/tokens"
-  config.tokenizers.update(_TOKENIZERS)
+  config.tokenizers.update(TOKENIZERS)
   return config
 
 
@@ -66,7 +66,7 @@ def _generate_stage(data: ml_collections.ConfigDict, num_samples: int):
   config = _stage("generate/rgb2all.py")
   config.data.update(data)
   config.init = "{root}/pretrain"
-  config.tokenizers.update(_TOKENIZERS)
+  config.tokenizers.update(TOKENIZERS)
   config.num_samples = num_samples
   return config
 
@@ -75,7 +75,7 @@ def _transfer_stage(data: ml_collections.ConfigDict, variant: str):
   """configs/transfer/scenes.py (`quick`, or the full table) with the run's model."""
   config = _stage("transfer/scenes.py", "quick" if variant == "quick" else None)
   config.data.update(data)
-  config.tokenizers.depth = _TOKENIZERS["depth"]
+  config.tokenizers.depth = TOKENIZERS["depth"]
   config.init = "{root}/pretrain"
   return config
 

@@ -17,7 +17,6 @@ the comparison.
 """
 
 from m4 import config_files
-from m4.data import masking
 
 _TINY = config_files.load(__file__, "scenes_tiny.py")
 NAMES = _TINY.NAMES + ("normals", "edges")
@@ -31,14 +30,7 @@ def get_config(arg=None):
   c.data.extras = ("normals", "edges")
   c.tokens.dir = "workdirs/tokens/scenes64_geometry"
   c.tokenizers.update(dict(normals="vq_normals", edges="vq_edges"))
-  weights = {k: c.masking.mixture[k].weight for k in c.masking.mixture}
-  dropout = c.masking.condition_dropout.to_dict()
-  c.masking = masking.preset("4m7", num_input_tokens=c.model.num_encoder_tokens,
-                             num_target_tokens=c.model.num_decoder_tokens, modalities=NAMES,
-                             rgb="rgb_pixels")
-  for k, w in weights.items():
-    c.masking.mixture[k].weight = w
-  c.masking.condition_dropout = dropout
+  c.masking = _TINY.mixture(NAMES)
   c.model.encoder_modalities = NAMES
   c.model.decoder_modalities = TARGETS
   return c

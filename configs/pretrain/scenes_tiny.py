@@ -31,6 +31,16 @@ NAMES = ("rgb_pixels", "rgb", "depth", "semseg", "caption")
 TARGETS = ("rgb", "depth", "semseg", "caption")
 
 
+def mixture(names) -> ml_collections.ConfigDict:
+  """4M-7's mixture over `names` (RGB pixels in), 64 + 64 tokens, weighted
+  "RGB to all" 3 : 1 "all to all", with condition dropout for guidance."""
+  c = masking.preset("4m7", num_input_tokens=64, num_target_tokens=64, modalities=names,
+                     rgb="rgb_pixels")
+  c.mixture.rgb2all.weight = 3.0
+  c.condition_dropout = dict(all=0.05, per_modality=0.05)
+  return c
+
+
 def get_config(arg=None):
   variant = config_files.variant(arg, __file__, ("full", "quick"))
   c = ml_collections.ConfigDict()
@@ -42,10 +52,7 @@ def get_config(arg=None):
   c.tokens = ml_collections.ConfigDict(dict(source="shards", dir="workdirs/tokens/scenes64"))
   c.tokenizers = ml_collections.ConfigDict(dict(
       rgb="vq_rgb", depth="vq_depth", semseg="vq_semseg"))
-  c.masking = masking.preset("4m7", num_input_tokens=64, num_target_tokens=64, modalities=NAMES,
-                             rgb="rgb_pixels")
-  c.masking.mixture.rgb2all.weight = 3.0  # "RGB to all" 3 : 1 "all to all".
-  c.masking.condition_dropout = dict(all=0.05, per_modality=0.05)
+  c.masking = mixture(NAMES)
   c.model = ml_collections.ConfigDict(dict(
       dim=128, encoder_depth=4, decoder_depth=4, num_heads=4, mlp_type="swiglu",
       encoder_modalities=NAMES, decoder_modalities=TARGETS, patch_size=8,

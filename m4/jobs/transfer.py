@@ -256,8 +256,7 @@ class _Context:
     return self._tokenizers[name]
 
   def encoder_inputs(self, task: transfer.TaskSpec) -> transfer.EncoderInputs:
-    specs = [self.base.modality(n) if n in self.base.modality_names else modalities.get(n)
-             for n in task.inputs]  # The conv net may read what the model does not.
+    specs = [transfer.input_spec(self.base, n) for n in task.inputs]
     toks = {m.name: self.tokenizer(m.name) for m in specs if m.kind == modalities.IMAGE}
     return transfer.EncoderInputs(specs, toks,
                                   pixel_normalization=self.config.pixel_normalization)

@@ -140,11 +140,16 @@ def backbone_config(base: configs.FourMConfig, inputs: Sequence[str],
   fields.pop("size", None)
   known = {f.name for f in dataclasses.fields(configs.FourMConfig)}
   require(not set(fields) - known, "model", f"unknown fields {sorted(set(fields) - known)}.")
-  spec = lambda n: base.modality(n) if n in base.modality_names else modalities.get(n)
-  num = sum(spec(n).num_tokens for n in order)
+  num = sum(input_spec(base, n).num_tokens for n in order)
   return base.replace(**{**fields, "encoder_modalities": order,
                          "decoder_modalities": base.decoder_modalities[:1], "decoder_depth": 1,
                          "num_encoder_tokens": num, "num_decoder_tokens": 1})
+
+
+def input_spec(base: configs.FourMConfig, name: str) -> modalities.Modality:
+  """The spec of an input: the base model's own, else the registry's (a new input,
+  or one only the conv net reads)."""
+  return base.modality(name) if name in base.modality_names else modalities.get(name)
 
 
 def new_inputs(base: configs.FourMConfig, inputs: Sequence[str]) -> tuple[str, ...]:

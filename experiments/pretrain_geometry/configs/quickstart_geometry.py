@@ -29,7 +29,7 @@ def get_config(arg=None):
   c = quickstart.get_config("quick")
   data = c.stages.data.data
   data.extras = EXTRAS
-  tokenizers = {**quickstart._TOKENIZERS, **{n: f"{{root}}/tok_{n}" for n in EXTRAS}}  # pylint: disable=protected-access
+  tokenizers = {**quickstart.TOKENIZERS, **{n: f"{{root}}/tok_{n}" for n in EXTRAS}}
 
   for name in EXTRAS:  # Stages tok_normals, tok_edges.
     stage = _config(f"tokenizers/{name}_scenes.py", "quick")
