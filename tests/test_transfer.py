@@ -462,22 +462,32 @@ def test_sweep_picks_each_arms_rate_on_validation_and_the_convnet_is_an_arm(tmp_
 
 def test_verdicts_say_plainly_whether_pretraining_helped():
   from m4.evaluators import report  # pylint: disable=g-import-not-at-top
-  row = lambda init, value, metric="miou", higher=True: dict(
-      task="semseg", label_fraction=0.1, protocol="probe", init=init, headline=[metric],
-      higher_is_better={metric: higher}, metrics={metric: value})
+  row = lambda init, value, metric="miou", higher=True, seed=0: dict(
+      task="semseg", label_fraction=0.1, protocol="probe", init=init, seed=seed,
+      headline=[metric], higher_is_better={metric: higher}, metrics={metric: value})
   assert report.verdicts([row("pretrained", 0.6), row("scratch", 0.4)]) == [
       "semseg probe 10% miou: pretrained 0.600 vs scratch 0.400 (+0.200): pretrained beats"
-      " scratch"]
+      " scratch (one seed)"]
   (line,) = report.verdicts([row("pretrained", 0.3), row("scratch", 0.4)])
-  assert line.endswith("pretrained does NOT beat scratch")
+  assert line.endswith("pretrained does NOT beat scratch (one seed)")
   (line,) = report.verdicts([row("pretrained", 0.3, "abs_rel", False),
                              row("scratch", 0.4, "abs_rel", False)])
-  assert line.endswith("pretrained beats scratch")  # Lower is better.
-  (line,) = report.verdicts([row("pretrained", 0.435), row("scratch", 0.434)])
-  assert line.endswith("no clear difference (within the noise margin 0.010)")
-  seeds = [row("pretrained", v) for v in (0.40, 0.50, 0.60)] + [row("scratch", 0.45)] * 3
-  (line,) = report.verdicts(seeds)  # +0.05, but the seeds spread by 0.08.
-  assert "no clear difference" in line and "0.082" in line
+  assert line.endswith("pretrained beats scratch (one seed)")  # Lower is better.
+  # One seed: a gain within 2 x SEED_SPREAD is a tie.
+  (line,) = report.verdicts([row("pretrained", 0.445), row("scratch", 0.430)])
+  assert line.endswith("no clear difference (within 2 standard errors, 0.020; one seed)")
+  # Paired seeds: +0.05 on average, but the per-seed gains spread by 0.1 (2 SE 0.115).
+  seeds = [row("pretrained", v, seed=s) for s, v in enumerate((0.40, 0.50, 0.60))]
+  (line,) = report.verdicts(seeds + [row("scratch", 0.45, seed=s) for s in range(3)])
+  assert line.endswith("no clear difference (within 2 standard errors, 0.115)")
+  # The arms spread as much, but every seed gains 0.05 over its paired scratch run.
+  (line,) = report.verdicts(seeds + [row("scratch", v, seed=s)
+                                     for s, v in enumerate((0.35, 0.45, 0.55))])
+  assert line.endswith("(+0.050): pretrained beats scratch")
+  # Unpaired seeds: the larger arm's spread stands in for the gains'.
+  (line,) = report.verdicts(seeds + [row("scratch", v, seed=s + 5)
+                                     for s, v in enumerate((0.35, 0.45, 0.55))])
+  assert line.endswith("no clear difference (within 2 standard errors, 0.115)")
 
 
 def test_upsample_head_draws_at_full_resolution_and_starts_uniform():
