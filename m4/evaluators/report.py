@@ -228,20 +228,6 @@ def headline(results: Sequence[Mapping[str, Any]]) -> dict:
 SEED_SPREAD = 0.01
 
 
-def _gains(by_init, metric: str, higher: bool) -> tuple[list[float], bool]:
-  """(gains of pretrained over scratch, paired): one per seed when both arms ran
-  the same seeds (paired runs share the labels, data order and head init),
-  else the one gain of the arms' means."""
-  values = {i: {int(r.get("seed", k)): float(r["metrics"][metric])
-                for k, r in enumerate(by_init[i])} for i in ("pretrained", "scratch")}
-  sign = 1.0 if higher else -1.0
-  if set(values["pretrained"]) == set(values["scratch"]):
-    return [sign * (values["pretrained"][s] - values["scratch"][s])
-            for s in sorted(values["pretrained"])], True
-  pre, scr = (float(np.mean(list(values[i].values()))) for i in ("pretrained", "scratch"))
-  return [sign * (pre - scr)], False
-
-
 def verdicts(results: Sequence[Mapping[str, Any]]) -> list[str]:
   """One plain sentence per headline row: does pretrained beat scratch?
 
@@ -258,10 +244,18 @@ def verdicts(results: Sequence[Mapping[str, Any]]) -> list[str]:
     first = by_init["pretrained"][0]
     metric = first["headline"][0]
     higher = first["higher_is_better"].get(metric, True)
-    arms = [[float(r["metrics"][metric]) for r in by_init[i]] for i in ("pretrained", "scratch")]
-    pre, scr = (float(np.mean(v)) for v in arms)
-    gains, paired = _gains(by_init, metric, higher)
-    spreads = [gains] if paired else arms
+    # {init: {seed: value}}; paired runs (same seeds) share labels, data order and head init.
+    values = {i: {int(r["seed"]): float(r["metrics"][metric]) for r in by_init[i]}
+              for i in ("pretrained", "scratch")}
+    pre, scr = (float(np.mean(list(v.values()))) for v in values.values())
+    sign = 1.0 if higher else -1.0
+    pretrained, scratch = values["pretrained"], values["scratch"]
+    if pretrained.keys() == scratch.keys():
+      gains = [sign * (pretrained[s] - scratch[s]) for s in pretrained]
+      spreads = [gains]
+    else:  # Unpaired: one gain of the means; the arms' own spreads stand in.
+      gains = [sign * (pre - scr)]
+      spreads = [list(v.values()) for v in values.values()]
     seeds = min(len(v) for v in spreads)
     spread = max([SEED_SPREAD] + [float(np.std(v, ddof=1)) for v in spreads if len(v) > 1])
     margin = 2 * spread / np.sqrt(seeds)

@@ -5,15 +5,16 @@
         --workdir=workdirs/transfer/quick_finetune_sweep
 
 The quickstart's transfer stage (`configs/transfer/scenes.py:quick`: 10 %
-labels, 150 steps) for semseg only, on the model of `configs/quickstart.py`
-(M4_QUICK_ROOT: its workdir: data, depth tokenizer, pretrained model).
-`finetune_sweep`: each arm picks its fine-tuning rate among 1e-3, 3e-3, 1e-2,
-3e-2 on validation (the quick config fine-tunes at 3e-3, a rate its sweep
-chose before the upsampling head existed), then 3 seeds on test.
-`probe_sweep`: the probe as the main job runs it, each arm's rate swept on
-validation over 3e-2 to 1 (the main job's 3e-2 to 3e-1 and one more, as most
-arms chose its top), 3 seeds on test. `count`: the main job's count rows, exactly as it runs them
-(probe rate swept 3e-2 to 3e-1, fine-tuning at 3e-3), over 3 seeds on test.
+labels, 150 steps), 3 seeds, no conv net, on the model of
+`configs/quickstart.py` (M4_QUICK_ROOT: its workdir: data, depth tokenizer,
+pretrained model).
+`finetune_sweep` (semseg): each arm picks its fine-tuning rate among 1e-3,
+3e-3, 1e-2, 3e-2 on validation (the quick config fine-tunes at 3e-3, a rate
+its sweep chose before the upsampling head existed), then 3 seeds on test.
+`probe_sweep` (semseg): each arm's probe rate swept on validation over 3e-2
+to 1 (the main job's 3e-2 to 3e-1 and one more, as most arms chose its top).
+`count`: the main job's count rows exactly as it runs them (probe rate swept
+3e-2 to 3e-1, fine-tuning at 3e-3).
 """
 
 import os
