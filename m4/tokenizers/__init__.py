@@ -7,7 +7,9 @@
 
 A trained VQ tokenizer is a directory holding `tokenizer.json` and
 `checkpoints/`: the workdir of a `tokenizer` training run is one
-(`python -m m4.main --config=configs/tokenizers/rgb_scenes.py --workdir=DIR`).
+(`python -m m4.main --config=configs/tokenizers/rgb_scenes.py --workdir=DIR`),
+and so is a released 4M VQ-VAE converted by `python -m m4.tools.convert_4m_tokenizer`
+(`tokenizer.json`'s format says which; see `released_tokenizer`).
 `load(path)` takes such a directory; `load(name)` looks for `<dir>/<name>` in
 each directory of the search path (jobs use `load_for_modality`, which
 reports failures as errors of their config field):
@@ -26,6 +28,7 @@ import os
 from typing import Sequence
 
 from m4 import modalities
+from m4.tokenizers import released_tokenizer
 from m4.tokenizers.vq_tokenizer import SPEC_FILE, TokenizerSpec, VQTokenizer
 from m4.workdir import ConfigError, require
 
@@ -72,8 +75,12 @@ def resolve(name_or_path: str, paths: Sequence[str] | None = None) -> str:
 
 
 def load(name_or_path: str, search_path: Sequence[str] | None = None) -> VQTokenizer:  # pylint: disable=redefined-outer-name
-  """A trained tokenizer by name (see the module docstring) or directory."""
-  return VQTokenizer.from_directory(resolve(name_or_path, search_path))
+  """A trained tokenizer by name (see the module docstring) or directory; a
+  converted 4M tokenizer (m4.tools.convert_4m_tokenizer) is a ReleasedTokenizer."""
+  path = resolve(name_or_path, search_path)
+  if released_tokenizer.is_released(path):
+    return released_tokenizer.ReleasedTokenizer.from_directory(path)
+  return VQTokenizer.from_directory(path)
 
 
 def load_for_modality(name: str, name_or_path: str | None = None, *, field: str | None = None,
