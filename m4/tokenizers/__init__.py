@@ -8,8 +8,9 @@
 A trained VQ tokenizer is a directory holding `tokenizer.json` and
 `checkpoints/`: the workdir of a `tokenizer` training run is one
 (`python -m m4.main --config=configs/tokenizers/rgb_scenes.py --workdir=DIR`),
-and so is a released 4M VQ-VAE converted by `python -m m4.tools.convert_4m_tokenizer`
-(`tokenizer.json`'s format says which; see `released_tokenizer`).
+and so is a released 4M VQ-VAE or DiVAE converted by
+`python -m m4.tools.convert_4m_tokenizer` (`tokenizer.json`'s format says
+which; see `released_tokenizer`).
 `load(path)` takes such a directory; `load(name)` looks for `<dir>/<name>` in
 each directory of the search path (jobs use `load_for_modality`, which
 reports failures as errors of their config field):

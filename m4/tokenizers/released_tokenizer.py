@@ -1,9 +1,14 @@
-"""A converted 4M VQ-VAE tokenizer: raw inputs <-> token ids, with 4M's processing.
+"""A converted 4M VQ-VAE or DiVAE tokenizer: raw inputs <-> token ids, with 4M's processing.
 
     tok = m4.tokenizers.load("workdirs/tok_4m_semseg")   # python -m m4.tools.convert_4m_tokenizer
     tokens = tok.encode(semseg)            # (B, 224, 224) class ids -> int32 (B, 14, 14)
     semseg = tok.decode(tokens)            # -> int32 (B, 224, 224)
     semseg, logits = tok.decode(tokens, return_logits=True)
+    rgb = m4.tokenizers.load("workdirs/tok_4m_rgb").decode(tokens, steps=25, seed=0)  # DiVAE
+
+A DiVAE (RGB, depth, normals, edges) decodes by DDIM sampling from noise:
+`steps` (default 25, 4M's demo's), and `noise` (x_T, channels last; the
+reference's own noise gives the reference's image) or a `seed`.
 
 Inputs are checked on the host (a ValueError naming the tokenizer); inside
 jitted code use `encode_traced` / `decode_traced`. Any size the patches divide
@@ -21,6 +26,8 @@ a 1x1 (MLP) model (B, n). Each modality's units, and 4M's processing of them:
            std 0.5 (Inception's, not ImageNet's), so the model sees [-1, 1].
            Decoded: x * 0.5 + 0.5, float32, not clipped.
   normal   as rgb: 4M normalises surface-normal images with 0.5 / 0.5 too.
+  edge     (B, H, W) Canny edge maps in [0, 1]; normalised with 0.5 / 0.5 (one
+           channel). Decoded: x * 0.5 + 0.5, (B, H, W), not clipped.
   depth    (B, H, W) depth (4M reads its 16-bit depth PNGs / 65535; the unit
            cancels out unless the variance is near the 1e-6 below). Each image
            is standardised as 4M's DepthTransform does: the mean and unbiased
@@ -35,7 +42,8 @@ a 1x1 (MLP) model (B, n). Each modality's units, and 4M's processing of them:
            Decoded: the same layout.
 
 A directory holds `tokenizer.json` (format "m4.released_vqvae.v1": name,
-modality, default image size, the model config, the source) and orbax
+modality, default image size, the model config (with `family: "divae"` for a
+DiVAE), the source) and orbax
 `checkpoints/0`; `m4.tokenizers.load` dispatches on the format.
 """
 
@@ -55,15 +63,22 @@ from flax import nnx
 from m4 import checkpoints
 from m4 import workdir
 from m4.tokenizers import released_convert
+from m4.tokenizers.released_divae import DiVAEConfig, ReleasedDiVAE
 from m4.tokenizers.released_vqvae import Config, ReleasedVQVAE
 
 SPEC_FILE = "tokenizer.json"
 FORMAT = "m4.released_vqvae.v1"
 MODEL_KEY = "model"
-MODALITIES = ("semseg", "rgb", "normal", "depth", "mask", "feature")
+MODALITIES = ("semseg", "rgb", "normal", "depth", "edge", "mask", "feature")
 UNLABELLED = 255
 RGB_TOLERANCE = 1e-3
 DEPTH_TRIM = 0.1  # 4M's truncated depth standardisation drops this fraction at each end.
+DEFAULT_STEPS = 25  # DDIM steps of a DiVAE decode unless told (4M's demo: 25; edges 10).
+
+
+def model_config(d: Mapping[str, Any]) -> Config | DiVAEConfig:
+  """The model config in tokenizer.json (`family` "divae" for a DiVAE)."""
+  return (DiVAEConfig if d.get("family") == "divae" else Config).from_json(d)
 
 
 def guess_modality(cfg: Config) -> str | None:
@@ -102,7 +117,7 @@ class ReleasedSpec:
     if d["modality"] not in MODALITIES:
       raise ValueError(f"{where}: modality {d['modality']!r} is not one of {MODALITIES}.")
     try:
-      Config.from_json(d["model"])
+      model_config(d["model"])
     except (TypeError, ValueError) as e:
       raise ValueError(f"{where}: model: {e}") from None
     return cls(**d)
@@ -132,8 +147,9 @@ def standardize_depth(depth: jax.Array) -> jax.Array:
 class ReleasedTokenizer:
   """Encode raw inputs of one modality to 4M's token ids and back."""
 
-  def __init__(self, model: ReleasedVQVAE, spec: ReleasedSpec):
+  def __init__(self, model: ReleasedVQVAE | ReleasedDiVAE, spec: ReleasedSpec):
     self.spec = spec
+    self.diffusion = isinstance(model, ReleasedDiVAE)
     self.name = spec.name
     self.modality = spec.modality
     self.cfg = model.cfg
@@ -148,9 +164,10 @@ class ReleasedTokenizer:
     self._graphdef, self._state = nnx.split(model)
     self._encode = jax.jit(self._encode_fn)
     self._decode = jax.jit(self._decode_fn)
+    self._sample = jax.jit(self._sample_fn, static_argnames=("steps", "mode"))
 
   @property
-  def model(self) -> ReleasedVQVAE:
+  def model(self) -> ReleasedVQVAE | ReleasedDiVAE:
     return nnx.merge(self._graphdef, self._state)
 
   # Units: see the module docstring.
@@ -161,6 +178,8 @@ class ReleasedTokenizer:
     if m in ("rgb", "normal"):
       x = x / 255.0 if x.dtype == jnp.uint8 else x
       return (x.astype(jnp.float32) - 0.5) / 0.5
+    if m == "edge":
+      return (x.astype(jnp.float32)[..., None] - 0.5) / 0.5
     if m == "depth":
       return standardize_depth(x[..., 0] if x.ndim == 4 else x)[..., None]
     if m == "mask":
@@ -174,6 +193,8 @@ class ReleasedTokenizer:
       return semseg_from_4m(y), y
     if m in ("rgb", "normal"):
       return y * 0.5 + 0.5, y
+    if m == "edge":
+      return y[..., 0] * 0.5 + 0.5, y
     if m == "depth":
       return y[..., 0], y
     if m == "mask":
@@ -196,18 +217,30 @@ class ReleasedTokenizer:
     return self._postprocess(nnx.merge(self._graphdef, state).decode(
         self._to_model_tokens(tokens)))
 
+  def _sample_fn(self, state, tokens, noise, steps, mode):
+    return self._postprocess(nnx.merge(self._graphdef, state).decode(tokens, noise, steps, mode))
+
   def encode_traced(self, x) -> jax.Array:
     return self._encode_fn(self._state, x)
 
-  def decode_traced(self, tokens) -> tuple[jax.Array, jax.Array]:
-    """Tokens -> (decoded raw output, the model's output: channels or logits)."""
-    return self._decode_fn(self._state, tokens)
+  def decode_traced(self, tokens, *, steps: int | None = None, seed: int = 0,
+                    noise=None) -> tuple[jax.Array, jax.Array]:
+    """Tokens -> (decoded raw output, the model's output: channels or logits).
+    A DiVAE samples `steps` DDIM steps from `noise`, else from JAX normal noise
+    of jax.random.key(seed), at the tokens' grid times the patch size."""
+    if not self.diffusion:
+      return self._decode_fn(self._state, tokens)
+    if noise is None:
+      size = tuple(s * self.cfg.patch_size for s in tokens.shape[1:3])
+      noise = jax.random.normal(jax.random.key(seed),
+                                (tokens.shape[0], *size, self.cfg.n_channels))
+    return self._sample_fn(self._state, tokens, noise, int(steps or DEFAULT_STEPS), "trailing")
 
   def check(self, x) -> np.ndarray:
     """Host-side checks of a raw input (ValueError naming the problem)."""
     x = np.asarray(x)
     m, who = self.modality, f"{self.name} ({self.modality})"
-    want = {"semseg": 3, "depth": (3, 4), "mask": 3, "rgb": 4, "normal": 4,
+    want = {"semseg": 3, "depth": (3, 4), "mask": 3, "edge": 3, "rgb": 4, "normal": 4,
             "feature": 2 if self.vector else 4}[m]
     if x.ndim not in np.atleast_1d(want):
       raise ValueError(f"{who}: inputs must have {want} dimensions (see"
@@ -235,7 +268,7 @@ class ReleasedTokenizer:
       x = x.astype(np.float32)
       if not np.isfinite(x).all():
         raise ValueError(f"{who}: {int((~np.isfinite(x)).sum())} NaN or inf values.")
-      if m in ("rgb", "normal", "mask") and (x.min() < -RGB_TOLERANCE or
+      if m in ("rgb", "normal", "mask", "edge") and (x.min() < -RGB_TOLERANCE or
                                              x.max() > 1 + RGB_TOLERANCE):
         raise ValueError(f"{who}: float values must be in [0, 1], got [{x.min()}, {x.max()}].")
     return x
@@ -258,9 +291,38 @@ class ReleasedTokenizer:
     """Raw inputs (module docstring) -> int32 tokens."""
     return self._encode(self._state, self.check(x))
 
-  def decode(self, tokens, *, return_logits: bool = False):
-    """Tokens -> raw outputs; semseg / mask can also return their logits."""
-    out, raw = self._decode(self._state, self.check_tokens(tokens))
+  def noise(self, batch: int, image_size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """A DiVAE's initial noise x_T: float32 standard normal (B, H, W, C) from
+    numpy's default generator seeded with `seed`."""
+    return np.random.default_rng(seed).standard_normal(
+        (batch, *image_size, self.cfg.n_channels), dtype=np.float32)
+
+  def decode(self, tokens, *, return_logits: bool = False, steps: int | None = None,
+             seed: int = 0, noise=None, image_size: tuple[int, int] | None = None,
+             mode: str = "trailing"):
+    """Tokens -> raw outputs; semseg / mask can also return their logits.
+
+    A DiVAE samples with DDIM: `steps` (default DEFAULT_STEPS), from `noise`
+    (x_T, (B, H, W, C), e.g. the reference's torch noise moved to channels
+    last) or else `self.noise(..., seed)` (numpy's generator: not the
+    reference's torch draws); `image_size` defaults to the tokens' grid times
+    the encoder's patch size; `mode` is the timestep spacing (trailing,
+    leading, linspace).
+    """
+    tokens = self.check_tokens(tokens)
+    if not self.diffusion:
+      if steps is not None or noise is not None:
+        raise ValueError(f"{self.name}: steps / noise are for DiVAE (diffusion) tokenizers.")
+      out, raw = self._decode(self._state, tokens)
+    else:
+      size = tuple(image_size or (s * self.cfg.patch_size for s in tokens.shape[1:3]))
+      if noise is None:
+        noise = self.noise(tokens.shape[0], size, seed)
+      want = (tokens.shape[0], *size, self.cfg.n_channels)
+      if tuple(np.shape(noise)) != want:
+        raise ValueError(f"{self.name}: noise must have shape {want}, got {np.shape(noise)}.")
+      out, raw = self._sample(self._state, tokens, jnp.asarray(noise, jnp.float32),
+                              steps=int(steps or DEFAULT_STEPS), mode=mode)
     if return_logits:
       if self.modality not in ("semseg", "mask"):
         raise ValueError(f"{self.name}: return_logits is for semseg and mask tokenizers.")
@@ -290,8 +352,9 @@ class ReleasedTokenizer:
     spec_path = os.path.join(path, SPEC_FILE)
     with open(spec_path) as f:
       spec = ReleasedSpec.from_json(json.load(f), where=spec_path)
-    cfg = Config.from_json(spec.model)
-    graphdef, target = nnx.split(nnx.eval_shape(lambda: ReleasedVQVAE(cfg, rngs=nnx.Rngs(0))))
+    cfg = model_config(spec.model)
+    model_cls = ReleasedDiVAE if isinstance(cfg, DiVAEConfig) else ReleasedVQVAE
+    graphdef, target = nnx.split(nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0))))
     state = checkpoints.restore_subtree(path, target, key=MODEL_KEY, step=spec.step)
     return cls(nnx.merge(graphdef, state), spec)
 
@@ -321,12 +384,14 @@ def from_reference(src: str, *, name: str | None = None, modality: str | None = 
   modality = modality or implied
   if modality is None:
     raise err(f"{info.config_path}: a {cfg.n_channels}-channel image tokenizer; say which"
-              " modality it reads (--modality=rgb, normal, depth or mask).")
+              " modality it reads (--modality=rgb, normal, depth, edge or mask).")
   if modality not in MODALITIES:
     raise err(f"modality {modality!r} is not one of {MODALITIES}.")
   need = {"semseg": "semseg", "feature": "feature"}.get(modality)
-  channels = {"rgb": 3, "normal": 3, "depth": 1, "mask": 1}.get(modality)
-  if implied != need or channels and cfg.n_channels != channels:
+  channels = {"rgb": 3, "normal": 3, "depth": 1, "edge": 1, "mask": 1}.get(modality)
+  diffusion_ok = modality in ("rgb", "normal", "depth", "edge")
+  if (implied != need or channels and cfg.n_channels != channels
+      or isinstance(cfg, DiVAEConfig) and not diffusion_ok):
     raise err(f"{info.config_path}: modality {modality!r} does not fit this tokenizer"
               f" ({cfg.n_channels} channels, n_labels {cfg.n_labels}, patch_proj"
               f" {cfg.patch_proj}, enc_type {cfg.enc_type!r}; it implies"

@@ -1,20 +1,23 @@
-"""Converts a released 4M VQ-VAE tokenizer (apple/ml-4m, safetensors) to m4.
+"""Converts a released 4M VQ-VAE or DiVAE tokenizer (apple/ml-4m, safetensors) to m4.
 
     python -m m4.tools.convert_4m_tokenizer --src=4M_tokenizers_semseg_4k_224-448 \
         --out=workdirs/tok_4m_semseg --image_size=224
+    python -m m4.tools.convert_4m_tokenizer --src=4M_tokenizers_rgb_16k_224-448 \
+        --out=workdirs/tok_4m_rgb --modality=rgb --image_size=224
     python -m m4.tools.convert_4m_tokenizer --src=FOLDER --check=FIXTURE   # parity check
 
 `--src` is a folder with `model.safetensors` and `config.json` (as downloaded
 from the Hugging Face hub, e.g. EPFL-VILAB/4M_tokenizers_CLIP-B16_8k_224-448),
 or the .safetensors file (its metadata then holds the config). Families: COCO
 semseg, CLIP-B/16, DINOv2-B/14 and ImageBind-H/14 feature maps and their global
-variants, SAM instances, human poses. DiVAE tokenizers (RGB, depth, normals,
-edges: diffusion decoders) are refused.
+variants, SAM instances, human poses; and the DiVAE ones (RGB, depth, normals,
+edges: a patched UNet diffusion decoder, sampled with DDIM by
+`tok.decode(tokens, steps=25, seed=0)` or from given noise).
 
 `--out DIR` writes DIR/tokenizer.json and DIR/checkpoints/0 (orbax);
 `m4.tokenizers.load(DIR)` opens it. An existing DIR is never overwritten.
 `--modality` says what the inputs are (semseg, feature, rgb, normal, depth,
-mask; see m4.tokenizers.released_tokenizer for each one's units); semseg and
+edge, mask; see m4.tokenizers.released_tokenizer for each one's units); semseg and
 feature are implied by the config, the others must be given. `--image_size`
 is the default resolution (the config's, 448 for the "224-448" releases, if
 not given); any multiple of the patch size works. `--name` defaults to the
@@ -24,8 +27,9 @@ unless `--allow_unknown_keys`.
 `--check FOLDER` runs the converted model on a reference run saved by
 experiments/parity_4m/make_tokenizer_fixtures.py and prints one JSON line with
 the largest differences; the exit status is 1 unless token ids are equal,
-latents and codes within 1e-5 and reconstructions within 1e-4
-(m4.tokenizers.released_convert). Errors (a missing, misshapen or unused tensor,
+latents and codes within 1e-5 and reconstructions within 1e-4 (a DiVAE: one
+UNet step and the DDIM sample within 1e-4, the schedule within 2e-6;
+m4.tokenizers.released_convert). Errors (a missing, misshapen or unused tensor,
 NaN values, an unknown config key, an existing --out) are one line,
 `m4: error: ...`, naming the file and tensor or key, with exit status 2.
 """
