@@ -30,6 +30,7 @@ def base(inputs, targets, chained=False) -> ml_collections.ConfigDict:
   # VQ tokenizers by name (searched as m4.tokenizers.load does) or directory;
   # "": the ones the pretraining run used (its config.json's `tokenizers`).
   c.tokenizers = ml_collections.ConfigDict(dict(rgb="", depth="", semseg=""))
+  c.pixel_normalization = "symmetric"  # Pixel inputs; "imagenet" for a converted 4M's rgb@224.
   c.inputs = tuple(inputs)
   c.targets = tuple(targets)
   c.chained = chained

@@ -27,9 +27,15 @@ Config fields:
   seed: generation randomness (per batch: fold_in(seed, batch index)).
   data: the held-out data (m4.data.pipeline.data_config fields).
   split, num_samples (0: the whole split), grid_rows.
-  tokenizers: {modality: VQ tokenizer name or directory}; "" or a modality
-    not listed: the one the pretraining run's config.json names (its
-    `tokenizers`), else the registry's `tokenizer` name (m4.tokenizers.load).
+  tokenizers: {modality: VQ tokenizer name or directory, or a text tokenizer
+    file for a sequence}; "" or a modality not listed: the one the
+    pretraining run's config.json names (its `tokenizers`), else the
+    registry's `tokenizer` name (m4.tokenizers.load). A converted 4M
+    tokenizer (m4.tools.convert_4m_tokenizer) decodes its targets in 4M's
+    units (COCO classes, per-image standardised depth), drawn as 4M's demo
+    draws them; they are not scored against the ground truth.
+  pixel_normalization: "symmetric" ([0, 1] -> [-1, 1], m4's pixel inputs) or
+    "imagenet" (a converted 4M's rgb@224 input) for pixel inputs.
   inputs: modalities given from the ground truth.
   targets: modalities generated, in order; chained: see above.
   decoding: {target: Step fields}.
@@ -58,12 +64,16 @@ from m4.data import sources
 from m4 import value_scales
 from m4.generation import quality
 from m4.models import pretrained
+from m4.tokenizers import released_tokenizer
 from m4.tokenizers import text as text_lib
 from m4.workdir import require
 
 def _check(config, steps, model):
   require(int(config.num_samples) >= 0, "num_samples", "must be >= 0.")
   require(int(config.grid_rows) >= 0, "grid_rows", "must be >= 0.")
+  require(config.pixel_normalization in value_scales.PIXEL_NORMALIZATIONS,
+          "pixel_normalization", f"{config.pixel_normalization!r} is not one of"
+          f" {value_scales.PIXEL_NORMALIZATIONS}.")
   inputs, targets = tuple(config.inputs), tuple(config.targets)
   for name in inputs:
     require(name in modalities.names(), "inputs", f"unknown modality {name!r}.")
@@ -90,10 +100,12 @@ def _know_modalities_of(cfg, field: str) -> None:
 
 
 def load_tokenizers(init: str, names, overrides=None):
-  """({image modality: VQTokenizer}, {sequence modality: TextTokenizer}).
+  """({image modality: VQTokenizer or ReleasedTokenizer}, {sequence modality:
+  TextTokenizer}).
 
-  A VQ tokenizer is the one `overrides` names, else the one the run at
-  `init` names in its config.json (`tokenizers`), else the registry's.
+  A tokenizer is the one `overrides` names, else the one the run at `init`
+  names in its config.json (`tokenizers`), else the registry's; a failure is
+  a ConfigError of `tokenizers.<modality>` naming the path.
   """
   vq, text = {}, {}
   run = workdir_lib.read_json(os.path.join(init, pretrained.CONFIG)).get("tokenizers")
@@ -104,7 +116,13 @@ def load_tokenizers(init: str, names, overrides=None):
     if mod.is_image:
       vq[name] = tokenizers_lib.load_for_modality(name, paths.get(name))
     elif mod.is_sequence:
-      text[name] = text_lib.load(paths.get(name) or mod.tokenizer)
+      where = paths.get(name) or mod.tokenizer
+      require(bool(where), f"tokenizers.{name}", "names no text tokenizer for this modality"
+              " (a converted 4M's caption: 4M's text_tokenizer_4m_wordpiece_30k.json).")
+      try:
+        text[name] = text_lib.load(where)
+      except (FileNotFoundError, ValueError) as e:
+        raise workdir_lib.ConfigError(f"config.tokenizers.{name}: {e}") from None
   return vq, text
 
 
@@ -139,7 +157,8 @@ def run(config, workdir: str) -> dict:
   num_batches = pipeline.num_eval_batches(data, n)
   it = pipeline.make_iterator(data, config.split, seed=config.seed, training=False)
   key = jax.random.key(config.seed)
-  scorers = {name: _scorer(tok) for name, tok in vq.items()}
+  scorers = {name: _scorer(tok) for name, tok in vq.items() if not _released(tok)}
+  picture_kinds = {}  # Converted 4M tokenizers' targets: drawn as 4M's demo draws them.
   sums, ceiling = quality.Sums(), quality.Sums()
   finalize, ceiling_finalize = {}, {}
   seconds = {s.modality: [] for s in steps}
@@ -156,7 +175,8 @@ def run(config, workdir: str) -> dict:
       if mod.is_sequence:
         state[name] = generation.text_entry(name, [str(t) for t in raw], text[name])
       elif mod.kind == modalities.PIXELS:
-        state[name] = generation.pixel_entry(name, value_scales.pixels(raw))
+        state[name] = generation.pixel_entry(
+            name, value_scales.pixels(raw, config.pixel_normalization))
       else:
         state[name] = generation.image_entry(name, vq[name].encode(np.asarray(raw)))
     batch_key = jax.random.fold_in(key, index)
@@ -186,6 +206,9 @@ def run(config, workdir: str) -> dict:
       tok = vq[name]
       tokens = entry["tensor"].reshape((-1,) + tuple(mod.grid))
       truth = batch.get(mod.data_key)
+      if _released(tok):  # 4M's units: decoded and drawn, not scored.
+        decoded[name], picture_kinds[name] = tok.picture(tok.decode(tokens, seed=index))
+        continue
       if truth is None:
         decoded[name] = np.asarray(tok.decode(tokens))
         continue
@@ -234,7 +257,7 @@ def run(config, workdir: str) -> dict:
   if jax.process_index() == 0:
     _write_records(os.path.join(workdir, "generated.json"), records)
     if rows:
-      pictures.save_grid(grid_path, rows, captions, kinds=_grid_kinds(rows),
+      pictures.save_grid(grid_path, rows, captions, kinds=_grid_kinds(rows, picture_kinds),
                          depth_range=_depth_range(rows))
   logging.info("generate: wrote %s", eval_dir)
   summary = {"grid": grid_path, "metrics": os.path.abspath(os.path.join(eval_dir, "metrics.json")),
@@ -262,6 +285,11 @@ def _depth_range(rows):
   truth = [r[c] for r in rows for c in r if c.startswith("depth (truth")]
   valid = np.concatenate([d[d > 0].ravel() for d in truth]) if truth else np.zeros(0)
   return (float(valid.min()), float(valid.max())) if valid.size else None
+
+
+def _released(tok) -> bool:
+  """A converted 4M tokenizer: decodes in 4M's units, with no m4 metrics."""
+  return isinstance(tok, released_tokenizer.ReleasedTokenizer)
 
 
 def _scorer(tok):
@@ -311,12 +339,17 @@ def _grid_row(config, batch, b, decoded) -> dict:
   return row
 
 
-def _grid_kinds(rows) -> dict:
+def _grid_kinds(rows, picture_kinds) -> dict:
   kinds = {}
   for col in rows[0]:
     base = col.split(" ")[0]
-    kinds[col] = modalities.get(base).data_key if base in modalities.names() else "gray"
-  return kinds
+    if col == f"{base} (generated)" and base in picture_kinds:
+      kinds[col] = picture_kinds[base]
+    elif base not in modalities.names():
+      kinds[col] = "gray"
+    elif modalities.get(base).data_key in pictures.KINDS:
+      kinds[col] = modalities.get(base).data_key
+  return kinds  # Others (e.g. a converted 4M's "normal") are guessed by m4.pictures.
 
 
 def _grid_caption(config, batch, b, texts) -> str:

@@ -39,8 +39,9 @@ config fields:
   tokenize: registry names to tokenize (image: a VQ tokenizer each;
     sequence: its text tokenizer; pixels: the view's image, kept as uint8).
   tokenizers: {modality: name or directory} of VQ tokenizers
-    (`m4.tokenizers.load`); sequences may name a text tokenizer file (absent:
-    the registry entry's `tokenizer`).
+    (`m4.tokenizers.load`; a converted 4M tokenizer, m4.tools.convert_4m_tokenizer,
+    takes its inputs in 4M's units); sequences may name a text tokenizer file
+    (absent: the registry entry's `tokenizer`).
   splits, view_splits, random_views, seed: as above.
   samples_per_shard: shard size (the last shard of a split may be smaller).
   max_samples: tokenize only the first N samples of each split (0: all).
@@ -71,6 +72,7 @@ from m4.data import record_files
 from m4.data import sources
 from m4.data import token_shards
 from m4.data import transforms as transforms_lib
+from m4.tokenizers import released_tokenizer
 from m4.tokenizers import text as text_lib
 from m4.workdir import ConfigError, DataError, require
 
@@ -94,6 +96,8 @@ class Tokenizers:
       except KeyError as e:
         raise ConfigError(f"config.tokenize: {e.args[0]}") from None
       field = f"tokenizers.{name}"
+      require(mod.kind == modalities_lib.PIXELS or bool(named.get(name) or mod.tokenizer), field,
+              f"names no tokenizer for {name!r} (the registry names none).")
       if mod.kind == modalities_lib.PIXELS:
         require(tuple(size[i] // mod.grid[i] * mod.grid[i] for i in (0, 1)) == size,
                 "tokenize", f"{name!r} has a {mod.grid} patch grid; config.data.image_size"
@@ -107,7 +111,9 @@ class Tokenizers:
       path = self.entries[name]["path"]
       if mod.is_image:
         tok = tokenizers.load_for_modality(name, path, field=field)
-        require(tok.name == name and tok.grid == mod.grid and tok.vocab_size == mod.vocab_size,
+        released = isinstance(tok, released_tokenizer.ReleasedTokenizer)  # Named by its folder.
+        require((released or tok.name == name) and tok.grid == mod.grid
+                and tok.vocab_size == mod.vocab_size,
                 field, f"{path} tokenizes {tok.name!r} ({tok.grid}, {tok.vocab_size} codes),"
                 f" not the registry's {name!r} ({mod.grid}, {mod.vocab_size}).")
         require(tuple(tok.image_size) == size, field,
@@ -179,7 +185,8 @@ class _Reader:
     require(on_error in sources.ON_ERROR, "data.on_error",
             f"{on_error!r} is not one of {sources.ON_ERROR}.")
     self.source, self.split, self.skip = source, split, on_error == "skip"
-    self.checks = {modalities_lib.get(n).data_key: tok.io for n, tok in toks.image.items()}
+    self.checks = {modalities_lib.get(n).data_key: _input_check(tok)
+                   for n, tok in toks.image.items()}
     self.skipped: dict[int, str] = {}
 
   def __call__(self, index: int):
@@ -187,11 +194,11 @@ class _Reader:
     if sample is None:  # The source skipped it (it counts and names it).
       self.skipped[index] = sources.skip_reason(self.source, index)
       return None
-    for key, io in self.checks.items():
+    for key, check in self.checks.items():
       if key not in sample:
         continue
       try:
-        io.check(np.asarray(sample[key])[None])
+        check(np.asarray(sample[key])[None])
       except ValueError as e:
         where = sources.describe(self.source, index, key)
         if not self.skip:
@@ -200,6 +207,11 @@ class _Reader:
         logging.warning("pretokenize: skipping %s: %s", where, e)
         return None
     return sample
+
+
+def _input_check(tok):
+  """The host-side input check of a VQ tokenizer (ValueError naming the problem)."""
+  return tok.check if isinstance(tok, released_tokenizer.ReleasedTokenizer) else tok.io.check
 
 
 def _tokenize_chunk(toks: Tokenizers, raws, indices, views: _Views, batch_images: int):
@@ -324,18 +336,21 @@ def views_grid(path: str, directory: str, split: str, toks: Tokenizers, num: int
   """PNG: for the first `num` samples of `split`, each view decoded from its tokens."""
   source = token_shards.TokenShardSource(directory, split)
   rows, captions = [], []
+  kinds = {n: modalities_lib.get(n).data_key for n in toks.image}
   for i in range(min(num, len(source))):
     rec = source[i]
     for v in range(len(rec["crop"])):
       row = {}
       for name, tok in toks.image.items():
         row[name] = np.asarray(tok.decode(np.asarray(rec[name][v:v + 1], np.int32))[0])
+        if isinstance(tok, released_tokenizer.ReleasedTokenizer):  # Drawn as 4M's demo does.
+          cells, kinds[name] = tok.picture(row[name][None])
+          row[name] = cells[0]
       rows.append(row)
       y0, x0, h, w, flipped = rec["crop"][v]
       text = "".join(f" | {n}: {toks.text[n].decode(rec[n][v])}" for n in toks.text)
       captions.append(f"{split} {int(rec['id'])} view {v}: crop y0={y0:.0f} x0={x0:.0f}"
                       f" {h:.0f}x{w:.0f}{' flipped' if flipped else ''}{text}")
-  kinds = {n: modalities_lib.get(n).data_key for n in toks.image}
   return pictures.save_grid(path, rows, captions, kinds=kinds,
                         titles={n: f"{n} (decoded tokens)" for n in toks.image})
 

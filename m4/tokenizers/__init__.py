@@ -101,9 +101,13 @@ def load_for_modality(name: str, name_or_path: str | None = None, *, field: str 
     tok = load(where, search_path)
   except (FileNotFoundError, ValueError) as e:
     raise ConfigError(f"config.{field}: {e}") from None
+  hint = ""
+  if isinstance(tok, released_tokenizer.ReleasedTokenizer) and tok.grid != mod.grid:
+    size = mod.grid[0] * tok.cfg.patch_size
+    hint = f" (a converted 4M tokenizer: convert it with --image_size={size})"
   require(tuple(tok.grid) == tuple(mod.grid) and tok.vocab_size == mod.vocab_size, field,
           f"{where} has grid {tok.grid} and {tok.vocab_size} codes; the registry's {name!r}"
-          f" has {mod.grid} and {mod.vocab_size}.")
+          f" has {mod.grid} and {mod.vocab_size}{hint}.")
   return tok
 
 

@@ -5,6 +5,7 @@
     semseg = tok.decode(tokens)            # -> int32 (B, 224, 224)
     semseg, logits = tok.decode(tokens, return_logits=True)
     rgb = m4.tokenizers.load("workdirs/tok_4m_rgb").decode(tokens, steps=25, seed=0)  # DiVAE
+    cells, kind = tok.picture(semseg)      # for m4.pictures, drawn as 4M's demo draws them
 
 A DiVAE (RGB, depth, normals, edges) decodes by DDIM sampling from noise:
 `steps` (default 25, 4M's demo's), and `noise` (x_T, channels last; the
@@ -328,6 +329,26 @@ class ReleasedTokenizer:
         raise ValueError(f"{self.name}: return_logits is for semseg and mask tokenizers.")
       return out, raw
     return out
+
+  def picture(self, decoded) -> tuple[np.ndarray, str]:
+    """Decoded outputs (B, ...) -> (cells, kind) for m4.pictures, as 4M's demo
+    draws them: rgb and normals clipped to [0, 1]; depth min-max scaled per
+    image through the turbo colour map (near and far are relative); semseg
+    COCO ids; edges and masks gray. Feature maps have no picture (ValueError)."""
+    x = np.asarray(decoded)
+    m = self.modality
+    if m in ("rgb", "normal"):
+      return np.clip(x, 0.0, 1.0), "rgb"
+    if m == "depth":
+      import matplotlib  # pylint: disable=g-import-not-at-top
+      lo = x.min(axis=(1, 2), keepdims=True)
+      scaled = (x - lo) / np.maximum(x.max(axis=(1, 2), keepdims=True) - lo, 1e-6)
+      return matplotlib.colormaps["turbo"](scaled)[..., :3].astype(np.float32), "rgb"
+    if m == "semseg":
+      return x, "semseg"
+    if m in ("edge", "mask"):
+      return np.clip(x, 0.0, 1.0), "gray"
+    raise ValueError(f"{self.name}: a {m} tokenizer's outputs have no picture.")
 
   def reconstruct(self, x):
     return self.decode(self.encode(x))
