@@ -11,9 +11,7 @@ The schedule: 2e-6, the drift of the reference's float32 cumprod; DDIM steps
 on their own: 1e-6 relative (one float32 update of values up to ~2.5e4).
 """
 
-import json
 import os
-import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +24,7 @@ from m4.tokenizers import released_convert as rc
 from m4.tokenizers import released_ddim as ddim
 from m4.tokenizers import released_tokenizer as rt
 from tests.conftest import REPO
+from tests.test_released_tokenizers import edited_copy
 
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
 
@@ -101,17 +100,6 @@ def test_ddim_against_the_reference_scheduler():
         assert np.abs(got - want).max() <= 1e-6 * max(1.0, np.abs(want).max()), (pred, clip, i)
 
 
-def _edited_copy(tmp_path, edit_config):
-  src = str(tmp_path / "src")
-  shutil.copytree(fixture("ml4m_tok_divae_rgb"), src)
-  with open(os.path.join(src, "config.json")) as f:
-    cfg = json.load(f)
-  edit_config(cfg)
-  with open(os.path.join(src, "config.json"), "w") as f:
-    json.dump(cfg, f)
-  return src
-
-
 @pytest.mark.parametrize("config, match", [
     (lambda c: c.update(dec_type="uvit_b"), r"config.json: dec_type 'uvit_b' is not a DiVAE"),
     (lambda c: c.update(dec_type="unet_p2_c32_r1_m1-1_a2"), r"decoder.input_blocks.1.0"),
@@ -122,7 +110,7 @@ def _edited_copy(tmp_path, edit_config):
 ])
 def test_bad_divae_sources_are_named(tmp_path, config, match):
   with pytest.raises(ConversionError, match=match):
-    rc.convert(_edited_copy(tmp_path, config))
+    rc.convert(edited_copy(tmp_path, edit_config=config, name="ml4m_tok_divae_rgb"))
 
 
 def test_modality_must_fit():

@@ -92,9 +92,10 @@ def test_global_features_as_vectors():
                              atol=rc.RECON_TOL)
 
 
-def _edited_copy(tmp_path, edit_tensors=None, edit_config=None):
+def edited_copy(tmp_path, edit_tensors=None, edit_config=None, name="ml4m_tok_semseg"):
+  """A copy of fixture `name` in tmp_path with its tensors and config.json edited."""
   src = str(tmp_path / "src")
-  shutil.copytree(fixture("ml4m_tok_semseg"), src)
+  shutil.copytree(fixture(name), src)
   path = os.path.join(src, "model.safetensors")
   if edit_tensors:
     tensors = load_file(path)
@@ -126,13 +127,13 @@ QKV = "encoder.blocks.1.attn.qkv.weight"
     (None, lambda c: c.update(norm_codes=False), r"'norm_codes' is False"),
 ])
 def test_bad_sources_are_named(tmp_path, tensors, config, match):
-  src = _edited_copy(tmp_path, tensors, config)
+  src = edited_copy(tmp_path, tensors, config)
   with pytest.raises(ConversionError, match=match):
     rc.convert(src)
 
 
 def test_unknown_keys_can_be_ignored(tmp_path):
-  src = _edited_copy(tmp_path, edit_config=lambda c: c.update(domain="semseg_coco"))
+  src = edited_copy(tmp_path, edit_config=lambda c: c.update(domain="semseg_coco"))
   with pytest.raises(ConversionError, match=r"unknown config keys \['domain'\]"):
     rc.convert(src)
   model, info = rc.convert(src, allow_unknown_keys=True)
