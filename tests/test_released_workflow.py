@@ -138,6 +138,10 @@ def test_generate_job_takes_converted_tokenizers_by_path(released, tmp_path):
     generate.load_tokenizers(config.init, [depth], {depth: released["semseg_32px"]})
   with pytest.raises(ConfigError, match=rf"config.tokenizers.{caption}: names no text tokenizer"):
     generate.load_tokenizers(config.init, [caption])
+  config.diffusion_steps = 0
+  with pytest.raises(ConfigError, match=r"config.diffusion_steps: must be >= 1"):
+    generate.run(config, str(tmp_path / "gen0"))
+  assert not os.path.exists(tmp_path / "gen0")  # Refused before writing anything.
 
 
 def _run_notebook(env, monkeypatch):

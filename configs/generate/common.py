@@ -31,6 +31,7 @@ def base(inputs, targets, chained=False) -> ml_collections.ConfigDict:
   # "": the ones the pretraining run used (its config.json's `tokenizers`).
   c.tokenizers = ml_collections.ConfigDict(dict(rgb="", depth="", semseg=""))
   c.pixel_normalization = "symmetric"  # Pixel inputs; "imagenet" for a converted 4M's rgb@224.
+  c.diffusion_steps = 25  # DDIM steps of a converted 4M DiVAE tokenizer's decode (4M's demo: 25).
   c.inputs = tuple(inputs)
   c.targets = tuple(targets)
   c.chained = chained

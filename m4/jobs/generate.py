@@ -36,6 +36,7 @@ Config fields:
     draws them; they are not scored against the ground truth.
   pixel_normalization: "symmetric" ([0, 1] -> [-1, 1], m4's pixel inputs) or
     "imagenet" (a converted 4M's rgb@224 input) for pixel inputs.
+  diffusion_steps: DDIM steps when a converted 4M DiVAE tokenizer decodes.
   inputs: modalities given from the ground truth.
   targets: modalities generated, in order; chained: see above.
   decoding: {target: Step fields}.
@@ -74,6 +75,7 @@ def _check(config, steps, model):
   require(config.pixel_normalization in value_scales.PIXEL_NORMALIZATIONS,
           "pixel_normalization", f"{config.pixel_normalization!r} is not one of"
           f" {value_scales.PIXEL_NORMALIZATIONS}.")
+  require(int(config.diffusion_steps) >= 1, "diffusion_steps", "must be >= 1.")
   inputs, targets = tuple(config.inputs), tuple(config.targets)
   for name in inputs:
     require(name in modalities.names(), "inputs", f"unknown modality {name!r}.")
@@ -207,7 +209,8 @@ def run(config, workdir: str) -> dict:
       tokens = entry["tensor"].reshape((-1,) + tuple(mod.grid))
       truth = batch.get(mod.data_key)
       if _released(tok):  # 4M's units: decoded and drawn, not scored.
-        decoded[name], picture_kinds[name] = tok.picture(tok.decode(tokens, seed=index))
+        decoded[name], picture_kinds[name] = tok.picture(tok.decode(
+            tokens, seed=index, steps=int(config.diffusion_steps) if tok.diffusion else None))
         continue
       if truth is None:
         decoded[name] = np.asarray(tok.decode(tokens))
