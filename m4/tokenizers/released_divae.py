@@ -19,12 +19,12 @@ import dataclasses
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from m4.tokenizers import released_ddim
 from m4.tokenizers.released_unet import PatchedUNet, unet_arch
-from m4.tokenizers.released_vqvae import CosineQuantizer, Encoded, Memcodes, ViT, _arch
+from m4.tokenizers import released_vqvae as vqvae
+from m4.tokenizers.released_vqvae import Encoded, ViT, _arch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,11 +75,7 @@ class DiVAEConfig:
     self.encoder_arch()
     self.decoder_arch()
     self.schedule().validate()
-    if self.quant_type not in ("lucid", "memcodes"):
-      raise ValueError(f"quant_type {self.quant_type!r}: only 'lucid' and 'memcodes' exist.")
-    if self.quant_type == "lucid" and self.num_codebooks != 1:
-      raise ValueError(f"num_codebooks={self.num_codebooks} with the lucid quantizer is not"
-                       " supported (no released DiVAE uses it).")
+    vqvae.check_quantizer(self)
     if self.scheduler not in ("ddpm", "ddim"):
       raise ValueError(f"scheduler {self.scheduler!r} is not 'ddpm' or 'ddim'.")
     return self
@@ -89,12 +85,7 @@ class DiVAEConfig:
 
   @classmethod
   def from_json(cls, d: Mapping[str, Any]) -> "DiVAEConfig":
-    d = {k: v for k, v in d.items() if k != "family"}
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"unknown model fields {unknown}; known: {sorted(known)}.")
-    return cls(**d).validate()
+    return vqvae.config_from_json(cls, {k: v for k, v in d.items() if k != "family"})
 
 
 class ReleasedDiVAE(nnx.Module):
@@ -106,22 +97,17 @@ class ReleasedDiVAE(nnx.Module):
     enc = cfg.encoder_arch()
     self.encoder = ViT(enc, in_channels=cfg.n_channels, post_mlp=cfg.post_mlp, rngs=rngs)
     self.quant_proj = nnx.Linear(enc["width"], cfg.latent_dim, rngs=rngs)
-    if cfg.quant_type == "lucid":
-      self.quantizer = CosineQuantizer(cfg.codebook_size, cfg.latent_dim, rngs=rngs)
-    else:
-      self.quantizer = Memcodes(cfg.codebook_size, cfg.latent_dim, cfg.num_codebooks, rngs=rngs)
+    self.quantizer = vqvae.make_quantizer(cfg, rngs)
     self.decoder = PatchedUNet(cfg.decoder_arch(), cfg.n_channels, cfg.latent_dim, rngs=rngs)
 
   def encode(self, x) -> Encoded:
     """(B, H, W, C) in 4M's units -> tokens (B, h, w), codes, latents."""
     latents = self.quant_proj(self.encoder(x))
     codes, idx = self.quantizer(latents)
-    tokens = idx[..., 0] if idx.shape[-1] == 1 else jnp.moveaxis(idx, -1, 1)
-    return Encoded(tokens, codes, latents)
+    return Encoded(vqvae.tokens_from_indices(idx), codes, latents)
 
   def lookup(self, tokens) -> jax.Array:
-    idx = tokens[..., None] if tokens.ndim == 3 else jnp.moveaxis(tokens, 1, -1)
-    return self.quantizer.lookup(idx)
+    return self.quantizer.lookup(vqvae.indices_from_tokens(tokens))
 
   def denoise(self, x, t, codes) -> jax.Array:
     """The UNet's output (x0, noise or v, per `prediction_type`) at timestep t."""

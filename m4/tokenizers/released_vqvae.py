@@ -92,14 +92,7 @@ class Config:
     """Raises ValueError naming the field this module cannot compute."""
     self.encoder_arch()
     self.decoder_arch()
-    if self.quant_type not in ("lucid", "memcodes"):
-      raise ValueError(f"quant_type {self.quant_type!r}: only 'lucid' and 'memcodes' exist.")
-    if self.quant_type == "lucid" and self.num_codebooks != 1:
-      raise ValueError(f"num_codebooks={self.num_codebooks} with the lucid quantizer is not"
-                       " supported (no released VQ-VAE uses it).")
-    if self.quant_type == "memcodes" and self.latent_dim % self.num_codebooks:
-      raise ValueError(f"latent_dim {self.latent_dim} is not a multiple of num_codebooks"
-                       f" {self.num_codebooks}.")
+    check_quantizer(self)
     return self
 
   def to_json(self) -> dict:
@@ -107,11 +100,28 @@ class Config:
 
   @classmethod
   def from_json(cls, d: Mapping[str, Any]) -> "Config":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"unknown model fields {unknown}; known: {sorted(known)}.")
-    return cls(**d).validate()
+    return config_from_json(cls, d)
+
+
+def config_from_json(cls, d: Mapping[str, Any]):
+  """`cls(**d)`, validated; a field `cls` does not have is a ValueError naming it."""
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(d) - known)
+  if unknown:
+    raise ValueError(f"unknown model fields {unknown}; known: {sorted(known)}.")
+  return cls(**d).validate()
+
+
+def check_quantizer(cfg) -> None:
+  """Raises ValueError unless `cfg`'s quantizer fields name one m4 computes."""
+  if cfg.quant_type not in ("lucid", "memcodes"):
+    raise ValueError(f"quant_type {cfg.quant_type!r}: only 'lucid' and 'memcodes' exist.")
+  if cfg.quant_type == "lucid" and cfg.num_codebooks != 1:
+    raise ValueError(f"num_codebooks={cfg.num_codebooks} with the lucid quantizer is not"
+                     " supported (no released tokenizer uses it).")
+  if cfg.quant_type == "memcodes" and cfg.latent_dim % cfg.num_codebooks:
+    raise ValueError(f"latent_dim {cfg.latent_dim} is not a multiple of num_codebooks"
+                     f" {cfg.num_codebooks}.")
 
 
 def _arch(name: str, part: str, patch: int, image_size: int, patch_proj: bool) -> dict:
@@ -329,6 +339,23 @@ class Memcodes(nnx.Module):
     return self.lookup(idx), idx
 
 
+def make_quantizer(cfg, rngs: nnx.Rngs) -> nnx.Module:
+  """The quantizer `cfg` (a VQ-VAE's or a DiVAE's config) names."""
+  if cfg.quant_type == "lucid":
+    return CosineQuantizer(cfg.codebook_size, cfg.latent_dim, rngs=rngs)
+  return Memcodes(cfg.codebook_size, cfg.latent_dim, cfg.num_codebooks, rngs=rngs)
+
+
+def tokens_from_indices(idx: jax.Array) -> jax.Array:
+  """A quantizer's (B, h, w, n) indices -> the reference's token layout."""
+  return idx[..., 0] if idx.shape[-1] == 1 else jnp.moveaxis(idx, -1, 1)
+
+
+def indices_from_tokens(tokens: jax.Array) -> jax.Array:
+  """The reference's token layout -> a quantizer's (B, h, w, n) indices."""
+  return tokens[..., None] if tokens.ndim == 3 else jnp.moveaxis(tokens, 1, -1)
+
+
 class Encoded(NamedTuple):
   tokens: jax.Array  # int32 (B, h, w), or (B, n_codebooks, h, w).
   codes: jax.Array  # (B, h, w, latent_dim): the quantizer's output.
@@ -349,19 +376,13 @@ class ReleasedVQVAE(nnx.Module):
     else:
       self.encoder = BottleneckMLP(enc, cfg.n_channels, enc["width"], rngs=rngs)
     self.quant_proj = _linear(enc["width"], cfg.latent_dim, rngs)
-    if cfg.quant_type == "lucid":
-      self.quantizer = CosineQuantizer(cfg.codebook_size, cfg.latent_dim, rngs=rngs)
-    else:
-      self.quantizer = Memcodes(cfg.codebook_size, cfg.latent_dim, cfg.num_codebooks, rngs=rngs)
+    self.quantizer = make_quantizer(cfg, rngs)
     self.post_quant_proj = _linear(cfg.latent_dim, dec["width"], rngs)
     if dec["kind"] == "vit":
       self.decoder = ViT(dec, out_channels=cfg.out_channels, post_mlp=cfg.post_mlp,
                          out_conv=cfg.out_conv, rngs=rngs)
     else:
       self.decoder = BottleneckMLP(dec, dec["width"], cfg.out_channels, rngs=rngs)
-
-  def _tokens(self, idx):  # (B, h, w, n) -> the reference's token layout.
-    return idx[..., 0] if idx.shape[-1] == 1 else jnp.moveaxis(idx, -1, 1)
 
   def encode_latents(self, x) -> jax.Array:
     """4M-unit input -> (B, h, w, latent_dim) quantizer inputs."""
@@ -372,7 +393,7 @@ class ReleasedVQVAE(nnx.Module):
   def quantize(self, latents) -> tuple[jax.Array, jax.Array]:
     """(codes (B, h, w, latent_dim), tokens)."""
     codes, idx = self.quantizer(latents)
-    return codes, self._tokens(idx)
+    return codes, tokens_from_indices(idx)
 
   def encode(self, x) -> Encoded:
     latents = self.encode_latents(x)
@@ -381,8 +402,7 @@ class ReleasedVQVAE(nnx.Module):
 
   def lookup(self, tokens) -> jax.Array:
     """Tokens (the reference's layout) -> codes (B, h, w, latent_dim)."""
-    idx = tokens[..., None] if tokens.ndim == 3 else jnp.moveaxis(tokens, 1, -1)
-    return self.quantizer.lookup(idx)
+    return self.quantizer.lookup(indices_from_tokens(tokens))
 
   def decode_codes(self, codes) -> jax.Array:
     """Codes -> (B, H, W, out_channels): the reconstruction (semseg: logits)."""
