@@ -185,8 +185,7 @@ class _Reader:
     require(on_error in sources.ON_ERROR, "data.on_error",
             f"{on_error!r} is not one of {sources.ON_ERROR}.")
     self.source, self.split, self.skip = source, split, on_error == "skip"
-    self.checks = {modalities_lib.get(n).data_key: _input_check(tok)
-                   for n, tok in toks.image.items()}
+    self.checks = {modalities_lib.get(n).data_key: tok.check for n, tok in toks.image.items()}
     self.skipped: dict[int, str] = {}
 
   def __call__(self, index: int):
@@ -207,11 +206,6 @@ class _Reader:
         logging.warning("pretokenize: skipping %s: %s", where, e)
         return None
     return sample
-
-
-def _input_check(tok):
-  """The host-side input check of a VQ tokenizer (ValueError naming the problem)."""
-  return tok.check if isinstance(tok, released_tokenizer.ReleasedTokenizer) else tok.io.check
 
 
 def _tokenize_chunk(toks: Tokenizers, raws, indices, views: _Views, batch_images: int):

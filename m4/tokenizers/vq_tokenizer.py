@@ -167,6 +167,10 @@ class VQTokenizer:
     """Tokens -> (raw images, the model's output: channels or semseg logits)."""
     return self._decode_fn(self._state, tokens)
 
+  def check(self, images) -> np.ndarray:
+    """Host-side checks of raw images of any size (ValueError naming the problem)."""
+    return self.io.check(images)
+
   def encode(self, images) -> jax.Array:
     """Raw images (B, H, W[, C]) -> int32 tokens (B, h, w)."""
     images = self.io.check(images, self.image_size)
