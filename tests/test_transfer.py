@@ -434,7 +434,7 @@ def test_sweep_picks_each_arms_rate_on_validation_and_the_convnet_is_an_arm(tmp_
   c.model = _tiny_cfg().to_dict()
   c.sweep.learning_rates = dict(probe=(1e-4, 1e-2), finetune=(), supervised=(3e-3,))
   c.baselines = ("convnet",)
-  c.supervised.update(dict(num_steps=40, warmup_steps=4, width=8))
+  c.supervised.update(dict(num_steps=40, warmup_steps=4, width=8, stem=2))
   wd = tmp_path / "wd"
   summary = trainer.run(c, str(wd))
   swept = [json.loads(p.read_text()) for p in sorted((wd / "eval" / "sweep").glob("*.json"))]
@@ -447,6 +447,9 @@ def test_sweep_picks_each_arms_rate_on_validation_and_the_convnet_is_an_arm(tmp_
   final = {(r["init"], r["protocol"]): r for r in results}
   assert final["scratch", "probe"]["learning_rate"] == best["learning_rate"]
   assert final["scratch", "probe"]["eval_split"] == "test"
+  # The first seed's final run is the chosen sweep run's model, not a second training.
+  assert final["scratch", "probe"]["run_dir"] == best["run_dir"]
+  assert final["scratch", "probe"]["train_loss"] == best["train_loss"]
   # The conv net trains from pixels on the same labels and learns more than the majority class.
   convnet = final["convnet", "supervised"]
   assert convnet["num_labels"] == final["scratch", "probe"]["num_labels"]
@@ -499,6 +502,27 @@ def test_upsample_head_draws_at_full_resolution_and_starts_uniform():
   np.testing.assert_array_equal(np.asarray(out), 0.0)  # Zero-initialised last layer.
   with pytest.raises(ValueError, match="power of 2"):
     transfer_heads.UpsampleHead(32, 6, 6, rngs=_rngs(0))
+
+
+def test_convnet_stem_keeps_full_resolution_outputs_and_names_a_bad_size():
+  from m4.models import convnet  # pylint: disable=g-import-not-at-top
+  seg = transfer.TaskSpec.from_config("semseg", dict(kind="segmentation", inputs=("rgb_pixels",),
+                                                     target="semseg", num_classes=6))
+  count = transfer.TaskSpec.from_config("count", dict(kind="classification", inputs=("rgb_pixels",),
+                                                      target="labels/count", num_classes=5))
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  batch = {"rgb_pixels": {"tensor": x}}
+  for stem in (1, 2):
+    net = convnet.ConvNet(seg, image_size=(32, 32), width=8, stem=stem, rngs=_rngs(0))
+    # A non-zero head: output pixels must differ within each stem block.
+    net.head.kernel.value = jax.random.normal(jax.random.key(1), net.head.kernel.value.shape)
+    out = np.asarray(net(batch, train=True))
+    assert out.shape == (2, 32, 32, 6)
+    assert np.abs(out[:, 0::2, 0::2] - out[:, 1::2, 1::2]).max() > 1e-3
+    assert convnet.ConvNet(count, image_size=(32, 32), width=8, stem=stem,
+                           rngs=_rngs(0))(batch).shape == (2, 5)
+  with pytest.raises(workdir.ConfigError, match=r"data.image_size.*divide by 32.*stem 4"):
+    convnet.ConvNet(seg, image_size=(48, 48), width=8, stem=4, rngs=_rngs(0))
 
 
 def test_bilinear_head_interpolates_each_tokens_scores():

@@ -11,8 +11,10 @@ initialised) with each protocol ("probe": frozen encoder, trained head;
 same labels (protocol "supervised", m4.models.convnet). With a sweep
 (`sweep.learning_rates`), every arm first tries each learning rate on its
 first seed, scored on `sweep.split` (validation), and keeps the best: the
-scratch arm is tuned exactly as the pretrained one. Each run is evaluated on
-the held-out split `data.eval_split`, and the job writes
+scratch arm is tuned exactly as the pretrained one; that first seed's final
+run is the chosen sweep run's model (identical training), not a second
+training of it. Each run is evaluated on the held-out split
+`data.eval_split`, and the job writes
 
     DIR/runs/<task>/<run>/     metrics.jsonl, TensorBoard, checkpoints/ (if enabled)
     DIR/eval/<run>.json        the run's test metrics and settings
@@ -40,7 +42,8 @@ Config fields (configs/transfer/scenes.py documents a full example):
   inits, protocols, label_fractions: what to run.
   baselines: () or ("convnet",); baseline_fractions: their label fractions
     (empty: label_fractions); supervised: the conv net's settings (as a
-    protocol's, plus `width`).
+    protocol's, plus `width` and `stem`: its first level's pixels per
+    position, 1 when absent).
   sweep: split (where the sweep scores, never the test split) and
     learning_rates.<protocol>: the rates each arm tries (empty: none).
   tasks.<name>: m4.models.transfer.TaskSpec fields (kind, inputs, target,
@@ -316,7 +319,8 @@ def build_model(ctx: _Context, run: Run):
   key = jax.random.key(run.seed, impl=ctx.config.prng_impl)
   if run.init == "convnet":
     make = lambda: convnet.ConvNet(task, image_size=ctx.config.data.image_size,
-                                   width=int(settings.width), rngs=nnx.Rngs(params=key))
+                                   width=int(settings.width), stem=int(settings.get("stem", 1)),
+                                   rngs=nnx.Rngs(params=key))
   else:
     cfg = transfer.backbone_config(ctx.base, task.inputs, ctx.overrides)
     make = lambda: transfer.TransferModel(
@@ -451,8 +455,15 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
   return nnx.merge(graphdef, nnx.State(state.params), nnx.State(state.extra), rest), figures
 
 
-def train_and_evaluate(ctx: _Context, run: Run, label: str = "") -> dict:
-  """One run (see the module doc); returns its result dict."""
+def train_and_evaluate(ctx: _Context, run: Run, label: str = "",
+                       trained: tuple | None = None) -> tuple[dict, tuple | None]:
+  """One run (see the module doc): (its result dict, (model, training figures,
+  run directory)); the second is None when the run was done before.
+
+  `trained`: that triple from a run that trained the same model (same task,
+  init, protocol, labels, seed and settings; only the evaluated split differs):
+  it is evaluated instead of trained again.
+  """
   config, task, name = ctx.config, run.task, run.name
   eval_dir = os.path.join(ctx.eval_dir, run.group) if run.group else ctx.eval_dir
   result_path = os.path.join(eval_dir, f"{name}.json")
@@ -463,7 +474,7 @@ def train_and_evaluate(ctx: _Context, run: Run, label: str = "") -> dict:
   if os.path.exists(result_path):
     _check_same(result_path, run_config)
     print(f"{label}{name}: done before, skipped", flush=True)
-    return workdir_lib.read_json(result_path)
+    return workdir_lib.read_json(result_path), None
   if os.path.exists(settings_path):
     _check_same(settings_path, run_config)
   elif jax.process_index() == 0:
@@ -473,7 +484,12 @@ def train_and_evaluate(ctx: _Context, run: Run, label: str = "") -> dict:
   source = subsets.LabelSubset(sources.make_source(data, data.train_split), run.fraction,
                                run.seed)
   logger = workdir_lib.MetricLogger(run_dir, name=f"{task.name} {run.init} {run.protocol}")
-  model, figures = _train(ctx, run, data, source, run_dir, logger, note=f"{label}{name}: ")
+  if trained is None:
+    model, figures = _train(ctx, run, data, source, run_dir, logger, note=f"{label}{name}: ")
+    trained_dir = run_dir
+  else:
+    model, figures, trained_dir = trained
+    print(f"{label}{name}: the model trained by {trained_dir}", flush=True)
   evaluator = evaluators.get(task.kind)(
       task=task, data=data, split=run.split, seed=run.seed, inputs=ctx.encoder_inputs(task),
       mesh=ctx.mesh, rules=ctx.rules, num_examples=config.eval.num_examples,
@@ -491,7 +507,7 @@ def train_and_evaluate(ctx: _Context, run: Run, label: str = "") -> dict:
       "headline": list(evaluator.headline),
       "higher_is_better": dict(evaluator.higher_is_better),
       "eval_split": run.split, "init_dir": config.init or "",
-      "run_dir": run_dir, "settings": run_config,
+      "run_dir": trained_dir, "settings": run_config,
   }
   if jax.process_index() == 0:
     if evaluator.examples and not run.group:
@@ -500,7 +516,7 @@ def train_and_evaluate(ctx: _Context, run: Run, label: str = "") -> dict:
     workdir_lib.write_json(result_path, result)
   shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in evaluator.headline)
   print(f"{label}{name}: {shown} on {run.split} ({result['seconds']:.0f} s)", flush=True)
-  return result
+  return result, (model, figures, trained_dir)
 
 
 def _arms(config, task: transfer.TaskSpec) -> list[tuple[float, str, str]]:
@@ -526,29 +542,31 @@ def _better(result: dict, best: dict | None) -> bool:
 
 
 def sweep(ctx: _Context, task: transfer.TaskSpec, fraction: float, init: str, protocol: str,
-          label: str = "") -> tuple[ml_collections.ConfigDict, list[dict]]:
+          label: str = "") -> tuple[ml_collections.ConfigDict, list[dict], tuple | None]:
   """The protocol's settings with the learning rate that does best on `sweep.split`.
 
   Every arm gets the same sweep (config.sweep.learning_rates[protocol]) on
   its first seed's label subset, scored by the task's first headline metric
   on the sweep's split (the validation split: the test split is never used
-  to choose). Returns (settings, the sweep's results).
+  to choose). Returns (settings, the sweep's results, the chosen run's
+  trained model as `train_and_evaluate` returns it, or None): the first
+  seed's final run is that model, evaluated on the final split.
   """
   settings = ctx.config[protocol]
   rates = tuple(ctx.config.sweep.learning_rates.get(protocol, ()) or ())
   if not rates:
-    return settings, []
+    return settings, [], None
   seed = int(ctx.config.seeds[0])
   results, best = [], None
   for lr in rates:
     tried = settings.copy_and_resolve_references()
     tried.learning_rate = float(lr)
-    r = train_and_evaluate(ctx, Run(task, init, protocol, fraction, seed, tried,
-                                    ctx.config.sweep.split, group="sweep"), label=label)
+    r, trained = train_and_evaluate(ctx, Run(task, init, protocol, fraction, seed, tried,
+                                             ctx.config.sweep.split, group="sweep"), label=label)
     results.append(r)
     if _better(r, best):
-      best, chosen = r, tried
-  return chosen, results
+      best, chosen, chosen_model = r, tried, trained
+  return chosen, results, chosen_model
 
 
 def run(config, workdir: str) -> dict:
@@ -561,12 +579,13 @@ def run(config, workdir: str) -> dict:
   results, swept = [], []
   for i, (task, fraction, init, protocol) in enumerate(arms):
     label = f"[transfer {i + 1}/{len(arms)}] "
-    settings, tried = sweep(ctx, task, fraction, init, protocol, label)
+    settings, tried, chosen = sweep(ctx, task, fraction, init, protocol, label)
     swept += tried
     for seed in config.seeds:
+      reuse = chosen if int(seed) == int(config.seeds[0]) else None
       results.append(train_and_evaluate(
           ctx, Run(task, init, protocol, fraction, int(seed), settings, config.data.eval_split),
-          label=label))
+          label=label, trained=reuse)[0])
   if jax.process_index() != 0:
     return {"runs": len(results)}
   paths = report.write(ctx.eval_dir, results, title=config.title,
