@@ -42,7 +42,7 @@ def tfds_base(config_file: str, arg, title: str) -> ml_collections.ConfigDict:
   c.finetune = _protocol(learning_rate=1e-4, weight_decay=0.05, layer_decay=0.75)
   c.baselines = ()
   c.baseline_fractions = ()
-  c.supervised = _protocol(learning_rate=2e-3, weight_decay=1e-4, width=16)
+  c.supervised = _protocol(learning_rate=2e-3, weight_decay=1e-4, width=16, stem=1)
   c.sweep = ml_collections.ConfigDict(dict(split="validation", learning_rates=dict(
       probe=(), finetune=(), supervised=())))
   c.eval = ml_collections.ConfigDict(dict(num_samples=0, num_examples=8))

@@ -330,16 +330,14 @@ def views_grid(path: str, directory: str, split: str, toks: Tokenizers, num: int
   """PNG: for the first `num` samples of `split`, each view decoded from its tokens."""
   source = token_shards.TokenShardSource(directory, split)
   rows, captions = [], []
-  kinds = {n: modalities_lib.get(n).data_key for n in toks.image}
+  kinds = {}
   for i in range(min(num, len(source))):
     rec = source[i]
     for v in range(len(rec["crop"])):
       row = {}
       for name, tok in toks.image.items():
-        row[name] = np.asarray(tok.decode(np.asarray(rec[name][v:v + 1], np.int32))[0])
-        if isinstance(tok, released_tokenizer.ReleasedTokenizer):  # Drawn as 4M's demo does.
-          cells, kinds[name] = tok.picture(row[name][None])
-          row[name] = cells[0]
+        cells, kinds[name] = tok.picture(tok.decode(np.asarray(rec[name][v:v + 1], np.int32)))
+        row[name] = cells[0]
       rows.append(row)
       y0, x0, h, w, flipped = rec["crop"][v]
       text = "".join(f" | {n}: {toks.text[n].decode(rec[n][v])}" for n in toks.text)

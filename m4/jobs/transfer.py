@@ -43,7 +43,7 @@ Config fields (configs/transfer/scenes.py documents a full example):
   baselines: () or ("convnet",); baseline_fractions: their label fractions
     (empty: label_fractions); supervised: the conv net's settings (as a
     protocol's, plus `width` and `stem`: its first level's pixels per
-    position, 1 when absent).
+    position).
   sweep: split (where the sweep scores, never the test split) and
     learning_rates.<protocol>: the rates each arm tries (empty: none).
   tasks.<name>: m4.models.transfer.TaskSpec fields (kind, inputs, target,
@@ -183,7 +183,7 @@ def check_config(config) -> None:
   workdir_lib.require_fields(config, FIELDS, example)
   for protocol in PROTOCOLS + (SUPERVISED,):
     workdir_lib.require_fields(config[protocol], PROTOCOL_FIELDS, example, f"{protocol}.")
-  workdir_lib.require_fields(config.supervised, ("width",), example, "supervised.")
+  workdir_lib.require_fields(config.supervised, ("width", "stem"), example, "supervised.")
   require(len(config.seeds) > 0, "seeds", "needs at least one seed.")
   for init in config.inits:
     require(init in INITS, "inits", f"{init!r} is not one of {INITS}.")
@@ -319,7 +319,7 @@ def build_model(ctx: _Context, run: Run):
   key = jax.random.key(run.seed, impl=ctx.config.prng_impl)
   if run.init == "convnet":
     make = lambda: convnet.ConvNet(task, image_size=ctx.config.data.image_size,
-                                   width=int(settings.width), stem=int(settings.get("stem", 1)),
+                                   width=int(settings.width), stem=int(settings.stem),
                                    rngs=nnx.Rngs(params=key))
   else:
     cfg = transfer.backbone_config(ctx.base, task.inputs, ctx.overrides)

@@ -198,6 +198,10 @@ class VQTokenizer:
       return images, output
     return images
 
+  def picture(self, decoded) -> tuple[np.ndarray, str]:
+    """Decoded outputs -> (cells, kind) for m4.pictures (as ReleasedTokenizer.picture)."""
+    return np.asarray(decoded), self.modality.data_key
+
   def reconstruct(self, images):
     return self.decode(self.encode(images))
 
