@@ -35,7 +35,9 @@ def _free_port() -> int:
 def _launch(config, workdir, cache, *, processes: int, devices: int):
   """Runs m4.main in `processes` processes of `devices` CPU devices each."""
   path = T.write_config(config, workdir)
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = dict(os.environ)  # Without the 8-device flag: JAX_NUM_CPU_DEVICES sets the count.
+  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                              if "xla_force_host_platform_device_count" not in f)
   env.update(PYTHONPATH=S.REPO, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices),
              JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", **T.cache_env(cache))
   cmd = [sys.executable, "-m", "m4.main", f"--config={path}", f"--workdir={workdir}"]
