@@ -8,7 +8,8 @@ the weights) or the trained run at `--init`. Inputs: random RGB tokens.
 Schemes (each compiled first, timed separately, then run `--repeats` times):
 MaskGIT and ROAR for an image target (`--steps` steps), MaskGIT with
 classifier-free guidance (a batch of 2B), and the caption decoded for its
-full length (no early stop) with and without the key/value cache. Prints a
+full length or `--caption_tokens` (no early stop) with and without the
+key/value cache. Prints a
 table and one JSON line per scheme: compile seconds, milliseconds per sample
 (median over repeats) and per decoded token.
 """
@@ -44,8 +45,9 @@ def _model(args):
   return tiny_checkpoint.numpy_init(lambda: FourM(cfg, rngs=nnx.Rngs(0)), 0, lambda _: cfg.dim)
 
 
-def bench(args) -> list[dict]:
-  model = _model(args)
+def bench(args, model=None) -> list[dict]:
+  """One row per scheme (see the module doc); `model`: instead of args' config / init."""
+  model = _model(args) if model is None else model
   gen = generation.Generator(model)
   names = model.cfg.decoder_modalities
   source = args.input
@@ -63,10 +65,10 @@ def bench(args) -> list[dict]:
                                              cfg_scale=2.0), n_img, True)]
   if caption:
     # A stop id beyond the vocabulary: every caption runs its full length.
-    length = modalities.get(caption).num_tokens
-    cases += [("autoregressive, cached", generation.Step(caption, "autoregressive"), length, True),
-              ("autoregressive, uncached", generation.Step(caption, "autoregressive"), length,
-               False)]
+    length = args.caption_tokens or modalities.get(caption).num_tokens
+    step = generation.Step(caption, "autoregressive", max_length=length)
+    cases += [("autoregressive, cached", step, length, True),
+              ("autoregressive, uncached", step, length, False)]
   rows = []
   for label, step, tokens, cache in cases:
     key = jax.random.key(0)
@@ -97,6 +99,8 @@ def main(argv=None) -> int:
   p.add_argument("--batch", type=int, default=32)
   p.add_argument("--steps", type=int, default=8, help="MaskGIT / ROAR steps")
   p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--caption_tokens", type=int, default=0,
+                 help="caption tokens decoded (0: the modality's num_tokens)")
   args = p.parse_args(argv)
   rows = bench(args)
   print(f"\n{'scheme':28s} {'ms/sample':>10s} {'ms/token':>9s} {'compile s':>9s}")
