@@ -9,9 +9,8 @@ Schemes (each compiled first, timed separately, then run `--repeats` times):
 MaskGIT and ROAR for an image target (`--steps` steps), MaskGIT with
 classifier-free guidance (a batch of 2B), and the caption decoded for its
 full length or `--caption_tokens` (no early stop) with and without the
-key/value cache. Prints a
-table and one JSON line per scheme: compile seconds, milliseconds per sample
-(median over repeats) and per decoded token.
+key/value cache. Prints a table and one JSON line per scheme: compile
+seconds, milliseconds per sample (median over repeats) and per decoded token.
 """
 
 from __future__ import annotations
@@ -64,7 +63,8 @@ def bench(args, model=None) -> list[dict]:
       ("maskgit + guidance", generation.Step(image, "maskgit", num_steps=args.steps,
                                              cfg_scale=2.0), n_img, True)]
   if caption:
-    # A stop id beyond the vocabulary: every caption runs its full length.
+    # Decoding stops early only once every row has drawn its stop sentinel:
+    # with random weights every caption runs its full length.
     length = args.caption_tokens or modalities.get(caption).num_tokens
     step = generation.Step(caption, "autoregressive", max_length=length)
     cases += [("autoregressive, cached", step, length, True),
