@@ -28,18 +28,15 @@ reference's caption step ends by merging the decoded ids into its text
 skipped, so its time is the decoding alone.
 """
 
-import argparse, copy, json, os, random, runpy, statistics, sys, time
+import argparse, json, os, random, runpy, statistics, sys, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import side_by_side as sbs  # noqa: E402  (this folder's training comparison)
 
 import jax, torch  # noqa: E402
-from flax import nnx  # noqa: E402
 from m4 import modalities  # noqa: E402
-from m4.models import configs  # noqa: E402
-from m4.models.fourm import FourM  # noqa: E402
-from m4.tools import bench_generate, tiny_checkpoint  # noqa: E402
+from m4.tools import bench_generate  # noqa: E402
 
 SOURCE, IMAGE, CAPTION = "rgb_bench", "depth_bench", "caption_bench"
 
@@ -113,12 +110,6 @@ def time_reference(cases, repeats, batch):
   return out
 
 
-def m4_model(config):
-  modalities.register_from_config(config.modalities)
-  cfg = configs.from_config(config.model)
-  return tiny_checkpoint.numpy_init(lambda: FourM(cfg, rngs=nnx.Rngs(0)), 0, lambda _: cfg.dim)
-
-
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--ml4m", required=True, help="path of an apple/ml-4m checkout")
@@ -136,7 +127,7 @@ def main():
     config.model.update(dim=32, encoder_depth=1, decoder_depth=1, num_heads=2)
     for name, vocab in zip(config.model.encoder_modalities, (512, 256, 128, 1024)):
       config.modalities[name].vocab_size = vocab
-  model = m4_model(config)
+  model = bench_generate.random_model(config)
   sampler, generate = reference_sampler(a.ml4m, config)
   cases = reference_cases(sampler, generate, a.batch, a.steps, a.caption_tokens)
   m4_args = argparse.Namespace(input=SOURCE, batch=a.batch, steps=a.steps, repeats=a.repeats,
@@ -149,7 +140,7 @@ def main():
     sbs.log(f"round {r + 1}/{a.rounds}: reference ...")
     ref = time_reference(cases, a.repeats, a.batch)
     sbs.log("  " + ", ".join(f"{k} {v:.1f} ms" for k, v in ref.items()) + "; m4 ...")
-    rows = {x["scheme"]: x for x in bench_generate.bench(copy.copy(m4_args), model=model)}
+    rows = {x["scheme"]: x for x in bench_generate.bench(m4_args, model=model)}
     row = {"round": r + 1, "reference_ms_per_sample": {k: round(v, 3) for k, v in ref.items()},
            "m4_ms_per_sample": {k: x["ms_per_sample"] for k, x in rows.items()},
            "m4_compile_s": {k: x["compile_s"] for k, x in rows.items()},

@@ -38,7 +38,11 @@ def _model(args):
   if args.init:
     return pretrained.load(args.init)
   path, _, arg = args.config.partition(":")
-  config = runpy.run_path(path)["get_config"](*([arg] if arg else []))
+  return random_model(runpy.run_path(path)["get_config"](*([arg] if arg else [])))
+
+
+def random_model(config) -> FourM:
+  """The FourM of `config.model` (modalities from `config.modalities`), random weights."""
   modalities.register_from_config(config.get("modalities"))
   cfg = configs.from_config(config.model)
   return tiny_checkpoint.numpy_init(lambda: FourM(cfg, rngs=nnx.Rngs(0)), 0, lambda _: cfg.dim)
