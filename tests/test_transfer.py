@@ -417,6 +417,9 @@ def test_end_to_end_scenes_table_both_inits_and_protocols(tmp_path, scenes_dir):
   majority = np.bincount(labels).max() / labels.size
   assert probe["metrics"]["pixel_accuracy"] > majority + 0.1, (probe["metrics"], majority)
   assert probe["metrics"]["miou"] > 1.5 / 6
+  # The crop is fixed up to a flip, so the probes trained on cached encoder features.
+  assert {r.get("probe_inputs") for r in results if r["protocol"] == "probe"} == {
+      "cached features"}
 
   # Running again skips every finished run; other settings are refused, not mixed in.
   first = wd / "eval" / f"{results[0]['run']}.json"
@@ -435,6 +438,7 @@ def test_sweep_picks_each_arms_rate_on_validation_and_the_convnet_is_an_arm(tmp_
   c.sweep.learning_rates = dict(probe=(1e-4, 1e-2), finetune=(), supervised=(3e-3,))
   c.baselines = ("convnet",)
   c.supervised.update(dict(num_steps=40, warmup_steps=4, width=8, stem=2))
+  c.data.crop_scale = (0.8, 1.0)  # Random crops: the probe encodes every batch.
   wd = tmp_path / "wd"
   summary = trainer.run(c, str(wd))
   swept = [json.loads(p.read_text()) for p in sorted((wd / "eval" / "sweep").glob("*.json"))]
@@ -447,6 +451,7 @@ def test_sweep_picks_each_arms_rate_on_validation_and_the_convnet_is_an_arm(tmp_
   final = {(r["init"], r["protocol"]): r for r in results}
   assert final["scratch", "probe"]["learning_rate"] == best["learning_rate"]
   assert final["scratch", "probe"]["eval_split"] == "test"
+  assert final["scratch", "probe"]["probe_inputs"] == "encoder"
   # The first seed's final run is the chosen sweep run's model, not a second training.
   assert final["scratch", "probe"]["run_dir"] == best["run_dir"]
   assert final["scratch", "probe"]["train_loss"] == best["train_loss"]
@@ -525,9 +530,11 @@ def test_bilinear_head_interpolates_each_tokens_scores():
   np.testing.assert_allclose(out[:, inner][:, :, inner], expected, atol=1e-5)
 
 
-def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, scenes_dir, monkeypatch):
+@pytest.mark.parametrize("protocol", ["finetune", "probe"])  # The probe on cached features.
+def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, scenes_dir, monkeypatch,
+                                                       protocol):
   c = _scenes_config(scenes_dir, "")
-  c.inits, c.protocols = ("scratch",), ("finetune",)
+  c.inits, c.protocols = ("scratch",), (protocol,)
   c.checkpoint_every = 3
   c.model = _tiny_cfg().to_dict()  # The end-to-end test's model: its compiled steps are reused.
   whole = trainer.run(c, str(tmp_path / "whole"))

@@ -134,8 +134,26 @@ class AlignedCrop(grain.transforms.RandomMap):
     return self.apply(element, rng)
 
   def apply(self, sample: Mapping[str, Any], rng: np.random.Generator | None) -> dict:
+    return self.crop(sample, self.crop_box(*_image_size(sample), rng))
+
+  @property
+  def fixed(self) -> bool:
+    """Whether every training crop is the central one (only the flip is random)."""
+    return self.crop_scale == (1.0, 1.0) and self.crop_ratio == (1.0, 1.0)
+
+  def views(self, sample: Mapping[str, Any]) -> list[dict]:
+    """Every output a `fixed` crop can give: [central] or [central, mirrored]."""
+    if not self.fixed:
+      raise ValueError(f"views: the crop is random (crop_scale {self.crop_scale}, crop_ratio"
+                       f" {self.crop_ratio}); only a fixed one has a finite set of views.")
+    y0, x0, h, w, _ = self.crop_box(*_image_size(sample), None)
+    flips = (False, True) if self.flip and self.random else (False,)
+    return [self.crop(sample, (y0, x0, h, w, flipped)) for flipped in flips]
+
+  def crop(self, sample: Mapping[str, Any], box) -> dict:
+    """The sample through one box (y0, x0, h, w, flipped) of `crop_box`."""
     height, width = _image_size(sample)
-    y0, x0, h, w, flipped = self.crop_box(height, width, rng)
+    y0, x0, h, w, flipped = box
     out_h, out_w = self.size
     # Source pixel under the centre of each output pixel (nearest neighbour).
     rows = np.minimum(y0 + ((np.arange(out_h) + 0.5) * (h / out_h)).astype(np.int64), height - 1)

@@ -169,11 +169,11 @@ class _Views:
   def __call__(self, sample: Mapping[str, Any], index: int):
     h, w = np.shape(sample.get("rgb", sample.get("depth", sample.get("semseg"))))[:2]
     boxes = [self.central.crop_box(h, w, None)]
-    outs = [self.central.apply(sample, None)]
+    outs = [self.central.crop(sample, boxes[0])]
     for v in range(1, self.num_views):
       seed = [self.seed, self.split_id, int(index), v]
       boxes.append(self.random.crop_box(h, w, np.random.default_rng(seed)))
-      outs.append(self.random.apply(sample, np.random.default_rng(seed)))
+      outs.append(self.random.crop(sample, boxes[-1]))
     return np.asarray(boxes, np.float32), outs
 
 

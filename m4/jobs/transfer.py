@@ -26,6 +26,12 @@ training of it. Each run is evaluated on the held-out split
     DIR/eval/<task>_<budget>_predictions.png   dense tasks: inputs, labels and each
                                                 run's predictions on test samples
 
+A probe whose training crop is fixed up to a flip (the scenes configs) trains
+its head on the frozen encoder's features of both views of every labelled
+sample, encoded once per arm (m4.jobs.probe_features: the same distribution
+of inputs, without reading or encoding a batch per step; the run's result
+says `probe_inputs`); with random crops it encodes every batch.
+
 A run whose eval json exists is skipped, and a run with checkpoints resumes,
 so the same command continues an interrupted job. Paired runs share the label
 subset, the data order and the head's initialisation (all from the seed).
@@ -88,6 +94,7 @@ from m4.data import sources
 from m4.data import subsets
 from m4 import value_scales
 from m4.evaluators import report
+from m4.jobs import probe_features
 from m4.models import configs
 from m4.models import convnet
 from m4.models import pretrained
@@ -149,16 +156,20 @@ def run_length(settings, num_labels: int, batch_size: int, where: str) -> tuple[
 
 
 @functools.lru_cache(maxsize=None)
-def train_step(graphdef, task, frozen, tx):
+def train_step(graphdef, task, protocol: str, tx, cached: bool = False):
   """The run's `m4.engine` step: `step(state, (rest, enc, targets))`, with the
   trainable parameters as `state.params` and the heads' running batch
   statistics as `state.extra` (both pure dicts), `rest` the model's other
-  state. Cached, so runs with the same settings share one compiled step."""
+  state, `enc` the encoder's input batch or, `cached`, the (features, valid)
+  of a probe's m4.jobs.probe_features cache. Cached, so runs with the same
+  settings share one compiled step."""
 
   def loss_fn(params, stats, batch):
     rest, enc, targets = batch
     model = nnx.merge(graphdef, nnx.State(params), nnx.State(stats), rest)
-    loss = transfer.loss(task, model(enc, frozen=frozen, train=True), targets)
+    outputs = (model.readout(*enc, train=True) if cached
+               else model(enc, frozen=protocol == "probe", train=True))
+    loss = transfer.loss(task, outputs, targets)
     return loss, ({}, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
 
   return engine.make_train_step(loss_fn, tx, param_norm=False)
@@ -251,6 +262,7 @@ class _Context:
       self.base = configs.from_config(config.model)
     self.overrides = dict(config.model) if config.init else {}
     self._tokenizers = {}
+    self.probe_cache = (None, None)  # (arm, m4.jobs.probe_features.FeatureCache)
 
   def tokenizer(self, name: str):
     if name not in self._tokenizers:
@@ -383,7 +395,6 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
   num_steps, warmup = run_length(settings, len(source), batch_size, run.protocol)
   inputs = ctx.encoder_inputs(task)
   model = build_model(ctx, run)
-  frozen = run.protocol == "probe"
   graphdef, trainable, stats, rest = nnx.split(
       model, transfer.trainable_filter(model, run.protocol), nnx.BatchStat, ...)
   params, stats = nnx.to_pure_dict(trainable), nnx.to_pure_dict(stats)
@@ -396,8 +407,10 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
       grad_clip=float(settings.grad_clip),
       b1=float(settings.b1), b2=float(settings.b2),
       decay_rules=model.decay_rules(), new_inputs=getattr(model, "new_inputs", ()))
-  it = pipeline.make_iterator(data, data.train_split, seed=run.seed, training=True,
-                              source=source)
+  cache = (_probe_cache(ctx, run, model, data, source, note) if run.protocol == "probe"
+           else None)
+  it = None if cache is not None else pipeline.make_iterator(
+      data, data.train_split, seed=run.seed, training=True, source=source)
   ckpt, start = None, 0
   opt_state = tx.init(params)
   if config.checkpoint_every:
@@ -409,13 +422,17 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
       start = int(meta["step"])
   state = on_mesh(engine.TrainState(step=np.int32(start), params=params, opt_state=opt_state,
                                     extra=stats), ctx.mesh)
-  step_fn = train_step(graphdef, task, frozen, tx)
+  step_fn = train_step(graphdef, task, run.protocol, tx, cache is not None)
   print(f"{note}{len(source)} labelled samples, {num_steps} steps"
         f" ({num_steps * batch_size / len(source):.1f} epochs)"
+        + (", on cached features" if cache is not None else "")
         + (f", resuming at {start}" if start else ""), flush=True)
   logger.total_steps = num_steps
 
   def batches(step):
+    if cache is not None:
+      enc, targets = cache.batch(step)
+      return rest, ctx.place(enc), ctx.place(targets)
     batch = next(it)
     targets = np.asarray(task.targets(batch))
     if step == start + 1:
@@ -447,12 +464,38 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
   state, last, seconds = out.state, out.logged, out.seconds
   if ckpt is not None:
     ckpt.close()
-  if hasattr(it, "close"):
+  if it is not None and hasattr(it, "close"):
     it.close()
   figures = {"steps": num_steps, "epochs": num_steps * batch_size / len(source),
              "train_loss": last.get("loss"), "train_seconds": round(seconds, 1),
              "steps_per_sec": (num_steps - start) / max(seconds, 1e-9)}
+  if run.protocol == "probe":
+    figures["probe_inputs"] = "cached features" if cache is not None else "encoder"
   return nnx.merge(graphdef, nnx.State(state.params), nnx.State(state.extra), rest), figures
+
+
+def _probe_cache(ctx: _Context, run: Run, model, data, source, note: str):
+  """The m4.jobs.probe_features cache of this probe's encoder and labels, or
+  None where it cannot be used (the probe then trains through the encoder).
+  Kept for the next run of the same arm (the sweep's rates, then the final run)."""
+  key = (run.task.name, run.init, run.fraction, run.seed)
+  if ctx.probe_cache[0] == key:
+    return ctx.probe_cache[1]
+  cfg = model.backbone.cfg
+  why = probe_features.unavailable(data, len(source), cfg.num_encoder_tokens * cfg.dim * 4)
+  if why:
+    print(f"{note}the probe encodes every step's batch ({why})", flush=True)
+    return None
+  t0 = time.time()
+  ctx.probe_cache = (None, None)  # Frees the last arm's before building this one.
+  with sharding.use(ctx.mesh, ctx.rules):
+    cache = probe_features.encode(
+        model, ctx.encoder_inputs(run.task), run.task.targets, data, source, ctx.place,
+        seed=run.seed, check=lambda t: _check_targets(run.task, t))
+  print(f"{note}encoded {cache.features.shape[0]} samples x {cache.features.shape[1]} views"
+        f" once for the probe ({time.time() - t0:.0f} s)", flush=True)
+  ctx.probe_cache = (key, cache)
+  return cache
 
 
 def train_and_evaluate(ctx: _Context, run: Run, label: str = "",

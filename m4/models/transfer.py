@@ -203,10 +203,18 @@ class TransferModel(nnx.Module):
     `frozen` stops gradients at the encoder output (linear probing); `train`
     normalises with batch statistics and updates the running ones.
     """
+    out, valid = self.features(batch)
+    return self.readout(jax.lax.stop_gradient(out) if frozen else out, valid, train)
+
+  def features(self, batch) -> tuple[jax.Array, jax.Array]:
+    """The encoder's output tokens (B, N, D) and which of them are real (B, N)."""
     enc = self.backbone.encode(batch, self.backbone.cfg.num_encoder_tokens)
-    out = jax.lax.stop_gradient(enc.out) if frozen else enc.out
+    return enc.out, enc.slots.valid
+
+  def readout(self, out: jax.Array, valid: jax.Array, train: bool = False) -> jax.Array:
+    """The head on the encoder's `features` (what a linear probe trains)."""
     if self.task.kind == CLASSIFICATION:
-      return self.head(out, enc.slots.valid, train)
+      return self.head(out, valid, train)
     b, _, d = out.shape
     h, w = self.grid
     grid = out.reshape(b, len(self.inputs), h, w, d).transpose(0, 2, 3, 1, 4)

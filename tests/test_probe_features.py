@@ -1,0 +1,112 @@
+"""Probes on cached features: the cache holds exactly what the loader feeds the encoder."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from m4 import modalities
+from m4.data import pipeline
+from m4.data import scenes
+from m4.data import subsets
+from m4.jobs import probe_features
+from m4.models import configs
+from m4.models import transfer
+
+PIXELS = "rgb_pixels@32probe"
+PIXELS_SPEC = dict(kind="pixels", vocab_size=0, num_tokens=16, grid=(4, 4), roles=("input",),
+                   tokenizer=None, data_key="rgb")
+
+
+@pytest.fixture(scope="module")
+def scenes_dir(tmp_path_factory):
+  d = str(tmp_path_factory.mktemp("scenes32"))
+  scenes.ensure(d, dict(resolution=32, min_objects=1, max_objects=3, seed=5, antialias=1,
+                        num_train=40, num_validation=4, num_test=4), progress=False)
+  return d
+
+
+def _data(scenes_dir, **kw):
+  data = pipeline.data_config(**{**dict(
+      kind="scenes", dir=scenes_dir, image_size=(32, 32), crop_scale=(1.0, 1.0), flip=True,
+      batch_size=8, modalities=("rgb", "semseg")), **kw})
+  for field in ("resolution", "min_objects", "max_objects", "seed", "antialias", "num_train",
+                "num_validation", "num_test", "extras"):
+    data[field] = None  # What the dataset holds.
+  return data
+
+
+def _model():
+  modalities.register_from_config({PIXELS: PIXELS_SPEC})
+  cfg = configs.FourMConfig(encoder_modalities=(PIXELS,), decoder_modalities=("rgb",), dim=32,
+                            encoder_depth=2, decoder_depth=1, num_heads=2, patch_size=8)
+  task = transfer.TaskSpec.from_config("semseg", dict(
+      kind="segmentation", inputs=(PIXELS,), target="semseg", num_classes=6))
+  cfg = transfer.backbone_config(cfg, task.inputs)
+  model = transfer.TransferModel(cfg, task, image_size=(32, 32),
+                                 rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
+  return model, task, transfer.EncoderInputs((PIXELS,))
+
+
+def test_cached_views_are_exactly_what_the_loader_gives_the_encoder(scenes_dir):
+  data = _data(scenes_dir)
+  model, task, inputs = _model()
+  source = subsets.LabelSubset(scenes.ScenesSource(scenes_dir, "train"), 0.5, seed=0)
+  checked = []
+  cache = probe_features.encode(model, inputs, task.targets, data, source, lambda x: x, seed=0,
+                                check=checked.append)
+  assert cache.features.shape == (20, 2, 16, 32) and cache.targets.shape == (20, 2, 32, 32)
+  assert len(checked) == 1 and checked[0].shape == (40, 32, 32)
+  position = {int(source.source[int(i)]["id"]): k for k, i in enumerate(source.indices)}
+  # Six batches of the training loader (12 epochs' worth of flips would be the same test).
+  it = pipeline.make_iterator(data, "train", seed=0, training=True, source=source)
+  seen_views = set()
+  for _ in range(6):
+    batch = next(it)
+    out, _ = jax.jit(lambda m, b: m.features(b))(model, inputs(batch))
+    for row, sample_id in enumerate(batch["id"]):
+      k = position[int(sample_id)]
+      matches = [v for v in (0, 1) if np.array_equal(cache.targets[k, v], batch["semseg"][row])
+                 and np.allclose(cache.features[k, v], out[row], atol=1e-5)]
+      assert matches, f"sample {sample_id}: the loader's view is not in the cache"
+      seen_views.update(matches)
+  assert seen_views == {0, 1}  # Mirrored and not: the semseg maps tell them apart.
+
+
+def test_the_head_on_cached_features_is_the_models_forward(scenes_dir):
+  data = _data(scenes_dir)
+  model, task, inputs = _model()
+  batch = next(pipeline.make_iterator(data, "validation", seed=0, training=False))
+  enc = inputs(batch)
+  whole = model(enc, frozen=True)
+  assert whole.shape == (8, 32, 32, 6)
+  np.testing.assert_allclose(model.readout(*model.features(enc)), whole, atol=1e-6)
+
+
+def test_draws_are_epochs_of_permutations_with_fair_flips_and_a_function_of_the_step():
+  n, b = 10, 4
+  make = lambda: probe_features.FeatureCache(
+      np.zeros((n, 2, 1, 1)), np.ones((n, 2, 1), bool), np.zeros((n, 2)), batch_size=b, seed=3)
+  cache = make()
+  draws = [cache.draw(step) for step in range(1, 51)]  # 200 draws: 20 epochs.
+  samples = np.concatenate([s for s, _ in draws]).reshape(20, n)
+  views = np.concatenate([v for _, v in draws])
+  assert all(sorted(epoch) == list(range(n)) for epoch in samples)
+  assert len({tuple(e) for e in samples}) > 15  # A new order each epoch.
+  assert 0.35 < views.mean() < 0.65
+  fresh = make()  # A resumed run: same step, same draw, no iterator state.
+  for step in (37, 3, 50):
+    np.testing.assert_array_equal(fresh.draw(step)[0], draws[step - 1][0])
+    np.testing.assert_array_equal(fresh.draw(step)[1], draws[step - 1][1])
+  unflipped = probe_features.FeatureCache(np.zeros((n, 1, 1, 1)), np.ones((n, 1, 1), bool),
+                                          np.zeros((n, 1)), batch_size=b, seed=3)
+  assert not any(unflipped.draw(s)[1].any() for s in range(1, 20))
+
+
+def test_random_crops_and_huge_caches_fall_back_to_the_encoder(scenes_dir):
+  assert probe_features.unavailable(_data(scenes_dir), 100, 1 << 10) == ""
+  why = probe_features.unavailable(_data(scenes_dir, crop_scale=(0.5, 1.0)), 100, 1 << 10)
+  assert "crop_scale" in why
+  assert "GiB" in probe_features.unavailable(_data(scenes_dir), 10**6, 1 << 20)
+  with pytest.raises(ValueError, match="crop is random"):
+    pipeline.geometry(_data(scenes_dir, crop_scale=(0.5, 1.0)), training=True).views({})
