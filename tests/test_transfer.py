@@ -439,6 +439,7 @@ def test_sweep_picks_each_arms_rate_on_validation_and_the_convnet_is_an_arm(tmp_
   c.baselines = ("convnet",)
   c.supervised.update(dict(num_steps=40, warmup_steps=4, width=8, stem=2))
   c.data.crop_scale = (0.8, 1.0)  # Random crops: the probe encodes every batch.
+  c.probe.seeds = (0, 1)  # The probe's own seeds; the conv net keeps config.seeds (0,).
   wd = tmp_path / "wd"
   summary = trainer.run(c, str(wd))
   swept = [json.loads(p.read_text()) for p in sorted((wd / "eval" / "sweep").glob("*.json"))]
@@ -448,7 +449,9 @@ def test_sweep_picks_each_arms_rate_on_validation_and_the_convnet_is_an_arm(tmp_
   assert sorted(probe) == [1e-4, 1e-2]
   best = max(probe.values(), key=lambda r: r["metrics"]["miou"])
   results = json.loads((wd / "eval" / "results.json").read_text())
-  final = {(r["init"], r["protocol"]): r for r in results}
+  assert sorted((r["protocol"], r["seed"]) for r in results) == [
+      ("probe", 0), ("probe", 1), ("supervised", 0)]
+  final = {(r["init"], r["protocol"]): r for r in results if r["seed"] == 0}
   assert final["scratch", "probe"]["learning_rate"] == best["learning_rate"]
   assert final["scratch", "probe"]["eval_split"] == "test"
   assert final["scratch", "probe"]["probe_inputs"] == "encoder"
@@ -464,7 +467,8 @@ def test_sweep_picks_each_arms_rate_on_validation_and_the_convnet_is_an_arm(tmp_
   assert convnet["metrics"]["pixel_accuracy"] > np.bincount(labels).max() / labels.size + 0.1
   table = (wd / "eval" / "results.md").read_text()
   assert "| supervised |" in table and "Learning-rate sweep" in table
-  assert summary["runs"] == len(results) + len(swept) == 2 + 3
+  assert "probe: seeds [0, 1]" in table and "(2)" in table  # The probe row: mean ± std (2).
+  assert summary["runs"] == len(results) + len(swept) == 3 + 3
   assert not summary["verdicts"]  # No pretrained arm here: nothing to compare.
 
 

@@ -23,7 +23,8 @@ pretrained on pseudo labels of those modalities); count and largest_shape
 were never targets.
 
 Variants: `:core` (count, semseg and depth only), `:quick` (the quickstart
-stage: count and semseg, one seed, short runs, each arm's probe rate swept
+stage: count and semseg, one seed (three for the probes, which train on
+cached features in seconds), short runs, each arm's probe rate swept
 on validation, the fine-tuning and conv-net rates the quick-scale sweep
 chose, the conv net's first level on 2x2-pixel positions; about four
 minutes on a 2-core Xeon, nine on a 2-core EPYC), `:tiny` (tests: a few
@@ -40,6 +41,7 @@ from m4.data import pipeline
 def _protocol(**fields) -> ml_collections.ConfigDict:
   """One protocol's settings: every field the transfer job reads for it."""
   return ml_collections.ConfigDict({**dict(
+      seeds=(),  # This protocol's seeds (empty: config.seeds).
       num_steps=400,  # Optimizer steps; 0: use num_epochs.
       num_epochs=0.0,  # Epochs over the labelled subset (when num_steps is 0).
       learning_rate=1e-3,
@@ -125,6 +127,7 @@ def get_config(arg=None):
     for name in ("largest_shape", "depth", "semseg_rgbd"):
       del c.tasks[name]
     c.seeds = (0,)
+    c.probe.seeds = (0, 1, 2)  # Probes on cached features take seconds: 3 seeds, mean ± std.
     c.baseline_fractions = (0.1,)
     # Probes are cheap (seconds): each arm picks its rate, at both scales 0.03-0.3.
     c.sweep.learning_rates = dict(probe=(3e-2, 1e-1, 3e-1), finetune=(), supervised=())

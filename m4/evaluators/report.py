@@ -119,7 +119,8 @@ def describe(config) -> list[str]:
     rates = tuple(config.get("sweep", {}).get("learning_rates", {}).get(p, ()) or ())
     lr = (f"lr swept over {', '.join(f'{x:g}' for x in rates)}" if rates
           else f"lr {s.learning_rate:g}")
-    lines.append(f"{p}: {steps}, batch {config.data.batch_size}, {lr},"
+    seeds = f"seeds {list(s.seeds)}, " if s.get("seeds") else ""
+    lines.append(f"{p}: {seeds}{steps}, batch {config.data.batch_size}, {lr},"
                  f" weight decay {s.weight_decay:g}, layer decay {s.layer_decay:g},"
                  f" head hidden {s.head_hidden}, dense head {s.get('dense_head', 'patch')}")
   return lines

@@ -58,7 +58,8 @@ Config fields (configs/transfer/scenes.py documents a full example):
   pixel_normalization: "symmetric" or "imagenet", for pixel inputs.
   data: the pipeline's `config.data` (train_split, eval_split, image_size,
     crops, batch_size, ...); `modalities` is set per task.
-  probe, finetune: num_steps (or num_epochs over the labelled subset when
+  probe, finetune: seeds (this protocol's, e.g. more for cheap probes; empty:
+    `seeds`), num_steps (or num_epochs over the labelled subset when
     num_steps is 0), learning_rate, min_learning_rate, warmup_steps (or
     warmup_epochs when it is 0), weight_decay, layer_decay (finetune), grad_clip,
     head_hidden, head_norm, dense_head ("patch" | "bilinear" | "upsample"), b1, b2 (AdamW).
@@ -113,7 +114,7 @@ FIELDS = ("title", "seeds", "init", "init_key", "init_step", "model", "modalitie
           "protocols", "label_fractions", "tasks", "tokenizers", "pixel_normalization", "data",
           "probe", "finetune", "baselines", "baseline_fractions", "supervised", "sweep", "eval",
           "log_every", "checkpoint_every", "mesh", "sharding_rules", "prng_impl")
-PROTOCOL_FIELDS = ("num_steps", "num_epochs", "learning_rate", "min_learning_rate",
+PROTOCOL_FIELDS = ("seeds", "num_steps", "num_epochs", "learning_rate", "min_learning_rate",
                    "warmup_steps", "warmup_epochs", "weight_decay", "layer_decay", "grad_clip",
                    "head_hidden", "head_norm", "dense_head", "b1", "b2")
 
@@ -182,6 +183,11 @@ def budget_name(fraction: float) -> str:
   """0.1 -> "10pct", 0.005 -> "0.5pct"."""
   pct = float(fraction) * 100
   return f"{pct:g}pct"
+
+
+def protocol_seeds(config, protocol: str) -> tuple[int, ...]:
+  """The seeds of a protocol's runs: its own `seeds`, else the config's."""
+  return tuple(int(s) for s in (config[protocol].seeds or config.seeds))
 
 
 def run_name(task: str, init: str, protocol: str, fraction: float, seed: int) -> str:
@@ -365,7 +371,8 @@ def run_settings(ctx: _Context, run: Run) -> dict:
   data["eval_split"] = run.split
   out = {"task": dataclasses.asdict(task), "init": run.init, "protocol": run.protocol,
          "label_fraction": float(run.fraction), "seed": int(run.seed),
-         "optimizer": run.settings.to_dict(), "model": ctx.overrides, "data": data,
+         "optimizer": {k: v for k, v in run.settings.to_dict().items() if k != "seeds"},
+         "model": ctx.overrides, "data": data,
          "inputs": {n: (config.tokenizers.get(n) or modalities.get(n).tokenizer)
                     if modalities.get(n).kind == modalities.IMAGE
                     else config.pixel_normalization for n in task.inputs},
@@ -599,7 +606,7 @@ def sweep(ctx: _Context, task: transfer.TaskSpec, fraction: float, init: str, pr
   rates = tuple(ctx.config.sweep.learning_rates.get(protocol, ()) or ())
   if not rates:
     return settings, [], None
-  seed = int(ctx.config.seeds[0])
+  seed = protocol_seeds(ctx.config, protocol)[0]
   results, best = [], None
   for lr in rates:
     tried = settings.copy_and_resolve_references()
@@ -624,8 +631,9 @@ def run(config, workdir: str) -> dict:
     label = f"[transfer {i + 1}/{len(arms)}] "
     settings, tried, chosen = sweep(ctx, task, fraction, init, protocol, label)
     swept += tried
-    for seed in config.seeds:
-      reuse = chosen if int(seed) == int(config.seeds[0]) else None
+    seeds = protocol_seeds(config, protocol)
+    for seed in seeds:
+      reuse = chosen if seed == seeds[0] else None
       results.append(train_and_evaluate(
           ctx, Run(task, init, protocol, fraction, int(seed), settings, config.data.eval_split),
           label=label, trained=reuse)[0])
