@@ -9,6 +9,7 @@ from m4 import modalities
 from m4.data import pipeline
 from m4.data import scenes
 from m4.data import subsets
+from m4.data import transforms
 from m4.jobs import probe_features
 from m4.models import configs
 from m4.models import transfer
@@ -73,14 +74,19 @@ def test_cached_views_are_exactly_what_the_loader_gives_the_encoder(scenes_dir):
   assert seen_views == {0, 1}  # Mirrored and not: the semseg maps tell them apart.
 
 
-def test_the_head_on_cached_features_is_the_models_forward(scenes_dir):
-  data = _data(scenes_dir)
-  model, task, inputs = _model()
-  batch = next(pipeline.make_iterator(data, "validation", seed=0, training=False))
-  enc = inputs(batch)
-  whole = model(enc, frozen=True)
-  assert whole.shape == (8, 32, 32, 6)
-  np.testing.assert_allclose(model.readout(*model.features(enc)), whole, atol=1e-6)
+def test_an_image_whose_training_crop_can_shift_has_no_finite_views():
+  crop = transforms.AlignedCrop((32, 32), flip=True)
+  square = {"id": 1, "rgb": np.zeros((40, 40, 3), np.uint8)}
+  assert len(crop.views(square)) == 2
+  assert len(transforms.AlignedCrop((32, 32)).views(square)) == 1  # No flip: one view.
+  # 40 x 41: the full-area square fits with a column to spare, so the loader's crop moves.
+  wide = {"id": 2, "rgb": np.zeros((40, 41, 3), np.uint8)}
+  rng = np.random.default_rng(0)
+  assert len({crop.crop_box(40, 41, rng)[1] for _ in range(50)}) == 2
+  with pytest.raises(ValueError, match="may shift"):
+    crop.views(wide)
+  assert len(transforms.AlignedCrop((32, 32), flip=True).views(
+      {"id": 3, "rgb": np.zeros((40, 60, 3), np.uint8)})) == 2  # Never fits: central only.
 
 
 def test_draws_are_epochs_of_permutations_with_fair_flips_and_a_function_of_the_step():
@@ -104,9 +110,9 @@ def test_draws_are_epochs_of_permutations_with_fair_flips_and_a_function_of_the_
 
 
 def test_random_crops_and_huge_caches_fall_back_to_the_encoder(scenes_dir):
-  assert probe_features.unavailable(_data(scenes_dir), 100, 1 << 10) == ""
-  why = probe_features.unavailable(_data(scenes_dir, crop_scale=(0.5, 1.0)), 100, 1 << 10)
+  assert probe_features.uncached_reason(_data(scenes_dir), 100, 1 << 10) == ""
+  why = probe_features.uncached_reason(_data(scenes_dir, crop_scale=(0.5, 1.0)), 100, 1 << 10)
   assert "crop_scale" in why
-  assert "GiB" in probe_features.unavailable(_data(scenes_dir), 10**6, 1 << 20)
+  assert "GiB" in probe_features.uncached_reason(_data(scenes_dir), 10**6, 1 << 20)
   with pytest.raises(ValueError, match="crop is random"):
     pipeline.geometry(_data(scenes_dir, crop_scale=(0.5, 1.0)), training=True).views({})

@@ -196,7 +196,7 @@ def test_probe_keeps_the_encoder_frozen_and_finetuning_changes_it(protocol):
                                  grad_clip=1.0, b1=0.9, b2=0.999,
                                  decay_rules=model.decay_rules())
   state = engine.init_state(params, tx, extra=stats)
-  step = trainer.train_step(graphdef, task, protocol == "probe", tx)
+  step = trainer.train_step(graphdef, task, protocol, tx)
   enc, labels = _batch()
   for _ in range(3):
     state, metrics = step(state, (rest, enc, labels))
@@ -431,17 +431,22 @@ def test_end_to_end_scenes_table_both_inits_and_protocols(tmp_path, scenes_dir):
   assert first.stat().st_mtime == mtime
 
 
-def test_sweep_picks_each_arms_rate_on_validation_and_the_convnet_is_an_arm(tmp_path, scenes_dir):
+def test_sweep_picks_each_arms_rate_on_validation_and_the_convnet_is_an_arm(tmp_path, scenes_dir,
+                                                                           monkeypatch):
   c = _scenes_config(scenes_dir, "")
   c.inits, c.protocols = ("scratch",), ("probe",)
   c.model = _tiny_cfg().to_dict()
   c.sweep.learning_rates = dict(probe=(1e-4, 1e-2), finetune=(), supervised=(3e-3,))
   c.baselines = ("convnet",)
   c.supervised.update(dict(num_steps=40, warmup_steps=4, width=8, stem=2))
-  c.data.crop_scale = (0.8, 1.0)  # Random crops: the probe encodes every batch.
-  c.probe.seeds = (0, 1)  # The probe's own seeds; the conv net keeps config.seeds (0,).
+  c.probe.seeds = (1, 2)  # The probe's own seeds; the conv net keeps config.seeds (0,).
+  encoded = []
+  encode = trainer.probe_features.encode
+  monkeypatch.setattr(trainer.probe_features, "encode",
+                      lambda *a, **k: encoded.append(k["seed"]) or encode(*a, **k))
   wd = tmp_path / "wd"
   summary = trainer.run(c, str(wd))
+  assert encoded == [1, 2]  # Once per seed: the sweep's two rates share seed 1's cache.
   swept = [json.loads(p.read_text()) for p in sorted((wd / "eval" / "sweep").glob("*.json"))]
   # Scored on the validation split, never the test split; one run per rate.
   assert {r["eval_split"] for r in swept} == {"validation"}
@@ -450,11 +455,12 @@ def test_sweep_picks_each_arms_rate_on_validation_and_the_convnet_is_an_arm(tmp_
   best = max(probe.values(), key=lambda r: r["metrics"]["miou"])
   results = json.loads((wd / "eval" / "results.json").read_text())
   assert sorted((r["protocol"], r["seed"]) for r in results) == [
-      ("probe", 0), ("probe", 1), ("supervised", 0)]
-  final = {(r["init"], r["protocol"]): r for r in results if r["seed"] == 0}
+      ("probe", 1), ("probe", 2), ("supervised", 0)]
+  assert {r["seed"] for r in swept if r["protocol"] == "probe"} == {1}  # The probe's first.
+  final = {(r["init"], r["protocol"]): r for r in results if r["seed"] in (0, 1)}
   assert final["scratch", "probe"]["learning_rate"] == best["learning_rate"]
   assert final["scratch", "probe"]["eval_split"] == "test"
-  assert final["scratch", "probe"]["probe_inputs"] == "encoder"
+  assert final["scratch", "probe"]["probe_inputs"] == "cached features"
   # The first seed's final run is the chosen sweep run's model, not a second training.
   assert final["scratch", "probe"]["run_dir"] == best["run_dir"]
   assert final["scratch", "probe"]["train_loss"] == best["train_loss"]
@@ -467,7 +473,7 @@ def test_sweep_picks_each_arms_rate_on_validation_and_the_convnet_is_an_arm(tmp_
   assert convnet["metrics"]["pixel_accuracy"] > np.bincount(labels).max() / labels.size + 0.1
   table = (wd / "eval" / "results.md").read_text()
   assert "| supervised |" in table and "Learning-rate sweep" in table
-  assert "probe: seeds [0, 1]" in table and "(2)" in table  # The probe row: mean ± std (2).
+  assert "probe: seeds [1, 2]" in table and "(2)" in table  # The probe row: mean ± std (2).
   assert summary["runs"] == len(results) + len(swept) == 3 + 3
   assert not summary["verdicts"]  # No pretrained arm here: nothing to compare.
 
@@ -534,11 +540,14 @@ def test_bilinear_head_interpolates_each_tokens_scores():
   np.testing.assert_allclose(out[:, inner][:, :, inner], expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("protocol", ["finetune", "probe"])  # The probe on cached features.
+# The probe on cached features, and through the encoder (random crops).
+@pytest.mark.parametrize("protocol,crop_scale", [("finetune", 1.0), ("probe", 1.0),
+                                                  ("probe", 0.8)])
 def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, scenes_dir, monkeypatch,
-                                                       protocol):
+                                                       protocol, crop_scale):
   c = _scenes_config(scenes_dir, "")
   c.inits, c.protocols = ("scratch",), (protocol,)
+  c.data.crop_scale = (crop_scale, 1.0)
   c.checkpoint_every = 3
   c.model = _tiny_cfg().to_dict()  # The end-to-end test's model: its compiled steps are reused.
   whole = trainer.run(c, str(tmp_path / "whole"))
@@ -564,6 +573,39 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, scenes_dir, mon
   assert resumed["headline"] == whole["headline"]
   get = lambda d: json.loads((tmp_path / d / "eval" / "results.json").read_text())[0]
   assert get("cut")["train_loss"] == get("whole")["train_loss"]
+  if protocol == "probe":
+    assert get("cut")["probe_inputs"] == ("cached features" if crop_scale == 1 else "encoder")
+
+
+def test_a_probe_checkpointed_through_the_loader_does_not_resume_on_cached_features(
+    tmp_path, scenes_dir, monkeypatch):
+  c = _scenes_config(scenes_dir, "")
+  c.inits, c.protocols = ("scratch",), ("probe",)
+  c.checkpoint_every = 3
+  c.model = _tiny_cfg().to_dict()
+  make_step = trainer.train_step
+
+  def crash_at_five(*settings):
+    step, calls = make_step(*settings), []
+
+    def run(*args):
+      calls.append(1)
+      if len(calls) == 5:
+        raise KeyboardInterrupt("stopped after a checkpoint at step 3")
+      return step(*args)
+
+    return run
+
+  monkeypatch.setattr(trainer, "train_step", crash_at_five)
+  monkeypatch.setattr(trainer.probe_features, "uncached_reason", lambda *a: "forced")
+  with pytest.raises(KeyboardInterrupt):
+    trainer.run(c, str(tmp_path / "wd"))
+  monkeypatch.undo()
+  with pytest.raises(workdir.ConfigError, match="written training from the loader"):
+    trainer.run(c, str(tmp_path / "wd"))
+  run_dir = tmp_path / "wd" / "runs" / "semseg" / "scratch__probe__50pct__s0"
+  assert (run_dir / "checkpoints" / "3").is_dir()  # Kept, and no result made of the mix.
+  assert not (tmp_path / "wd" / "eval" / "semseg__scratch__probe__50pct__s0.json").exists()
 
 
 # ------------------------------------------------------------------ TFDS benchmarks

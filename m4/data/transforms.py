@@ -142,11 +142,23 @@ class AlignedCrop(grain.transforms.RandomMap):
     return self.crop_scale == (1.0, 1.0) and self.crop_ratio == (1.0, 1.0)
 
   def views(self, sample: Mapping[str, Any]) -> list[dict]:
-    """Every output a `fixed` crop can give: [central] or [central, mirrored]."""
+    """Every output a `fixed` crop can give: [central] or [central, mirrored].
+
+    ValueError where a training crop could move: a random crop, or an image
+    whose aspect ratio is the output's up to rounding (the full-area box then
+    fits with a pixel to spare and the training crop may shift by it).
+    """
     if not self.fixed:
       raise ValueError(f"views: the crop is random (crop_scale {self.crop_scale}, crop_ratio"
                        f" {self.crop_ratio}); only a fixed one has a finite set of views.")
-    y0, x0, h, w, _ = self.crop_box(*_image_size(sample), None)
+    height, width = _image_size(sample)
+    aspect = self.size[1] / self.size[0]
+    w = int(round(math.sqrt(height * width * aspect)))
+    h = int(round(math.sqrt(height * width / aspect)))
+    if self.random and 0 < w <= width and 0 < h <= height and (h, w) != (height, width):
+      raise ValueError(f"views: sample {sample.get('id')}'s training crop ({h}x{w} of"
+                       f" {height}x{width}) may shift within the image; no finite set of views.")
+    y0, x0, h, w, _ = self.crop_box(height, width, None)
     flips = (False, True) if self.flip and self.random else (False,)
     return [self.crop(sample, (y0, x0, h, w, flipped)) for flipped in flips]
 

@@ -12,12 +12,15 @@ fraction of the cost (no image is read, cropped, tokenized or encoded again).
 The draw is a pure function of (seed, step), so a resumed run continues it
 without any iterator state.
 
-`unavailable` says why a run cannot use the cache (a random crop, several
-processes); the job then trains the probe through the encoder as before.
+`uncached_reason` says why a run cannot use the cache (a random crop,
+several processes, too little memory), as does `Uncacheable` from `encode`
+(an image whose training crop could shift by a pixel); the job then trains
+the probe through the encoder as before.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -26,17 +29,22 @@ from flax import nnx
 
 from m4.data import pipeline
 
-# The most host memory (bytes) the cached features of one arm may take.
+# The most host memory (bytes) one arm's cache may take while it is built.
 MAX_BYTES = 4 << 30
 
 
-def unavailable(data, num_samples: int, features_bytes: int) -> str:
-  """Why a probe on this data cannot train from cached features ("" if it can)."""
+class Uncacheable(ValueError):
+  """A sample has no finite set of training views."""
+
+
+def uncached_reason(data, num_samples: int, view_bytes: int) -> str:
+  """Why a probe on this data cannot train from cached features ("" if it can);
+  `view_bytes`: one view's features and targets."""
   if jax.process_count() > 1:
     return "several processes"
   if not pipeline.geometry(data, training=True).fixed:
     return f"random crops (data.crop_scale {tuple(data.crop_scale)})"
-  if 2 * num_samples * features_bytes > MAX_BYTES:
+  if 2 * 2 * num_samples * view_bytes > MAX_BYTES:  # 2 views; kept twice while joined.
     return f"the features of {num_samples} samples would not fit in {MAX_BYTES >> 30} GiB"
   return ""
 
@@ -58,6 +66,7 @@ class FeatureCache:
                *, batch_size: int, seed: int):
     self.features, self.valid, self.targets = features, valid, targets
     self.batch_size, self.seed = int(batch_size), int(seed)
+    self.seconds = 0.0  # What building it took (the job sets it).
     self._epoch = (None, None, None)
 
   def __len__(self) -> int:
@@ -84,6 +93,12 @@ class FeatureCache:
     return (self.features[s, v], self.valid[s, v]), self.targets[s, v]
 
 
+@functools.lru_cache(maxsize=None)
+def _features_fn(graphdef):
+  """The jitted `features` of a model structure (compiled once per shape)."""
+  return jax.jit(lambda state, batch: nnx.merge(graphdef, state).features(batch))
+
+
 def encode(model, inputs: Callable[[dict], dict], targets: Callable[[dict], Any], data, source,
            place: Callable, *, seed: int, check: Callable[[np.ndarray], None]) -> FeatureCache:
   """The cache of `model.features` over every view of every sample of `source`.
@@ -94,7 +109,7 @@ def encode(model, inputs: Callable[[dict], dict], targets: Callable[[dict], Any]
   """
   crop = pipeline.geometry(data, training=True)
   graphdef, state = nnx.split(model)
-  features_fn = jax.jit(lambda state, batch: nnx.merge(graphdef, state).features(batch))
+  features_fn = _features_fn(graphdef)
   size = int(data.batch_size)
   outs, pending, num_views = [], [], None
 
@@ -110,7 +125,10 @@ def encode(model, inputs: Callable[[dict], dict], targets: Callable[[dict], Any]
     sample = source[i]
     if sample is None:  # Unreadable: the loader skips it too.
       continue
-    views = crop.views(sample)
+    try:
+      views = crop.views(sample)
+    except ValueError as e:
+      raise Uncacheable(str(e)) from None
     num_views = num_views or len(views)
     for view in views:
       pending.append(view)

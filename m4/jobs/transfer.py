@@ -418,6 +418,7 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
            else None)
   it = None if cache is not None else pipeline.make_iterator(
       data, data.train_split, seed=run.seed, training=True, source=source)
+  inputs_kind = "loader" if cache is None else "cached features"
   ckpt, start = None, 0
   opt_state = tx.init(params)
   if config.checkpoint_every:
@@ -425,6 +426,12 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
     if ckpt.latest_step() is not None:
       stored, meta = ckpt.restore({"params": params, "stats": stats, "opt_state": opt_state},
                                   data_iter=it)
+      stored_kind = meta.get("inputs", "loader")
+      if stored_kind != inputs_kind:
+        ckpt.close()
+        raise ConfigError(f"{ckpt.directory} was written training from the {stored_kind},"
+                          f" this run trains from the {inputs_kind}; move that run directory"
+                          " away to redo it. Nothing was changed.")
       params, stats, opt_state = stored["params"], stored["stats"], stored["opt_state"]
       start = int(meta["step"])
   state = on_mesh(engine.TrainState(step=np.int32(start), params=params, opt_state=opt_state,
@@ -449,7 +456,7 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
   def save(step, state, logged):
     del logged
     ckpt.save(step, {"params": state.params, "stats": state.extra,
-                     "opt_state": state.opt_state}, data_iter=it)
+                     "opt_state": state.opt_state}, data_iter=it, meta={"inputs": inputs_kind})
 
   def summarize(step, mean):
     return {"loss": mean["loss"], "grad_norm": mean["grad_norm"], "lr": lr(step)}
@@ -478,29 +485,38 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
              "steps_per_sec": (num_steps - start) / max(seconds, 1e-9)}
   if run.protocol == "probe":
     figures["probe_inputs"] = "cached features" if cache is not None else "encoder"
+    if cache is not None:  # Encoded once per arm and seed, shared by the sweep's rates.
+      figures["encode_seconds"] = round(cache.seconds, 1)
   return nnx.merge(graphdef, nnx.State(state.params), nnx.State(state.extra), rest), figures
 
 
 def _probe_cache(ctx: _Context, run: Run, model, data, source, note: str):
   """The m4.jobs.probe_features cache of this probe's encoder and labels, or
   None where it cannot be used (the probe then trains through the encoder).
-  Kept for the next run of the same arm (the sweep's rates, then the final run)."""
+  Kept for the next run of the same arm and seed (the sweep's other rates)."""
   key = (run.task.name, run.init, run.fraction, run.seed)
   if ctx.probe_cache[0] == key:
     return ctx.probe_cache[1]
   cfg = model.backbone.cfg
-  why = probe_features.unavailable(data, len(source), cfg.num_encoder_tokens * cfg.dim * 4)
+  target_bytes = 4 * math.prod(data.image_size) if run.task.dense else 8
+  why = probe_features.uncached_reason(
+      data, len(source), cfg.num_encoder_tokens * (cfg.dim * 4 + 1) + target_bytes)
+  t0 = time.time()
+  ctx.probe_cache = (None, None)  # Frees the last arm's before building this one.
+  if not why:
+    try:
+      with sharding.use(ctx.mesh, ctx.rules):
+        cache = probe_features.encode(
+            model, ctx.encoder_inputs(run.task), run.task.targets, data, source, ctx.place,
+            seed=run.seed, check=lambda t: _check_targets(run.task, t))
+    except probe_features.Uncacheable as e:
+      why = str(e)
   if why:
     print(f"{note}the probe encodes every step's batch ({why})", flush=True)
     return None
-  t0 = time.time()
-  ctx.probe_cache = (None, None)  # Frees the last arm's before building this one.
-  with sharding.use(ctx.mesh, ctx.rules):
-    cache = probe_features.encode(
-        model, ctx.encoder_inputs(run.task), run.task.targets, data, source, ctx.place,
-        seed=run.seed, check=lambda t: _check_targets(run.task, t))
+  cache.seconds = time.time() - t0
   print(f"{note}encoded {cache.features.shape[0]} samples x {cache.features.shape[1]} views"
-        f" once for the probe ({time.time() - t0:.0f} s)", flush=True)
+        f" once for the probe ({cache.seconds:.0f} s)", flush=True)
   ctx.probe_cache = (key, cache)
   return cache
 
