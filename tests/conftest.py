@@ -25,3 +25,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture
 def repo_root():
   return REPO
+
+
+# The longest modules (two-process training, the resumed pretraining runs, the
+# fault campaign's fixture run, the learning tokenizer, transfer), run first:
+# pytest.ini hands whole modules to the workers in collection order, so a long
+# module collected late runs alone at the end while the other core idles.
+LONGEST_FIRST = ("test_multihost.py", "test_pretrain.py", "test_faults.py", "test_vq.py",
+                 "test_transfer.py", "test_fourm.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # Stable: modules stay whole.
