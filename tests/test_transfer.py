@@ -540,16 +540,9 @@ def test_bilinear_head_interpolates_each_tokens_scores():
   np.testing.assert_allclose(out[:, inner][:, :, inner], expected, atol=1e-5)
 
 
-# The probe on cached features (the next test trains one through the encoder).
-@pytest.mark.parametrize("protocol", ["finetune", "probe"])
-def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, scenes_dir, monkeypatch,
-                                                       protocol):
-  c = _scenes_config(scenes_dir, "")
-  c.inits, c.protocols = ("scratch",), (protocol,)
-  c.checkpoint_every = 3
-  c.model = _tiny_cfg().to_dict()  # The end-to-end test's model: its compiled steps are reused.
-  whole = trainer.run(c, str(tmp_path / "whole"))
-  make_step = trainer.train_step
+def _crashing_at_step_five(make_step):
+  """A train_step factory whose steps raise KeyboardInterrupt at the fifth call
+  (after the checkpoint at step 3)."""
   calls = []
 
   def crashing(*settings):
@@ -563,7 +556,20 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, scenes_dir, mon
 
     return crash_at_five
 
-  monkeypatch.setattr(trainer, "train_step", crashing)
+  return crashing
+
+
+# The probe on cached features (the next test trains one through the encoder).
+@pytest.mark.parametrize("protocol", ["finetune", "probe"])
+def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, scenes_dir, monkeypatch,
+                                                       protocol):
+  c = _scenes_config(scenes_dir, "")
+  c.inits, c.protocols = ("scratch",), (protocol,)
+  c.checkpoint_every = 3
+  c.model = _tiny_cfg().to_dict()  # The end-to-end test's model: its compiled steps are reused.
+  whole = trainer.run(c, str(tmp_path / "whole"))
+  make_step = trainer.train_step
+  monkeypatch.setattr(trainer, "train_step", _crashing_at_step_five(make_step))
   with pytest.raises(KeyboardInterrupt):
     trainer.run(c, str(tmp_path / "cut"))
   monkeypatch.setattr(trainer, "train_step", make_step)
@@ -581,20 +587,7 @@ def test_a_probe_checkpointed_through_the_loader_does_not_resume_on_cached_featu
   c.inits, c.protocols = ("scratch",), ("probe",)
   c.checkpoint_every = 3
   c.model = _tiny_cfg().to_dict()
-  make_step = trainer.train_step
-
-  def crash_at_five(*settings):
-    step, calls = make_step(*settings), []
-
-    def run(*args):
-      calls.append(1)
-      if len(calls) == 5:
-        raise KeyboardInterrupt("stopped after a checkpoint at step 3")
-      return step(*args)
-
-    return run
-
-  monkeypatch.setattr(trainer, "train_step", crash_at_five)
+  monkeypatch.setattr(trainer, "train_step", _crashing_at_step_five(trainer.train_step))
   monkeypatch.setattr(trainer.probe_features, "uncached_reason", lambda *a: "forced")
   with pytest.raises(KeyboardInterrupt):  # Trained through the encoder, checkpointed at 3.
     trainer.run(c, str(tmp_path / "wd"))
