@@ -61,6 +61,11 @@ def _image_size(sample: Mapping[str, Any]) -> tuple[int, int]:
   return next(iter(sizes.values()))
 
 
+def _box_size(area: float, ratio: float) -> tuple[int, int]:
+  """(h, w) of a box of this area and aspect ratio (w / h), in whole pixels."""
+  return int(round(math.sqrt(area / ratio))), int(round(math.sqrt(area * ratio)))
+
+
 _LEFT_RIGHT = re.compile(r"\b(left|right)\b")
 
 
@@ -114,9 +119,7 @@ class AlignedCrop(grain.transforms.RandomMap):
       log_lo, log_hi = math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1])
       for _ in range(10):
         area = height * width * rng.uniform(*self.crop_scale)
-        ratio = aspect * math.exp(rng.uniform(log_lo, log_hi))
-        w = int(round(math.sqrt(area * ratio)))
-        h = int(round(math.sqrt(area / ratio)))
+        h, w = _box_size(area, aspect * math.exp(rng.uniform(log_lo, log_hi)))
         if 0 < w <= width and 0 < h <= height:
           y0 = int(rng.integers(0, height - h + 1))
           x0 = int(rng.integers(0, width - w + 1))
@@ -152,9 +155,7 @@ class AlignedCrop(grain.transforms.RandomMap):
       raise ValueError(f"views: the crop is random (crop_scale {self.crop_scale}, crop_ratio"
                        f" {self.crop_ratio}); only a fixed one has a finite set of views.")
     height, width = _image_size(sample)
-    aspect = self.size[1] / self.size[0]
-    w = int(round(math.sqrt(height * width * aspect)))
-    h = int(round(math.sqrt(height * width / aspect)))
+    h, w = _box_size(height * width, self.size[1] / self.size[0])  # The full-area draw.
     if self.random and 0 < w <= width and 0 < h <= height and (h, w) != (height, width):
       raise ValueError(f"views: sample {sample.get('id')}'s training crop ({h}x{w} of"
                        f" {height}x{width}) may shift within the image; no finite set of views.")

@@ -21,6 +21,7 @@ the probe through the encoder as before.
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any, Callable
 
 import jax
@@ -66,7 +67,7 @@ class FeatureCache:
                *, batch_size: int, seed: int):
     self.features, self.valid, self.targets = features, valid, targets
     self.batch_size, self.seed = int(batch_size), int(seed)
-    self.seconds = 0.0  # What building it took (the job sets it).
+    self.seconds = 0.0  # What building it took (set by `encode`).
     self._epoch = (None, None, None)
 
   def __len__(self) -> int:
@@ -107,6 +108,7 @@ def encode(model, inputs: Callable[[dict], dict], targets: Callable[[dict], Any]
   targets: raw batch -> the task's targets; place: host arrays -> arrays on
   the mesh; check: called once with all targets.
   """
+  t0 = time.time()
   crop = pipeline.geometry(data, training=True)
   graphdef, state = nnx.split(model)
   features_fn = _features_fn(graphdef)
@@ -141,5 +143,7 @@ def encode(model, inputs: Callable[[dict], dict], targets: Callable[[dict], Any]
   feats, valid, targs = (np.concatenate(x) for x in zip(*outs))
   check(targs)
   per_sample = lambda x: x.reshape(-1, num_views, *x.shape[1:])
-  return FeatureCache(per_sample(feats), per_sample(valid), per_sample(targs),
-                      batch_size=size, seed=seed)
+  cache = FeatureCache(per_sample(feats), per_sample(valid), per_sample(targs),
+                       batch_size=size, seed=seed)
+  cache.seconds = time.time() - t0
+  return cache

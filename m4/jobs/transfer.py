@@ -501,7 +501,6 @@ def _probe_cache(ctx: _Context, run: Run, model, data, source, note: str):
   target_bytes = 4 * math.prod(data.image_size) if run.task.dense else 8
   why = probe_features.uncached_reason(
       data, len(source), cfg.num_encoder_tokens * (cfg.dim * 4 + 1) + target_bytes)
-  t0 = time.time()
   ctx.probe_cache = (None, None)  # Frees the last arm's before building this one.
   if not why:
     try:
@@ -514,7 +513,6 @@ def _probe_cache(ctx: _Context, run: Run, model, data, source, note: str):
   if why:
     print(f"{note}the probe encodes every step's batch ({why})", flush=True)
     return None
-  cache.seconds = time.time() - t0
   print(f"{note}encoded {cache.features.shape[0]} samples x {cache.features.shape[1]} views"
         f" once for the probe ({cache.seconds:.0f} s)", flush=True)
   ctx.probe_cache = (key, cache)
