@@ -12,6 +12,12 @@ that failed (a damaged input, a full disk, divergence), 130 for Ctrl-C.
 Whatever ends the job, its checkpointers are closed first (no orbax thread
 outlives it), and a refused run leaves the workdir as it was.
 
+On a CPU the job runs data-parallel over one XLA device per core (a power of
+two, at most 8; `--cpu_devices=N` sets N, 1 turns it off): XLA:CPU keeps a
+second core mostly idle inside one device's convolutions and small matmuls,
+so 2 devices on 2 cores train the VQ tokenizers about 1.9x and the 4M model
+about 1.4x faster (experiments/train_speed/, "One device per core").
+
 Multi-host: run the same command on every host with `--distributed`
 (`jax.distributed.initialize()`, which finds its peers on Cloud TPU, Slurm
 and Open MPI), or name them: `--coordinator_address=HOST0:PORT
@@ -32,6 +38,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from m4 import jobs
+from m4 import sharding
 from m4 import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file with get_config().")
@@ -42,6 +49,9 @@ _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", "", "Multi-host: HOST:PORT of process 0 (implies --distributed).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", 0, "XLA devices on the host CPU; 0: one per core (a power of two, at most"
+    " 8; single-host runs only), 1: one device.")
 
 
 def _quiet_background_errors():
@@ -123,6 +133,17 @@ def _parse_flags(argv):
   return rest
 
 
+def _set_cpu_devices():
+  """CPU devices (m4.sharding.use_cpu_devices) before anything touches a backend;
+  multi-host runs keep their count unless --cpu_devices names one."""
+  if _CPU_DEVICES.value == 0 and (_DISTRIBUTED.value or _COORDINATOR.value):
+    return
+  try:
+    sharding.use_cpu_devices(_CPU_DEVICES.value)
+  except ValueError:
+    _fail(f"--cpu_devices must be 0 (one per core) or a positive count, got {_CPU_DEVICES.value}")
+
+
 def _init_distributed():
   """jax.distributed.initialize, before anything touches a JAX backend."""
   if not (_DISTRIBUTED.value or _COORDINATOR.value):
@@ -136,7 +157,9 @@ def _run_closing(config, workdir: str):
   """Runs the job; its checkpointers are closed whatever ends it."""
   try:
     workdir_lib.check_workdir(workdir)
-    logging.info("m4: running job %r in %s", config.job, workdir)
+    devices = jax.devices()
+    logging.info("m4: running job %r in %s on %d %s device(s)", config.job, workdir, len(devices),
+                 devices[0].platform)
     return jobs.get(config.job)(config, workdir), None
   except BaseException:
     _quiet_background_errors()
@@ -164,6 +187,7 @@ def _run(config, workdir: str):
 def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  _set_cpu_devices()
   _init_distributed()
   summary, error = _run(_CONFIG.value, _WORKDIR.value)
   if error:

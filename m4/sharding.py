@@ -13,12 +13,18 @@ Parameters carry their logical names as `nnx.with_partitioning(init, names)`
 metadata; activations are constrained with `constrain(x, names)`, which does
 nothing outside `with use(mesh, rules):`. The same code runs on 1 CPU, 8
 devices or many hosts.
+
+On a CPU, `use_cpu_devices()` (called by `m4.main` and the benchmarks before
+JAX starts) gives the process one XLA device per core, so a data-parallel
+mesh keeps every core busy: XLA:CPU leaves a second core mostly idle inside
+one device's small convolutions and matmuls.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 from typing import Any, Mapping, Sequence
 
@@ -29,6 +35,30 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 LogicalRules = tuple[tuple[str, Any], ...]
+MAX_AUTO_CPU_DEVICES = 8
+
+
+def auto_cpu_devices(cores: int) -> int:
+  """One device per core, rounded down to a power of two (batches split evenly), at most 8."""
+  n = 1
+  while n * 2 <= min(cores, MAX_AUTO_CPU_DEVICES):
+    n *= 2
+  return n
+
+
+def use_cpu_devices(requested: int = 0) -> int | None:
+  """Sets `jax_num_cpu_devices` before a backend starts: `requested`, or (0) one
+  per core of this process (`auto_cpu_devices`), unless the environment
+  already sets a count (XLA_FLAGS, JAX_NUM_CPU_DEVICES). Returns the count set."""
+  if requested < 0:
+    raise ValueError(f"CPU devices: need 0 (one per core) or a positive count, got {requested}")
+  if not requested:
+    if ("xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+        or "JAX_NUM_CPU_DEVICES" in os.environ):
+      return None
+    requested = auto_cpu_devices(len(os.sched_getaffinity(0)))
+  jax.config.update("jax_num_cpu_devices", requested)
+  return requested
 
 MESH_AXES = ("data", "fsdp", "tensor")
 

@@ -2,6 +2,7 @@
 
 import runpy
 
+import jax
 import numpy as np
 import pytest
 
@@ -10,24 +11,25 @@ from tests.conftest import REPO
 
 
 def test_bench_reports_steady_state_steps():
+  """On the data-parallel mesh of every device (8 CPU devices in the tests)."""
   config = runpy.run_path(f"{REPO}/configs/pretrain/bench_tiny.py")["get_config"]()
-  config.batch_size = 4
+  config.batch_size = 8
   config.model.update(dim=32, encoder_depth=1, decoder_depth=1, num_heads=2,
                       num_encoder_tokens=16, num_decoder_tokens=16)
   config.bench.update(warmup=1, steps=3)
   out = bench_train.bench(config)
-  assert out["steps_timed"] == 3
+  assert out["steps_timed"] == 3 and out["devices"] == len(jax.devices())
   assert 0 < out["step_s_min"] <= out["step_s_median"] <= out["step_s_max"]
-  np.testing.assert_allclose(out["tokens_per_s"], 4 * 32 / out["step_s_median"], rtol=1e-2)
+  np.testing.assert_allclose(out["tokens_per_s"], 8 * 32 / out["step_s_median"], rtol=1e-2)
   assert out["compile_s"] > 0 and out["peak_rss_mb"] > 0 and np.isfinite(out["loss"])
   assert 4096 <= out["mean_target_vocab"] <= 30000
   # FLOPs: at least the heads' matmuls (2 x D x V per target token, forward only).
-  assert out["gflops_per_step"] * 1e9 > 2 * 32 * 4096 * 4 * 16
+  assert out["gflops_per_step"] * 1e9 > 2 * 32 * 4096 * 8 * 16
   parts = out["gflops_by_part"]
   assert set(parts) == {"attention_projections", "attention_scores", "mlp", "heads"}
   assert sum(parts.values()) == pytest.approx(out["gflops_per_step"], abs=5e-3)
-  # Heads: forward + backward (x 3) of D x V per target token (16 per sample, batch 4).
-  assert parts["heads"] == pytest.approx(6 * 4 * 16 * 32 * out["mean_target_vocab"] / 1e9, abs=6e-4)
+  # Heads: forward + backward (x 3) of D x V per target token (16 per sample, batch 8).
+  assert parts["heads"] == pytest.approx(6 * 8 * 16 * 32 * out["mean_target_vocab"] / 1e9, abs=6e-4)
   np.testing.assert_allclose(out["tflops_per_s"], out["gflops_per_step"] / 1e3
                              / out["step_s_median"], rtol=2e-2)
   assert out["peak_tflops"] > 0 and 0 < out["mfu"] < 1, out["peak_source"]

@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 
+from m4 import sharding
 from tests.conftest import REPO
 
 
@@ -66,6 +67,26 @@ def test_writes_config_and_skips_done_stages(echo_config, tmp_path):
   assert (wd / "a" / "summary.json").exists()
   r = _run(f"--config={echo_config}", f"--workdir={wd}")
   assert r.returncode == 0 and "skipped" in r.stdout
+
+
+@pytest.mark.parametrize("cores, devices", [(1, 1), (2, 2), (3, 2), (6, 4), (8, 8), (64, 8)])
+def test_one_cpu_device_per_core_as_a_power_of_two(cores, devices):
+  assert sharding.auto_cpu_devices(cores) == devices
+
+
+def test_cpu_devices_flag(echo_config, tmp_path):
+  """--cpu_devices=N gives the job N CPU devices even where XLA_FLAGS sets none; a
+  negative count is refused before anything is written."""
+  env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="")
+  cmd = [sys.executable, "-m", "m4.main", f"--config={echo_config}"]
+  r = subprocess.run(cmd + [f"--workdir={tmp_path / 'a'}", "--cpu_devices=2"], cwd=REPO,
+                     env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr
+  assert "on 2 cpu device(s)" in r.stderr
+  r = subprocess.run(cmd + [f"--workdir={tmp_path / 'b'}", "--cpu_devices=-1"], cwd=REPO,
+                     env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and "--cpu_devices" in r.stderr
+  assert not (tmp_path / "b").exists()
 
 
 def _config_files():

@@ -12,7 +12,9 @@ same tokens per modality on both sides. Rounds alternate reference and m4, so
 machine drift hits both. Reference: forward + loss + backward per step (the
 issue's figure), and the same plus clip_grad_norm_ and torch.optim.AdamW.step
 (m4's step: clipping + AdamW). m4: bench_train.bench's `step_s_median` (with
-AdamW) and `forward_backward_s_median`. Per-round JSON lines, then a summary
+AdamW) and `forward_backward_s_median`, data-parallel over one CPU device per
+core as m4.main runs it (`--cpu_devices=1`: one device, the figures before
+2026-12-05). Per-round JSON lines, then a summary
 line (medians over rounds), go to stdout; progress to stderr.
 
 No ml-4m code lives here: `fourm` is imported from --ml4m. The reference needs
@@ -30,6 +32,7 @@ sys.path.insert(0, REPO)
 
 import jax, torch  # noqa: E402
 from m4 import modalities  # noqa: E402
+from m4 import sharding  # noqa: E402
 from m4.models import synthetic  # noqa: E402
 from m4.tools import bench_train  # noqa: E402
 
@@ -104,7 +107,10 @@ def main():
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--threads", type=int, default=0, help="torch threads (0: os.cpu_count())")
   p.add_argument("--tiny", action="store_true", help="a tiny shape, for a smoke test")
+  p.add_argument("--cpu_devices", type=int, default=0,
+                 help="m4's CPU devices (0: one per core, as m4.main; 1: one device)")
   a = p.parse_args()
+  sharding.use_cpu_devices(a.cpu_devices)  # Before JAX starts a backend.
   torch.set_num_threads(a.threads or os.cpu_count())
   config = runpy.run_path(os.path.join(REPO, "configs/pretrain/bench_tiny.py"))["get_config"]()
   if a.tiny:
@@ -175,7 +181,7 @@ def main():
       "batch_inputs_targets_per_modality": per_mod, "m4_mean_target_vocab": out["mean_target_vocab"],
       "batch_size": config.batch_size, "rounds": a.rounds, "steps": a.steps,
       "warmup": a.warmup, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-      "jax": jax.__version__, "cpus": os.cpu_count(),
+      "jax": jax.__version__, "m4_devices": len(jax.devices()), "cpus": os.cpu_count(),
       "load_avg": [round(x, 2) for x in os.getloadavg()], "tiny": a.tiny}), flush=True)
 
 

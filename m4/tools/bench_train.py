@@ -1,7 +1,11 @@
 """Times steady-state 4M training steps (forward, loss, backward, AdamW).
 
     python -m m4.tools.bench_train --config=configs/pretrain/bench_tiny.py \
-        [--config.batch_size=16] [--config.model.remat=full]
+        [--config.batch_size=16] [--config.model.remat=full] [--cpu_devices=1]
+
+The step runs data-parallel over all devices (`config.mesh`, default every
+device on the data axis); on a CPU that is one device per core unless
+`--cpu_devices` says otherwise (m4.sharding.use_cpu_devices).
 
 Builds the model of `config.model` (modalities from `config.modalities`), a
 synthetic masked batch (m4.models.synthetic, `config.bench.alpha`), and the
@@ -40,7 +44,9 @@ from absl import logging
 from flax import nnx
 from ml_collections import config_flags
 
+from m4 import engine
 from m4 import modalities
+from m4 import sharding
 from m4.models import configs
 from m4.models import fourm
 from m4.models import synthetic
@@ -163,7 +169,6 @@ def bench(config) -> dict:
   model = fourm.FourM(cfg, rngs=nnx.Rngs(config.seed))
   tx, schedule = pretrain.make_optimizer(config.optimizer, config.total_steps, model)
   state = pretrain.init_state(model, tx)
-  step = pretrain.make_train_step(nnx.graphdef(model), tx, schedule=schedule)
   names = list(dict.fromkeys(cfg.encoder_modalities + cfg.decoder_modalities))
   batch = synthetic.masked_batch(names, config.batch_size, cfg.num_encoder_tokens,
                                  cfg.num_decoder_tokens, seed=config.seed,
@@ -171,7 +176,11 @@ def bench(config) -> dict:
                                  input_names=cfg.encoder_modalities,
                                  target_names=cfg.decoder_modalities)
   vocab = _target_vocab(batch, cfg.decoder_modalities)
-  batch = jax.device_put(batch)
+  mesh = sharding.make_mesh(config.get("mesh"))
+  state = jax.device_put(state, engine.train_state_shardings(state, mesh))
+  step = pretrain.make_train_step(nnx.graphdef(model), tx, schedule=schedule, mesh=mesh,
+                                  state_shardings=engine.train_state_shardings(state, mesh))
+  batch = sharding.to_global(batch, mesh)
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
@@ -217,7 +226,7 @@ def bench(config) -> dict:
       "tokens_per_step": tokens, "mean_target_vocab": round(vocab, 1),
       "loss": round(float(metrics["loss"]), 4), "steps_timed": len(times),
       "load_avg_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
-      "backend": jax.default_backend(),
+      "backend": jax.default_backend(), "devices": len(jax.devices()),
       "gflops_per_step": round(flops / 1e9, 3),
       "gflops_by_part": {k: round(v / 1e9, 3) for k, v in flops_parts.items()},
       "xla_gflops_per_step": round(xla_flops / 1e9, 3) if xla_flops else None,
@@ -242,7 +251,15 @@ def main(argv):
 
 def run():
   config_flags.DEFINE_config_file("config", None, "A config file with get_config().")
-  app.run(main)
+  flags.DEFINE_integer("cpu_devices", 0, "XLA devices on the host CPU (m4.sharding."
+                       "use_cpu_devices); 0: one per core, 1: one device.")
+  app.run(main, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv):
+  rest = flags.FLAGS(argv)
+  sharding.use_cpu_devices(flags.FLAGS.cpu_devices)  # Before the backend starts.
+  return rest
 
 
 if __name__ == "__main__":
