@@ -22,6 +22,16 @@ import pytest  # pylint: disable=g-import-not-at-top
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def job_env(**extra) -> dict:
+  """The environment of an `m4.main` subprocess: this repo on the path and the
+  devices a user's run gets (one per core, m4.sharding.use_cpu_devices) instead
+  of the tests' 8; the rest of XLA_FLAGS is kept."""
+  env = dict(os.environ, PYTHONPATH=REPO, **extra)
+  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                              if "xla_force_host_platform_device_count" not in f)
+  return env
+
+
 @pytest.fixture
 def repo_root():
   return REPO

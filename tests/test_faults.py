@@ -26,6 +26,7 @@ from m4.jobs import pretrain
 from m4.workdir import ConfigError, DataError
 from tests import pretrain_setup as S
 from tests.pretrain_setup import assets_fixture, shards_fixture  # pylint: disable=unused-import
+from tests.conftest import job_env
 from tests.test_pretrain import cache_env, logged_losses, write_config
 
 TOTAL, EVERY = 15, 3  # Steps of the reference run; checkpoint interval.
@@ -69,7 +70,7 @@ def _main(config_or_args, workdir=None, cache=None, wait=True, env=None):
   args = config_or_args
   if workdir is not None:
     args = [f"--config={write_config(config_or_args, str(workdir))}", f"--workdir={workdir}"]
-  env = dict(os.environ, PYTHONPATH=S.REPO, **(cache_env(cache) if cache else {}), **(env or {}))
+  env = job_env(**(cache_env(cache) if cache else {}), **(env or {}))
   proc = subprocess.Popen([sys.executable, "-m", "m4.main", *args], cwd=S.REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   if not wait:
@@ -281,8 +282,7 @@ def test_full_disk_says_one_line_and_the_run_resumes(config, reference, tmp_path
       args = [f"--config={write_config(config, workdir)}", f"--workdir={workdir}"]
       proc = subprocess.run(
           [sys.executable, "-c", _ENOSPC_SHIM, *args], cwd=S.REPO, capture_output=True,
-          text=True, timeout=600, env=dict(os.environ, PYTHONPATH=S.REPO, **cache_env(cache),
-                                           **env))
+          text=True, timeout=600, env=job_env(**cache_env(cache), **env))
       rc, out = proc.returncode, proc.stdout + proc.stderr
     else:
       rc, out = _main(config, workdir, cache)

@@ -18,6 +18,7 @@ from m4 import checkpoints
 from m4 import workdir as workdir_lib
 from m4.jobs import pretrain
 from tests import pretrain_setup as S
+from tests.conftest import job_env
 from tests.pretrain_setup import assets_fixture, shards_fixture  # pylint: disable=unused-import
 
 TOTAL = 20  # Steps of the reference run (a checkpoint every 4; SIGKILL after the 8th).
@@ -46,8 +47,8 @@ def cache_env(cache) -> dict:
 
 
 def _start(config, workdir, cache):
-  """`python -m m4.main` on `config` in a subprocess (8 CPU devices, as here)."""
-  env = dict(os.environ, PYTHONPATH=S.REPO, **cache_env(cache))
+  """`python -m m4.main` on `config` in a subprocess (one CPU device per core)."""
+  env = job_env(**cache_env(cache))
   return subprocess.Popen([sys.executable, "-m", "m4.main",
                            f"--config={write_config(config, workdir)}", f"--workdir={workdir}"],
                           env=env, cwd=S.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
