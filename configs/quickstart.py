@@ -101,7 +101,7 @@ def get_config(arg=None):
       benchmark_samples=50))
 
   # Stages "tok_rgb", "tok_depth", "tok_semseg": the VQ tokenizers (the quick
-  # variants of configs/tokenizers/*_scenes.py, about a minute each); later
+  # variants of configs/tokenizers/*_scenes.py, 1-2.5 minutes each on 2 cores); later
   # stages load them with m4.tokenizers.load("{root}/tok_rgb").
   for modality in ("rgb", "depth", "semseg"):
     config.stages[f"tok_{modality}"] = _tokenizer_stage(modality, data)
