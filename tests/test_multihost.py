@@ -13,6 +13,7 @@ import pytest
 
 from m4.jobs import pretokenize
 from tests import pretrain_setup as S
+from tests.conftest import job_env
 from tests import test_pretrain as T
 
 STEPS = 4
@@ -35,11 +36,9 @@ def _free_port() -> int:
 def _launch(config, workdir, cache, *, processes: int, devices: int):
   """Runs m4.main in `processes` processes of `devices` CPU devices each."""
   path = T.write_config(config, workdir)
-  env = dict(os.environ)  # Without the 8-device flag: JAX_NUM_CPU_DEVICES sets the count.
-  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
-                              if "xla_force_host_platform_device_count" not in f)
-  env.update(PYTHONPATH=S.REPO, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices),
-             JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", **T.cache_env(cache))
+  # Without the 8-device flag: JAX_NUM_CPU_DEVICES sets the count.
+  env = job_env(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices),
+                JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", **T.cache_env(cache))
   cmd = [sys.executable, "-m", "m4.main", f"--config={path}", f"--workdir={workdir}"]
   if processes > 1:
     cmd.append(f"--coordinator_address=127.0.0.1:{_free_port()}")

@@ -177,9 +177,10 @@ def bench(config) -> dict:
                                  target_names=cfg.decoder_modalities)
   vocab = _target_vocab(batch, cfg.decoder_modalities)
   mesh = sharding.make_mesh(config.get("mesh"))
-  state = jax.device_put(state, engine.train_state_shardings(state, mesh))
+  state_shardings = engine.train_state_shardings(state, mesh)
+  state = jax.device_put(state, state_shardings)
   step = pretrain.make_train_step(nnx.graphdef(model), tx, schedule=schedule, mesh=mesh,
-                                  state_shardings=engine.train_state_shardings(state, mesh))
+                                  state_shardings=state_shardings)
   batch = sharding.to_global(batch, mesh)
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
