@@ -34,6 +34,7 @@ def tfds_base(config_file: str, arg, title: str) -> ml_collections.ConfigDict:
   c.protocols = ("finetune", "probe")
   c.label_fractions = (1.0,)
   c.tasks = ml_collections.ConfigDict()
+  c.task_protocols = ml_collections.ConfigDict()  # Per-task protocol overrides (none).
   c.tokenizers = ml_collections.ConfigDict()
   c.pixel_normalization = "imagenet"  # As 4M's rgb@224 input.
   c.data = pipeline.data_config(kind="tfds", dir="", train_split="train", eval_split="test",

@@ -54,6 +54,9 @@ Config fields (configs/transfer/scenes.py documents a full example):
     learning_rates.<protocol>: the rates each arm tries (empty: none).
   tasks.<name>: m4.models.transfer.TaskSpec fields (kind, inputs, target,
     num_classes, label_smoothing).
+  task_protocols.<task>.<protocol>: that task's own values of the protocol's
+    fields (e.g. seeds) and, as `learning_rates`, its arms' sweep
+    (m4.jobs.transfer_protocols).
   tokenizers.<modality>: tokenizer name or directory of each VQ-token input.
   pixel_normalization: "symmetric" or "imagenet", for pixel inputs.
   data: the pipeline's `config.data` (train_split, eval_split, image_size,
@@ -96,6 +99,7 @@ from m4.data import subsets
 from m4 import value_scales
 from m4.evaluators import report
 from m4.jobs import probe_features
+from m4.jobs import transfer_protocols as protocols_lib
 from m4.models import configs
 from m4.models import convnet
 from m4.models import pretrained
@@ -103,20 +107,18 @@ from m4.models import transfer
 from m4.workdir import ConfigError, require
 
 INITS = ("pretrained", "scratch")
-PROTOCOLS = ("probe", "finetune")
+PROTOCOLS = protocols_lib.PROTOCOLS
 # Reference arms beside the encoder's: a supervised conv net on the same labels.
 BASELINES = ("convnet",)
-SUPERVISED = "supervised"  # The protocol name of a baseline's runs.
+SUPERVISED = protocols_lib.SUPERVISED  # The protocol name of a baseline's runs.
 
 
 # Every field the job reads; a config lacking one is refused, naming it.
 FIELDS = ("title", "seeds", "init", "init_key", "init_step", "model", "modalities", "inits",
-          "protocols", "label_fractions", "tasks", "tokenizers", "pixel_normalization", "data",
-          "probe", "finetune", "baselines", "baseline_fractions", "supervised", "sweep", "eval",
-          "log_every", "checkpoint_every", "mesh", "sharding_rules", "prng_impl")
-PROTOCOL_FIELDS = ("seeds", "num_steps", "num_epochs", "learning_rate", "min_learning_rate",
-                   "warmup_steps", "warmup_epochs", "weight_decay", "layer_decay", "grad_clip",
-                   "head_hidden", "head_norm", "dense_head", "b1", "b2")
+          "protocols", "label_fractions", "tasks", "task_protocols", "tokenizers",
+          "pixel_normalization", "data", "probe", "finetune", "baselines", "baseline_fractions",
+          "supervised", "sweep", "eval", "log_every", "checkpoint_every", "mesh",
+          "sharding_rules", "prng_impl")
 
 
 # ------------------------------------------------------------------ optimizer
@@ -185,11 +187,6 @@ def budget_name(fraction: float) -> str:
   return f"{pct:g}pct"
 
 
-def protocol_seeds(config, protocol: str) -> tuple[int, ...]:
-  """The seeds of a protocol's runs: its own `seeds`, else the config's."""
-  return tuple(int(s) for s in (config[protocol].seeds or config.seeds))
-
-
 def run_name(task: str, init: str, protocol: str, fraction: float, seed: int) -> str:
   return f"{task}__{init}__{protocol}__{budget_name(fraction)}__s{seed}"
 
@@ -199,7 +196,8 @@ def check_config(config) -> None:
   example = "configs/transfer/scenes.py"
   workdir_lib.require_fields(config, FIELDS, example)
   for protocol in PROTOCOLS + (SUPERVISED,):
-    workdir_lib.require_fields(config[protocol], PROTOCOL_FIELDS, example, f"{protocol}.")
+    workdir_lib.require_fields(config[protocol], protocols_lib.PROTOCOL_FIELDS, example,
+                               f"{protocol}.")
   workdir_lib.require_fields(config.supervised, ("width", "stem"), example, "supervised.")
   require(len(config.seeds) > 0, "seeds", "needs at least one seed.")
   for init in config.inits:
@@ -219,15 +217,8 @@ def check_config(config) -> None:
     require(os.path.isdir(config.init), "init", f"{config.init!r} is not a directory.")
   require(config.log_every > 0, "log_every", "must be positive.")
   require(config.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0: none).")
-  for protocol in tuple(config.protocols) + ((SUPERVISED,) if config.baselines else ()):
-    s = config[protocol]
-    require(s.num_steps > 0 or s.num_epochs > 0, f"{protocol}.num_steps",
-            "set num_steps or num_epochs.")
-    require(s.learning_rate > 0, f"{protocol}.learning_rate", "must be positive.")
-    require(0 < s.layer_decay <= 1, f"{protocol}.layer_decay", "must be in (0, 1].")
-    require(protocol == "finetune" or s.layer_decay == 1.0, f"{protocol}.layer_decay",
-            "a probe trains no encoder layer; keep 1.0.")
-    require(s.head_hidden >= 0, f"{protocol}.head_hidden", "must be >= 0.")
+  protocols_lib.check(config, tuple(config.protocols)
+                      + ((SUPERVISED,) if config.baselines else ()))
 
 
 def on_mesh(tree, mesh):
@@ -609,18 +600,18 @@ def sweep(ctx: _Context, task: transfer.TaskSpec, fraction: float, init: str, pr
           label: str = "") -> tuple[ml_collections.ConfigDict, list[dict], tuple | None]:
   """The protocol's settings with the learning rate that does best on `sweep.split`.
 
-  Every arm gets the same sweep (config.sweep.learning_rates[protocol]) on
+  Every arm gets the same sweep (m4.jobs.transfer_protocols.sweep_rates) on
   its first seed's label subset, scored by the task's first headline metric
   on the sweep's split (the validation split: the test split is never used
   to choose). Returns (settings, the sweep's results, the chosen run's
   trained model as `train_and_evaluate` returns it, or None): the first
   seed's final run is that model, evaluated on the final split.
   """
-  settings = ctx.config[protocol]
-  rates = tuple(ctx.config.sweep.learning_rates.get(protocol, ()) or ())
+  settings = protocols_lib.settings(ctx.config, task.name, protocol)
+  rates = protocols_lib.sweep_rates(ctx.config, task.name, protocol)
   if not rates:
     return settings, [], None
-  seed = protocol_seeds(ctx.config, protocol)[0]
+  seed = protocols_lib.seeds(ctx.config, task.name, protocol)[0]
   results, best = [], None
   for lr in rates:
     tried = settings.copy_and_resolve_references()
@@ -645,7 +636,7 @@ def run(config, workdir: str) -> dict:
     label = f"[transfer {i + 1}/{len(arms)}] "
     settings, tried, chosen = sweep(ctx, task, fraction, init, protocol, label)
     swept += tried
-    seeds = protocol_seeds(config, protocol)
+    seeds = protocols_lib.seeds(config, task.name, protocol)
     for seed in seeds:
       reuse = chosen if seed == seeds[0] else None
       results.append(train_and_evaluate(

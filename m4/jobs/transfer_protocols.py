@@ -1,0 +1,76 @@
+"""A transfer config's protocol settings: `config.<protocol>`, with a task's own overrides.
+
+`config.task_protocols.<task>.<protocol>` holds the fields of `config.<protocol>`
+that differ for that one task (e.g. more seeds for one task's fine-tuning)
+and, as `learning_rates`, the rates that task's arms sweep under that
+protocol (else `config.sweep.learning_rates.<protocol>`). Every arm of the
+task (pretrained, scratch) gets the same overrides.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from m4.workdir import require
+
+PROTOCOLS = ("probe", "finetune")
+SUPERVISED = "supervised"  # The protocol name of a baseline's runs.
+PROTOCOL_FIELDS = ("seeds", "num_steps", "num_epochs", "learning_rate", "min_learning_rate",
+                   "warmup_steps", "warmup_epochs", "weight_decay", "layer_decay", "grad_clip",
+                   "head_hidden", "head_norm", "dense_head", "b1", "b2")
+SWEEP = "learning_rates"  # An override's sweep rates.
+
+
+def _override(config, task: str, protocol: str) -> dict:
+  per_task = config.task_protocols.get(task) or {}
+  override = per_task.get(protocol) or {}
+  return dict(override.to_dict() if hasattr(override, "to_dict") else override)
+
+
+def settings(config, task: str, protocol: str) -> ml_collections.ConfigDict:
+  """config.<protocol> with the task's overrides (less its sweep rates) over it."""
+  out = config[protocol].copy_and_resolve_references()
+  out.update({k: v for k, v in _override(config, task, protocol).items() if k != SWEEP})
+  return out
+
+
+def sweep_rates(config, task: str, protocol: str) -> tuple[float, ...]:
+  """The learning rates each arm of `task` tries under `protocol` (empty: no sweep)."""
+  override = _override(config, task, protocol)
+  rates = override[SWEEP] if SWEEP in override else (
+      config.sweep.learning_rates.get(protocol, ()) or ())
+  return tuple(float(r) for r in rates)
+
+
+def seeds(config, task: str, protocol: str) -> tuple[int, ...]:
+  """The seeds of a task's runs under a protocol: its own, else the config's."""
+  return tuple(int(s) for s in (settings(config, task, protocol).seeds or config.seeds))
+
+
+def check(config, protocols) -> None:
+  """Named errors for `task_protocols`, and for each protocol's settings as each task runs it."""
+  known = PROTOCOLS + (SUPERVISED,)
+  for task, per_task in (config.task_protocols or {}).items():
+    require(task in config.tasks, f"task_protocols.{task}",
+            f"names no task of config.tasks ({', '.join(config.tasks)}).")
+    for protocol, override in (per_task or {}).items():
+      where = f"task_protocols.{task}.{protocol}"
+      require(protocol in known, where, f"{protocol!r} is not one of {known}.")
+      unknown = sorted(set(override) - set(PROTOCOL_FIELDS + (SWEEP,)))
+      require(not unknown, where,
+              f"unknown fields {unknown}; known: {sorted(PROTOCOL_FIELDS + (SWEEP,))}.")
+      require(all(float(r) > 0 for r in override.get(SWEEP, ())), f"{where}.{SWEEP}",
+              "must be positive.")
+  for protocol in protocols:
+    for task in config.tasks:
+      where = (f"task_protocols.{task}.{protocol}" if _override(config, task, protocol)
+               else protocol)
+      s = settings(config, task, protocol)
+      require(s.num_steps > 0 or s.num_epochs > 0, f"{where}.num_steps",
+              "set num_steps or num_epochs.")
+      require(s.learning_rate > 0, f"{where}.learning_rate", "must be positive.")
+      require(0 < s.layer_decay <= 1, f"{where}.layer_decay", "must be in (0, 1].")
+      require(protocol == "finetune" or s.layer_decay == 1.0, f"{where}.layer_decay",
+              "a probe trains no encoder layer; keep 1.0.")
+      require(s.head_hidden >= 0, f"{where}.head_hidden", "must be >= 0.")
+
