@@ -45,6 +45,10 @@ def get_config(arg=None):
   c.stages.tokens.tokenizers.update({n: tokenizers[n] for n in EXTRAS})
 
   pretrain = _config("pretrain/scenes_geometry.py", "quick")
+  # As recorded (../README.md): the main job of 2026-12-04, 1200 pretraining steps and
+  # one shared fine-tuning rate (the quickstart now runs 1800 and sweeps semseg's).
+  pretrain.total_steps, pretrain.checkpoint_every, pretrain.eval.every = 1200, 400, 400
+  c.stages.transfer.task_protocols = {}
   pretrain.data.update(data)
   pretrain.tokens.dir = "{root}/tokens"
   pretrain.tokenizers.update(tokenizers)

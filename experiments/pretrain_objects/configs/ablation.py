@@ -38,6 +38,8 @@ def get_config(arg=None):
   data["dir"] = os.path.join(ROOT, "data")
   c.data.update({k: v for k, v in data.items() if k in c.data})
   c.data.batch_size = 64
+  if variant == "quick":  # The E-runs' schedule (the quickstart's before it went to 1800 steps).
+    c.total_steps, c.checkpoint_every, c.eval.every = 1200, 400, 400
   c.tokens.dir = TOKENS
   c.tokenizers.update(dict(
       rgb=os.path.join(ROOT, "tok_rgb"), depth=os.path.join(ROOT, "tok_depth"),

@@ -33,6 +33,7 @@ def get_config(arg=None):
   tasks = scenes.get_config().tasks
   c.tasks = {"semseg": tasks.semseg.to_dict(), "semseg_rgbd": tasks.semseg_rgbd.to_dict(),
              "semseg_rgbn": dict(tasks.semseg_rgbd.to_dict(), inputs=("rgb_pixels", "normals"))}
+  c.task_protocols = {}  # As recorded: fine-tuning at the quick config's 3e-3 for every task.
   c.seeds = (0, 1, 2)
   c.baselines = ()
   c.init = os.path.join(QUICK_ROOT, "pretrain")

@@ -32,6 +32,7 @@ def get_config(arg=None):
     del c.tasks.semseg
   else:
     del c.tasks.count
+  c.task_protocols = {}  # Every arm and seed as the sweeps below say, as recorded.
   c.seeds = (0, 1, 2)
   c.baselines = ()
   c.init = os.path.join(QUICK_ROOT, "pretrain")
