@@ -91,3 +91,51 @@ def test_the_job_runs_each_task_with_its_own_seeds_and_sweep(tmp_path, monkeypat
   assert summary["runs"] == len(runs)
   lines = report.describe(c)
   assert "semseg finetune: lr swept over 0.003, 0.01, num steps 9, seeds [0, 1, 2]" in lines
+
+
+def test_an_error_names_where_its_value_comes_from():
+  c = _config()
+  c.finetune.num_steps = 0  # The protocol's own value: semseg's override does not set it ...
+  c.task_protocols.semseg = dict(finetune=dict(seeds=(0, 1)))
+  with pytest.raises(workdir.ConfigError, match=r"^config\.finetune\.num_steps: "):
+    trainer.check_config(c)
+  c.task_protocols.semseg.finetune.num_steps = 5  # ... and once it does, count's still fails.
+  with pytest.raises(workdir.ConfigError, match=r"^config\.finetune\.num_steps: "):
+    trainer.check_config(c)
+  c.finetune.num_steps = 5
+  c.task_protocols.semseg.finetune.num_steps = 0
+  with pytest.raises(workdir.ConfigError,
+                     match=r"^config\.task_protocols\.semseg\.finetune\.num_steps: "):
+    trainer.check_config(c)
+
+
+@pytest.mark.parametrize("override, message", [
+    (dict(learning_rates=1e-2), "must be a list of learning rates"),
+    (dict(num_steps="many"), "task_protocols.semseg.finetune.num_steps"),
+])
+def test_values_of_the_wrong_type_are_refused_by_name(override, message):
+  c = _config()
+  c.task_protocols.semseg = dict(finetune=override)
+  with pytest.raises(workdir.ConfigError) as e:
+    trainer.check_config(c)
+  assert message in str(e.value), str(e.value)
+
+
+SHIPPED = [("configs/transfer/scenes.py", v) for v in ("full", "core", "quick", "tiny")] + [
+    (f"configs/transfer/{n}.py", v) for n in ("ade20k", "imagenet", "nyu_depth")
+    for v in ("full", "mock")] + [
+    ("experiments/transfer_scenes/configs/quick_model.py", v)
+    for v in ("finetune_sweep", "probe_sweep", "count")] + [
+    ("experiments/transfer_scenes/configs/full_model.py", v)
+    for v in ("default", "rgbd", "dense_probe", "dense_finetune")] + [
+    ("experiments/transfer_scenes/configs/new_modality.py", "default")]
+
+
+@pytest.mark.parametrize("path, variant", SHIPPED)
+def test_every_shipped_transfer_config_passes_the_checks(path, variant):
+  c = runpy.run_path(f"{REPO}/{path}")["get_config"](variant)
+  c.inits, c.init = ("scratch",), ""  # No pretrained run on this machine; the rest as shipped.
+  trainer.check_config(c)
+  for task in c.tasks:
+    for protocol in c.protocols:
+      assert protocols.seeds(c, task, protocol)

@@ -123,9 +123,13 @@ def describe(config) -> list[str]:
     lines.append(f"{p}: {seeds}{steps}, batch {config.data.batch_size}, {lr},"
                  f" weight decay {s.weight_decay:g}, layer decay {s.layer_decay:g},"
                  f" head hidden {s.head_hidden}, dense head {s.get('dense_head', 'patch')}")
+  running = tuple(config.protocols) + (("supervised",) if config.get("baselines") else ())
   for task, per_task in (config.get("task_protocols") or {}).items():
     for p, override in (per_task or {}).items():
-      fields = [f"lr swept over {', '.join(f'{x:g}' for x in v)}" if k == "learning_rates"
+      if p not in running:
+        continue
+      fields = [(f"lr swept over {', '.join(f'{x:g}' for x in v)}" if v else "no lr sweep")
+                if k == "learning_rates"
                 else f"{k.replace('_', ' ')} {list(v) if isinstance(v, (list, tuple)) else v}"
                 for k, v in override.items()]
       lines.append(f"{task} {p}: " + ", ".join(fields))

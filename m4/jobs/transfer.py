@@ -299,8 +299,9 @@ def _check_targets(task: transfer.TaskSpec, targets: np.ndarray) -> None:
 class Run:
   """One training run: a task's arm (init x protocol) at a label budget and seed.
 
-  `settings` are the protocol's settings (config.<protocol>, with a swept
-  value where a sweep chose one); `split` is where it is evaluated; `group`
+  `settings` are the protocol's settings for the task (config.<protocol> with
+  the task's task_protocols overrides, and a swept rate where a sweep chose
+  one); `split` is where it is evaluated; `group`
   is "" for the reported runs and "sweep" for the learning-rate sweep's.
   """
 
@@ -460,7 +461,9 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
                               checkpoint_every=int(config.checkpoint_every))
     except FloatingPointError as e:
       raise engine.non_finite(f"transfer {run.name}", e,
-                              f"Lower {run.protocol}.learning_rate.") from None
+                              f"Lower its learning rate ({run.settings.learning_rate:g}:"
+                              f" {run.protocol}.learning_rate, or the rates of sweep or"
+                              f" task_protocols.{run.task.name}.{run.protocol}).") from None
   if out.stopped_at is not None:
     if ckpt is not None:
       ckpt.close()

@@ -3,15 +3,16 @@
 `config.task_protocols.<task>.<protocol>` holds the fields of `config.<protocol>`
 that differ for that one task (e.g. more seeds for one task's fine-tuning)
 and, as `learning_rates`, the rates that task's arms sweep under that
-protocol (else `config.sweep.learning_rates.<protocol>`). Every arm of the
-task (pretrained, scratch) gets the same overrides.
+protocol (else `config.sweep.learning_rates.<protocol>`; an empty list: no
+sweep). Every arm of the task (pretrained, scratch) gets the same overrides.
+As in `config.<protocol>`, empty `seeds` mean `config.seeds`.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from m4.workdir import require
+from m4.workdir import ConfigError, require
 
 PROTOCOLS = ("probe", "finetune")
 SUPERVISED = "supervised"  # The protocol name of a baseline's runs.
@@ -30,7 +31,12 @@ def _override(config, task: str, protocol: str) -> dict:
 def settings(config, task: str, protocol: str) -> ml_collections.ConfigDict:
   """config.<protocol> with the task's overrides (less its sweep rates) over it."""
   out = config[protocol].copy_and_resolve_references()
-  out.update({k: v for k, v in _override(config, task, protocol).items() if k != SWEEP})
+  for k, v in _override(config, task, protocol).items():
+    if k != SWEEP:
+      try:
+        out[k] = v
+      except TypeError as e:  # ml_collections refuses a value of another type.
+        raise ConfigError(f"config.task_protocols.{task}.{protocol}.{k}: {e}") from None
   return out
 
 
@@ -59,18 +65,21 @@ def check(config, protocols) -> None:
       unknown = sorted(set(override) - set(PROTOCOL_FIELDS + (SWEEP,)))
       require(not unknown, where,
               f"unknown fields {unknown}; known: {sorted(PROTOCOL_FIELDS + (SWEEP,))}.")
-      require(all(float(r) > 0 for r in override.get(SWEEP, ())), f"{where}.{SWEEP}",
-              "must be positive.")
+      if SWEEP in override:
+        rates = override[SWEEP]
+        require(isinstance(rates, (list, tuple)), f"{where}.{SWEEP}",
+                f"must be a list of learning rates (empty: no sweep), got {rates!r}.")
+        require(all(float(r) > 0 for r in rates), f"{where}.{SWEEP}", "must be positive.")
   for protocol in protocols:
     for task in config.tasks:
-      where = (f"task_protocols.{task}.{protocol}" if _override(config, task, protocol)
-               else protocol)
-      s = settings(config, task, protocol)
-      require(s.num_steps > 0 or s.num_epochs > 0, f"{where}.num_steps",
-              "set num_steps or num_epochs.")
-      require(s.learning_rate > 0, f"{where}.learning_rate", "must be positive.")
-      require(0 < s.layer_decay <= 1, f"{where}.layer_decay", "must be in (0, 1].")
-      require(protocol == "finetune" or s.layer_decay == 1.0, f"{where}.layer_decay",
+      override, s = _override(config, task, protocol), settings(config, task, protocol)
+      # Each field named where its value comes from: the task's override or the protocol.
+      at = lambda f: (f"task_protocols.{task}.{protocol}.{f}" if f in override  # pylint: disable=cell-var-from-loop
+                      else f"{protocol}.{f}")
+      require(s.num_steps > 0 or s.num_epochs > 0, at("num_steps"), "set num_steps or num_epochs.")
+      require(s.learning_rate > 0, at("learning_rate"), "must be positive.")
+      require(0 < s.layer_decay <= 1, at("layer_decay"), "must be in (0, 1].")
+      require(protocol == "finetune" or s.layer_decay == 1.0, at("layer_decay"),
               "a probe trains no encoder layer; keep 1.0.")
-      require(s.head_hidden >= 0, f"{where}.head_hidden", "must be >= 0.")
+      require(s.head_hidden >= 0, at("head_hidden"), "must be >= 0.")
 

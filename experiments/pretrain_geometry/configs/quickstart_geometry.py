@@ -4,7 +4,8 @@
         --workdir=workdirs/quickstart_geometry
 
 configs/quickstart.py (its default, quick variant) with three changes, so
-its figures compare one to one with the main job's: the scenes are rendered
+its figures compare one to one with the main job's as recorded then (1200
+pretraining steps, one shared fine-tuning rate; pinned below): the scenes are rendered
 with their geometry extras (the same scenes: the renderer is deterministic
 and the extras draw no random numbers), two more quick VQ tokenizers
 (configs/tokenizers/{normals,edges}_scenes.py:quick) tokenize them into the

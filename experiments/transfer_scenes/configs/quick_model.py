@@ -9,8 +9,11 @@ labels, 150 steps), 3 seeds, no conv net, on the model of
 `configs/quickstart.py` (M4_QUICK_ROOT: its workdir: data, depth tokenizer,
 pretrained model).
 `finetune_sweep` (semseg): each arm picks its fine-tuning rate among 1e-3,
-3e-3, 1e-2, 3e-2 on validation (the quick config fine-tunes at 3e-3, a rate
-its sweep chose before the upsampling head existed), then 3 seeds on test.
+3e-3, 1e-2, 3e-2 on validation (the quick config then fine-tuned at 3e-3, a
+rate its sweep chose before the upsampling head existed; it now sweeps 3e-3
+and 1e-2 for semseg), then 3 seeds on test. Every variant drops the quick
+config's per-task overrides (`task_protocols`), as the recorded tables ran;
+those tables were made on 1200-step main-job models.
 `probe_sweep` (semseg): each arm's probe rate swept on validation over 3e-2
 to 1 (the main job's 3e-2 to 3e-1 and one more, as most arms chose its top).
 `count`: the main job's count rows exactly as it runs them (probe rate swept
