@@ -18,6 +18,8 @@ those tables were made on 1200-step main-job models.
 to 1 (the main job's 3e-2 to 3e-1 and one more, as most arms chose its top).
 `count`: the main job's count rows exactly as it runs them (probe rate swept
 3e-2 to 3e-1, fine-tuning at 3e-3).
+`count_finetune_sweep`: count fine-tuning, each arm's rate among 1e-3, 3e-3,
+1e-2 on validation, then 3 seeds on test.
 """
 
 import os
@@ -29,9 +31,10 @@ _SCENES = "../../../configs/transfer/scenes.py"
 
 
 def get_config(arg=None):
-  variant = config_files.variant(arg, __file__, ("finetune_sweep", "probe_sweep", "count"))
+  variant = config_files.variant(arg, __file__, ("finetune_sweep", "probe_sweep", "count",
+                                                   "count_finetune_sweep"))
   c = config_files.load(__file__, _SCENES).get_config("quick")
-  if variant == "count":  # The main job's count rows as it runs them, over 3 seeds.
+  if variant.startswith("count"):  # The main job's count rows, over 3 seeds.
     del c.tasks.semseg
   else:
     del c.tasks.count
@@ -44,6 +47,9 @@ def get_config(arg=None):
   if variant == "finetune_sweep":
     c.protocols = ("finetune",)
     c.sweep.learning_rates = dict(probe=(), finetune=(1e-3, 3e-3, 1e-2, 3e-2), supervised=())
+  elif variant == "count_finetune_sweep":
+    c.protocols = ("finetune",)
+    c.sweep.learning_rates = dict(probe=(), finetune=(1e-3, 3e-3, 1e-2), supervised=())
   elif variant == "probe_sweep":
     c.protocols = ("probe",)
     c.sweep.learning_rates = dict(probe=(3e-2, 1e-1, 3e-1, 1.0), finetune=(), supervised=())
