@@ -51,6 +51,8 @@ def test_a_tasks_overrides_apply_to_that_task_only():
      "task_protocols.semseg.finetune.layer_decay", "must be in (0, 1]"),
     (dict(semseg=dict(probe=dict(learning_rates=(0.1, -1.0)))),
      "task_protocols.semseg.probe.learning_rates", "must be positive"),
+    (dict(count=dict(probe=dict(head_pool="max"))), "task_protocols.count.probe.head_pool",
+     "is not one of ('mean', 'attention')"),
 ])
 def test_bad_overrides_are_refused_naming_the_field(override, field, message):
   c = _config()

@@ -60,7 +60,8 @@ def _protocol(**fields) -> ml_collections.ConfigDict:
       seeds=(),  # This protocol's seeds (empty: config.seeds).
       num_steps=1000, num_epochs=0.0, learning_rate=1e-3, min_learning_rate=0.0,
       warmup_steps=50, warmup_epochs=0.0, weight_decay=0.0, layer_decay=1.0, grad_clip=1.0,
-      head_hidden=0, head_norm="batch", dense_head="patch", b1=0.9, b2=0.999), **fields})
+      head_hidden=0, head_norm="batch", dense_head="patch", head_pool="mean", b1=0.9,
+      b2=0.999), **fields})
 
 
 def shrink_for_mock(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

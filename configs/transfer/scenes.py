@@ -54,6 +54,7 @@ def _protocol(**fields) -> ml_collections.ConfigDict:
       head_hidden=0,  # 0: a linear readout; > 0: an MLP with this hidden width.
       head_norm="batch",  # Before the readout: "batch" (MAE's probe) or "layer".
       dense_head="patch",  # Dense tasks: "patch" (per-token readout), "bilinear" or "upsample".
+      head_pool="mean",  # Classification: pool the tokens by their "mean" or by "attention".
       b1=0.9, b2=0.999), **fields})
 
 

@@ -65,7 +65,8 @@ Config fields (configs/transfer/scenes.py documents a full example):
     `seeds`), num_steps (or num_epochs over the labelled subset when
     num_steps is 0), learning_rate, min_learning_rate, warmup_steps (or
     warmup_epochs when it is 0), weight_decay, layer_decay (finetune), grad_clip,
-    head_hidden, head_norm, dense_head ("patch" | "bilinear" | "upsample"), b1, b2 (AdamW).
+    head_hidden, head_norm, dense_head ("patch" | "bilinear" | "upsample"), head_pool
+    (classification: "mean" | "attention"), b1, b2 (AdamW).
   eval: num_samples (0: the whole split), num_examples (samples in pictures).
   log_every, checkpoint_every (0: no checkpoints), mesh, sharding_rules.
   prng_impl: jax.random key implementation of the inits ("rbg", "threefry2x32").
@@ -336,6 +337,7 @@ def build_model(ctx: _Context, run: Run):
     make = lambda: transfer.TransferModel(
         cfg, task, image_size=ctx.config.data.image_size, head_hidden=settings.head_hidden,
         head_norm=settings.head_norm, dense_head=settings.dense_head,
+        head_pool=settings.head_pool,
         new_inputs=transfer.new_inputs(ctx.base, task.inputs), rngs=nnx.Rngs(params=key))
   # Built eagerly (op by op: no compile of a whole init, which costs more than
   # a small model's training here), then placed by the parameters' logical names.

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import ml_collections
 
+from m4.models import transfer_heads
 from m4.workdir import ConfigError, require
 
 PROTOCOLS = ("probe", "finetune")
 SUPERVISED = "supervised"  # The protocol name of a baseline's runs.
 PROTOCOL_FIELDS = ("seeds", "num_steps", "num_epochs", "learning_rate", "min_learning_rate",
                    "warmup_steps", "warmup_epochs", "weight_decay", "layer_decay", "grad_clip",
-                   "head_hidden", "head_norm", "dense_head", "b1", "b2")
+                   "head_hidden", "head_norm", "dense_head", "head_pool", "b1", "b2")
 SWEEP = "learning_rates"  # An override's sweep rates.
 
 
@@ -82,4 +83,6 @@ def check(config, protocols) -> None:
       require(protocol == "finetune" or s.layer_decay == 1.0, at("layer_decay"),
               "a probe trains no encoder layer; keep 1.0.")
       require(s.head_hidden >= 0, at("head_hidden"), "must be >= 0.")
+      require(s.head_pool in transfer_heads.POOLS, at("head_pool"),
+              f"{s.head_pool!r} is not one of {transfer_heads.POOLS}.")
 

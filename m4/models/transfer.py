@@ -162,15 +162,16 @@ class TransferModel(nnx.Module):
 
   def __init__(self, cfg: configs.FourMConfig, task: TaskSpec, *, image_size: Sequence[int],
                head_hidden: int = 0, head_norm: str = "batch", dense_head: str = "patch",
-               new_inputs: Sequence[str] = (), rngs: nnx.Rngs):
+               head_pool: str = "mean", new_inputs: Sequence[str] = (), rngs: nnx.Rngs):
     self.task = task
     self.backbone = FourM(cfg, rngs=rngs)
     self.inputs = tuple(cfg.encoder_modalities)
     self.new_inputs = tuple(new_inputs)  # Not in the pretrained model: never restored.
     require(head_norm in heads.NORMS, "head_norm", f"{head_norm!r} is not one of {heads.NORMS}.")
     if task.kind == CLASSIFICATION:
+      require(head_pool in heads.POOLS, "head_pool", f"{head_pool!r} is not one of {heads.POOLS}.")
       self.head = heads.ClassificationHead(cfg.dim, task.num_classes, hidden=head_hidden,
-                                           norm=head_norm, rngs=rngs)
+                                           norm=head_norm, pool=head_pool, rngs=rngs)
       return
     grids = {n: cfg.modality(n).grid for n in self.inputs}
     require(len(set(grids.values())) == 1, f"tasks.{task.name}.inputs",

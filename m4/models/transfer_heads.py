@@ -74,17 +74,43 @@ class _Readout(nnx.Module):
     return self.out(x)
 
 
+POOLS = ("mean", "attention")
+
+
 class ClassificationHead(nnx.Module):
-  """Mean of the valid encoder tokens -> readout -> (B, num_classes) logits."""
+  """Pooled valid encoder tokens -> readout -> (B, num_classes) logits.
+
+  `pool="mean"`: their mean. `pool="attention"`: per head (`dim // 32` of
+  them, at least 1), a learned query's softmax weights over the tokens' keys
+  (a linear map) average that head's slice of the tokens, as an attentive
+  probe. The query starts at zero, so the head starts as the mean.
+  """
 
   def __init__(self, dim: int, num_classes: int, *, hidden: int = 0, norm: str = "batch",
-               rngs: nnx.Rngs):
+               pool: str = "mean", rngs: nnx.Rngs):
+    if pool not in POOLS:
+      raise ValueError(f"head pool {pool!r} is not one of {POOLS}.")
+    self.pool = pool
+    if pool == "attention":
+      heads = max(dim // 32, 1)
+      self.num_heads = heads if dim % heads == 0 else 1
+      self.key = nnx.Linear(dim, dim, use_bias=False, rngs=rngs)
+      self.query = nnx.Param(jnp.zeros((self.num_heads, dim // self.num_heads)))
     self.readout = _Readout(dim, num_classes, hidden=hidden, norm=norm, rngs=rngs)
 
   def __call__(self, tokens: Array, valid: Array, train: bool = False) -> Array:
-    w = valid[..., None].astype(jnp.float32)
-    pooled = jnp.sum(tokens.astype(jnp.float32) * w, axis=1) / jnp.maximum(jnp.sum(w, 1), 1.0)
-    return self.readout(pooled, train)
+    x = tokens.astype(jnp.float32)
+    if self.pool == "mean":
+      w = valid[..., None].astype(jnp.float32)
+      return self.readout(jnp.sum(x * w, axis=1) / jnp.maximum(jnp.sum(w, 1), 1.0), train)
+    b, n, d = x.shape
+    h = self.num_heads
+    keys = self.key(x).reshape(b, n, h, d // h)
+    scores = jnp.einsum("bnhe,he->bhn", keys, self.query[...]) / jnp.sqrt(d / h)
+    scores = jnp.where(valid[:, None, :], scores, -1e30)
+    weights = jax.nn.softmax(scores, axis=-1)
+    pooled = jnp.einsum("bhn,bnhe->bhe", weights, x.reshape(b, n, h, d // h))
+    return self.readout(pooled.reshape(b, d), train)
 
 
 class DenseHead(nnx.Module):
