@@ -60,15 +60,22 @@ def test_attention_pooling_starts_as_the_mean():
   got, want = attn(jnp.asarray(x), valid), mean(jnp.asarray(x), valid)
   assert float(jnp.abs(want).max()) > 0.1
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+  # Once the query has learnt something, padding still gets no weight.
+  attn.query[...] = np.random.default_rng(2).normal(size=attn.query.shape).astype(np.float32)
+  padded = np.where(np.asarray(valid)[..., None], x, 100.0).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(attn(jnp.asarray(padded), valid)),
+                             np.asarray(attn(jnp.asarray(x), valid)), atol=1e-5)
+  assert float(jnp.abs(attn(jnp.asarray(x), valid) - want).max()) > 1e-3  # It moved.
 
 
-def test_attention_pooling_finds_the_one_token_that_matters():
+@pytest.mark.parametrize("dim", [32, 64])  # One head; two, the marker in one's slice only.
+def test_attention_pooling_finds_the_one_token_that_matters(dim):
   rng = np.random.default_rng(0)
-  x, y = _tokens(rng, 512)
-  x_test, y_test = _tokens(rng, 256)
+  x, y = _tokens(rng, 512, dim=dim)
+  x_test, y_test = _tokens(rng, 256, dim=dim)
   scores = {}
   for pool in ("mean", "attention"):
-    head = transfer_heads.ClassificationHead(32, 4, norm="layer", pool=pool, rngs=nnx.Rngs(0))
+    head = transfer_heads.ClassificationHead(dim, 4, norm="layer", pool=pool, rngs=nnx.Rngs(0))
     scores[pool] = _accuracy(_train(head, jnp.asarray(x), jnp.asarray(y)), x_test, y_test)
   # Chance is 0.25; the mean dilutes the one token 16 times (about 0.4 here).
   assert scores["attention"] >= 0.75, scores

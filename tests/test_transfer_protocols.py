@@ -93,6 +93,10 @@ def test_the_job_runs_each_task_with_its_own_seeds_and_sweep(tmp_path, monkeypat
   assert summary["runs"] == len(runs)
   lines = report.describe(c)
   assert "semseg finetune: lr swept over 0.003, 0.01, num steps 9, seeds [0, 1, 2]" in lines
+  assert not any("head pool" in line for line in lines)  # The default (mean) goes unsaid ...
+  c.finetune.head_pool = "attention"
+  assert any(line.startswith("finetune: ") and line.endswith(", head pool attention")
+             for line in report.describe(c))  # ... another pooling is named.
 
 
 def test_an_error_names_where_its_value_comes_from():

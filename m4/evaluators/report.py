@@ -122,7 +122,8 @@ def describe(config) -> list[str]:
     seeds = f"seeds {list(s.seeds)}, " if s.get("seeds") else ""
     lines.append(f"{p}: {seeds}{steps}, batch {config.data.batch_size}, {lr},"
                  f" weight decay {s.weight_decay:g}, layer decay {s.layer_decay:g},"
-                 f" head hidden {s.head_hidden}, dense head {s.get('dense_head', 'patch')}")
+                 f" head hidden {s.head_hidden}, dense head {s.get('dense_head', 'patch')}"
+                 + (f", head pool {s.head_pool}" if s.get("head_pool", "mean") != "mean" else ""))
   running = tuple(config.protocols) + (("supervised",) if config.get("baselines") else ())
   for task, per_task in (config.get("task_protocols") or {}).items():
     for p, override in (per_task or {}).items():

@@ -81,9 +81,10 @@ class ClassificationHead(nnx.Module):
   """Pooled valid encoder tokens -> readout -> (B, num_classes) logits.
 
   `pool="mean"`: their mean. `pool="attention"`: per head (`dim // 32` of
-  them, at least 1), a learned query's softmax weights over the tokens' keys
-  (a linear map) average that head's slice of the tokens, as an attentive
-  probe. The query starts at zero, so the head starts as the mean.
+  them where that divides `dim`, else one), a learned query's softmax
+  weights over the tokens' keys (a linear map) average that head's slice of
+  the tokens, as an attentive probe. The query starts at zero, so the head
+  starts as the mean (a sample without valid tokens: the mean of all).
   """
 
   def __init__(self, dim: int, num_classes: int, *, hidden: int = 0, norm: str = "batch",
