@@ -44,15 +44,16 @@ def test_top_k_and_top_p_restrict_the_support():
     assert np.isfinite(out).sum() == kept and np.all(np.isfinite(out[:kept])), (p, out)
   assert filter_logits(logits, top_k=3, top_p=0.6)[0, 2] == inf
   # Draws stay in the support, with the renormalised frequencies.
-  tokens, conf = sample(jnp.tile(logits, (20000, 1)), jax.random.key(0), 1.0, top_p=0.6)
+  uniform = lambda seed, n: jax.random.uniform(jax.random.key(seed), (n,))
+  tokens, conf = sample(jnp.tile(logits, (20000, 1)), uniform(0, 20000), 1.0, top_p=0.6)
   counts = np.bincount(np.asarray(tokens), minlength=4) / 20000
   np.testing.assert_allclose(counts, [0.625, 0.375, 0, 0], atol=0.02)
   np.testing.assert_allclose(np.asarray(conf), np.where(np.asarray(tokens) == 0, 0.625, 0.375),
                              rtol=1e-5)
   # Temperature 0 is the argmax; a low temperature sharpens.
-  greedy, _ = sample(jnp.tile(logits, (100, 1)), jax.random.key(1), 0.0)
+  greedy, _ = sample(jnp.tile(logits, (100, 1)), uniform(1, 100), 0.0)
   assert np.all(np.asarray(greedy) == 0)
-  cold, _ = sample(jnp.tile(logits, (5000, 1)), jax.random.key(2), 0.25)
+  cold, _ = sample(jnp.tile(logits, (5000, 1)), uniform(2, 5000), 0.25)
   assert np.mean(np.asarray(cold) == 0) > 0.85
 
 
@@ -114,6 +115,14 @@ def gen():
 
 
 @pytest.fixture(scope="module")
+def full_gen():
+  """The same model with one slot per token of the state at every step."""
+  names = ("rgb", "semseg", "caption")
+  return generation.Generator(tiny_checkpoint.tiny_model(seed=0, names=names, inputs=names),
+                              compact=False)
+
+
+@pytest.fixture(scope="module")
 def rgb():
   return generation.image_entry("rgb", np.random.default_rng(0).integers(0, 1024, (B, 8, 8)))
 
@@ -162,6 +171,37 @@ def test_roar_decodes_the_scheduled_tokens_in_random_order(gen, rgb):
   first = result.filled_at["semseg"] == 0
   assert not np.array_equal(first[0], first[2])
   assert np.ptp(np.flatnonzero(first[0])) > 20
+
+
+def test_slot_plan_gathers_the_visible_and_asked_tokens(gen, full_gen, rgb):
+  given = _partial_semseg()  # Samples 0 and 2: 64 unknown; sample 1: 44.
+  state = {"rgb": rgb, "semseg": given}
+  # Encoder: rgb's 64 + semseg's known; decoder: what is still unknown.
+  d64, d44 = MASKGIT.done_table(64)[64], MASKGIT.done_table(64)[44]
+  want = tuple((max(64 + int(d64[i]), 64 + 20 + int(d44[i])), 64 - int(d64[i]))
+               for i in range(MASKGIT.num_steps))
+  assert gen.slot_plan(state, MASKGIT) == want
+  roar = gen.slot_plan(state, ROAR)
+  assert [d for _, d in roar] == list(np.diff(ROAR.done_table(64)[64]))
+  # One slot per token of the state: rgb's 64 and semseg's 64 in, 64 out.
+  assert full_gen.slot_plan(state, MASKGIT) == ((128, 64),) * MASKGIT.num_steps
+
+
+@pytest.mark.parametrize("scheme", ["maskgit", "roar", "guided", "caption"])
+def test_compact_slots_decide_as_one_slot_per_token(gen, full_gen, rgb, scheme):
+  """Gathering each step's tokens into fewer slots changes nothing but speed."""
+  step = {"maskgit": MASKGIT, "roar": ROAR, "caption": CAPTION,
+          "guided": generation.Step(**dict(vars(MASKGIT), cfg_scale=2.0))}[scheme]
+  state = {"rgb": rgb, "semseg": _partial_semseg()}
+  if scheme == "caption":
+    state = _caption_state(rgb)[1]
+  a = gen.generate(state, [step], seed=7, return_logits=True)
+  b = full_gen.generate(state, [step], seed=7, return_logits=True)
+  np.testing.assert_array_equal(a.state[step.modality]["tensor"], b.state[step.modality]["tensor"])
+  if scheme == "caption":
+    np.testing.assert_allclose(a.logits["caption"], b.logits["caption"], atol=2e-5)
+  else:
+    np.testing.assert_array_equal(a.filled_at["semseg"], b.filled_at["semseg"])
 
 
 def _caption_state(rgb):

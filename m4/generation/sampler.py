@@ -24,10 +24,14 @@ from every entry of the state (`chained=True`: finished targets included),
 with classifier-free guidance when `Step.guided` (both passes run as one
 batch of 2B; the unconditional half has the condition modalities' inputs
 dropped, as the masking's condition dropout trains it). Every scheme is one
-jitted function with static shapes: loops are `lax.fori_loop` /
-`lax.while_loop`, per-step token counts are masks, and the encoder has one
-slot per token of the state. Results are deterministic for a given seed and
-batch.
+jitted function with static shapes. An image step is unrolled over its
+steps, each with as many encoder slots as the state gives tokens at that
+step and as many decoder slots as it asks for (the most over the batch,
+worked out on the host from the schedule: `slot_plan`), as 4M's reference
+gathers its visible and masked tokens; `compact=False` gives every step one
+slot per token of the state instead (the same tokens, only slower; the tests
+compare the two). Captions loop with `lax.while_loop`. Results are
+deterministic for a given seed and batch.
 
 Captions are generated as 4M's span targets, "[S_1] span_1 [S_2] ... [S_m+1]",
 one token at a time through `FourM.decode_step`'s key/value cache
@@ -217,14 +221,15 @@ def _image_dam(mask: Array) -> Array:
 class Generator:
   """Any-to-any generation with a FourM model (see the module docstring)."""
 
-  def __init__(self, model):
+  def __init__(self, model, compact: bool = True):
     self.cfg = model.cfg
+    self.compact = compact
     self.graphdef, self.params = nnx.split(model)
-    # Steps are static (shapes, loops); the guidance scale is an argument,
-    # so every scale of a guided step shares one compiled function.
-    self._image = jax.jit(self._image_impl, static_argnames=("step",))
+    # Steps and slot counts are static (shapes, loops); the guidance scale is
+    # an argument, so every scale of a guided step shares one compiled function.
+    self._image = jax.jit(self._image_impl, static_argnames=("step", "plan"))
     self._sequence = jax.jit(self._sequence_impl,
-                             static_argnames=("step", "use_cache", "return_logits"))
+                             static_argnames=("step", "capacity", "use_cache", "return_logits"))
 
   def _spec(self, name: str) -> modalities.Modality | None:
     """The model's spec of `name`; None for a modality it lacks (it rides along)."""
@@ -264,6 +269,40 @@ class Generator:
     """Encoder slots: one per token that any entry could give."""
     return sum(e["known"].shape[1] for n, e in state.items() if n in self.cfg.encoder_modalities)
 
+  def _given(self, state: State, exclude: str | None = None) -> np.ndarray:
+    """(B,) encoder input tokens each sample's state gives (`exclude` left out)."""
+    counts = [np.sum(np.asarray(e["known"]), axis=1) for n, e in state.items()
+              if n in self.cfg.encoder_modalities and n != exclude]
+    return np.sum(counts, axis=0) if counts else np.zeros(_check_state(state, self._spec), int)
+
+  def slot_plan(self, state: State, step: Step) -> tuple[tuple[int, int], ...]:
+    """(encoder slots, decoder slots) of each step of image target `step`.
+
+    Compact: the most tokens any sample gives the encoder (its state's known
+    tokens plus the target's decided so far) and asks of the decoder (maskgit:
+    every unknown token; roar: the step's share), so no slot is idle for all
+    samples. Otherwise one slot per token the state could give or ask.
+    """
+    name = step.modality
+    n_tok = self.cfg.modality(name).num_tokens
+    if not self.compact:
+      dec = step.max_per_step(n_tok) if step.scheme == "roar" else n_tok
+      return ((self._capacity(state), dec),) * step.num_steps
+    unknown = np.sum(~np.asarray(state[name]["known"], bool), axis=1)
+    done = step.done_table(n_tok)[unknown]  # (B, S + 1)
+    enc = self._given(state, exclude=name)[:, None] + done[:, :-1]
+    if name in self.cfg.encoder_modalities:
+      enc = enc + (n_tok - unknown)[:, None]
+    dec = np.diff(done, axis=1) if step.scheme == "roar" else unknown[:, None] - done[:, :-1]
+    return tuple((max(1, int(e)), max(1, int(d)))
+                 for e, d in zip(enc.max(axis=0), dec.max(axis=0)))
+
+  def sequence_capacity(self, state: State) -> int:
+    """Encoder slots of a sequence step: the most input tokens any sample gives."""
+    if not self.compact:
+      return self._capacity(state)
+    return max(1, int(np.max(self._given(state))))
+
   @staticmethod
   def _doubled(state: State, conditions: Sequence[str]) -> State:
     """[conditional; unconditional] along the batch: the second half has the
@@ -275,60 +314,62 @@ class Generator:
                    "known": jnp.concatenate([e["known"], known_u], axis=0)}
     return out
 
-  def _encode(self, model, state: State, step: Step):
-    """Encoder output for `state` (doubled when guided)."""
+  def _encode(self, model, state: State, step: Step, capacity: int):
+    """Encoder output for `state` (doubled when guided) in `capacity` slots."""
     if step.guided:
       state = self._doubled(state, step.cfg_conditions)
     batch = self._batch(state)
-    return model.encode(batch, self._capacity(state)), state
+    return model.encode(batch, capacity), state
 
   # ---- images: MaskGIT and ROAR
 
-  def _image_logits(self, model, state, step, scale, target_mask, num_slots):
+  def _image_logits(self, model, state, step, scale, target_mask, capacity, num_slots):
     """(B, slots, V) logits of the target tokens in `target_mask`, their
-    positions and validity (B, slots)."""
+    positions and validity (B, slots); the encoder has `capacity` slots."""
     name = step.modality
     b = target_mask.shape[0]
     if step.guided:
       state = self._doubled(state, step.cfg_conditions)
       target_mask = jnp.concatenate([target_mask, target_mask], axis=0)
     batch = self._batch(state, name, target_mask)
-    encoded = model.encode(batch, self._capacity(state))
+    encoded = model.encode(batch, capacity)
     decoded = model.decode({name: batch[name]}, encoded, num_slots)
     logits = model.logits(decoded.out, name)
     if step.guided:
       logits = sampling.guide(logits[:b], logits[b:], scale)
     return logits, decoded.slots.position[:b], decoded.slots.valid[:b]
 
-  def _image_impl(self, params, state, key, scale, step: Step):
+  def _image_impl(self, params, state, key, scale, step: Step, plan):
     model = nnx.merge(self.graphdef, params)
     name = step.modality
     n_tok = self.cfg.modality(name).num_tokens
-    tokens0, known0 = state[name]["tensor"], state[name]["known"]
-    b = tokens0.shape[0]
+    tokens, known0 = state[name]["tensor"], state[name]["known"]
+    b = tokens.shape[0]
     unknown = jnp.sum(~known0, axis=1)
     goals = jnp.asarray(step.done_table(n_tok))[unknown]  # (B, S + 1) known after each step.
     temps = jnp.asarray(step.temperatures())
     rows = jnp.arange(b)[:, None]
     if step.scheme == "roar":
-      num_slots = step.max_per_step(n_tok)
       key, order_key = jax.random.split(key)
       noise = jax.random.uniform(order_key, (b, n_tok))
       order = jnp.argsort(jnp.where(known0, 2.0, noise), axis=1)
       rank = jnp.zeros((b, n_tok), jnp.int32).at[rows, order].set(jnp.arange(n_tok)[None])
-    else:
-      num_slots = n_tok
 
-    def body(i, carry):
-      tokens, known, filled_at, counts = carry
+    known = known0
+    filled_at = jnp.full((b, n_tok), -1, jnp.int32)
+    counts = []
+    for i, (capacity, num_slots) in enumerate(plan):  # Unrolled: each step has its own shapes.
       if step.scheme == "roar":
         target_mask = ~known0 & (rank >= goals[:, i, None]) & (rank < goals[:, i + 1, None])
       else:
         target_mask = ~known
       current = dict(state, **{name: {"tensor": tokens, "known": known}})
-      logits, pos, valid = self._image_logits(model, current, step, scale, target_mask, num_slots)
-      drawn, probs = sampling.sample(logits, jax.random.fold_in(key, i), temps[i],
-                                     step.top_k, step.top_p)
+      logits, pos, valid = self._image_logits(model, current, step, scale, target_mask,
+                                              capacity, num_slots)
+      # One number per grid position: a token's draw does not depend on its slot.
+      grid_u = jax.random.uniform(jax.random.fold_in(key, i), (b, n_tok))
+      uniform = jnp.take_along_axis(grid_u, jnp.clip(pos, 0, n_tok - 1), axis=1)
+      drawn, probs = sampling.sample(logits, uniform, temps[i], step.top_k, step.top_p)
       if step.scheme == "roar":
         commit = valid
       else:  # Keep the most confident, as many as the schedule says.
@@ -340,18 +381,13 @@ class Generator:
       tokens = tokens.at[rows, where].set(drawn, mode="drop")
       known = known.at[rows, where].set(True, mode="drop")
       filled_at = filled_at.at[rows, where].set(i, mode="drop")
-      counts = counts.at[:, i].set(jnp.sum(commit, axis=1, dtype=jnp.int32))
-      return tokens, known, filled_at, counts
-
-    init = (tokens0, known0, jnp.full((b, n_tok), -1, jnp.int32),
-            jnp.zeros((b, step.num_steps), jnp.int32))
-    tokens, known, filled_at, counts = jax.lax.fori_loop(0, step.num_steps, body, init)
-    return {"tensor": tokens, "known": known}, filled_at, counts
+      counts.append(jnp.sum(commit, axis=1, dtype=jnp.int32))
+    return {"tensor": tokens, "known": known}, filled_at, jnp.stack(counts, axis=1)
 
   # ---- sequences: autoregressive with a KV cache
 
-  def _sequence_impl(self, params, state, key, scale, step: Step, use_cache: bool = True,
-                     return_logits: bool = False):
+  def _sequence_impl(self, params, state, key, scale, step: Step, capacity: int,
+                     use_cache: bool = True, return_logits: bool = False):
     model = nnx.merge(self.graphdef, params)
     name = step.modality
     mod = self.cfg.modality(name)
@@ -361,7 +397,7 @@ class Generator:
     num_inputs_sentinels = jnp.sum(entry["known"] & is_sentinel(entry["tensor"]), axis=1)
     stop = sentinel(1) + jnp.maximum(num_inputs_sentinels, 1)  # [S_{m+1}], [S_2] if none.
     temps = jnp.asarray(step.temperatures(length))
-    encoded, enc_state = self._encode(model, state, step)
+    encoded, enc_state = self._encode(model, state, step, capacity)
     bb = encoded.out.shape[0]  # 2B when guided.
     vocab = mod.vocab_size
 
@@ -395,8 +431,8 @@ class Generator:
       logits, cache = next_logits(i, token, cache, out)
       if step.guided:
         logits = sampling.guide(logits[:b], logits[b:], scale)
-      drawn, _ = sampling.sample(logits, jax.random.fold_in(key, i), temps[i],
-                                 step.top_k, step.top_p)
+      uniform = jax.random.uniform(jax.random.fold_in(key, i), (b,))
+      drawn, _ = sampling.sample(logits, uniform, temps[i], step.top_k, step.top_p)
       drawn = jnp.where(done, PAD_ID, drawn)
       out = out.at[:, i].set(drawn)
       if return_logits:
@@ -440,7 +476,8 @@ class Generator:
                                                _check_state(state, self._spec))})
     jstate = jax.tree.map(jnp.asarray, dict(state))
     if self.cfg.modality(name).is_sequence:
-      out, logits = self._sequence(self.params, jstate, key, scale, step=step, use_cache=use_cache,
+      out, logits = self._sequence(self.params, jstate, key, scale, step=step,
+                                   capacity=self.sequence_capacity(state), use_cache=use_cache,
                                    return_logits=return_logits)
       out = np.asarray(out)
       entry = _merge_sequence(self.cfg.modality(name), np.asarray(state[name]["tensor"]),
@@ -449,7 +486,8 @@ class Generator:
       if return_logits:
         extras["logits"] = np.asarray(logits)
       return {"entry": entry, **extras}
-    entry, filled_at, counts = self._image(self.params, jstate, key, scale, step=step)
+    entry, filled_at, counts = self._image(self.params, jstate, key, scale, step=step,
+                                           plan=self.slot_plan(state, step))
     return {"entry": jax.tree.map(np.asarray, entry), "filled_at": np.asarray(filled_at),
             "step_counts": np.asarray(counts)}
 
