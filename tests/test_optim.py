@@ -20,7 +20,7 @@ from m4.models import transfer
 from m4.tokenizers import vq_tokenizer
 from m4.jobs import pretrain
 from m4.jobs import tokenizer as tok_trainer
-from m4.jobs import transfer as transfer_trainer
+from m4.jobs import transfer_protocols
 from tests.conftest import REPO
 
 PIXELS = "rgb_pixels@32test"  # As tests/test_transfer.py registers it.
@@ -189,7 +189,7 @@ def test_transfer_optimizer_equals_adamw_with_layer_decay(protocol):
   assert set(_names(trainable)) == want
   params = _random_like(nnx.to_pure_dict(trainable), 1)
   depth, decay = cfg.encoder_depth, 0.5 if protocol == "finetune" else 1.0
-  tx, schedule = transfer_trainer.make_optimizer(
+  tx, schedule = transfer_protocols.make_optimizer(
       learning_rate=1e-2, min_learning_rate=1e-4, warmup_steps=0, num_steps=5,
       weight_decay=0.05, layer_decay=decay, depth=depth, grad_clip=1.0, b1=0.9, b2=0.999,
       decay_rules=model.decay_rules())

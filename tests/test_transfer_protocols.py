@@ -53,6 +53,10 @@ def test_a_tasks_overrides_apply_to_that_task_only():
      "task_protocols.semseg.probe.learning_rates", "must be positive"),
     (dict(count=dict(probe=dict(head_pool="max"))), "task_protocols.count.probe.head_pool",
      "is not one of ('mean', 'attention')"),
+    (dict(semseg=dict(finetune=dict(head_norm="group"))),
+     "task_protocols.semseg.finetune.head_norm", "is not one of ('batch', 'layer')"),
+    (dict(semseg=dict(probe=dict(dense_head="deconv"))), "task_protocols.semseg.probe.dense_head",
+     "is not one of ('patch', 'bilinear', 'upsample')"),
 ])
 def test_bad_overrides_are_refused_naming_the_field(override, field, message):
   c = _config()

@@ -1,10 +1,13 @@
-"""What configs/transfer/{ade20k,nyu_depth,imagenet}.py share: a TFDS benchmark
-read as a converted 4M's raw RGB pixels at 224 px, and the `:mock` shrink.
+"""What the transfer configs share: `protocol(...)`, one protocol's settings
+(every field, documented); for configs/transfer/{ade20k,nyu_depth,imagenet}.py
+a TFDS benchmark read as a converted 4M's raw RGB pixels at 224 px, and the
+`:mock` shrink.
 
-Not a config itself: the configs beside it call `tfds_base(...)`, which
+Not a config itself: the TFDS configs beside it call `tfds_base(...)`, which
 writes every field the transfer job reads, set their task, data and
-schedules, and `shrink_for_mock(c)` for `:mock`. The fields are documented in
-m4/jobs/transfer.py and configs/transfer/scenes.py.
+schedules, and `shrink_for_mock(c)` for `:mock`; configs/transfer/scenes.py
+calls `protocol`. The other fields are documented in m4/jobs/transfer.py and
+configs/transfer/scenes.py.
 """
 
 import ml_collections
@@ -39,11 +42,11 @@ def tfds_base(config_file: str, arg, title: str) -> ml_collections.ConfigDict:
   c.pixel_normalization = "imagenet"  # As 4M's rgb@224 input.
   c.data = pipeline.data_config(kind="tfds", dir="", train_split="train", eval_split="test",
                                 image_size=(224, 224), flip=True, modalities=())
-  c.probe = _protocol(learning_rate=1e-3)
-  c.finetune = _protocol(learning_rate=1e-4, weight_decay=0.05, layer_decay=0.75)
+  c.probe = protocol(learning_rate=1e-3)
+  c.finetune = protocol(learning_rate=1e-4, weight_decay=0.05, layer_decay=0.75)
   c.baselines = ()
   c.baseline_fractions = ()
-  c.supervised = _protocol(learning_rate=2e-3, weight_decay=1e-4, width=16, stem=1)
+  c.supervised = protocol(learning_rate=2e-3, weight_decay=1e-4, width=16, stem=1)
   c.sweep = ml_collections.ConfigDict(dict(split="validation", learning_rates=dict(
       probe=(), finetune=(), supervised=())))
   c.eval = ml_collections.ConfigDict(dict(num_samples=0, num_examples=8))
@@ -55,13 +58,24 @@ def tfds_base(config_file: str, arg, title: str) -> ml_collections.ConfigDict:
   return c
 
 
-def _protocol(**fields) -> ml_collections.ConfigDict:
+def protocol(**fields) -> ml_collections.ConfigDict:
+  """One protocol's settings: every field the transfer job reads for it."""
   return ml_collections.ConfigDict({**dict(
       seeds=(),  # This protocol's seeds (empty: config.seeds).
-      num_steps=1000, num_epochs=0.0, learning_rate=1e-3, min_learning_rate=0.0,
-      warmup_steps=50, warmup_epochs=0.0, weight_decay=0.0, layer_decay=1.0, grad_clip=1.0,
-      head_hidden=0, head_norm="batch", dense_head="patch", head_pool="mean", b1=0.9,
-      b2=0.999), **fields})
+      num_steps=1000,  # Optimizer steps; 0: use num_epochs.
+      num_epochs=0.0,  # Epochs over the labelled subset (when num_steps is 0).
+      learning_rate=1e-3,
+      min_learning_rate=0.0,  # Linear warmup from 0, then cosine to this.
+      warmup_steps=50,  # 0: use warmup_epochs.
+      warmup_epochs=0.0,
+      weight_decay=0.0,  # AdamW, on linear matrices only.
+      layer_decay=1.0,  # Fine-tuning: block i's lr x decay ** (depth - i); 1: none.
+      grad_clip=1.0,  # Global-norm clipping; 0: none.
+      head_hidden=0,  # 0: a linear readout; > 0: an MLP with this hidden width.
+      head_norm="batch",  # Before the readout: "batch" (MAE's probe) or "layer".
+      dense_head="patch",  # Dense tasks: "patch" (per-token readout), "bilinear" or "upsample".
+      head_pool="mean",  # Classification: pool the tokens by their "mean" or by "attention".
+      b1=0.9, b2=0.999), **fields})
 
 
 def shrink_for_mock(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

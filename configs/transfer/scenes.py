@@ -37,25 +37,12 @@ import ml_collections
 from m4 import config_files
 from m4.data import pipeline
 
+_COMMON = config_files.load(__file__, "common.py")
+
 
 def _protocol(**fields) -> ml_collections.ConfigDict:
-  """One protocol's settings: every field the transfer job reads for it."""
-  return ml_collections.ConfigDict({**dict(
-      seeds=(),  # This protocol's seeds (empty: config.seeds).
-      num_steps=400,  # Optimizer steps; 0: use num_epochs.
-      num_epochs=0.0,  # Epochs over the labelled subset (when num_steps is 0).
-      learning_rate=1e-3,
-      min_learning_rate=0.0,  # Linear warmup from 0, then cosine to this.
-      warmup_steps=20,  # 0: use warmup_epochs.
-      warmup_epochs=0.0,
-      weight_decay=0.0,  # AdamW, on linear matrices only.
-      layer_decay=1.0,  # Fine-tuning: block i's lr x decay ** (depth - i); 1: none.
-      grad_clip=1.0,  # Global-norm clipping; 0: none.
-      head_hidden=0,  # 0: a linear readout; > 0: an MLP with this hidden width.
-      head_norm="batch",  # Before the readout: "batch" (MAE's probe) or "layer".
-      dense_head="patch",  # Dense tasks: "patch" (per-token readout), "bilinear" or "upsample".
-      head_pool="mean",  # Classification: pool the tokens by their "mean" or by "attention".
-      b1=0.9, b2=0.999), **fields})
+  """common.protocol at the scenes' run length: 400 steps, 20 of warmup."""
+  return _COMMON.protocol(**{**dict(num_steps=400, warmup_steps=20), **fields})
 
 
 def get_config(arg=None):

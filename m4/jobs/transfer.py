@@ -75,7 +75,6 @@ Config fields (configs/transfer/scenes.py documents a full example):
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -90,7 +89,6 @@ from m4 import checkpoints
 from m4 import engine
 from m4 import evaluators
 from m4 import modalities
-from m4 import optim
 from m4 import sharding
 from m4 import tokenizers
 from m4 import workdir as workdir_lib
@@ -120,63 +118,6 @@ FIELDS = ("title", "seeds", "init", "init_key", "init_step", "model", "modalitie
           "pixel_normalization", "data", "probe", "finetune", "baselines", "baseline_fractions",
           "supervised", "sweep", "eval", "log_every", "checkpoint_every", "mesh",
           "sharding_rules", "prng_impl")
-
-
-# ------------------------------------------------------------------ optimizer
-
-
-@functools.lru_cache(maxsize=None)
-def make_optimizer(*, learning_rate: float, min_learning_rate: float, warmup_steps: int,
-                   num_steps: int, weight_decay: float, layer_decay: float, depth: int,
-                   grad_clip: float, b1: float, b2: float, decay_rules: optim.Rules = (),
-                   new_inputs: tuple[str, ...] = ()):
-  """(optimizer, schedule) of a protocol's settings (`m4.optim.make`): AdamW,
-  warmup + cosine, optional clipping, weight decay by `decay_rules`
-  (transfer.decay_rules) and, with layer_decay < 1, transfer.layer_decay_rules
-  (the embeddings of `new_inputs` at the full rate).
-
-  Cached, so runs with the same settings share one compiled train step.
-  """
-  return optim.make(dict(
-      lr=learning_rate, warmup_steps=max(int(warmup_steps), 1),
-      decay_steps=max(int(num_steps), 2), end_lr=min_learning_rate, b1=b1, b2=b2,
-      weight_decay=weight_decay, clip_norm=grad_clip, decay_rules=decay_rules,
-      lr_mults=(transfer.layer_decay_rules(depth, layer_decay, new_inputs)
-                if layer_decay < 1.0 else ())))
-
-
-def run_length(settings, num_labels: int, batch_size: int, where: str) -> tuple[int, int]:
-  """(steps, warmup steps) of a protocol for a labelled subset of this size."""
-  per_epoch = num_labels / batch_size
-  steps = int(settings.num_steps) or math.ceil(settings.num_epochs * per_epoch)
-  warmup = int(settings.warmup_steps) or int(round(settings.warmup_epochs * per_epoch))
-  require(steps >= 1, f"{where}.num_steps", "gives no step.")
-  require(warmup < steps, f"{where}.warmup_steps",
-          f"warmup ({warmup} steps) must be shorter than the run ({steps} steps).")
-  return steps, warmup
-
-
-# ------------------------------------------------------------------ steps
-
-
-@functools.lru_cache(maxsize=None)
-def train_step(graphdef, task, protocol: str, tx, cached: bool = False):
-  """The run's `m4.engine` step: `step(state, (rest, enc, targets))`, with the
-  trainable parameters as `state.params` and the heads' running batch
-  statistics as `state.extra` (both pure dicts), `rest` the model's other
-  state, `enc` the encoder's input batch or, `cached`, the (features, valid)
-  of a probe's m4.jobs.probe_features cache. Cached, so runs with the same
-  settings share one compiled step."""
-
-  def loss_fn(params, stats, batch):
-    rest, enc, targets = batch
-    model = nnx.merge(graphdef, nnx.State(params), nnx.State(stats), rest)
-    outputs = (model.readout(*enc, train=True) if cached
-               else model(enc, frozen=protocol == "probe", train=True))
-    loss = transfer.loss(task, outputs, targets)
-    return loss, ({}, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
-
-  return engine.make_train_step(loss_fn, tx, param_norm=False)
 
 
 # ------------------------------------------------------------------ runs
@@ -393,13 +334,13 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
   """Trains one run (resuming from its checkpoints); returns (model, figures)."""
   config, settings, task = ctx.config, run.settings, run.task
   batch_size = int(data.batch_size)
-  num_steps, warmup = run_length(settings, len(source), batch_size, run.protocol)
+  num_steps, warmup = protocols_lib.run_length(settings, len(source), batch_size, run.protocol)
   inputs = ctx.encoder_inputs(task)
   model = build_model(ctx, run)
   graphdef, trainable, stats, rest = nnx.split(
       model, transfer.trainable_filter(model, run.protocol), nnx.BatchStat, ...)
   params, stats = nnx.to_pure_dict(trainable), nnx.to_pure_dict(stats)
-  tx, lr = make_optimizer(
+  tx, lr = protocols_lib.make_optimizer(
       learning_rate=float(settings.learning_rate),
       min_learning_rate=float(settings.min_learning_rate),
       warmup_steps=warmup, num_steps=num_steps,
@@ -430,7 +371,7 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
       start = int(meta["step"])
   state = on_mesh(engine.TrainState(step=np.int32(start), params=params, opt_state=opt_state,
                                     extra=stats), ctx.mesh)
-  step_fn = train_step(graphdef, task, run.protocol, tx, cache is not None)
+  step_fn = protocols_lib.train_step(graphdef, task, run.protocol, tx, cache is not None)
   print(f"{note}{len(source)} labelled samples, {num_steps} steps"
         f" ({num_steps * batch_size / len(source):.1f} epochs)"
         + (", on cached features" if cache is not None else "")

@@ -1,4 +1,5 @@
-"""A transfer config's protocol settings: `config.<protocol>`, with a task's own overrides.
+"""A transfer config's protocol settings (`config.<protocol>`, with a task's own
+overrides) and what they make: a run's length, optimizer and train step.
 
 `config.task_protocols.<task>.<protocol>` holds the fields of `config.<protocol>`
 that differ for that one task (e.g. more seeds for one task's fine-tuning)
@@ -10,8 +11,15 @@ As in `config.<protocol>`, empty `seeds` mean `config.seeds`.
 
 from __future__ import annotations
 
-import ml_collections
+import functools
+import math
 
+import ml_collections
+from flax import nnx
+
+from m4 import engine
+from m4 import optim
+from m4.models import transfer
 from m4.models import transfer_heads
 from m4.workdir import ConfigError, require
 
@@ -83,6 +91,63 @@ def check(config, protocols) -> None:
       require(protocol == "finetune" or s.layer_decay == 1.0, at("layer_decay"),
               "a probe trains no encoder layer; keep 1.0.")
       require(s.head_hidden >= 0, at("head_hidden"), "must be >= 0.")
-      require(s.head_pool in transfer_heads.POOLS, at("head_pool"),
-              f"{s.head_pool!r} is not one of {transfer_heads.POOLS}.")
+      for field, allowed in (("head_norm", transfer_heads.NORMS), ("head_pool", transfer_heads.POOLS),
+                             ("dense_head", transfer.DENSE_HEADS)):
+        require(s[field] in allowed, at(field), f"{s[field]!r} is not one of {allowed}.")
 
+
+# ------------------------------------------------------------------ optimizer
+
+
+@functools.lru_cache(maxsize=None)
+def make_optimizer(*, learning_rate: float, min_learning_rate: float, warmup_steps: int,
+                   num_steps: int, weight_decay: float, layer_decay: float, depth: int,
+                   grad_clip: float, b1: float, b2: float, decay_rules: optim.Rules = (),
+                   new_inputs: tuple[str, ...] = ()):
+  """(optimizer, schedule) of a protocol's settings (`m4.optim.make`): AdamW,
+  warmup + cosine, optional clipping, weight decay by `decay_rules`
+  (transfer.decay_rules) and, with layer_decay < 1, transfer.layer_decay_rules
+  (the embeddings of `new_inputs` at the full rate).
+
+  Cached, so runs with the same settings share one compiled train step.
+  """
+  return optim.make(dict(
+      lr=learning_rate, warmup_steps=max(int(warmup_steps), 1),
+      decay_steps=max(int(num_steps), 2), end_lr=min_learning_rate, b1=b1, b2=b2,
+      weight_decay=weight_decay, clip_norm=grad_clip, decay_rules=decay_rules,
+      lr_mults=(transfer.layer_decay_rules(depth, layer_decay, new_inputs)
+                if layer_decay < 1.0 else ())))
+
+
+def run_length(settings, num_labels: int, batch_size: int, where: str) -> tuple[int, int]:
+  """(steps, warmup steps) of a protocol for a labelled subset of this size."""
+  per_epoch = num_labels / batch_size
+  steps = int(settings.num_steps) or math.ceil(settings.num_epochs * per_epoch)
+  warmup = int(settings.warmup_steps) or int(round(settings.warmup_epochs * per_epoch))
+  require(steps >= 1, f"{where}.num_steps", "gives no step.")
+  require(warmup < steps, f"{where}.warmup_steps",
+          f"warmup ({warmup} steps) must be shorter than the run ({steps} steps).")
+  return steps, warmup
+
+
+# ------------------------------------------------------------------ steps
+
+
+@functools.lru_cache(maxsize=None)
+def train_step(graphdef, task, protocol: str, tx, cached: bool = False):
+  """The run's `m4.engine` step: `step(state, (rest, enc, targets))`, with the
+  trainable parameters as `state.params` and the heads' running batch
+  statistics as `state.extra` (both pure dicts), `rest` the model's other
+  state, `enc` the encoder's input batch or, `cached`, the (features, valid)
+  of a probe's m4.jobs.probe_features cache. Cached, so runs with the same
+  settings share one compiled step."""
+
+  def loss_fn(params, stats, batch):
+    rest, enc, targets = batch
+    model = nnx.merge(graphdef, nnx.State(params), nnx.State(stats), rest)
+    outputs = (model.readout(*enc, train=True) if cached
+               else model(enc, frozen=protocol == "probe", train=True))
+    loss = transfer.loss(task, outputs, targets)
+    return loss, ({}, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
+
+  return engine.make_train_step(loss_fn, tx, param_norm=False)

@@ -167,9 +167,9 @@ class TransferModel(nnx.Module):
     self.backbone = FourM(cfg, rngs=rngs)
     self.inputs = tuple(cfg.encoder_modalities)
     self.new_inputs = tuple(new_inputs)  # Not in the pretrained model: never restored.
-    require(head_norm in heads.NORMS, "head_norm", f"{head_norm!r} is not one of {heads.NORMS}.")
+    # The head fields are checked by name with the protocol's settings
+    # (m4.jobs.transfer_protocols.check); the heads refuse bad values too.
     if task.kind == CLASSIFICATION:
-      require(head_pool in heads.POOLS, "head_pool", f"{head_pool!r} is not one of {heads.POOLS}.")
       self.head = heads.ClassificationHead(cfg.dim, task.num_classes, hidden=head_hidden,
                                            norm=head_norm, pool=head_pool, rngs=rngs)
       return
@@ -182,8 +182,8 @@ class TransferModel(nnx.Module):
             "data.image_size", f"{size} is not a whole number of ({h}, {w}) token patches.")
     self.grid = (h, w)
     out = task.num_classes if task.kind == SEGMENTATION else 1
-    require(dense_head in DENSE_HEADS, "dense_head",
-            f"{dense_head!r} is not one of {DENSE_HEADS}.")
+    if dense_head not in DENSE_HEADS:
+      raise ValueError(f"dense head {dense_head!r} is not one of {DENSE_HEADS}.")
     dim = cfg.dim * len(self.inputs)
     if dense_head == "upsample":
       self.head = heads.UpsampleHead(dim, out, size[0] // h, norm=head_norm, rngs=rngs)
