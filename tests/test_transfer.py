@@ -1,8 +1,7 @@
-"""Transfer: label budgets, layer decay, frozen probes, metrics, the job end to end."""
+"""Transfer's parts: label budgets, layer decay, frozen probes, heads, metrics, verdicts
+(the job end to end: test_transfer_job.py)."""
 
-import json
 import os
-import runpy
 
 import jax
 import jax.numpy as jnp
@@ -18,47 +17,12 @@ from m4 import workdir
 from m4.data import subsets
 from m4.evaluators import depth as depth_eval
 from m4.evaluators import segmentation as seg_eval
-from m4.models import configs
 from m4.models import pretrained
 from m4.models import transfer
 from m4.models.fourm import FourM
 from m4.jobs import transfer as trainer
-from tests.conftest import REPO
-
-# 32 px scenes read as 8 px patches: a 4x4 grid of raw-pixel tokens.
-PIXELS = "rgb_pixels@32test"
-PIXELS_SPEC = dict(kind="pixels", vocab_size=0, num_tokens=16, grid=(4, 4), roles=("input",),
-                   tokenizer=None, data_key="rgb")
-SCENES = dict(resolution=32, min_objects=1, max_objects=3, seed=3, antialias=1, num_train=120,
-              num_validation=4, num_test=32)
-
-
-
-def _tiny_transfer_config():
-  """configs/transfer/scenes.py:tiny, every field the job reads."""
-  return runpy.run_path(f"{REPO}/configs/transfer/scenes.py")["get_config"]("tiny")
-
-def _rngs(seed):
-  return nnx.Rngs(jax.random.key(seed, impl="rbg"))  # Compiles fast on CPU.
-
-
-def _register():
-  modalities.register_from_config({PIXELS: PIXELS_SPEC})
-
-
-def _tiny_cfg(**kw):
-  _register()
-  return configs.FourMConfig(**{**dict(
-      encoder_modalities=(PIXELS, "rgb"), decoder_modalities=("rgb",), dim=32,
-      encoder_depth=3, decoder_depth=1, num_heads=2, patch_size=8), **kw})
-
-
-def _task(kind="segmentation", **kw):
-  spec = {"segmentation": dict(kind="segmentation", inputs=(PIXELS,), target="semseg",
-                               num_classes=6),
-          "classification": dict(kind="classification", inputs=(PIXELS,), target="labels/count",
-                                 num_classes=4)}[kind]
-  return transfer.TaskSpec.from_config(kind, {**spec, **kw})
+from m4.jobs import transfer_protocols as protocols
+from tests.transfer_setup import PIXELS, PIXELS_SPEC, rngs, tiny_cfg, tiny_task, tiny_transfer_config
 
 
 # ------------------------------------------------------------------ label budgets
@@ -86,8 +50,8 @@ def test_label_fractions_pick_distinct_samples_deterministically():
 
 
 def test_layer_decay_gives_each_layer_its_scale():
-  cfg = transfer.backbone_config(_tiny_cfg(), (PIXELS,))
-  model = transfer.TransferModel(cfg, _task(), image_size=(32, 32), rngs=_rngs(0))
+  cfg = transfer.backbone_config(tiny_cfg(), (PIXELS,))
+  model = transfer.TransferModel(cfg, tiny_task(), image_size=(32, 32), rngs=rngs(0))
   _, trainable, _ = nnx.split(model, transfer.trainable_filter(model, "finetune"), ...)
   params = nnx.to_pure_dict(trainable)
   depth, decay = cfg.encoder_depth, 0.5
@@ -113,7 +77,7 @@ def test_layer_decay_gives_each_layer_its_scale():
 
   # Through the optimizer: with constant gradients Adam's step is lr * sign(g),
   # so block i moves decay ** (depth - i) times as far as the head.
-  tx, _ = trainer.make_optimizer(learning_rate=1e-2, min_learning_rate=1e-2, warmup_steps=1,
+  tx, _ = protocols.make_optimizer(learning_rate=1e-2, min_learning_rate=1e-2, warmup_steps=1,
                                  num_steps=10, weight_decay=0.0, layer_decay=decay, depth=depth,
                                  grad_clip=0.0, b1=0.9, b2=0.999)
   grads = jax.tree.map(jnp.ones_like, params)
@@ -132,9 +96,9 @@ def test_a_new_input_modality_joins_the_pretrained_encoder(tmp_path):
   """A modality the pretrained model never read (4M's and MultiMAE's claim):
   the encoder and the old inputs are restored exactly, the new input's
   embeddings keep their random init and fine-tune at the full rate."""
-  base = _tiny_cfg()
+  base = tiny_cfg()
   init_dir = str(tmp_path / "pretrained")
-  pretrained.save(init_dir, FourM(base, rngs=_rngs(7)))
+  pretrained.save(init_dir, FourM(base, rngs=rngs(7)))
   new = "normals_tok32test"
   modalities.register_from_config({new: dict(kind="image", vocab_size=64, num_tokens=16,
                                              grid=(4, 4), data_key="normals",
@@ -143,12 +107,12 @@ def test_a_new_input_modality_joins_the_pretrained_encoder(tmp_path):
   assert transfer.new_inputs(base, inputs) == (new,)
   cfg = transfer.backbone_config(base, inputs)
   assert cfg.encoder_modalities == (PIXELS, new) and cfg.num_encoder_tokens == 32
-  model = transfer.TransferModel(cfg, _task(inputs=inputs), image_size=(32, 32),
-                                 new_inputs=(new,), rngs=_rngs(0))
+  model = transfer.TransferModel(cfg, tiny_task(inputs=inputs), image_size=(32, 32),
+                                 new_inputs=(new,), rngs=rngs(0))
   fresh = nnx.to_pure_dict(nnx.state(model.backbone, nnx.Param))
   transfer.restore_encoder(model, init_dir)
   got = nnx.to_pure_dict(nnx.state(model.backbone, nnx.Param))
-  want = nnx.to_pure_dict(nnx.state(FourM(base, rngs=_rngs(7)), nnx.Param))
+  want = nnx.to_pure_dict(nnx.state(FourM(base, rngs=rngs(7)), nnx.Param))
   for key in ("encoder_embed", "modality_embed"):
     np.testing.assert_array_equal(got[key][PIXELS], want[key][PIXELS])
     np.testing.assert_array_equal(got[key][new], fresh[key][new])
@@ -184,19 +148,19 @@ def _batch(n=8, seed=0):
 
 @pytest.mark.parametrize("protocol", ["probe", "finetune"])
 def test_probe_keeps_the_encoder_frozen_and_finetuning_changes_it(protocol):
-  cfg = transfer.backbone_config(_tiny_cfg(), (PIXELS,))
-  task = _task()
-  model = transfer.TransferModel(cfg, task, image_size=(32, 32), rngs=_rngs(0))
+  cfg = transfer.backbone_config(tiny_cfg(), (PIXELS,))
+  task = tiny_task()
+  model = transfer.TransferModel(cfg, task, image_size=(32, 32), rngs=rngs(0))
   before = jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
   graphdef, trainable, stats, rest = nnx.split(
       model, transfer.trainable_filter(model, protocol), nnx.BatchStat, ...)
   params, stats = nnx.to_pure_dict(trainable), nnx.to_pure_dict(stats)
-  tx, _ = trainer.make_optimizer(learning_rate=1e-2, min_learning_rate=0.0, warmup_steps=1,
+  tx, _ = protocols.make_optimizer(learning_rate=1e-2, min_learning_rate=0.0, warmup_steps=1,
                                  num_steps=4, weight_decay=0.05, layer_decay=0.75, depth=3,
                                  grad_clip=1.0, b1=0.9, b2=0.999,
                                  decay_rules=model.decay_rules())
   state = engine.init_state(params, tx, extra=stats)
-  step = trainer.train_step(graphdef, task, protocol, tx)
+  step = protocols.train_step(graphdef, task, protocol, tx)
   enc, labels = _batch()
   for _ in range(3):
     state, metrics = step(state, (rest, enc, labels))
@@ -228,14 +192,14 @@ def test_token_inputs_and_the_grid_a_dense_head_reads(tmp_path):
   rng = np.random.default_rng(0)
   batch = {"rgb": rng.random((2, 32, 32, 3), dtype=np.float32),
            "depth": rng.uniform(0.5, 20, (2, 32, 32)).astype(np.float32)}
-  c = _tiny_transfer_config()
+  c = tiny_transfer_config()
   toks = {}
   for i, name in enumerate(specs):
     spec = vq_tokenizer.TokenizerSpec(
         modality=modalities.get(name).to_dict(), image_size=(32, 32),
         model=dict(channels=(8, 16), num_res_blocks=1, code_dim=8, patch=4),
         io={"loss_weights": {}})
-    model, io = vq_tokenizer.build(spec, _rngs(i))
+    model, io = vq_tokenizer.build(spec, rngs(i))
     toks[name] = vq_tokenizer.VQTokenizer(model, io, spec)
     c.tokenizers[name] = toks[name].save(str(tmp_path / name))
   # The trainer loads each input's tokenizer from config.tokenizers.
@@ -252,7 +216,7 @@ def test_token_inputs_and_the_grid_a_dense_head_reads(tmp_path):
                                   np.asarray(toks[name].encode(batch[key])).reshape(2, 16))
     assert enc[name]["input_mask"].all() and not enc[name]["target_mask"].any()
   model = transfer.TransferModel(transfer.backbone_config(ctx.base, task.inputs), task,
-                                 image_size=(32, 32), rngs=_rngs(0))
+                                 image_size=(32, 32), rngs=rngs(0))
   # Dense heads read slot k * 16 + i * 4 + j as modality k's cell (i, j).
   slots = model.backbone.encode(enc).slots
   np.testing.assert_array_equal(slots.modality, np.repeat([[0, 1]], 16, axis=1).repeat(2, 0))
@@ -326,7 +290,7 @@ def test_results_table_puts_the_inits_side_by_side(tmp_path):
 
 
 def test_bad_task_configs_name_the_field():
-  _register()
+  modalities.register_from_config({PIXELS: PIXELS_SPEC})
   with pytest.raises(workdir.ConfigError, match=r"tasks.t.kind"):
     transfer.TaskSpec.from_config("t", dict(kind="detection", inputs=(PIXELS,), target="x"))
   with pytest.raises(workdir.ConfigError, match=r"tasks.t.inputs.*nosuch"):
@@ -337,7 +301,7 @@ def test_bad_task_configs_name_the_field():
   with pytest.raises(workdir.ConfigError, match=r"tasks.t: unknown fields \['clases'\]"):
     transfer.TaskSpec.from_config("t", dict(kind="depth", inputs=(PIXELS,), target="depth",
                                             clases=3))
-  c = _tiny_transfer_config()
+  c = tiny_transfer_config()
   c.tasks = {"t": dict(kind="depth", inputs=(PIXELS,), target="depth")}
   c.init = ""
   with pytest.raises(workdir.ConfigError, match=r"config.init: the 'pretrained' init needs"):
@@ -354,128 +318,6 @@ def test_bad_task_configs_name_the_field():
   with pytest.raises(workdir.ConfigError, match=r"config.prng_impl: is required"):
     trainer.check_config(c)
 
-
-# ------------------------------------------------------------------ end to end
-
-
-@pytest.fixture(scope="module")
-def scenes_dir(tmp_path_factory):
-  from m4.data import scenes  # pylint: disable=g-import-not-at-top
-  d = str(tmp_path_factory.mktemp("scenes32"))
-  scenes.ensure(d, SCENES, progress=False)
-  return d
-
-
-def _scenes_config(data_dir, init_dir):
-  c = _tiny_transfer_config()
-  c.init = init_dir
-  c.modalities[PIXELS] = PIXELS_SPEC
-  c.data.dir = data_dir
-  c.data.image_size = (32, 32)
-  c.data.batch_size = 16
-  for name in list(c.tasks):
-    if name != "semseg":
-      del c.tasks[name]
-  c.tasks.semseg.inputs = (PIXELS,)
-  c.probe.update(dict(num_steps=40, warmup_steps=4, learning_rate=1e-2))
-  c.finetune.update(dict(num_steps=8, warmup_steps=2))
-  c.label_fractions = (0.5,)
-  c.eval.num_samples = 0
-  return c
-
-
-def test_end_to_end_scenes_table_both_inits_and_protocols(tmp_path, scenes_dir):
-  init_dir = str(tmp_path / "pretrained")
-  pretrained.save(init_dir, FourM(_tiny_cfg(), rngs=_rngs(7)))
-  c = _scenes_config(scenes_dir, init_dir)
-  wd = tmp_path / "wd"
-  summary = trainer.run(c, str(wd))
-
-  table = (wd / "eval" / "results.md").read_text()
-  header = next(l for l in table.splitlines() if l.startswith("| task"))
-  assert "scratch" in header and "pretrained" in header and "Δ" in header
-  rows = [l for l in table.splitlines() if l.startswith("| semseg |")]
-  assert {r.split("|")[4].strip() for r in rows} == {"probe", "finetune"}
-  assert all("50 % (60)" in r for r in rows), rows
-  results = json.loads((wd / "eval" / "results.json").read_text())
-  assert {(r["init"], r["protocol"]) for r in results} == {
-      (i, p) for i in ("pretrained", "scratch") for p in ("probe", "finetune")}
-  assert all(r["num_labels"] == 60 and r["metrics"]["num_samples"] == 32 for r in results)
-  assert (wd / "eval" / "results.png").stat().st_size > 0
-  assert (wd / "eval" / "semseg_50pct_predictions.png").stat().st_size > 0
-  assert summary["runs"] == 4 and summary["results"].endswith("results.md")
-  # Training shows progress and the test metrics land in the run's metrics.jsonl.
-  rows = workdir.read_metrics(str(wd / "runs" / "semseg" / "scratch__probe__50pct__s0"))
-  assert rows[0]["step"] == 3 and "loss" in rows[0] and "lr" in rows[0]
-  assert "test/miou" in rows[-1]
-
-  # A trained linear probe beats chance: sky and ground alone are easy to tell apart.
-  probe = next(r for r in results if r["init"] == "scratch" and r["protocol"] == "probe")
-  from m4.data import scenes  # pylint: disable=g-import-not-at-top
-  src = scenes.ScenesSource(scenes_dir, "test")
-  labels = np.concatenate([src[i]["semseg"].ravel() for i in range(len(src))])
-  majority = np.bincount(labels).max() / labels.size
-  assert probe["metrics"]["pixel_accuracy"] > majority + 0.1, (probe["metrics"], majority)
-  assert probe["metrics"]["miou"] > 1.5 / 6
-  # The crop is fixed up to a flip, so the probes trained on cached encoder features.
-  assert {r.get("probe_inputs") for r in results if r["protocol"] == "probe"} == {
-      "cached features"}
-
-  # Running again skips every finished run; other settings are refused, not mixed in.
-  first = wd / "eval" / f"{results[0]['run']}.json"
-  mtime = first.stat().st_mtime
-  trainer.run(c, str(wd))
-  c.probe.learning_rate = 0.5
-  with pytest.raises(workdir.ConfigError, match=r"made with other settings \(optimizer differ"):
-    trainer.run(c, str(wd))
-  assert first.stat().st_mtime == mtime
-
-
-def test_sweep_picks_each_arms_rate_on_validation_and_the_convnet_is_an_arm(tmp_path, scenes_dir,
-                                                                           monkeypatch):
-  c = _scenes_config(scenes_dir, "")
-  c.inits, c.protocols = ("scratch",), ("probe",)
-  c.model = _tiny_cfg().to_dict()
-  c.sweep.learning_rates = dict(probe=(1e-4, 1e-2), finetune=(), supervised=(3e-3,))
-  c.baselines = ("convnet",)
-  c.supervised.update(dict(num_steps=40, warmup_steps=4, width=8, stem=2))
-  c.probe.seeds = (1, 2)  # The probe's own seeds; the conv net keeps config.seeds (0,).
-  encoded = []
-  encode = trainer.probe_features.encode
-  monkeypatch.setattr(trainer.probe_features, "encode",
-                      lambda *a, **k: encoded.append(k["seed"]) or encode(*a, **k))
-  wd = tmp_path / "wd"
-  summary = trainer.run(c, str(wd))
-  assert encoded == [1, 2]  # Once per seed: the sweep's two rates share seed 1's cache.
-  swept = [json.loads(p.read_text()) for p in sorted((wd / "eval" / "sweep").glob("*.json"))]
-  # Scored on the validation split, never the test split; one run per rate.
-  assert {r["eval_split"] for r in swept} == {"validation"}
-  probe = {r["learning_rate"]: r for r in swept if r["protocol"] == "probe"}
-  assert sorted(probe) == [1e-4, 1e-2]
-  best = max(probe.values(), key=lambda r: r["metrics"]["miou"])
-  results = json.loads((wd / "eval" / "results.json").read_text())
-  assert sorted((r["protocol"], r["seed"]) for r in results) == [
-      ("probe", 1), ("probe", 2), ("supervised", 0)]
-  assert {r["seed"] for r in swept if r["protocol"] == "probe"} == {1}  # The probe's first.
-  final = {(r["init"], r["protocol"]): r for r in results if r["seed"] in (0, 1)}
-  assert final["scratch", "probe"]["learning_rate"] == best["learning_rate"]
-  assert final["scratch", "probe"]["eval_split"] == "test"
-  assert final["scratch", "probe"]["probe_inputs"] == "cached features"
-  # The first seed's final run is the chosen sweep run's model, not a second training.
-  assert final["scratch", "probe"]["run_dir"] == best["run_dir"]
-  assert final["scratch", "probe"]["train_loss"] == best["train_loss"]
-  # The conv net trains from pixels on the same labels and learns more than the majority class.
-  convnet = final["convnet", "supervised"]
-  assert convnet["num_labels"] == final["scratch", "probe"]["num_labels"]
-  from m4.data import scenes  # pylint: disable=g-import-not-at-top
-  src = scenes.ScenesSource(scenes_dir, "test")
-  labels = np.concatenate([src[i]["semseg"].ravel() for i in range(len(src))])
-  assert convnet["metrics"]["pixel_accuracy"] > np.bincount(labels).max() / labels.size + 0.1
-  table = (wd / "eval" / "results.md").read_text()
-  assert "| supervised |" in table and "Learning-rate sweep" in table
-  assert "probe: seeds [1, 2]" in table and "(2)" in table  # The probe row: mean ± std (2).
-  assert summary["runs"] == len(results) + len(swept) == 3 + 3
-  assert not summary["verdicts"]  # No pretrained arm here: nothing to compare.
 
 
 def test_verdicts_say_plainly_whether_pretraining_helped():
@@ -510,20 +352,20 @@ def test_verdicts_say_plainly_whether_pretraining_helped():
 
 def test_upsample_head_draws_at_full_resolution_and_starts_uniform():
   from m4.models import transfer_heads  # pylint: disable=g-import-not-at-top
-  head = transfer_heads.UpsampleHead(32, 6, 8, rngs=_rngs(0))
+  head = transfer_heads.UpsampleHead(32, 6, 8, rngs=rngs(0))
   grid = jax.random.normal(jax.random.key(1), (2, 4, 4, 32))
   out = head(grid, train=True)
   assert out.shape == (2, 32, 32, 6)
   np.testing.assert_array_equal(np.asarray(out), 0.0)  # Zero-initialised last layer.
   with pytest.raises(ValueError, match="power of 2"):
-    transfer_heads.UpsampleHead(32, 6, 6, rngs=_rngs(0))
+    transfer_heads.UpsampleHead(32, 6, 6, rngs=rngs(0))
 
 
 def test_bilinear_head_interpolates_each_tokens_scores():
   """A linear readout per token, bilinearly upsampled: each pixel between
   patch centres mixes the scores of the tokens around it by its distance."""
   from m4.models import transfer_heads  # pylint: disable=g-import-not-at-top
-  head = transfer_heads.BilinearHead(8, 3, 4, norm="layer", rngs=_rngs(0))
+  head = transfer_heads.BilinearHead(8, 3, 4, norm="layer", rngs=rngs(0))
   head.readout.out.kernel.value = jax.random.normal(jax.random.key(2), (8, 3))
   grid = jax.random.normal(jax.random.key(1), (2, 3, 3, 8))
   out = np.asarray(head(grid))
@@ -538,95 +380,3 @@ def test_bilinear_head_interpolates_each_tokens_scores():
   expected = (rows[:, :, lo] * (1 - frac)[None, None, :, None]
               + rows[:, :, lo + 1] * frac[None, None, :, None])
   np.testing.assert_allclose(out[:, inner][:, :, inner], expected, atol=1e-5)
-
-
-def _crashing_at_step_five(make_step):
-  """A train_step factory whose steps raise KeyboardInterrupt at the fifth call
-  (after the checkpoint at step 3)."""
-  calls = []
-
-  def crashing(*settings):
-    step = make_step(*settings)
-
-    def crash_at_five(*args):
-      calls.append(1)
-      if len(calls) == 5:
-        raise KeyboardInterrupt("stopped after a checkpoint at step 3")
-      return step(*args)
-
-    return crash_at_five
-
-  return crashing
-
-
-# The probe on cached features (the next test trains one through the encoder).
-@pytest.mark.parametrize("protocol", ["finetune", "probe"])
-def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, scenes_dir, monkeypatch,
-                                                       protocol):
-  c = _scenes_config(scenes_dir, "")
-  c.inits, c.protocols = ("scratch",), (protocol,)
-  c.checkpoint_every = 3
-  c.model = _tiny_cfg().to_dict()  # The end-to-end test's model: its compiled steps are reused.
-  whole = trainer.run(c, str(tmp_path / "whole"))
-  make_step = trainer.train_step
-  monkeypatch.setattr(trainer, "train_step", _crashing_at_step_five(make_step))
-  with pytest.raises(KeyboardInterrupt):
-    trainer.run(c, str(tmp_path / "cut"))
-  monkeypatch.setattr(trainer, "train_step", make_step)
-  resumed = trainer.run(c, str(tmp_path / "cut"))
-  assert resumed["headline"] == whole["headline"]
-  get = lambda d: json.loads((tmp_path / d / "eval" / "results.json").read_text())[0]
-  assert get("cut")["train_loss"] == get("whole")["train_loss"]
-  if protocol == "probe":
-    assert get("cut")["probe_inputs"] == "cached features"
-
-
-def test_a_probe_checkpointed_through_the_loader_does_not_resume_on_cached_features(
-    tmp_path, scenes_dir, monkeypatch):
-  c = _scenes_config(scenes_dir, "")
-  c.inits, c.protocols = ("scratch",), ("probe",)
-  c.checkpoint_every = 3
-  c.model = _tiny_cfg().to_dict()
-  monkeypatch.setattr(trainer, "train_step", _crashing_at_step_five(trainer.train_step))
-  monkeypatch.setattr(trainer.probe_features, "uncached_reason", lambda *a: "forced")
-  with pytest.raises(KeyboardInterrupt):  # Trained through the encoder, checkpointed at 3.
-    trainer.run(c, str(tmp_path / "wd"))
-  monkeypatch.undo()
-  with pytest.raises(workdir.ConfigError, match="written training from the loader"):
-    trainer.run(c, str(tmp_path / "wd"))
-  run_dir = tmp_path / "wd" / "runs" / "semseg" / "scratch__probe__50pct__s0"
-  assert (run_dir / "checkpoints" / "3").is_dir()  # Kept, and no result made of the mix.
-  assert not (tmp_path / "wd" / "eval" / "semseg__scratch__probe__50pct__s0.json").exists()
-
-
-# ------------------------------------------------------------------ TFDS benchmarks
-
-
-def _aligned_ade(self, split, decoders=None, **kwargs):
-  """Mocked scene_parse150 records whose image and annotation sizes agree."""
-  del self, split, decoders, kwargs
-  rng = np.random.default_rng(0)
-  out = []
-  for _ in range(6):
-    h, w = rng.integers(40, 80, 2)
-    ann = rng.integers(0, 151, (h, w), dtype=np.uint8)
-    out.append({"image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
-                "annotation": np.repeat(ann[..., None], 3, axis=-1)})
-  return out
-
-
-@pytest.mark.parametrize("name", ["nyu_depth", "ade20k", "imagenet"])
-def test_benchmark_configs_run_on_mock_data(name, tmp_path):
-  import importlib  # pylint: disable=g-import-not-at-top
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  c = importlib.import_module(f"configs.transfer.{name}").get_config("mock")
-  full = importlib.import_module(f"configs.transfer.{name}").get_config()
-  assert full.inits == ("pretrained", "scratch") and full.data.image_size == (224, 224)
-  mock = dict(as_data_source_fn=_aligned_ade) if name == "ade20k" else {}
-  with tfds.testing.mock_data(num_examples=6, **mock):
-    summary = trainer.run(c, str(tmp_path / "wd"))
-  results = json.loads((tmp_path / "wd" / "eval" / "results.json").read_text())
-  assert len(results) == 1 and results[0]["metrics"]["num_samples"] == 4
-  headline = results[0]["headline"][0]
-  assert np.isfinite(results[0]["metrics"][headline])
-  assert os.path.exists(summary["results"])
