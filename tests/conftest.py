@@ -42,7 +42,7 @@ def repo_root():
 # pytest.ini hands whole modules to the workers in collection order, so a long
 # module collected late runs alone at the end while the other core idles.
 LONGEST_FIRST = ("test_multihost.py", "test_pretrain.py", "test_faults.py", "test_vq.py",
-                 "test_transfer.py", "test_fourm.py")
+                 "test_transfer_job.py", "test_fourm.py", "test_transfer.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -11,6 +11,7 @@ import pytest
 
 import m4  # pylint: disable=unused-import
 from m4 import generation
+from m4 import modalities
 from m4.generation import quality
 from m4.generation import sampler as sampler_lib
 from m4.generation import schedules
@@ -23,6 +24,7 @@ B = 3
 MASKGIT = generation.Step("semseg", "maskgit", num_steps=4, temperature=1.0)
 ROAR = generation.Step("semseg", "roar", num_steps=5, temperature=1.0)
 CAPTION = generation.Step("caption", "autoregressive", temperature=1.0, top_k=20, max_length=24)
+CAPTION_SLOTS = modalities.get("caption").num_tokens + 1  # A caption entry's length.
 
 
 # ---------------------------------------------------------------- sampling
@@ -174,27 +176,39 @@ def test_roar_decodes_the_scheduled_tokens_in_random_order(gen, rgb):
 
 
 def test_slot_plan_gathers_the_visible_and_asked_tokens(gen, full_gen, rgb):
-  given = _partial_semseg()  # Samples 0 and 2: 64 unknown; sample 1: 44.
-  state = {"rgb": rgb, "semseg": given}
-  # Encoder: rgb's 64 + semseg's known; decoder: what is still unknown.
-  d64, d44 = MASKGIT.done_table(64)[64], MASKGIT.done_table(64)[44]
-  want = tuple((max(64 + int(d64[i]), 64 + 20 + int(d44[i])), 64 - int(d64[i]))
-               for i in range(MASKGIT.num_steps))
-  assert gen.slot_plan(state, MASKGIT) == want
-  roar = gen.slot_plan(state, ROAR)
-  assert [d for _, d in roar] == list(np.diff(ROAR.done_table(64)[64]))
-  # One slot per token of the state: rgb's 64 and semseg's 64 in, 64 out.
-  assert full_gen.slot_plan(state, MASKGIT) == ((128, 64),) * MASKGIT.num_steps
+  empty = {"rgb": rgb, "semseg": generation.empty_entry("semseg", B)}
+  done = MASKGIT.done_table(64)[64]
+  # rgb's 64 tokens and the semseg tokens decided so far in; the rest out.
+  assert gen.slot_plan(empty, MASKGIT) == tuple(
+      (64 + int(done[i]), 64 - int(done[i])) for i in range(MASKGIT.num_steps))
+  assert [d for _, d in gen.slot_plan(empty, ROAR)] == list(np.diff(ROAR.done_table(64)[64]))
+  # A target the encoder does not read adds no encoder slot.
+  names = ("rgb", "semseg")
+  rgb_only = generation.Generator(tiny_checkpoint.tiny_model(seed=0, names=names, inputs=("rgb",)))
+  assert {e for e, _ in rgb_only.slot_plan(empty, MASKGIT)} == {64}
+  # Samples asking for different numbers of tokens, a compact=False
+  # generator and a long schedule: one slot per token, the same every step.
+  inpaint = {"rgb": rgb, "semseg": _partial_semseg()}
+  assert gen.slot_plan(inpaint, MASKGIT) == ((128, 64),) * MASKGIT.num_steps
+  assert full_gen.slot_plan(empty, MASKGIT) == ((128, 64),) * MASKGIT.num_steps
+  long = generation.Step("semseg", "roar", num_steps=sampler_lib.MAX_PLANNED_STEPS + 1)
+  assert len(set(gen.slot_plan(empty, long))) == 1
+  # Captions of different lengths keep the whole caption's slots; no caption, none.
+  _, captioned = _caption_state(rgb)
+  assert gen.sequence_capacity(captioned) == 64 + CAPTION_SLOTS
+  assert gen.sequence_capacity({"rgb": rgb}) == 64
 
 
-@pytest.mark.parametrize("scheme", ["maskgit", "roar", "guided", "caption"])
+@pytest.mark.parametrize("scheme", ["maskgit", "roar", "guided", "inpaint", "caption"])
 def test_compact_slots_decide_as_one_slot_per_token(gen, full_gen, rgb, scheme):
   """Gathering each step's tokens into fewer slots changes nothing but speed."""
-  step = {"maskgit": MASKGIT, "roar": ROAR, "caption": CAPTION,
+  step = {"maskgit": MASKGIT, "roar": ROAR, "inpaint": MASKGIT, "caption": CAPTION,
           "guided": generation.Step(**dict(vars(MASKGIT), cfg_scale=2.0))}[scheme]
-  state = {"rgb": rgb, "semseg": _partial_semseg()}
+  state = {"rgb": rgb, "semseg": generation.empty_entry("semseg", B)}
+  if scheme == "inpaint":
+    state["semseg"] = _partial_semseg()
   if scheme == "caption":
-    state = _caption_state(rgb)[1]
+    state = {"rgb": rgb}
   a = gen.generate(state, [step], seed=7, return_logits=True)
   b = full_gen.generate(state, [step], seed=7, return_logits=True)
   np.testing.assert_array_equal(a.state[step.modality]["tensor"], b.state[step.modality]["tensor"])

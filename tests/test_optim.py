@@ -23,7 +23,7 @@ from m4.jobs import tokenizer as tok_trainer
 from m4.jobs import transfer_protocols
 from tests.conftest import REPO
 
-PIXELS = "rgb_pixels@32test"  # As tests/test_transfer.py registers it.
+PIXELS = "rgb_pixels@32test"  # As tests/transfer_setup.py registers it.
 PIXELS_SPEC = dict(kind="pixels", vocab_size=0, num_tokens=16, grid=(4, 4), roles=("input",),
                    tokenizer=None, data_key="rgb")
 

@@ -319,7 +319,6 @@ def test_bad_task_configs_name_the_field():
     trainer.check_config(c)
 
 
-
 def test_verdicts_say_plainly_whether_pretraining_helped():
   from m4.evaluators import report  # pylint: disable=g-import-not-at-top
   row = lambda init, value, metric="miou", higher=True, seed=0: dict(

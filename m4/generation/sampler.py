@@ -26,12 +26,14 @@ batch of 2B; the unconditional half has the condition modalities' inputs
 dropped, as the masking's condition dropout trains it). Every scheme is one
 jitted function with static shapes. An image step is unrolled over its
 steps, each with as many encoder slots as the state gives tokens at that
-step and as many decoder slots as it asks for (the most over the batch,
-worked out on the host from the schedule: `slot_plan`), as 4M's reference
-gathers its visible and masked tokens; `compact=False` gives every step one
-slot per token of the state instead (the same tokens, only slower; the tests
-compare the two). Captions loop with `lax.while_loop`. Results are
-deterministic for a given seed and batch.
+step and as many decoder slots as it asks for (worked out on the host from
+the schedule: `slot_plan`), as 4M's reference gathers its visible and masked
+tokens; where the batch's samples differ in what they give or ask, and with
+`compact=False`, the slots cover every token that could be (one
+`lax.fori_loop` body). The same tokens are drawn either way (each grid
+position has its own random number); the tests compare the two. Captions
+loop with `lax.while_loop`. Results are deterministic for a given seed and
+batch.
 
 Captions are generated as 4M's span targets, "[S_1] span_1 [S_2] ... [S_m+1]",
 one token at a time through `FourM.decode_step`'s key/value cache
@@ -66,6 +68,8 @@ PAD_ID = 0
 EOS_ID = 3
 FIRST_SENTINEL_ID = text_lib.FIRST_SENTINEL_ID
 NUM_SENTINELS = 200
+# Image schedules up to this many steps get a program per step (`slot_plan`).
+MAX_PLANNED_STEPS = 16
 
 
 def sentinel(i: int) -> int:
@@ -81,6 +85,11 @@ def is_sentinel(ids):
 
 # ---------------------------------------------------------------- entries
 # Each takes a Modality spec (e.g. `model.cfg.modality(name)`) or a registry name.
+
+
+def known_shape(entry) -> int:
+  """Tokens per sample an entry could give (its `known` mask's length)."""
+  return int(np.shape(entry["known"])[1])
 
 
 def _spec(modality: modalities.Modality | str) -> modalities.Modality:
@@ -267,41 +276,54 @@ class Generator:
 
   def _capacity(self, state: State) -> int:
     """Encoder slots: one per token that any entry could give."""
-    return sum(e["known"].shape[1] for n, e in state.items() if n in self.cfg.encoder_modalities)
+    return sum(known_shape(e) for n, e in state.items() if n in self.cfg.encoder_modalities)
 
-  def _given(self, state: State, exclude: str | None = None) -> np.ndarray:
-    """(B,) encoder input tokens each sample's state gives (`exclude` left out)."""
-    counts = [np.sum(np.asarray(e["known"]), axis=1) for n, e in state.items()
-              if n in self.cfg.encoder_modalities and n != exclude]
-    return np.sum(counts, axis=0) if counts else np.zeros(_check_state(state, self._spec), int)
+  def _given(self, state: State, exclude: str | None = None) -> int:
+    """Encoder slots for the inputs of `state` (`exclude` left out): an entry
+    whose samples all give the same number of tokens gets that many, any
+    other (captions of different lengths, different masks) one per token, so
+    batches like it share one compiled program."""
+    total = 0
+    for name, e in state.items():
+      if name in self.cfg.encoder_modalities and name != exclude:
+        known = np.sum(np.asarray(e["known"]), axis=1)
+        total += int(known[0]) if np.all(known == known[0]) else known_shape(e)
+    return total
 
   def slot_plan(self, state: State, step: Step) -> tuple[tuple[int, int], ...]:
     """(encoder slots, decoder slots) of each step of image target `step`.
 
-    Compact: the most tokens any sample gives the encoder (its state's known
-    tokens plus the target's decided so far) and asks of the decoder (maskgit:
-    every unknown token; roar: the step's share), so no slot is idle for all
-    samples. Otherwise one slot per token the state could give or ask.
+    Compact (the default): the state's inputs as `_given` counts them and,
+    when every sample has the same number of unknown target tokens, exactly
+    the target tokens the schedule has decided before the step (encoder) and
+    asks for at it (decoder: maskgit every unknown token, roar the step's
+    share). Otherwise, and for schedules longer than MAX_PLANNED_STEPS (their
+    programs would grow with the steps), every step gets one slot per token
+    the state could give (encoder) and the most any step can ask (decoder).
     """
     name = step.modality
     n_tok = self.cfg.modality(name).num_tokens
-    if not self.compact:
-      dec = step.max_per_step(n_tok) if step.scheme == "roar" else n_tok
-      return ((self._capacity(state), dec),) * step.num_steps
+    target_in = name in self.cfg.encoder_modalities
     unknown = np.sum(~np.asarray(state[name]["known"], bool), axis=1)
-    done = step.done_table(n_tok)[unknown]  # (B, S + 1)
-    enc = self._given(state, exclude=name)[:, None] + done[:, :-1]
-    if name in self.cfg.encoder_modalities:
-      enc = enc + (n_tok - unknown)[:, None]
-    dec = np.diff(done, axis=1) if step.scheme == "roar" else unknown[:, None] - done[:, :-1]
-    return tuple((max(1, int(e)), max(1, int(d)))
-                 for e, d in zip(enc.max(axis=0), dec.max(axis=0)))
+    if (not self.compact or step.num_steps > MAX_PLANNED_STEPS
+        or not np.all(unknown == unknown[0])):
+      dec = step.max_per_step(n_tok) if step.scheme == "roar" else n_tok
+      enc = (self._given(state, exclude=name) + (n_tok if target_in else 0) if self.compact
+             else self._capacity(state))
+      return ((max(1, enc), dec),) * step.num_steps
+    u = int(unknown[0])
+    done = step.done_table(n_tok)[u]  # (S + 1,) decided after each step.
+    given = self._given(state, exclude=name)
+    plan = []
+    for i in range(step.num_steps):
+      enc = given + (n_tok - u + int(done[i]) if target_in else 0)
+      dec = int(done[i + 1] - done[i]) if step.scheme == "roar" else u - int(done[i])
+      plan.append((max(1, enc), max(1, dec)))
+    return tuple(plan)
 
   def sequence_capacity(self, state: State) -> int:
-    """Encoder slots of a sequence step: the most input tokens any sample gives."""
-    if not self.compact:
-      return self._capacity(state)
-    return max(1, int(np.max(self._given(state))))
+    """Encoder slots of a sequence step: the state's inputs as `_given` counts them."""
+    return max(1, self._given(state) if self.compact else self._capacity(state))
 
   @staticmethod
   def _doubled(state: State, conditions: Sequence[str]) -> State:
@@ -355,10 +377,8 @@ class Generator:
       order = jnp.argsort(jnp.where(known0, 2.0, noise), axis=1)
       rank = jnp.zeros((b, n_tok), jnp.int32).at[rows, order].set(jnp.arange(n_tok)[None])
 
-    known = known0
-    filled_at = jnp.full((b, n_tok), -1, jnp.int32)
-    counts = []
-    for i, (capacity, num_slots) in enumerate(plan):  # Unrolled: each step has its own shapes.
+    def body(i, carry, capacity, num_slots):
+      tokens, known, filled_at, counts = carry
       if step.scheme == "roar":
         target_mask = ~known0 & (rank >= goals[:, i, None]) & (rank < goals[:, i + 1, None])
       else:
@@ -381,8 +401,19 @@ class Generator:
       tokens = tokens.at[rows, where].set(drawn, mode="drop")
       known = known.at[rows, where].set(True, mode="drop")
       filled_at = filled_at.at[rows, where].set(i, mode="drop")
-      counts.append(jnp.sum(commit, axis=1, dtype=jnp.int32))
-    return {"tensor": tokens, "known": known}, filled_at, jnp.stack(counts, axis=1)
+      counts = counts.at[:, i].set(jnp.sum(commit, axis=1, dtype=jnp.int32))
+      return tokens, known, filled_at, counts
+
+    carry = (tokens, known0, jnp.full((b, n_tok), -1, jnp.int32),
+             jnp.zeros((b, step.num_steps), jnp.int32))
+    if len(set(plan)) == 1:  # One shape for every step: one compiled loop body.
+      carry = jax.lax.fori_loop(0, step.num_steps,
+                                lambda i, c: body(i, c, *plan[0]), carry)
+    else:  # Unrolled: each step with its own shapes.
+      for i, sizes in enumerate(plan):
+        carry = body(i, carry, *sizes)
+    tokens, known, filled_at, counts = carry
+    return {"tensor": tokens, "known": known}, filled_at, counts
 
   # ---- sequences: autoregressive with a KV cache
 

@@ -52,6 +52,9 @@ def sample(logits: Array, uniform: Array, temperature: Array | float = 1.0, top_
   Returns (int32 tokens (...), float32 probability of each drawn token under
   the tempered, filtered distribution).
   """
+  if jnp.shape(uniform) != logits.shape[:-1]:
+    raise ValueError(f"sample: uniform has shape {jnp.shape(uniform)}; expected one number per"
+                     f" row of the logits, {logits.shape[:-1]}.")
   logits = logits.astype(jnp.float32)
   temperature = jnp.asarray(temperature, jnp.float32)
   greedy = temperature < GREEDY_BELOW

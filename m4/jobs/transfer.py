@@ -36,7 +36,8 @@ A run whose eval json exists is skipped, and a run with checkpoints resumes,
 so the same command continues an interrupted job. Paired runs share the label
 subset, the data order and the head's initialisation (all from the seed).
 
-Config fields (configs/transfer/scenes.py documents a full example):
+Config fields (configs/transfer/scenes.py documents a full example; each
+protocol's fields are configs/transfer/common.py:protocol's):
   seeds: seeds to run; each gives the label subset, data order and inits.
   init: directory of a pretraining run or a saved model (m4.models.pretrained
     layout: config.json with `model` [+ `modalities`], checkpoints/); "" when
