@@ -9,8 +9,10 @@ Schemes (each compiled first, timed separately, then run `--repeats` times):
 MaskGIT and ROAR for an image target (`--steps` steps), MaskGIT with
 classifier-free guidance (a batch of 2B), and the caption decoded for its
 full length or `--caption_tokens` (no early stop) with and without the
-key/value cache. Prints a table and one JSON line per scheme: compile
-seconds, milliseconds per sample (median over repeats) and per decoded token.
+key/value cache. `--full_slots` gives every image step one slot per token
+(`Generator(compact=False)`), to measure what the planned slots buy. Prints a
+table and one JSON line per scheme: compile seconds, milliseconds per sample
+(median over repeats) and per decoded token.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def random_model(config) -> FourM:
 def bench(args, model=None) -> list[dict]:
   """One row per scheme (see the module doc); `model`: instead of args' config / init."""
   model = _model(args) if model is None else model
-  gen = generation.Generator(model)
+  gen = generation.Generator(model, compact=not args.full_slots)
   names = model.cfg.decoder_modalities
   source = args.input
   image = next(n for n in names if modalities.get(n).is_image and n != source)
@@ -105,6 +107,8 @@ def main(argv=None) -> int:
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--caption_tokens", type=int, default=0,
                  help="caption tokens decoded (0: the modality's num_tokens)")
+  p.add_argument("--full_slots", action="store_true",
+                 help="one slot per token at every step (the sampler before its slot plans)")
   args = p.parse_args(argv)
   rows = bench(args)
   print(f"\n{'scheme':28s} {'ms/sample':>10s} {'ms/token':>9s} {'compile s':>9s}")
