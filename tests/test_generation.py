@@ -107,6 +107,45 @@ def test_caption_pairs_and_object_presence():
       2 * precision * recall / (precision + recall))
 
 
+def test_boxes_count_and_box_texts_tell_followed_from_ignored():
+  """Steering figures: a map drawn where the boxes say scores 1, a map of the
+  right shapes in the wrong places 0; the rendered scenes' own maps follow
+  their boxes and counts far more often than another scene's do."""
+  from m4.data import scene_sequences, scenes  # pylint: disable=g-import-not-at-top
+  maps = np.zeros((2, 32, 32), np.int32)
+  maps[:, 4:12, 2:10] = 2 + 1  # A cube at x 2-10, y 4-12.
+  maps[0, 20:30, 16:26] = 2 + 0  # A sphere at x 16-26, y 20-30 (map 0 only).
+  maps[0, 0, 0] = 2 + 3  # A 1-pixel cone: below min_pixels, not an object.
+  boxes = ["cube 4 8 20 24 sphere 32 40 52 60"] * 2  # 64 bins of 32 px: half-pixels.
+  sums = quality.box_sums(maps, boxes, np.array([True, True]))
+  assert sums == {"hits": 3.0, "iou": 3.0, "boxes": 4.0}
+  assert quality.box_figures(sums) == {"box_hit_rate": 0.75, "box_mean_iou": 0.75}
+  meta = ["count 2 pitch 10 height 30 brightness 50 objects 20"] * 2
+  assert quality.count_figures(quality.count_sums(maps, meta, np.array([True, True]))) == {
+      "count_accuracy": 0.5, "count_mae": 0.5}
+  texts = quality.box_text_sums(["cube 4 8 20 24 cone 0 0 9 9", "not a box"], boxes,
+                                np.array([True, True]))
+  assert texts == {"matched": 1.0, "named": 2.0, "objects": 4.0}
+  samples = [scene_sequences.add_texts(scenes.render(i, split="test", resolution=64,
+                                                     extras=("boxes", "palette", "metadata")))
+             for i in range(24)]
+  maps = np.stack([s["semseg"] for s in samples])
+  valid = np.ones(len(samples), bool)
+  own, other = [s["boxes_text"] for s in samples], [s["boxes_text"] for s in samples[1:] + samples[:1]]
+  assert quality.box_figures(quality.box_sums(maps, own, valid))["box_hit_rate"] > 0.8
+  assert quality.box_figures(quality.box_sums(maps, other, valid))["box_hit_rate"] < 0.2
+  counts = [s["metadata_text"] for s in samples]
+  assert quality.count_figures(quality.count_sums(maps, counts, valid))["count_accuracy"] > 0.6
+  assert quality.box_text_figures(quality.box_text_sums(own, own, valid))["box_f1"] == 1.0
+  assert quality.box_text_figures(quality.box_text_sums(other, own, valid))["box_f1"] < 0.2
+  rgb = np.stack([s["rgb"] for s in samples]) / 255.0
+  own = quality.palette_figures(quality.palette_sums(rgb, [s["palette_text"] for s in samples],
+                                                     valid))["palette_distance"]
+  other = quality.palette_figures(quality.palette_sums(
+      rgb, [s["palette_text"] for s in samples[1:] + samples[:1]], valid))["palette_distance"]
+  assert own < 12 < 2 * own < other  # 16-level bins: a true colour is within 14 units.
+
+
 # ---------------------------------------------------------------- the sampler
 
 

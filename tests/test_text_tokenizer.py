@@ -205,6 +205,29 @@ def test_trainer_on_a_scenes_dataset(tmp_path, repo_root):
     text_tokenizer.run(config, str(tmp_path / "bad"))
 
 
+def test_shared_vocabulary_for_caption_boxes_palette_and_metadata(tmp_path, repo_root):
+  """4M-21's text modalities in one vocabulary: every text of every modality
+  round-trips without [UNK] and fits its registry entry's num_tokens."""
+  import os  # pylint: disable=g-import-not-at-top
+  import runpy  # pylint: disable=g-import-not-at-top
+  from m4.jobs import text_tokenizer  # pylint: disable=g-import-not-at-top
+  config = runpy.run_path(os.path.join(repo_root, "configs/tokenizers/caption_scenes.py"))[
+      "get_config"]("shared")
+  config.data.update(dict(dir=str(tmp_path / "data"), resolution=32, num_train=48,
+                          num_validation=16, num_test=1, workers=1))
+  summary = text_tokenizer.run(config, str(tmp_path / "work"))
+  for prefix in ("", "boxes/", "palette/", "metadata/"):
+    assert summary[f"{prefix}round_trip_exact"] == 1.0, prefix
+    assert summary[f"{prefix}unk_fraction"] == 0.0 and summary[f"{prefix}fit_num_tokens"] == 1.0
+  assert summary["boxes/tokens_max"] > 5 and summary["metadata/tokens_max"] >= 11  # 10 words.
+  tok = text.load(summary["tokenizer"])
+  assert tok.path.endswith("wordpiece_scenes21.json")
+  assert len(tok.encode("count brightness")) == 2  # Words of every modality are whole pieces.
+  config.data.modalities = ("caption", "boxes", "palette", "metadata")  # No image: no box size.
+  with pytest.raises(ValueError, match=r"config.data: .*boxes text needs the image size"):
+    text_tokenizer.run(config, str(tmp_path / "bad"))
+
+
 def test_misplaced_sentinel_is_refused(tmp_path):
   spec = _4m_format_json(["a"], classes=[])
   spec["model"]["vocab"]["[S_7]"], spec["model"]["vocab"]["[S_8]"] = 12, 11

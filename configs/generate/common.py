@@ -7,6 +7,7 @@ change what they need. Every field is documented in m4/jobs/generate.py.
 import ml_collections
 
 from m4 import config_files
+from m4 import modalities
 
 # How each modality is decoded by default (m4.generation.Step fields).
 IMAGE_DECODING = dict(scheme="maskgit", num_steps=8, token_schedule="cosine",
@@ -37,7 +38,8 @@ def base(inputs, targets, chained=False) -> ml_collections.ConfigDict:
   c.chained = chained
   c.decoding = ml_collections.ConfigDict()
   for name in targets:
-    c.decoding[name] = dict(CAPTION_DECODING if name == "caption" else IMAGE_DECODING)
+    text = modalities.get(name).is_sequence if name in modalities.names() else name == "caption"
+    c.decoding[name] = dict(CAPTION_DECODING if text else IMAGE_DECODING)
   c.use_cache = True
   c.presence_min_pixels = 8
   return c

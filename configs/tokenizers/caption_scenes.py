@@ -10,6 +10,12 @@ and summary.json). The committed tokenizers/wordpiece_scenes.json, which the
 
 The data is configs/scenes.py's dataset (workdirs/scenes/data, rendered on
 first use; about 3 minutes with 2 workers on 2 idle cores, then reused).
+
+`:shared` trains one vocabulary for the caption and 4M-21's boxes, palette
+and metadata texts (m4.data.scene_sequences), as 4M shares one WordPiece
+vocabulary across its text-like modalities: wordpiece_scenes21.json, the
+tokenizer those registry entries name (committed in tokenizers/). Its data
+is the scenes rendered with those extras (workdirs/scenes/data21).
 """
 
 import string
@@ -21,13 +27,14 @@ from m4.data import pipeline
 
 
 def get_config(arg=None):
-  config_files.variant(arg, __file__, ("default",))
+  variant = config_files.variant(arg, __file__, ("default", "shared"))
   config = ml_collections.ConfigDict()
   config.job = "text_tokenizer"
   # The same dataset as configs/scenes.py, so either command makes it once.
   config.data = pipeline.data_config(kind="scenes", dir="workdirs/scenes/data", workers=2,
                                      modalities=("caption",))
   config.modality = "caption"  # Its registry entry bounds vocab_size; num_tokens is checked.
+  config.shared_with = ()  # More sequence modalities whose texts share the vocabulary.
   config.num_captions = 0  # Training captions read from data.train_split; 0: all.
   config.num_eval_captions = 0  # Captions of data.eval_split for the summary; 0: all.
   config.tokenizer = ml_collections.ConfigDict(dict(
@@ -45,4 +52,11 @@ def get_config(arg=None):
       # captions give the same file, byte for byte.
       prune_unused=True,
   ))
+  if variant == "shared":
+    config.data.dir = "workdirs/scenes/data21"
+    config.data.extras = ("boxes", "palette", "metadata")
+    # semseg: the image size the boxes are written in.
+    config.data.modalities = ("caption", "semseg", "boxes", "palette", "metadata")
+    config.shared_with = ("boxes", "palette", "metadata")
+    config.tokenizer.name = "wordpiece_scenes21"
   return config

@@ -35,6 +35,7 @@ from m4 import tokenizers
 from m4.data import masking as masking_lib
 from m4.data import pipeline
 from m4.data import token_shards
+from m4.tokenizers import text as text_lib
 from m4 import value_scales
 from m4.workdir import ConfigError, DataError, require
 
@@ -100,11 +101,18 @@ class PretrainData:
             f"{tokens.source!r} is not one of {SOURCES}.")
     self.source = tokens.source
     self.names = tuple(config.masking.modalities)
+    named = dict(config.tokenizers or {})
+    texts = {}  # Sequences: the text tokenizer `tokenizers` names, else the registry's.
+    for n in self.names:
+      if named.get(n) and modalities_lib.get(n).is_sequence:
+        try:
+          texts[n] = text_lib.load(named[n])
+        except (ValueError, FileNotFoundError) as e:
+          raise ConfigError(f"config.tokenizers.{n}: {e}") from None
     try:
-      self.masker = masking_lib.Masking(config.masking)
+      self.masker = masking_lib.Masking(config.masking, texts)
     except ValueError as e:
       raise ConfigError(str(e) if str(e).startswith("config.") else f"config.masking: {e}") from None
-    named = dict(config.tokenizers or {})
     images = image_names(self.names)
     missing = [n for n in images if not named.get(n)]
     require(not missing, "tokenizers", f"no VQ tokenizer named for the image modalities {missing}.")

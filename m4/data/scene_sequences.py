@@ -29,6 +29,7 @@ import numpy as np
 from m4.data.scene_spec import CLASSES
 
 KINDS = ("boxes", "palette", "metadata")
+IMAGE_KEYS = ("rgb", "depth", "semseg", "instance")  # Whose size `add_texts` reads.
 COORD_BINS = 64  # Box coordinates: bins of the image side (0..COORD_BINS).
 COLOR_BINS = 16  # Palette colours: levels per channel (0..COLOR_BINS - 1).
 SHARE_STEP = 5  # Palette shares: percent, in steps of this.
@@ -95,12 +96,46 @@ def from_text(kind: str, text: str) -> dict:
   raise ValueError(f"scene sequences: unknown kind {kind!r}; kinds: {KINDS}.")
 
 
-def add_texts(sample: Mapping[str, Any]) -> dict:
-  """`sample` with `<kind>_text` for each of boxes, palette, metadata it holds
-  (a per-sample transform for after the crop: boxes in output pixels)."""
+def picture(kind: str, text: str, image_size=(64, 64)) -> np.ndarray | None:
+  """A boxes text as a class map (each box's outline in its class, 255
+  elsewhere: m4.pictures draws it as semseg); a palette text as RGB in [0, 1]
+  (a vertical band per colour, as wide as its share); None for metadata or
+  a text that does not parse."""
+  h, w = image_size
+  try:
+    q = from_text(kind, text) if kind in ("boxes", "palette") else None
+  except ValueError:
+    return None
+  if q is None:
+    return None
+  if kind == "boxes":
+    out = np.full((h, w), 255, np.int32)
+    for c, (x0, y0, x1, y1) in zip(q["class"], q["bbox"]):
+      x0, x1 = (np.array([x0, x1]) * w / COORD_BINS).round().astype(int).clip(0, w)
+      y0, y1 = (np.array([y0, y1]) * h / COORD_BINS).round().astype(int).clip(0, h)
+      if x1 > x0 and y1 > y0:
+        out[y0:y1, [x0, x1 - 1]] = c
+        out[[y0, y1 - 1], x0:x1] = c
+    return out
+  colors = (np.asarray(q["colors"], np.float64).reshape(-1, 3) + 0.5) / COLOR_BINS
+  edges = np.round(np.cumsum(q["share_pct"]) / max(1, sum(q["share_pct"])) * w).astype(int)
+  band = np.searchsorted(edges, np.arange(w), side="right")
+  return colors[np.minimum(band, len(colors) - 1)][None].repeat(h, 0) if len(colors) else None
+
+
+def add_texts(sample: Mapping[str, Any], image_size=None) -> dict:
+  """`sample` with `<kind>_text` (the sequence modalities' data keys) for each
+  of boxes, palette, metadata it holds; boxes in pixels of `image_size`
+  (default: the size of the sample's images, so apply it after any crop)."""
   out = dict(sample)
-  size = np.shape(sample["rgb"])[:2] if "rgb" in sample else (64, 64)
   for kind in KINDS:
-    if kind in sample:
-      out[f"{kind}_text"] = to_text(kind, sample[kind], size)
+    if kind not in sample:
+      continue
+    if kind == "boxes" and image_size is None:
+      sizes = [np.shape(sample[k])[:2] for k in IMAGE_KEYS if k in sample]
+      if not sizes:
+        raise ValueError(f"sample {sample.get('id')}: boxes text needs the image size; the"
+                         f" sample has no image among {IMAGE_KEYS} (keys: {sorted(sample)}).")
+      image_size = sizes[0]
+    out[f"{kind}_text"] = to_text(kind, sample[kind], image_size)
   return out

@@ -18,7 +18,9 @@ Both samplers map output pixel (i, j) to the same source point
 depth or semseg is the source pixel under the centre of the matching rgb
 pixel. Flipped captions have "left" and "right" swapped, and the pixel
 quantities in `scene` and `boxes` (keys ending in `_px`, see `_move_points`)
-follow the crop, resize and flip. Everything else passes through.
+follow the crop, resize and flip; boxes, palette and metadata get their
+texts (`<kind>_text`, m4.data.scene_sequences) after it. Everything else
+passes through.
 
 Value scales: m4.value_scales.
 """
@@ -33,6 +35,7 @@ import grain
 import numpy as np
 from PIL import Image
 
+from m4.data import scene_sequences
 from m4.value_scales import IMAGE_KEYS
 
 # Image-like keys a scenes dataset may add (SceneSpec.extras).
@@ -192,6 +195,8 @@ class AlignedCrop(grain.transforms.RandomMap):
     for key in ("scene", "boxes"):
       if key in sample:
         out[key] = self._move_points(sample[key], (y0, x0, h, w, flipped))
+    if any(kind in sample for kind in scene_sequences.KINDS):
+      out = scene_sequences.add_texts(out, self.size)  # Boxes in output pixels.
     return out
 
   def _move_points(self, scene: Mapping[str, Any], box) -> dict:

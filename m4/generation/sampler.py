@@ -274,20 +274,18 @@ class Generator:
                        "decoder_attention_mask": _image_dam(tmask)}
     return batch
 
-  def _capacity(self, state: State) -> int:
-    """Encoder slots: one per token that any entry could give."""
-    return sum(known_shape(e) for n, e in state.items() if n in self.cfg.encoder_modalities)
-
   def _given(self, state: State, exclude: str | None = None) -> int:
     """Encoder slots for the inputs of `state` (`exclude` left out): an entry
     whose samples all give the same number of tokens gets that many, any
     other (captions of different lengths, different masks) one per token, so
-    batches like it share one compiled program."""
+    batches like it share one compiled program; not compact, every entry one
+    per token it could give."""
     total = 0
     for name, e in state.items():
       if name in self.cfg.encoder_modalities and name != exclude:
         known = np.sum(np.asarray(e["known"]), axis=1)
-        total += int(known[0]) if np.all(known == known[0]) else known_shape(e)
+        same = self.compact and np.all(known == known[0])
+        total += int(known[0]) if same else known_shape(e)
     return total
 
   def slot_plan(self, state: State, step: Step) -> tuple[tuple[int, int], ...]:
@@ -298,8 +296,9 @@ class Generator:
     the target tokens the schedule has decided before the step (encoder) and
     asks for at it (decoder: maskgit every unknown token, roar the step's
     share). Otherwise, and for schedules longer than MAX_PLANNED_STEPS (their
-    programs would grow with the steps), every step gets one slot per token
-    the state could give (encoder) and the most any step can ask (decoder).
+    programs would grow with the steps), every step gets the inputs' slots
+    and one per target token (encoder) and the most any step can ask
+    (decoder). Not compact, `_given` gives every input one slot per token.
     """
     name = step.modality
     n_tok = self.cfg.modality(name).num_tokens
@@ -308,8 +307,7 @@ class Generator:
     if (not self.compact or step.num_steps > MAX_PLANNED_STEPS
         or not np.all(unknown == unknown[0])):
       dec = step.max_per_step(n_tok) if step.scheme == "roar" else n_tok
-      enc = (self._given(state, exclude=name) + (n_tok if target_in else 0) if self.compact
-             else self._capacity(state))
+      enc = self._given(state, exclude=name) + (n_tok if target_in else 0)
       return ((max(1, enc), dec),) * step.num_steps
     u = int(unknown[0])
     done = step.done_table(n_tok)[u]  # (S + 1,) decided after each step.
@@ -323,7 +321,7 @@ class Generator:
 
   def sequence_capacity(self, state: State) -> int:
     """Encoder slots of a sequence step: the state's inputs as `_given` counts them."""
-    return max(1, self._given(state) if self.compact else self._capacity(state))
+    return max(1, self._given(state))
 
   @staticmethod
   def _doubled(state: State, conditions: Sequence[str]) -> State:

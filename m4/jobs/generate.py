@@ -18,8 +18,12 @@ becomes an input of the next), each as `config.decoding.<target>` says
                           (the ceiling) and generation seconds per sample
 
 Quality (m4.generation.quality): depth abs-rel / delta1, semseg mIoU, caption
-(shape, colour) pair precision / recall against the scene, and, for semseg
-generated from a caption, object-presence F1 of the shapes the caption names.
+(shape, colour) pair precision / recall against the scene, generated boxes
+texts against the true boxes, and whether a generated semseg follows the
+scene's texts (given or not, so steered and unsteered maps compare):
+object-presence F1 of the shapes the caption names, the hit rate of the
+boxes of the boxes text, the object count of the metadata text, and for RGB
+the distance of its dominant colours to the palette text's.
 
 Config fields:
   init: the pretraining workdir (config.json with `model` [and `modalities`],
@@ -61,6 +65,7 @@ from m4 import pictures
 from m4 import tokenizers as tokenizers_lib
 from m4 import workdir as workdir_lib
 from m4.data import pipeline
+from m4.data import scene_sequences
 from m4.data import sources
 from m4 import value_scales
 from m4.generation import quality
@@ -197,13 +202,14 @@ def run(config, workdir: str) -> dict:
       entry = result.state[name]
       if mod.is_sequence:
         texts[name] = text[name].decode_batch(entry["tensor"])
-        if "scene" in batch:
-          sums.add(label, quality.caption_pair_sums(texts[name], batch["scene"], valid))
-          finalize[label] = quality.caption_pair_figures
-          if mod.data_key in batch:  # The true caption through the text tokenizer.
+        score = _text_scorer(mod, batch, valid)
+        if score is not None:
+          sums.add(label, score[0](texts[name]))
+          finalize[label] = score[1]
+          if mod.data_key in batch:  # The true text through the text tokenizer.
             truth = [text[name].decode(text[name].encode(str(t))) for t in batch[mod.data_key]]
-            ceiling.add(name, quality.caption_pair_sums(truth, batch["scene"], valid))
-            ceiling_finalize[name] = quality.caption_pair_figures
+            ceiling.add(name, score[0](truth))
+            ceiling_finalize[name] = score[1]
         continue
       tok = vq[name]
       tokens = entry["tensor"].reshape((-1,) + tuple(mod.grid))
@@ -222,15 +228,18 @@ def run(config, workdir: str) -> dict:
       finalize[label] = tok.io.metrics_from_sums
       ceiling.add(name, best)
       ceiling_finalize[name] = tok.io.metrics_from_sums
-      caption_given = [c for c in _conditions(config, k) if modalities.get(c).is_sequence]
-      if mod.data_key == "semseg" and caption_given and "caption" in batch:
-        cap = np.asarray(batch["caption"])
-        sums.add(f"{label}/presence", quality.presence_sums(
-            decoded[name], cap, valid, int(config.presence_min_pixels)))
-        finalize[f"{label}/presence"] = quality.presence_figures
-        ceiling.add(f"{name}/presence", quality.presence_sums(
-            np.asarray(recon), cap, valid, int(config.presence_min_pixels)))
-        ceiling_finalize[f"{name}/presence"] = quality.presence_figures
+      # Steering: does the image follow the scene's texts (given ones or not, so
+      # an image from RGB or from another text is scored beside a steered one)?
+      for (image_key, text_key), (what, sums_fn, figures_fn) in _STEERING.items():
+        if image_key != mod.data_key or text_key not in batch:
+          continue
+        given = np.asarray(batch[text_key])
+        sums.add(f"{label}/{what}", sums_fn(decoded[name], given, valid,
+                                           int(config.presence_min_pixels)))
+        finalize[f"{label}/{what}"] = figures_fn
+        ceiling.add(f"{name}/{what}", sums_fn(np.asarray(recon), given, valid,
+                                              int(config.presence_min_pixels)))
+        ceiling_finalize[f"{name}/{what}"] = figures_fn
     for b in np.flatnonzero(valid):
       record = {"id": int(batch["id"][b]), "tokens": {}, "captions": {}}
       for step in steps:
@@ -271,6 +280,28 @@ def run(config, workdir: str) -> dict:
       if isinstance(v, float):
         summary[f"{label}/{k}"] = v
   return summary
+
+
+# A generated image (data key) is scored against each of these texts (data
+# keys) the batch holds: (figure name, sums, figures) of m4.generation.quality.
+_STEERING = {
+    ("semseg", "caption"): ("presence", quality.presence_sums, quality.presence_figures),
+    ("semseg", "boxes_text"): ("boxes", quality.box_sums, quality.box_figures),
+    ("semseg", "metadata_text"): ("count", quality.count_sums, quality.count_figures),
+    ("rgb", "palette_text"): ("palette", quality.palette_sums, quality.palette_figures),
+}
+
+
+def _text_scorer(mod, batch, valid):
+  """(texts -> sums, figures) for a generated text of `mod`, or None: caption
+  pairs against the scene, boxes against the true boxes text."""
+  if mod.data_key == "caption" and "scene" in batch:
+    return (lambda t: quality.caption_pair_sums(t, batch["scene"], valid),
+            quality.caption_pair_figures)
+  if mod.data_key == "boxes_text" and "boxes_text" in batch:
+    return (lambda t: quality.box_text_sums(t, batch["boxes_text"], valid),
+            quality.box_text_figures)
+  return None
 
 
 def _write_records(path: str, records) -> None:
@@ -332,6 +363,12 @@ def _grid_row(config, batch, b, decoded) -> dict:
     mod = modalities.get(name)
     if not mod.is_sequence:
       row[f"{name} (input)"] = np.asarray(batch[mod.data_key][b])
+    elif mod.data_key in _PICTURED:  # Boxes as outlines, a palette as colour bands.
+      size = np.shape(decoded[config.targets[0]])[1:3] if config.targets[0] in decoded else None
+      drawn = scene_sequences.picture(_PICTURED[mod.data_key], str(batch[mod.data_key][b]),
+                                      size or (64, 64))
+      if drawn is not None:
+        row[f"{name} (input)"] = drawn
   for name in config.targets:
     mod = modalities.get(name)
     if mod.is_sequence:
@@ -342,6 +379,9 @@ def _grid_row(config, batch, b, decoded) -> dict:
   return row
 
 
+_PICTURED = {"boxes_text": "boxes", "palette_text": "palette"}
+
+
 def _grid_kinds(rows, picture_kinds) -> dict:
   kinds = {}
   for col in rows[0]:
@@ -350,6 +390,8 @@ def _grid_kinds(rows, picture_kinds) -> dict:
       kinds[col] = picture_kinds[base]
     elif base not in modalities.names():
       kinds[col] = "gray"
+    elif modalities.get(base).data_key in _PICTURED:
+      kinds[col] = "semseg" if modalities.get(base).data_key == "boxes_text" else "rgb"
     elif modalities.get(base).data_key in pictures.KINDS:
       kinds[col] = modalities.get(base).data_key
   return kinds  # Others (e.g. a converted 4M's "normal") are guessed by m4.pictures.
