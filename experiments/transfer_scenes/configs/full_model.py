@@ -17,7 +17,8 @@ learning-rate sweep on validation (3e-2 to 1) and 3 seeds, with
 DINOv2's linear protocol (each token's scores, bilinearly upsampled:
 dense_head "bilinear"; `--config.probe.dense_head=patch` for the per-patch
 readout). `dense_finetune` fine-tunes semseg and depth the same way
-(400 steps, each arm's own sweep over 1e-3 to 1e-2, 3 seeds).
+(400 steps, each arm's own sweep over 1e-3 to 1e-2, 3 seeds);
+`depth_finetune` is its depth task alone.
 """
 
 import os
@@ -29,7 +30,8 @@ _SCENES = "../../../configs/transfer/scenes.py"
 
 
 def get_config(arg=None):
-  variant = config_files.variant(arg, __file__, ("default", "rgbd", "dense_probe", "dense_finetune"))
+  variant = config_files.variant(arg, __file__, ("default", "rgbd", "dense_probe", "dense_finetune",
+                                                      "depth_finetune"))
   c = config_files.load(__file__, _SCENES).get_config("core")
   c.init = os.path.join(ROOT, "pretrain")
   c.data.dir = os.path.join(ROOT, "data")
@@ -50,8 +52,10 @@ def get_config(arg=None):
     c.probe.num_steps = 400
     c.probe.dense_head = "bilinear"
     c.sweep.learning_rates = dict(probe=(3e-2, 1e-1, 3e-1, 1.0), finetune=(), supervised=())
-  elif variant == "dense_finetune":
+  elif variant in ("dense_finetune", "depth_finetune"):
     del c.tasks.count
+    if variant == "depth_finetune":
+      del c.tasks.semseg
     c.protocols = ("finetune",)
     c.baselines = ()
     c.finetune.num_steps = 400
