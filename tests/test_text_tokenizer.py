@@ -181,6 +181,25 @@ def test_committed_scenes_tokenizer_round_trips_rendered_captions():
     assert tok.decode(ids) == caption
 
 
+def test_committed_shared_tokenizer_round_trips_every_scene_text():
+  """tokenizers/wordpiece_scenes21.json, which boxes, palette and metadata
+  name: held-out texts of each kind (and captions) round-trip and fit."""
+  from m4.data import scene_sequences, scenes  # pylint: disable=g-import-not-at-top
+  names = ("caption", "boxes", "palette", "metadata")
+  tok = text.load(modalities.get("boxes").tokenizer)
+  assert tok.path.endswith("tokenizers/wordpiece_scenes21.json")
+  for split in ("validation", "test"):
+    for i in range(12):
+      sample = scene_sequences.add_texts(scenes.render(
+          i, split=split, resolution=64, max_objects=4, extras=("boxes", "palette", "metadata")))
+      for name in names:
+        mod = modalities.get(name)
+        assert mod.tokenizer == ("wordpiece_scenes" if name == "caption" else "wordpiece_scenes21")
+        ids = tok.encode(sample[mod.data_key])
+        assert tok.unk_id not in ids and len(ids) + 1 <= mod.num_tokens, (name, sample[mod.data_key])
+        assert tok.decode(ids) == sample[mod.data_key]
+
+
 def test_trainer_on_a_scenes_dataset(tmp_path, repo_root):
   import os  # pylint: disable=g-import-not-at-top
   import runpy  # pylint: disable=g-import-not-at-top

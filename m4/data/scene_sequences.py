@@ -17,7 +17,10 @@ scenes extras (m4.data.scene_extras), after any crop:
 Every word is lower case and every number a plain non-negative integer, so
 the text tokenizer's normalisation leaves the text as it is and
 `from_text(kind, to_text(kind, x)) == quantize(kind, x)`: a round trip is
-exact up to the quantisation stated above.
+exact up to the quantisation stated above. `add_texts` writes a sample's
+texts under the registry's data keys (`<kind>_text`; m4.data.transforms'
+AlignedCrop calls it after every crop); `picture` draws a boxes or palette
+text for grids.
 """
 
 from __future__ import annotations

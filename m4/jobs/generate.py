@@ -46,7 +46,8 @@ Config fields:
   decoding: {target: Step fields}.
   use_cache: captions decoded with the key/value cache (False: 4M's re-run
     of the decoder per token, for comparison).
-  presence_min_pixels: pixels from which a shape counts as present.
+  presence_min_pixels: pixels from which a shape counts as present (and a
+    region as an object, for the boxes and count figures).
 """
 
 from __future__ import annotations
@@ -290,6 +291,8 @@ _STEERING = {
     ("semseg", "metadata_text"): ("count", quality.count_sums, quality.count_figures),
     ("rgb", "palette_text"): ("palette", quality.palette_sums, quality.palette_figures),
 }
+# Given texts drawn in the grid (m4.data.scene_sequences.picture): data key -> kind.
+_PICTURED = {"boxes_text": "boxes", "palette_text": "palette"}
 
 
 def _text_scorer(mod, batch, valid):
@@ -377,9 +380,6 @@ def _grid_row(config, batch, b, decoded) -> dict:
     if mod.data_key in batch:
       row[f"{name} (truth)"] = np.asarray(batch[mod.data_key][b])
   return row
-
-
-_PICTURED = {"boxes_text": "boxes", "palette_text": "palette"}
 
 
 def _grid_kinds(rows, picture_kinds) -> dict:
