@@ -232,6 +232,11 @@ def test_slot_plan_gathers_the_visible_and_asked_tokens(gen, full_gen, rgb):
   assert full_gen.slot_plan(empty, MASKGIT) == ((128, 64),) * MASKGIT.num_steps
   long = generation.Step("semseg", "roar", num_steps=sampler_lib.MAX_PLANNED_STEPS + 1)
   assert len(set(gen.slot_plan(empty, long))) == 1
+  # Guided: the unconditional pass encodes without the conditions' 64 slots
+  # (one pass of 2B with the conditional's slots when not compact).
+  guided = gen.resolve(generation.Step(**dict(vars(MASKGIT), cfg_scale=2.0)), empty)
+  assert guided.cfg_conditions == ("rgb",) and gen.condition_slots(empty, guided) == 64
+  assert full_gen.condition_slots(empty, guided) == 0 == gen.condition_slots(empty, MASKGIT)
   # Captions of different lengths keep the whole caption's slots; no caption, none.
   _, captioned = _caption_state(rgb)
   assert gen.sequence_capacity(captioned) == 64 + CAPTION_SLOTS

@@ -21,9 +21,11 @@ A *state* maps modality names to entries `{"tensor", "known"}`:
 
 Each step of a chain decodes one target with its scheme (`schedules.Step`)
 from every entry of the state (`chained=True`: finished targets included),
-with classifier-free guidance when `Step.guided` (both passes run as one
-batch of 2B; the unconditional half has the condition modalities' inputs
-dropped, as the masking's condition dropout trains it). Every scheme is one
+with classifier-free guidance when `Step.guided` (the unconditional pass has
+the condition modalities' inputs dropped, as the masking's condition dropout
+trains it; an image step encodes it in its own, smaller pass, the slots of
+the conditions left out (`condition_slots`), a caption runs both passes as
+one batch of 2B). Every scheme is one
 jitted function with static shapes. An image step is unrolled over its
 steps, each with as many encoder slots as the state gives tokens at that
 step and as many decoder slots as it asks for (worked out on the host from
@@ -236,7 +238,7 @@ class Generator:
     self.graphdef, self.params = nnx.split(model)
     # Steps and slot counts are static (shapes, loops); the guidance scale is
     # an argument, so every scale of a guided step shares one compiled function.
-    self._image = jax.jit(self._image_impl, static_argnames=("step", "plan"))
+    self._image = jax.jit(self._image_impl, static_argnames=("step", "plan", "condition_slots"))
     self._sequence = jax.jit(self._sequence_impl,
                              static_argnames=("step", "capacity", "use_cache", "return_logits"))
 
@@ -280,13 +282,23 @@ class Generator:
     other (captions of different lengths, different masks) one per token, so
     batches like it share one compiled program; not compact, every entry one
     per token it could give."""
-    total = 0
-    for name, e in state.items():
-      if name in self.cfg.encoder_modalities and name != exclude:
-        known = np.sum(np.asarray(e["known"]), axis=1)
-        same = self.compact and np.all(known == known[0])
-        total += int(known[0]) if same else known_shape(e)
-    return total
+    return sum(self._slots(e) for name, e in state.items()
+               if name in self.cfg.encoder_modalities and name != exclude)
+
+  def _slots(self, entry) -> int:
+    """An input entry's encoder slots (see `_given`)."""
+    known = np.sum(np.asarray(entry["known"]), axis=1)
+    same = self.compact and np.all(known == known[0])
+    return int(known[0]) if same else known_shape(entry)
+
+  def condition_slots(self, state: State, step: Step) -> int:
+    """Encoder slots a guided image step's unconditional pass does without:
+    those of its conditions (compact; 0 otherwise: both passes share the
+    conditional pass's slots)."""
+    if not (self.compact and step.guided):
+      return 0
+    return sum(self._slots(state[c]) for c in step.cfg_conditions
+               if c in self.cfg.encoder_modalities)
 
   def slot_plan(self, state: State, step: Step) -> tuple[tuple[int, int], ...]:
     """(encoder slots, decoder slots) of each step of image target `step`.
@@ -324,15 +336,18 @@ class Generator:
     return max(1, self._given(state))
 
   @staticmethod
-  def _doubled(state: State, conditions: Sequence[str]) -> State:
-    """[conditional; unconditional] along the batch: the second half has the
-    `conditions` dropped from the encoder input."""
-    out = {}
-    for name, e in state.items():
-      known_u = jnp.zeros_like(e["known"]) if name in conditions else e["known"]
-      out[name] = {"tensor": jnp.concatenate([e["tensor"], e["tensor"]], axis=0),
-                   "known": jnp.concatenate([e["known"], known_u], axis=0)}
-    return out
+  def _unconditional(state: State, conditions: Sequence[str]) -> State:
+    """`state` with the `conditions` dropped from the encoder input."""
+    return {n: dict(e, known=jnp.zeros_like(e["known"])) if n in conditions else e
+            for n, e in state.items()}
+
+  @classmethod
+  def _doubled(cls, state: State, conditions: Sequence[str]) -> State:
+    """[conditional; unconditional] along the batch (one pass for both)."""
+    uncond = cls._unconditional(state, conditions)
+    return {n: {"tensor": jnp.concatenate([e["tensor"], e["tensor"]], axis=0),
+                "known": jnp.concatenate([e["known"], uncond[n]["known"]], axis=0)}
+            for n, e in state.items()}
 
   def _encode(self, model, state: State, step: Step, capacity: int):
     """Encoder output for `state` (doubled when guided) in `capacity` slots."""
@@ -343,11 +358,22 @@ class Generator:
 
   # ---- images: MaskGIT and ROAR
 
-  def _image_logits(self, model, state, step, scale, target_mask, capacity, num_slots):
+  def _image_logits(self, model, state, step, scale, target_mask, capacity, num_slots,
+                    condition_slots=0):
     """(B, slots, V) logits of the target tokens in `target_mask`, their
-    positions and validity (B, slots); the encoder has `capacity` slots."""
+    positions and validity (B, slots); the encoder has `capacity` slots
+    (a guided step's unconditional pass `capacity - condition_slots`)."""
     name = step.modality
     b = target_mask.shape[0]
+    if step.guided and condition_slots:  # Two passes: the unconditional encodes fewer.
+      logits = []
+      for half, slots in ((state, capacity),
+                          (self._unconditional(state, step.cfg_conditions),
+                           max(1, capacity - condition_slots))):
+        batch = self._batch(half, name, target_mask)
+        decoded = model.decode({name: batch[name]}, model.encode(batch, slots), num_slots)
+        logits.append(model.logits(decoded.out, name))
+      return sampling.guide(*logits, scale), decoded.slots.position, decoded.slots.valid
     if step.guided:
       state = self._doubled(state, step.cfg_conditions)
       target_mask = jnp.concatenate([target_mask, target_mask], axis=0)
@@ -359,7 +385,7 @@ class Generator:
       logits = sampling.guide(logits[:b], logits[b:], scale)
     return logits, decoded.slots.position[:b], decoded.slots.valid[:b]
 
-  def _image_impl(self, params, state, key, scale, step: Step, plan):
+  def _image_impl(self, params, state, key, scale, step: Step, plan, condition_slots=0):
     model = nnx.merge(self.graphdef, params)
     name = step.modality
     n_tok = self.cfg.modality(name).num_tokens
@@ -383,7 +409,7 @@ class Generator:
         target_mask = ~known
       current = dict(state, **{name: {"tensor": tokens, "known": known}})
       logits, pos, valid = self._image_logits(model, current, step, scale, target_mask,
-                                              capacity, num_slots)
+                                              capacity, num_slots, condition_slots)
       # One number per grid position: a token's draw does not depend on its slot.
       grid_u = jax.random.uniform(jax.random.fold_in(key, i), (b, n_tok))
       uniform = jnp.take_along_axis(grid_u, jnp.clip(pos, 0, n_tok - 1), axis=1)
@@ -516,7 +542,8 @@ class Generator:
         extras["logits"] = np.asarray(logits)
       return {"entry": entry, **extras}
     entry, filled_at, counts = self._image(self.params, jstate, key, scale, step=step,
-                                           plan=self.slot_plan(state, step))
+                                           plan=self.slot_plan(state, step),
+                                           condition_slots=self.condition_slots(state, step))
     return {"entry": jax.tree.map(np.asarray, entry), "filled_at": np.asarray(filled_at),
             "step_counts": np.asarray(counts)}
 

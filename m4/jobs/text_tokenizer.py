@@ -66,11 +66,6 @@ def read_texts(data, split: str, keys: Sequence[str], limit: int = 0) -> dict[st
   return texts
 
 
-def read_captions(data, split: str, limit: int = 0, key: str = "caption") -> list[str]:
-  """The `key` strings of `split` of `config.data` (the first `limit` if > 0)."""
-  return read_texts(data, split, (key,), limit)[key]
-
-
 def _plot_lengths(path: str, lengths: np.ndarray, limit: int):
   # Heavy (matplotlib); only the length histogram needs it.
   import matplotlib  # pylint: disable=g-import-not-at-top
