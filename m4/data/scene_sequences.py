@@ -105,11 +105,11 @@ def picture(kind: str, text: str, image_size=(64, 64)) -> np.ndarray | None:
   (a vertical band per colour, as wide as its share); None for metadata or
   a text that does not parse."""
   h, w = image_size
-  try:
-    q = from_text(kind, text) if kind in ("boxes", "palette") else None
-  except ValueError:
+  if kind not in ("boxes", "palette"):
     return None
-  if q is None:
+  try:
+    q = from_text(kind, text)
+  except ValueError:
     return None
   if kind == "boxes":
     out = np.full((h, w), 255, np.int32)

@@ -223,16 +223,19 @@ def _f1(p: float, r: float) -> float:
   return 2 * p * r / (p + r) if p + r else 0.0
 
 
-def box_text_figures(sums: Mapping[str, float]) -> dict[str, float]:
+def _matched_figures(sums: Mapping[str, float], prefix: str) -> dict[str, float]:
+  """Precision (matched / named), recall (matched / objects) and F1."""
   p = _ratio(sums["matched"], sums["named"])
   r = _ratio(sums["matched"], sums["objects"])
-  return {"box_precision": p, "box_recall": r, "box_f1": _f1(p, r)}
+  return {f"{prefix}_precision": p, f"{prefix}_recall": r, f"{prefix}_f1": _f1(p, r)}
+
+
+def box_text_figures(sums: Mapping[str, float]) -> dict[str, float]:
+  return _matched_figures(sums, "box")
 
 
 def caption_pair_figures(sums: Mapping[str, float]) -> dict[str, float]:
-  p = _ratio(sums["matched"], sums["named"])
-  r = _ratio(sums["matched"], sums["objects"])
-  return {"pair_precision": p, "pair_recall": r, "pair_f1": _f1(p, r)}
+  return _matched_figures(sums, "pair")
 
 
 def presence_figures(sums: Mapping[str, float]) -> dict[str, float]:

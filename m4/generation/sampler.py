@@ -23,9 +23,9 @@ Each step of a chain decodes one target with its scheme (`schedules.Step`)
 from every entry of the state (`chained=True`: finished targets included),
 with classifier-free guidance when `Step.guided` (the unconditional pass has
 the condition modalities' inputs dropped, as the masking's condition dropout
-trains it; an image step encodes it in its own, smaller pass, the slots of
-the conditions left out (`condition_slots`), a caption runs both passes as
-one batch of 2B). Every scheme is one
+trains it; an image step runs it on its own, compact without the
+conditions' encoder slots (`condition_slots`), a caption runs both passes
+as one batch of 2B). Every scheme is one
 jitted function with static shapes. An image step is unrolled over its
 steps, each with as many encoder slots as the state gives tokens at that
 step and as many decoder slots as it asks for (worked out on the host from
@@ -293,7 +293,7 @@ class Generator:
 
   def condition_slots(self, state: State, step: Step) -> int:
     """Encoder slots a guided image step's unconditional pass does without:
-    those of its conditions (compact; 0 otherwise: both passes share the
+    those of its conditions (compact; 0 otherwise: both passes get the
     conditional pass's slots)."""
     if not (self.compact and step.guided):
       return 0
@@ -343,7 +343,7 @@ class Generator:
 
   @classmethod
   def _doubled(cls, state: State, conditions: Sequence[str]) -> State:
-    """[conditional; unconditional] along the batch (one pass for both)."""
+    """[conditional; unconditional] along the batch (a caption's one pass for both)."""
     uncond = cls._unconditional(state, conditions)
     return {n: {"tensor": jnp.concatenate([e["tensor"], e["tensor"]], axis=0),
                 "known": jnp.concatenate([e["known"], uncond[n]["known"]], axis=0)}
@@ -361,29 +361,21 @@ class Generator:
   def _image_logits(self, model, state, step, scale, target_mask, capacity, num_slots,
                     condition_slots=0):
     """(B, slots, V) logits of the target tokens in `target_mask`, their
-    positions and validity (B, slots); the encoder has `capacity` slots
-    (a guided step's unconditional pass `capacity - condition_slots`)."""
+    positions and validity (B, slots); the encoder has `capacity` slots (a
+    guided step's unconditional pass, run on its own, `capacity -
+    condition_slots`)."""
     name = step.modality
-    b = target_mask.shape[0]
-    if step.guided and condition_slots:  # Two passes: the unconditional encodes fewer.
-      logits = []
-      for half, slots in ((state, capacity),
-                          (self._unconditional(state, step.cfg_conditions),
-                           max(1, capacity - condition_slots))):
-        batch = self._batch(half, name, target_mask)
-        decoded = model.decode({name: batch[name]}, model.encode(batch, slots), num_slots)
-        logits.append(model.logits(decoded.out, name))
-      return sampling.guide(*logits, scale), decoded.slots.position, decoded.slots.valid
+    passes = [(state, capacity)]
     if step.guided:
-      state = self._doubled(state, step.cfg_conditions)
-      target_mask = jnp.concatenate([target_mask, target_mask], axis=0)
-    batch = self._batch(state, name, target_mask)
-    encoded = model.encode(batch, capacity)
-    decoded = model.decode({name: batch[name]}, encoded, num_slots)
-    logits = model.logits(decoded.out, name)
-    if step.guided:
-      logits = sampling.guide(logits[:b], logits[b:], scale)
-    return logits, decoded.slots.position[:b], decoded.slots.valid[:b]
+      passes.append((self._unconditional(state, step.cfg_conditions),
+                     max(1, capacity - condition_slots)))
+    logits = []
+    for half, slots in passes:
+      batch = self._batch(half, name, target_mask)
+      decoded = model.decode({name: batch[name]}, model.encode(batch, slots), num_slots)
+      logits.append(model.logits(decoded.out, name))
+    guided = sampling.guide(*logits, scale) if step.guided else logits[0]
+    return guided, decoded.slots.position, decoded.slots.valid
 
   def _image_impl(self, params, state, key, scale, step: Step, plan, condition_slots=0):
     model = nnx.merge(self.graphdef, params)
