@@ -163,10 +163,11 @@ register(Modality("rgb_pixels", PIXELS, vocab_size=0, num_tokens=64, grid=(8, 8)
 register(Modality("normals", IMAGE, vocab_size=1024, num_tokens=64, grid=(8, 8),
                   tokenizer="vq_normals"))
 register(Modality("edges", IMAGE, vocab_size=1024, num_tokens=64, grid=(8, 8), tokenizer="vq_edges"))
-# 4M-21's sequence modalities on the scenes: boxes, palette and metadata as
-# text (m4.data.scene_sequences; data: `data.extras`), in one WordPiece
-# vocabulary with the caption (4M's shared text vocabulary): the tokenizer
-# trained on all four (configs/tokenizers/caption_scenes.py:shared).
-for _name, _tokens in (("boxes", 40), ("palette", 32), ("metadata", 16)):
+# 4M-21's sequence modalities on the scenes: boxes, palette, metadata and
+# instances (boxes plus per-box masks) as text (m4.data.scene_sequences; data:
+# `data.extras`, `instance` for instances), in one WordPiece vocabulary with
+# the caption (4M's shared text vocabulary): the tokenizer trained on all
+# five (configs/tokenizers/caption_scenes.py:shared).
+for _name, _tokens in (("boxes", 40), ("palette", 32), ("metadata", 16), ("instances", 40)):
   register(Modality(_name, SEQUENCE, vocab_size=512, num_tokens=_tokens,
                     tokenizer="wordpiece_scenes21", data_key=f"{_name}_text"))

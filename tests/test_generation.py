@@ -123,11 +123,11 @@ def test_boxes_count_and_box_texts_tell_followed_from_ignored():
   meta = ["count 2 pitch 10 height 30 brightness 50 objects 20"] * 2
   assert quality.count_figures(quality.count_sums(maps, meta, np.array([True, True]))) == {
       "count_accuracy": 0.5, "count_mae": 0.5}
-  texts = quality.box_text_sums(["cube 4 8 20 24 cone 0 0 9 9", "not a box"], boxes,
-                                np.array([True, True]))
+  texts = quality.text_match_sums("boxes", ["cube 4 8 20 24 cone 0 0 9 9", "not a box"], boxes,
+                                  np.array([True, True]))
   assert texts == {"matched": 1.0, "named": 2.0, "objects": 4.0}
   samples = [scene_sequences.add_texts(scenes.render(i, split="test", resolution=64,
-                                                     extras=("boxes", "palette", "metadata")))
+                                                     extras=scene_sequences.EXTRAS))
              for i in range(24)]
   maps = np.stack([s["semseg"] for s in samples])
   valid = np.ones(len(samples), bool)
@@ -136,8 +136,11 @@ def test_boxes_count_and_box_texts_tell_followed_from_ignored():
   assert quality.box_figures(quality.box_sums(maps, other, valid))["box_hit_rate"] < 0.2
   counts = [s["metadata_text"] for s in samples]
   assert quality.count_figures(quality.count_sums(maps, counts, valid))["count_accuracy"] > 0.6
-  assert quality.box_text_figures(quality.box_text_sums(own, own, valid))["box_f1"] == 1.0
-  assert quality.box_text_figures(quality.box_text_sums(other, own, valid))["box_f1"] < 0.2
+  for kind, prefix in (("boxes", "box"), ("instances", "instance")):
+    own, other = ([s[f"{kind}_text"] for s in order] for order in (samples, samples[1:] + samples[:1]))
+    figures = quality.text_match_figures(kind)
+    assert figures(quality.text_match_sums(kind, own, own, valid))[f"{prefix}_f1"] == 1.0
+    assert figures(quality.text_match_sums(kind, other, own, valid))[f"{prefix}_f1"] < 0.2
   rgb = np.stack([s["rgb"] for s in samples]) / 255.0
   own = quality.palette_figures(quality.palette_sums(rgb, [s["palette_text"] for s in samples],
                                                      valid))["palette_distance"]

@@ -1,4 +1,4 @@
-"""4M-21's boxes, palette and metadata texts through the registry alone: the
+"""4M-21's boxes, palette, metadata and instances texts through the registry alone: the
 scenes' extras -> one text vocabulary shared with the caption -> token shards
 -> pretraining with them as inputs and targets -> generation steered by them,
 scored against the scene's boxes and count. Nothing in m4/models/ names them."""
@@ -10,6 +10,7 @@ import runpy
 import numpy as np
 
 from m4 import modalities
+from m4.data import scene_sequences
 from m4.data import token_shards
 from m4.jobs import generate
 from m4.jobs import pretokenize
@@ -19,8 +20,8 @@ from m4.tokenizers import text
 from tests import pretrain_setup as S
 from tests.pretrain_setup import assets_fixture  # pylint: disable=unused-import
 
-TEXTS = ("boxes", "palette", "metadata")
-SIZES = dict(extras=TEXTS, num_train=48, num_validation=8, num_test=8)
+TEXTS = scene_sequences.KINDS  # boxes, palette, metadata, instances.
+SIZES = dict(extras=scene_sequences.EXTRAS, num_train=48, num_validation=8, num_test=8)
 
 
 def _config(path, arg=None):
@@ -60,7 +61,7 @@ def test_texts_tokenize_pretrain_and_steer_generation(assets, tmp_path):
   assert summary["steps"] == 2 and np.isfinite(summary["train_loss"]) and np.isfinite(summary["val_loss"])
 
   gen = runpy.run_path(os.path.join(S.REPO, "configs", "generate", "common.py"))["base"](
-      inputs=("boxes",), targets=("semseg", "metadata"), chained=True)
+      inputs=("boxes",), targets=("semseg", "metadata", "instances"), chained=True)
   gen.init = run
   gen.data = S.data_config(data.dir, **{**SIZES, "batch_size": 4})
   gen.tokenizers.update(dict(rgb=assets["tokenizers"]["rgb"],
@@ -68,11 +69,16 @@ def test_texts_tokenize_pretrain_and_steer_generation(assets, tmp_path):
   gen.num_samples, gen.grid_rows = 6, 2
   gen.decoding.semseg.num_steps = 2
   gen.decoding.metadata.max_length = 12
+  gen.decoding.instances.max_length = 10
   workdir = str(tmp_path / "generate")
   summary = generate.run(gen, workdir)
   assert os.path.getsize(summary["grid"]) > 1000  # The boxes drawn beside the generated map.
   metrics = json.load(open(os.path.join(workdir, "eval", "metrics.json")))
   assert set(metrics["generated"]) == {"boxes->semseg", "boxes->semseg/boxes",
-                                       "boxes->semseg/count", "boxes->semseg/presence"}
-  assert set(metrics["ceiling"]) == {"semseg", "semseg/boxes", "semseg/count", "semseg/presence"}
+                                       "boxes->semseg/count", "boxes->semseg/presence",
+                                       "boxes+semseg+metadata->instances"}
+  assert set(metrics["ceiling"]) == {"semseg", "semseg/boxes", "semseg/count", "semseg/presence",
+                                     "instances"}
+  assert metrics["ceiling"]["instances"]["instance_f1"] == 1.0  # The true texts, tokenized.
+  assert 0 <= metrics["generated"]["boxes+semseg+metadata->instances"]["instance_f1"] <= 1
   assert 0 <= metrics["generated"]["boxes->semseg/boxes"]["box_hit_rate"] <= 1

@@ -182,16 +182,16 @@ def test_committed_scenes_tokenizer_round_trips_rendered_captions():
 
 
 def test_committed_shared_tokenizer_round_trips_every_scene_text():
-  """tokenizers/wordpiece_scenes21.json, which boxes, palette and metadata
-  name: held-out texts of each kind (and captions) round-trip and fit."""
+  """tokenizers/wordpiece_scenes21.json, which boxes, palette, metadata and
+  instances name: held-out texts of each kind (and captions) round-trip and fit."""
   from m4.data import scene_sequences, scenes  # pylint: disable=g-import-not-at-top
-  names = ("caption", "boxes", "palette", "metadata")
+  names = ("caption",) + scene_sequences.KINDS
   tok = text.load(modalities.get("boxes").tokenizer)
   assert tok.path.endswith("tokenizers/wordpiece_scenes21.json")
   for split in ("validation", "test"):
     for i in range(12):
       sample = scene_sequences.add_texts(scenes.render(
-          i, split=split, resolution=64, max_objects=4, extras=("boxes", "palette", "metadata")))
+          i, split=split, resolution=64, max_objects=4, extras=scene_sequences.EXTRAS))
       for name in names:
         mod = modalities.get(name)
         assert mod.tokenizer == ("wordpiece_scenes" if name == "caption" else "wordpiece_scenes21")
@@ -224,9 +224,10 @@ def test_trainer_on_a_scenes_dataset(tmp_path, repo_root):
     text_tokenizer.run(config, str(tmp_path / "bad"))
 
 
-def test_shared_vocabulary_for_caption_boxes_palette_and_metadata(tmp_path, repo_root):
-  """4M-21's text modalities in one vocabulary: every text of every modality
-  round-trips without [UNK] and fits its registry entry's num_tokens."""
+def test_shared_vocabulary_for_caption_and_scene_texts(tmp_path, repo_root):
+  """4M-21's text modalities (caption, boxes, palette, metadata, instances) in
+  one vocabulary: every text of every modality round-trips without [UNK] and
+  fits its registry entry's num_tokens."""
   import os  # pylint: disable=g-import-not-at-top
   import runpy  # pylint: disable=g-import-not-at-top
   from m4.jobs import text_tokenizer  # pylint: disable=g-import-not-at-top
@@ -235,14 +236,16 @@ def test_shared_vocabulary_for_caption_boxes_palette_and_metadata(tmp_path, repo
   config.data.update(dict(dir=str(tmp_path / "data"), resolution=32, num_train=48,
                           num_validation=16, num_test=1, workers=1))
   summary = text_tokenizer.run(config, str(tmp_path / "work"))
-  for prefix in ("", "boxes/", "palette/", "metadata/"):
+  for prefix in ("", "boxes/", "palette/", "metadata/", "instances/"):
     assert summary[f"{prefix}round_trip_exact"] == 1.0, prefix
     assert summary[f"{prefix}unk_fraction"] == 0.0 and summary[f"{prefix}fit_num_tokens"] == 1.0
   assert summary["boxes/tokens_max"] > 5 and summary["metadata/tokens_max"] >= 11  # 10 words.
   tok = text.load(summary["tokenizer"])
   assert tok.path.endswith("wordpiece_scenes21.json")
-  assert len(tok.encode("count brightness")) == 2  # Words of every modality are whole pieces.
+  assert summary["instances/tokens_max"] >= 9  # An object: shape, 4 coordinates, 4 mask rows.
+  assert len(tok.encode("count brightness 1111")) == 3  # Words of every modality are whole pieces.
   config.data.modalities = ("caption", "boxes", "palette", "metadata")  # No image: no box size.
+  config.shared_with = ("boxes", "palette", "metadata")
   with pytest.raises(ValueError, match=r"config.data: .*boxes text needs the image size"):
     text_tokenizer.run(config, str(tmp_path / "bad"))
 

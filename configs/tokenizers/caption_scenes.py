@@ -11,8 +11,8 @@ and summary.json). The committed tokenizers/wordpiece_scenes.json, which the
 The data is configs/scenes.py's dataset (workdirs/scenes/data, rendered on
 first use; about 3 minutes with 2 workers on 2 idle cores, then reused).
 
-`:shared` trains one vocabulary for the caption and 4M-21's boxes, palette
-and metadata texts (m4.data.scene_sequences), as 4M shares one WordPiece
+`:shared` trains one vocabulary for the caption and 4M-21's boxes, palette,
+metadata and instances texts (m4.data.scene_sequences), as 4M shares one WordPiece
 vocabulary across its text-like modalities: wordpiece_scenes21.json, the
 tokenizer those registry entries name (committed in tokenizers/). Its data
 is the scenes rendered with those extras (workdirs/scenes/data21).
@@ -54,9 +54,9 @@ def get_config(arg=None):
   ))
   if variant == "shared":
     config.data.dir = "workdirs/scenes/data21"
-    config.data.extras = ("boxes", "palette", "metadata")
-    # semseg: the image size the boxes are written in.
-    config.data.modalities = ("caption", "semseg", "boxes", "palette", "metadata")
-    config.shared_with = ("boxes", "palette", "metadata")
+    config.data.extras = ("instance", "boxes", "palette", "metadata")
+    # Raw keys: semseg gives the image size of the boxes and the instances' classes.
+    config.data.modalities = ("caption", "semseg", "boxes", "palette", "metadata", "instance")
+    config.shared_with = ("boxes", "palette", "metadata", "instances")
     config.tokenizer.name = "wordpiece_scenes21"
   return config

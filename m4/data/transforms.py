@@ -195,7 +195,7 @@ class AlignedCrop(grain.transforms.RandomMap):
     for key in ("scene", "boxes"):
       if key in sample:
         out[key] = self._move_points(sample[key], (y0, x0, h, w, flipped))
-    if any(kind in sample for kind in scene_sequences.KINDS):
+    if any(key in sample for key in scene_sequences.SOURCES.values()):
       out = scene_sequences.add_texts(out, self.size)  # Boxes in output pixels.
     return out
 

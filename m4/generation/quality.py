@@ -147,18 +147,20 @@ def box_figures(sums: Mapping[str, float]) -> dict[str, float]:
           "box_mean_iou": _ratio(sums["iou"], sums["boxes"])}
 
 
-def box_text_sums(generated: Sequence[str], truth: Sequence[str],
-                  valid: np.ndarray) -> dict[str, float]:
-  """Generated boxes texts matched to the true ones (class and IoU >= 0.5, in
-  the texts' own coordinate bins)."""
+def text_match_sums(kind: str, generated: Sequence[str], truth: Sequence[str],
+                    valid: np.ndarray) -> dict[str, float]:
+  """Generated boxes or instances texts matched one to one to the true ones:
+  same class and IoU >= 0.5 of the boxes, or of the masks (in the texts' own
+  coordinate bins)."""
   bins = (scene_sequences.COORD_BINS,) * 2
   out = {"matched": 0.0, "named": 0.0, "objects": 0.0}
   for b, (gen, true) in enumerate(zip(generated, truth)):
     if not valid[b]:
       continue
-    g, t = _boxes(gen, bins), _boxes(true, bins)
-    pairs = sorted(((_iou(gb, tb), i, j) for i, (gc, gb) in enumerate(g)
-                    for j, (tc, tb) in enumerate(t) if gc == tc), reverse=True)
+    g = scene_sequences.regions(kind, str(gen), bins)
+    t = scene_sequences.regions(kind, str(true), bins)
+    pairs = sorted(((_mask_iou(gm, tm), i, j) for i, (gc, gm) in enumerate(g)
+                    for j, (tc, tm) in enumerate(t) if gc == tc), reverse=True)
     used_g, used_t = set(), set()
     for iou, i, j in pairs:
       if iou >= 0.5 and i not in used_g and j not in used_t:
@@ -168,6 +170,11 @@ def box_text_sums(generated: Sequence[str], truth: Sequence[str],
     out["named"] += len(g)
     out["objects"] += len(t)
   return out
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+  union = np.sum(a | b)
+  return float(np.sum(a & b) / union) if union else 0.0
 
 
 def count_sums(semseg: np.ndarray, metadata_texts: Sequence[str], valid: np.ndarray,
@@ -230,8 +237,10 @@ def _matched_figures(sums: Mapping[str, float], prefix: str) -> dict[str, float]
   return {f"{prefix}_precision": p, f"{prefix}_recall": r, f"{prefix}_f1": _f1(p, r)}
 
 
-def box_text_figures(sums: Mapping[str, float]) -> dict[str, float]:
-  return _matched_figures(sums, "box")
+def text_match_figures(kind: str):
+  """sums -> box_* or instance_* precision, recall and F1."""
+  prefix = {"boxes": "box", "instances": "instance"}[kind]
+  return lambda sums: _matched_figures(sums, prefix)
 
 
 def caption_pair_figures(sums: Mapping[str, float]) -> dict[str, float]:

@@ -292,18 +292,19 @@ _STEERING = {
     ("rgb", "palette_text"): ("palette", quality.palette_sums, quality.palette_figures),
 }
 # Given texts drawn in the grid (m4.data.scene_sequences.picture): data key -> kind.
-_PICTURED = {"boxes_text": "boxes", "palette_text": "palette"}
+_PICTURED = {"boxes_text": "boxes", "palette_text": "palette", "instances_text": "instances"}
 
 
 def _text_scorer(mod, batch, valid):
   """(texts -> sums, figures) for a generated text of `mod`, or None: caption
-  pairs against the scene, boxes against the true boxes text."""
+  pairs against the scene, boxes or instances against the true text."""
   if mod.data_key == "caption" and "scene" in batch:
     return (lambda t: quality.caption_pair_sums(t, batch["scene"], valid),
             quality.caption_pair_figures)
-  if mod.data_key == "boxes_text" and "boxes_text" in batch:
-    return (lambda t: quality.box_text_sums(t, batch["boxes_text"], valid),
-            quality.box_text_figures)
+  for kind in ("boxes", "instances"):
+    if mod.data_key == f"{kind}_text" and mod.data_key in batch:
+      return (lambda t, k=kind: quality.text_match_sums(k, t, batch[mod.data_key], valid),
+              quality.text_match_figures(kind))
   return None
 
 

@@ -72,8 +72,10 @@ def get_config(arg=None):
     c.stages[name].data.extras = EXTRAS
   shared = _config("tokenizers/caption_scenes.py", "shared")
   tok_caption = c.stages.tok_caption
-  tok_caption.data.update(dict(extras=EXTRAS, modalities=shared.data.modalities))
-  tok_caption.shared_with = shared.shared_with
+  # The caption and these three texts only (the vocabulary of the runs below;
+  # :shared also holds the instances).
+  tok_caption.data.update(dict(extras=EXTRAS, modalities=("caption", "semseg") + EXTRAS))
+  tok_caption.shared_with = EXTRAS
   tok_caption.tokenizer.name = shared.tokenizer.name
 
   c.stages.tokens.data.extras = EXTRAS
