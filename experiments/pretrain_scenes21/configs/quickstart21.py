@@ -1,0 +1,71 @@
+"""The main job with every modality the scenes render: 4M-21's claim at the main job's size.
+
+    python -m m4.main --config=experiments/pretrain_scenes21/configs/quickstart21.py \
+        --workdir=workdirs/quickstart21
+
+configs/quickstart.py (quick) with the scenes rendered with every extra (the
+same scenes: the renderer is deterministic and the extras draw no random
+numbers), the quick normals and edges VQ tokenizers
+(configs/tokenizers/{normals,edges}_scenes.py:quick), one WordPiece
+vocabulary for the caption and the boxes, palette, metadata and instances
+texts (configs/tokenizers/caption_scenes.py:shared), and pretraining on
+all eleven modalities (configs/pretrain/scenes21.py:quick: the same model,
+1800 steps and 64 + 64 tokens: equal compute). The generate stage also
+draws normals, edges and the four texts from RGB; the transfer stage is
+the main job's. Everything else is the main job's, so its rows compare one
+to one with it (and with experiments/steerable_generation's texts-only run).
+"""
+
+from m4 import config_files
+
+_ROOT = "../../../configs"
+GEOMETRY = ("normals", "edges")
+
+
+def _config(path: str, arg=None):
+  return config_files.load(__file__, f"{_ROOT}/{path}").get_config(arg)
+
+
+def get_config(arg=None):
+  config_files.variant(arg, __file__, ("quick",))
+  quickstart = config_files.load(__file__, f"{_ROOT}/quickstart.py")
+  scenes21 = config_files.load(__file__, f"{_ROOT}/pretrain/scenes21.py")
+  common = config_files.load(__file__, f"{_ROOT}/generate/common.py")
+  c = quickstart.get_config("quick")
+  data = c.stages.data.data
+  data.extras = scenes21.EXTRAS
+  for name in ("tok_rgb", "tok_depth", "tok_semseg", "tokens", "pretrain", "generate", "transfer"):
+    c.stages[name].data.extras = scenes21.EXTRAS
+
+  for name in GEOMETRY:  # Stages tok_normals, tok_edges.
+    stage = _config(f"tokenizers/{name}_scenes.py", "quick")
+    stage.data.update(data)
+    c.stages[f"tok_{name}"] = stage
+  c.order = tuple(c.order[:c.order.index("tokens")]) + tuple(f"tok_{n}" for n in GEOMETRY) + tuple(
+      c.order[c.order.index("tokens"):])
+
+  shared = _config("tokenizers/caption_scenes.py", "shared")
+  tok_caption = c.stages.tok_caption
+  tok_caption.data.update(dict(extras=scenes21.EXTRAS, modalities=shared.data.modalities))
+  tok_caption.shared_with = shared.shared_with
+  tok_caption.tokenizer.name = shared.tokenizer.name
+  texts = {n: "{root}/tok_caption/wordpiece_scenes21.json" for n in ("caption",) + scenes21.TEXTS}
+  tokenizers = {**quickstart.TOKENIZERS, **{n: f"{{root}}/tok_{n}" for n in GEOMETRY}, **texts}
+
+  c.stages.tokens.tokenize = tuple(c.stages.tokens.tokenize) + GEOMETRY + scenes21.TEXTS
+  c.stages.tokens.tokenizers.update(tokenizers)
+
+  pretrain = c.stages.pretrain
+  pretrain.tokenizers.update(tokenizers)
+  pretrain.masking = scenes21.get_config("quick").masking
+  pretrain.model.encoder_modalities = scenes21.NAMES
+  pretrain.model.decoder_modalities = scenes21.TARGETS
+
+  generate = c.stages.generate
+  generate.tokenizers.update(tokenizers)
+  generate.targets = tuple(generate.targets) + GEOMETRY + ("boxes", "metadata", "instances")
+  for name in GEOMETRY:
+    generate.decoding[name] = generate.decoding.depth.to_dict()
+  for name in ("boxes", "metadata", "instances"):
+    generate.decoding[name] = dict(common.CAPTION_DECODING)
+  return c
