@@ -171,3 +171,9 @@ register(Modality("edges", IMAGE, vocab_size=1024, num_tokens=64, grid=(8, 8), t
 for _name, _tokens in (("boxes", 40), ("palette", 32), ("metadata", 16), ("instances", 40)):
   register(Modality(_name, SEQUENCE, vocab_size=512, num_tokens=_tokens,
                     tokenizer="wordpiece_scenes21", data_key=f"{_name}_text"))
+# The same boxes as an image: the boxes text drawn as a class map
+# (scene_sequences.box_map), tokenized by the semseg VQ tokenizer; an input
+# that steers by position as the semseg and RGB inputs do (experiments/
+# steerable_generation/, "Boxes as text or as a map").
+register(Modality("box_map", IMAGE, vocab_size=512, num_tokens=64, grid=(8, 8),
+                  tokenizer="vq_semseg", roles=(INPUT,)))

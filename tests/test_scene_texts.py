@@ -8,8 +8,11 @@ import os
 import runpy
 
 import numpy as np
+import pytest
 
 from m4 import modalities
+from m4 import tokenizers as vq_tokenizers
+from m4 import workdir as workdir_lib
 from m4.data import scene_sequences
 from m4.data import token_shards
 from m4.jobs import generate
@@ -38,8 +41,9 @@ def test_texts_tokenize_pretrain_and_steer_generation(assets, tmp_path):
   tokens = str(tmp_path / "tokens")
   config = S.pretokenize_config(assets, random_views=1)
   config.data = data
-  config.tokenize = tuple(config.tokenize) + TEXTS
+  config.tokenize = tuple(config.tokenize) + TEXTS + ("box_map",)
   config.tokenizers.update(texts)
+  config.tokenizers.box_map = assets["tokenizers"]["semseg"]  # The registry's: semseg's.
   pretokenize.pretokenize(config, tokens, progress=False)
   tok = text.load(vocab)
   record = token_shards.TokenShardSource(tokens, "train")[5]
@@ -47,6 +51,13 @@ def test_texts_tokenize_pretrain_and_steer_generation(assets, tmp_path):
     assert record[name].shape == (2, modalities.get(name).num_tokens)
     assert tok.decode(record[name][0]) == record[f"text/{name}"]
   assert record["text/metadata"].startswith("count ")
+  semseg_vq = vq_tokenizers.load(assets["tokenizers"]["semseg"])  # The boxes as a map, tokenized.
+  drawn = scene_sequences.box_map(record["text/boxes"], tuple(config.data.image_size))
+  np.testing.assert_array_equal(record["box_map"][0].reshape(semseg_vq.grid),
+                                np.asarray(semseg_vq.encode(drawn[None]))[0].reshape(semseg_vq.grid))
+  config.tokenizers.box_map = assets["tokenizers"]["rgb"]  # Not a tokenizer the registry names.
+  with pytest.raises(workdir_lib.ConfigError, match="tokenizers.box_map"):
+    pretokenize.pretokenize(config, str(tmp_path / "bad_tokens"), progress=False)
 
   names = ("rgb_pixels", "rgb", "semseg", "caption") + TEXTS
   tiny = runpy.run_path(os.path.join(S.REPO, "configs", "pretrain", "scenes_tiny.py"))

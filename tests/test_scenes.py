@@ -523,6 +523,13 @@ def test_scene_texts_round_trip_through_wordpiece():
       assert scene_sequences.from_text(kind, text) == scene_sequences.quantize(kind, value)
       texts.append(text)
     samples.append(s)
+  for s in samples:  # The boxes as a map: each box's class inside it, ground outside all.
+    regions = scene_sequences.regions("boxes", s["boxes_text"])
+    inside = np.any([r for _, r in regions], 0) if regions else np.zeros((64, 64), bool)
+    assert np.all(s["box_map"][~inside] == scenes.GROUND)
+    smallest = min(regions, key=lambda cr: cr[1].sum(), default=None)
+    if smallest is not None:
+      assert np.all(s["box_map"][smallest[1]] == smallest[0])  # Drawn last, on top.
   q = scene_sequences.quantize("boxes", samples[0]["boxes"])
   bbox = np.asarray(samples[0]["boxes"]["bbox_px"])[np.asarray(samples[0]["boxes"]["class"]) >= 0]
   assert np.max(np.abs(np.asarray(q["bbox"]) - bbox)) <= 0.5  # 64 bins at 64 px: pixels.

@@ -26,8 +26,9 @@ the text tokenizer's normalisation leaves the text as it is and
 `from_text(kind, to_text(kind, x)) == quantize(kind, x)`: a round trip is
 exact up to the quantisation stated above. `add_texts` writes a sample's
 texts under the registry's data keys (`<kind>_text`; m4.data.transforms'
-AlignedCrop calls it after every crop); `picture` draws a boxes or palette
-text for grids.
+AlignedCrop calls it after every crop), and with the boxes their `box_map`
+(the boxes text drawn as a class map: the same boxes as an image-like
+modality); `picture` draws a boxes, instances or palette text for grids.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from m4.data.scene_spec import CLASSES
+from m4.data.scene_spec import CLASSES, GROUND
 
 KINDS = ("boxes", "palette", "metadata", "instances")
 # The sample key each text is written from (instances also read semseg).
@@ -215,9 +216,20 @@ def picture(kind: str, text: str, image_size=(64, 64)) -> np.ndarray | None:
   return colors[np.minimum(band, len(colors) - 1)][None].repeat(h, 0) if len(colors) else None
 
 
+def box_map(text: str, image_size=(64, 64)) -> np.ndarray:
+  """A boxes text as an int32 class map: each box filled with its class, the
+  larger boxes first (a smaller one stays visible on top), `ground` elsewhere
+  (so the semseg VQ tokenizer reads it as a map of its own kind)."""
+  out = np.full(image_size, GROUND, np.int32)
+  for c, region in sorted(regions("boxes", text, image_size), key=lambda cr: -cr[1].sum()):
+    out[region] = c
+  return out
+
+
 def add_texts(sample: Mapping[str, Any], image_size=None) -> dict:
   """`sample` with `<kind>_text` (the sequence modalities' data keys) for each
-  kind whose source (SOURCES) it holds, instances only beside a semseg map;
+  kind whose source (SOURCES) it holds, instances only beside a semseg map,
+  and `box_map` with the boxes;
   boxes in pixels of `image_size` (default: the size of the sample's images,
   so apply it after any crop)."""
   out = dict(sample)
@@ -232,4 +244,6 @@ def add_texts(sample: Mapping[str, Any], image_size=None) -> dict:
       image_size = sizes[0]
     value = sample if kind == "instances" else sample[source]
     out[f"{kind}_text"] = to_text(kind, value, image_size)
+    if kind == "boxes":
+      out["box_map"] = box_map(out["boxes_text"], image_size)
   return out

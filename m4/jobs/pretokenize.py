@@ -112,10 +112,15 @@ class Tokenizers:
       if mod.is_image:
         tok = tokenizers.load_for_modality(name, path, field=field)
         released = isinstance(tok, released_tokenizer.ReleasedTokenizer)  # Named by its folder.
-        require((released or tok.name == name) and tok.grid == mod.grid
+        # A modality may share another's tokenizer when the registry names the
+        # same one for both (box_map: semseg's).
+        shared = tok.name in modalities_lib.names() and (
+            mod.tokenizer is not None and modalities_lib.get(tok.name).tokenizer == mod.tokenizer)
+        require((released or tok.name == name or shared) and tok.grid == mod.grid
                 and tok.vocab_size == mod.vocab_size,
                 field, f"{path} tokenizes {tok.name!r} ({tok.grid}, {tok.vocab_size} codes),"
-                f" not the registry's {name!r} ({mod.grid}, {mod.vocab_size}).")
+                f" not the registry's {name!r} ({mod.grid}, {mod.vocab_size}), nor a modality"
+                f" whose registry entry names {name!r}'s tokenizer {mod.tokenizer!r}.")
         require(tuple(tok.image_size) == size, field,
                 f"{path} takes {tuple(tok.image_size)} px images; config.data.image_size is"
                 f" {size}.")
