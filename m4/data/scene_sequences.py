@@ -239,7 +239,7 @@ def add_texts(sample: Mapping[str, Any], image_size=None) -> dict:
     if image_size is None and kind in ("boxes", "instances"):
       sizes = [np.shape(sample[k])[:2] for k in IMAGE_KEYS if k in sample]
       if not sizes:
-        raise ValueError(f"sample {sample.get('id')}: boxes text needs the image size; the"
+        raise ValueError(f"sample {sample.get('id')}: {kind} text needs the image size; the"
                          f" sample has no image among {IMAGE_KEYS} (keys: {sorted(sample)}).")
       image_size = sizes[0]
     value = sample if kind == "instances" else sample[source]

@@ -24,6 +24,17 @@ def _config(path: str, arg=None):
   return config_files.load(__file__, f"{_ROOT}/{path}").get_config(arg)
 
 
+def add_tokenizer_stages(c, names):
+  """Stages tok_<name> (configs/tokenizers/<name>_scenes.py:quick on the
+  chain's data) before the `tokens` stage of the chain config `c`."""
+  for name in names:
+    stage = _config(f"tokenizers/{name}_scenes.py", "quick")
+    stage.data.update(c.stages.data.data)
+    c.stages[f"tok_{name}"] = stage
+  c.order = tuple(c.order[:c.order.index("tokens")]) + tuple(f"tok_{n}" for n in names) + tuple(
+      c.order[c.order.index("tokens"):])
+
+
 def get_config(arg=None):
   config_files.variant(arg, __file__, ("quick",))
   quickstart = config_files.load(__file__, f"{_ROOT}/quickstart.py")
@@ -32,12 +43,7 @@ def get_config(arg=None):
   data.extras = EXTRAS
   tokenizers = {**quickstart.TOKENIZERS, **{n: f"{{root}}/tok_{n}" for n in EXTRAS}}
 
-  for name in EXTRAS:  # Stages tok_normals, tok_edges.
-    stage = _config(f"tokenizers/{name}_scenes.py", "quick")
-    stage.data.update(data)
-    c.stages[f"tok_{name}"] = stage
-  c.order = tuple(c.order[:c.order.index("tokens")]) + tuple(f"tok_{n}" for n in EXTRAS) + tuple(
-      c.order[c.order.index("tokens"):])
+  add_tokenizer_stages(c, EXTRAS)
 
   for name in ("tok_rgb", "tok_depth", "tok_semseg", "tok_caption", "generate", "transfer"):
     c.stages[name].data.extras = EXTRAS

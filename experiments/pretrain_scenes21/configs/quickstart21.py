@@ -37,12 +37,8 @@ def get_config(arg=None):
   for name in ("tok_rgb", "tok_depth", "tok_semseg", "tokens", "pretrain", "generate", "transfer"):
     c.stages[name].data.extras = scenes21.EXTRAS
 
-  for name in GEOMETRY:  # Stages tok_normals, tok_edges.
-    stage = _config(f"tokenizers/{name}_scenes.py", "quick")
-    stage.data.update(data)
-    c.stages[f"tok_{name}"] = stage
-  c.order = tuple(c.order[:c.order.index("tokens")]) + tuple(f"tok_{n}" for n in GEOMETRY) + tuple(
-      c.order[c.order.index("tokens"):])
+  geometry = config_files.load(__file__, "../../pretrain_geometry/configs/quickstart_geometry.py")
+  geometry.add_tokenizer_stages(c, GEOMETRY)  # tok_normals, tok_edges.
 
   shared = _config("tokenizers/caption_scenes.py", "shared")
   tok_caption = c.stages.tok_caption
