@@ -106,50 +106,47 @@ def quantize(kind: str, value: Mapping[str, Any], image_size=(64, 64)) -> dict:
 
 
 def to_text(kind: str, value: Mapping[str, Any], image_size=(64, 64)) -> str:
-  """The text of a sample's boxes, palette or metadata (module docstring)."""
+  """The text of a sample's boxes, palette, metadata or instances (module docstring)."""
   q = quantize(kind, value, image_size)
-  if kind == "boxes":
-    words = [f"{CLASSES[c]} {' '.join(map(str, b))}" for c, b in zip(q["class"], q["bbox"])]
+  if kind in ("boxes", "instances"):  # Per object: shape, box, then (instances) mask rows.
+    masks = q.get("mask", [[]] * len(q["class"]))
+    words = [" ".join([CLASSES[c], *map(str, b), *("".join(map(str, r)) for r in m)])
+             for c, b, m in zip(q["class"], q["bbox"], masks)]
     return " ".join(words) or "none"
   if kind == "palette":
     return " ".join(f"color {r} {g} {b} {s}" for (r, g, b), s in zip(q["colors"], q["share_pct"]))
-  if kind == "instances":
-    words = [f"{CLASSES[c]} {' '.join(map(str, b))} {' '.join(''.join(map(str, r)) for r in m)}"
-             for c, b, m in zip(q["class"], q["bbox"], q["mask"])]
-    return " ".join(words) or "none"
   return " ".join(f"{word} {q[word]}" for word, _, _ in METADATA)
+
+
+def _groups(words: list[str], size: int) -> list[list[str]]:
+  return [words[i:i + size] for i in range(0, len(words), size)]
 
 
 def from_text(kind: str, text: str) -> dict:
   """The quantised values of a text `to_text` wrote; ValueError naming what does not parse."""
   words = text.split()
   try:
-    if kind == "boxes":
+    if kind in ("boxes", "instances"):
+      cells = MASK_CELLS if kind == "instances" else 0
       if words == ["none"]:
-        return {"class": [], "bbox": []}
-      if len(words) % 5:
-        raise ValueError("expected groups of 'shape x0 y0 x1 y1'")
-      groups = [words[i:i + 5] for i in range(0, len(words), 5)]
-      return {"class": [CLASSES.index(g[0]) for g in groups],
-              "bbox": [[int(v) for v in g[1:]] for g in groups]}
+        return {"class": [], "bbox": [], **({"mask": []} if cells else {})}
+      size = 5 + cells
+      rows = [w for i, w in enumerate(words) if i % size >= 5]
+      if len(words) % size or any(len(r) != cells or set(r) - set("01") for r in rows):
+        raise ValueError("expected groups of 'shape x0 y0 x1 y1'" + (
+            f" and {cells} rows of {cells} digits 0 / 1" if cells else ""))
+      groups = _groups(words, size)
+      out = {"class": [CLASSES.index(g[0]) for g in groups],
+             "bbox": [[int(v) for v in g[1:5]] for g in groups]}
+      if cells:
+        out["mask"] = [[[int(c) for c in r] for r in g[5:]] for g in groups]
+      return out
     if kind == "palette":
       if len(words) % 5 or any(w != "color" for w in words[::5]):
         raise ValueError("expected groups of 'color r g b share'")
-      groups = [words[i:i + 5] for i in range(0, len(words), 5)]
+      groups = _groups(words, 5)
       return {"colors": [[int(v) for v in g[1:4]] for g in groups],
               "share_pct": [int(g[4]) for g in groups]}
-    if kind == "instances":
-      if words == ["none"]:
-        return {"class": [], "bbox": [], "mask": []}
-      size = 5 + MASK_CELLS
-      rows = [w for i, w in enumerate(words) if i % size >= 5]
-      if len(words) % size or any(len(r) != MASK_CELLS or set(r) - set("01") for r in rows):
-        raise ValueError(f"expected groups of 'shape x0 y0 x1 y1' and {MASK_CELLS} rows of"
-                         f" {MASK_CELLS} digits 0 / 1")
-      groups = [words[i:i + size] for i in range(0, len(words), size)]
-      return {"class": [CLASSES.index(g[0]) for g in groups],
-              "bbox": [[int(v) for v in g[1:5]] for g in groups],
-              "mask": [[[int(c) for c in r] for r in g[5:]] for g in groups]}
     if kind == "metadata":
       expected = [word for word, _, _ in METADATA]
       if words[::2] != expected or len(words) != 2 * len(expected):

@@ -9,7 +9,8 @@ Schemes (each compiled first, timed separately, then run `--repeats` times):
 MaskGIT and ROAR for an image target (`--steps` steps), MaskGIT with
 classifier-free guidance (its unconditional pass without the given
 image's slots), and the caption decoded for its full length or
-`--caption_tokens` (no early stop) with and without the key/value cache. `--full_slots` gives every image step one slot per token
+`--caption_tokens` (no early stop) with and without the key/value cache.
+`--full_slots` gives every image step one slot per token
 (`Generator(compact=False)`), to measure what the planned slots buy. Prints a
 table and one JSON line per scheme: compile seconds, milliseconds per sample
 (median over repeats) and per decoded token.

@@ -40,10 +40,7 @@ def _add_box_map(c):
   pretrain = c.stages.pretrain
   pretrain.tokenizers.box_map = semseg
   pretrain.model.encoder_modalities = tuple(pretrain.model.encoder_modalities) + ("box_map",)
-  mixture = c.stages.pretrain.masking.mixture
   pretrain.masking = _TINY.mixture(pretrain.model.encoder_modalities)
-  for name in set(mixture) - set(pretrain.masking.mixture):
-    pretrain.masking.mixture[name] = mixture[name]
   gen = c.stages.gen_boxes
   gen.tokenizers.box_map = semseg
   gen.inputs = ("box_map",)
