@@ -118,10 +118,12 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def config(assets, shards):
-  """A tiny pretraining: 1+1 blocks of width 32, a checkpoint every 3 steps."""
+  """A tiny pretraining: 1+1 blocks of width 32, a checkpoint every 3 steps; a
+  prediction grid asked for with no cross-modal targets (nothing to draw: the
+  run must still end)."""
   return S.pretrain_config(assets, shards, total_steps=TOTAL, checkpoint_every=EVERY,
                            **{"model.dim": 32, "model.encoder_depth": 1,
-                              "model.decoder_depth": 1})
+                              "model.decoder_depth": 1, "eval.grid_samples": 2})
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +132,7 @@ def reference(config, tmp_path_factory, cache):
   workdir = str(tmp_path_factory.mktemp("reference") / "run")
   rc, out = _main(config, workdir, cache)
   assert rc == 0, out[-3000:]
+  assert not os.path.exists(os.path.join(workdir, "predictions.png"))  # No targets, no grid.
   losses = logged_losses(workdir)
   assert sorted(losses) == list(range(1, TOTAL + 1))
   return workdir, losses
@@ -159,10 +162,17 @@ def test_refused_resume_leaves_the_workdir_byte_identical(config, reference, tmp
   assert _tree_hash(workdir) == before  # config.json too: byte for byte.
 
 
-def test_a_refused_fresh_run_creates_nothing(config, tmp_path):
+@pytest.mark.parametrize("field", ["init", "cross_modal"])
+def test_a_refused_fresh_run_creates_nothing(config, tmp_path, field):
+  """Refused before the first step, not at the first evaluation."""
   workdir = str(tmp_path / "fresh")
-  with pytest.raises(ConfigError, match=r"config\.init.*nonexistent"):
-    pretrain.run(_with(config, init=str(tmp_path / "nonexistent")), workdir)
+  if field == "init":
+    bad, match = {"init": str(tmp_path / "nonexistent")}, r"config\.init.*nonexistent"
+  else:  # A text input: the cross-modal evaluation reads image or pixel inputs only.
+    bad = {"eval.cross_modal.inputs": ("caption",), "eval.cross_modal.targets": ("semseg",)}
+    match = r"config\.eval\.cross_modal\.inputs: 'caption' is not an image or pixel"
+  with pytest.raises(ConfigError, match=match):
+    pretrain.run(_with(config, **bad), workdir)
   assert not os.path.exists(workdir)
 
 

@@ -321,6 +321,7 @@ def _train(config, workdir_path, ckpt, guard, *, data, cfg, target, shardings, m
     if params is not None:
       state = state.replace(params=params)
       logging.info("pretrain: parameters initialised from %s", config.init)
+  evaluator = pretrain_eval.PretrainEval(config, data, graphdef, mesh, rules)
   # Everything is checked: from here on the run writes.
   workdir.write_config(config, workdir_path)
   workdir.write_json(os.path.join(workdir_path, pretrained.MODEL_FILE),
@@ -328,7 +329,6 @@ def _train(config, workdir_path, ckpt, guard, *, data, cfg, target, shardings, m
 
   step_fn = make_train_step(graphdef, tx, schedule=schedule, mesh=mesh, rules=rules,
                             state_shardings=shardings)
-  evaluator = pretrain_eval.PretrainEval(config, data, graphdef, mesh, rules)
   names = data.names
   tokens_per_step = int(config.data.batch_size) * (cfg.num_encoder_tokens + cfg.num_decoder_tokens)
   logger = workdir.MetricLogger(workdir_path, total, name="pretrain",

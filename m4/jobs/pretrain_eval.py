@@ -66,6 +66,13 @@ class PretrainEval:
     for n in self.targets + self.inputs:
       workdir_lib.require(n in self.names, "eval.cross_modal",
                           f"{n!r} is not one of config.masking.modalities {self.names}.")
+    for n in self.inputs:  # Checked here, not at the first evaluation after minutes of training.
+      m = modalities_lib.get(n)
+      workdir_lib.require(m.is_image or m.kind == modalities_lib.PIXELS,
+                          "eval.cross_modal.inputs", f"{n!r} is not an image or pixel modality.")
+    for n in self.targets:
+      workdir_lib.require(modalities_lib.get(n).is_image, "eval.cross_modal.targets",
+                          f"{n!r} is not an image modality.")
     self._baseline = None
 
     def metrics(params, batch, n_enc=None, n_dec=None):
@@ -210,6 +217,8 @@ class PretrainEval:
     Every process computes (the model is sharded); process 0 draws the
     first `num` samples of its first batch.
     """
+    if not self.targets:  # Nothing predicted, nothing to draw.
+      return None
     try:
       vq = self.data.vq_tokenizers()
     except workdir_lib.ConfigError:
