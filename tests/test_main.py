@@ -118,3 +118,29 @@ def test_unknown_variant_is_one_line(tmp_path):
   assert r.returncode == 2 and not (tmp_path / "w").exists()
   lines = r.stderr.strip().splitlines()
   assert len(lines) == 1 and "configs/quickstart.py: unknown variant 'nosuch'" in lines[0], r.stderr
+
+
+def test_steering_variants_resolve():
+  """The steering ablations' variants load: each single-task control trains
+  one component (its condition whole in, one target out) and keeps the one
+  steering stage it serves; quickstart21:boxes adds the box map everywhere it
+  is needed (shards, encoder, mixture, gen_boxes)."""
+  import runpy  # pylint: disable=g-import-not-at-top
+  path = os.path.join(REPO, "experiments", "steerable_generation", "configs", "steering_quick.py")
+  module = runpy.run_path(path)
+  for variant in module["VARIANTS"]:
+    assert module["get_config"](variant).stages.pretrain.total_steps == 1800
+  for variant, (given, target, stage) in module["ALONE"].items():
+    c = module["get_config"](variant)
+    (component,) = c.stages.pretrain.masking.mixture.values()
+    assert [n for n, a in component["input_alphas"].items() if a] == [given]
+    assert [n for n, a in component["target_alphas"].items() if a] == [target]
+    assert component["keep"].get(given, "all") == "all"
+    assert [n for n in c.order if n.startswith("gen_")] == [stage]
+  c = runpy.run_path(os.path.join(REPO, "experiments", "pretrain_scenes21", "configs",
+                                  "quickstart21.py"))["get_config"]("boxes")
+  assert "box_map" in c.stages.tokens.tokenize
+  assert "box_map" in c.stages.pretrain.model.encoder_modalities
+  assert "box_map" not in c.stages.pretrain.model.decoder_modalities
+  assert c.stages.pretrain.masking.mixture.boxmap2semseg.input_alphas.box_map == 1.0
+  assert tuple(c.stages.gen_boxes.inputs) == ("box_map",)

@@ -14,6 +14,14 @@ all eleven modalities (configs/pretrain/scenes21.py:quick: the same model,
 draws normals, edges and the four texts from RGB; the transfer stage is
 the main job's. Everything else is the main job's, so its rows compare one
 to one with it (and with experiments/steerable_generation's texts-only run).
+
+`boxes`: the same with the boxes steerable as a map, as
+experiments/steerable_generation/configs/steering_quick.py:boxmap2semseg
+does at the main job's size: `box_map` (the boxes text drawn as a class map,
+tokenized by the run's semseg tokenizer) among the inputs, the component
+that gives it whole and asks for every semseg token (weight 1 beside
+"RGB to all" 3 and "all to all" 1), and a gen_boxes stage drawing semseg,
+then RGB, from the map on 256 test scenes (MaskGIT 8 steps, guidance 2).
 """
 
 from m4 import config_files
@@ -26,8 +34,27 @@ def _config(path: str, arg=None):
   return config_files.load(__file__, f"{_ROOT}/{path}").get_config(arg)
 
 
+def _steer_boxes(c, texts):
+  """box_map, its boxmap2semseg component and the gen_boxes stage (docstring)."""
+  steering = config_files.load(__file__, "../../steerable_generation/configs/steering_quick.py")
+  seq = config_files.load(__file__, "../../steerable_generation/configs/quickstart_seq.py")
+  common = config_files.load(__file__, f"{_ROOT}/generate/common.py")
+  gen = common.base(inputs=("box_map",), targets=("semseg", "rgb"), chained=True)
+  for key in ("data", "init", "tokenizers"):
+    gen[key] = c.stages.generate[key]
+  gen.num_samples = seq.STEERING_SAMPLES
+  for target in gen.targets:
+    gen.decoding[target].cfg_scale = 2.0
+  c.stages.gen_boxes = gen
+  at = c.order.index("generate") + 1
+  c.order = tuple(c.order[:at]) + ("gen_boxes",) + tuple(c.order[at:])
+  steering.add_box_map(c)
+  masking = c.stages.pretrain.masking
+  masking.mixture.boxmap2semseg = steering.whole(masking.modalities, "box_map", "semseg", texts)
+
+
 def get_config(arg=None):
-  config_files.variant(arg, __file__, ("quick",))
+  variant = config_files.variant(arg, __file__, ("quick", "boxes"))
   quickstart = config_files.load(__file__, f"{_ROOT}/quickstart.py")
   scenes21 = config_files.load(__file__, f"{_ROOT}/pretrain/scenes21.py")
   common = config_files.load(__file__, f"{_ROOT}/generate/common.py")
@@ -64,4 +91,6 @@ def get_config(arg=None):
     generate.decoding[name] = generate.decoding.depth.to_dict()
   for name in ("boxes", "metadata", "instances"):
     generate.decoding[name] = dict(common.CAPTION_DECODING)
+  if variant == "boxes":
+    _steer_boxes(c, ("caption",) + scenes21.TEXTS)
   return c
