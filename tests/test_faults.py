@@ -162,17 +162,23 @@ def test_refused_resume_leaves_the_workdir_byte_identical(config, reference, tmp
   assert _tree_hash(workdir) == before  # config.json too: byte for byte.
 
 
-@pytest.mark.parametrize("field", ["init", "cross_modal"])
-def test_a_refused_fresh_run_creates_nothing(config, tmp_path, field):
+_REFUSED = {  # case: (overrides, the error); the cross-modal ones used to fail at an evaluation.
+    "init": ({"init": "{tmp}/nonexistent"}, r"config\.init.*nonexistent"),
+    "text input": ({"eval.cross_modal.inputs": ("caption",), "eval.cross_modal.targets": ("semseg",)},
+                   r"config\.eval\.cross_modal\.inputs: 'caption' is not an image or pixel"),
+    "no input": ({"eval.cross_modal.inputs": (), "eval.cross_modal.targets": ("semseg",)},
+                 r"config\.eval\.cross_modal\.inputs: is empty; predicting \('semseg',\)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_REFUSED))
+def test_a_refused_fresh_run_creates_nothing(config, tmp_path, case):
   """Refused before the first step, not at the first evaluation."""
   workdir = str(tmp_path / "fresh")
-  if field == "init":
-    bad, match = {"init": str(tmp_path / "nonexistent")}, r"config\.init.*nonexistent"
-  else:  # A text input: the cross-modal evaluation reads image or pixel inputs only.
-    bad = {"eval.cross_modal.inputs": ("caption",), "eval.cross_modal.targets": ("semseg",)}
-    match = r"config\.eval\.cross_modal\.inputs: 'caption' is not an image or pixel"
+  overrides, match = _REFUSED[case]
+  overrides = {k: v.format(tmp=tmp_path) if isinstance(v, str) else v for k, v in overrides.items()}
   with pytest.raises(ConfigError, match=match):
-    pretrain.run(_with(config, **bad), workdir)
+    pretrain.run(_with(config, **overrides), workdir)
   assert not os.path.exists(workdir)
 
 

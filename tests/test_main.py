@@ -128,14 +128,20 @@ def test_steering_variants_resolve():
   import runpy  # pylint: disable=g-import-not-at-top
   path = os.path.join(REPO, "experiments", "steerable_generation", "configs", "steering_quick.py")
   module = runpy.run_path(path)
+  components = {"text2all": {"text2all"}, "boxes2semseg": {"boxes2semseg"}, "box_map": set(),
+                "boxmap2semseg": {"boxmap2semseg"},
+                "count_chain": {"boxmap2semseg", "metadata2boxes"}}
   for variant in module["VARIANTS"]:
-    assert module["get_config"](variant).stages.pretrain.total_steps == 1800
+    c = module["get_config"](variant)
+    assert set(c.stages.pretrain.masking.mixture) == {"rgb2all", "all2all"} | components[variant]
+    assert [n for n in c.order if n.startswith("gen_")] == ["gen_boxes", "gen_rgb"]
   for variant, (given, target, stage) in module["ALONE"].items():
     c = module["get_config"](variant)
     (component,) = c.stages.pretrain.masking.mixture.values()
     assert [n for n, a in component["input_alphas"].items() if a] == [given]
     assert [n for n, a in component["target_alphas"].items() if a] == [target]
-    assert component["keep"].get(given, "all") == "all"
+    if given in component["keep"]:  # A text: given whole.
+      assert component["keep"][given] == "all"
     assert [n for n in c.order if n.startswith("gen_")] == [stage]
   c = runpy.run_path(os.path.join(REPO, "experiments", "pretrain_scenes21", "configs",
                                   "quickstart21.py"))["get_config"]("boxes")
@@ -143,4 +149,8 @@ def test_steering_variants_resolve():
   assert "box_map" in c.stages.pretrain.model.encoder_modalities
   assert "box_map" not in c.stages.pretrain.model.decoder_modalities
   assert c.stages.pretrain.masking.mixture.boxmap2semseg.input_alphas.box_map == 1.0
+  assert c.order.index("gen_boxes") == c.order.index("generate") + 1
   assert tuple(c.stages.gen_boxes.inputs) == ("box_map",)
+  assert all(tuple(c.stages.gen_boxes.decoding[t].cfg_conditions) == ("box_map",)
+             for t in c.stages.gen_boxes.targets)
+  assert "box_map" not in c.stages.generate.tokenizers  # The kept stage is not touched.

@@ -5,16 +5,16 @@
 
 4M generates in chains (caption -> boxes -> semseg -> RGB). A model that
 reads boxes as a map (`box_map`, steering_quick.py's box_map variants) can
-so be steered by any text it writes boxes from. Given each test scene's
+then be steered by any text it writes boxes from. Given each test scene's
 metadata text (count, camera pitch and height, brightness, object share),
 the model writes a boxes text (autoregressive, sampled at temperature 1),
-`scene_sequences.box_map` draws it, and semseg is drawn from the map and the
-metadata (MaskGIT 8 steps, temperature 0.5, guidance 2 on both, as the
+`scene_sequences.box_map` draws it, and semseg is drawn from the map and
+the metadata (MaskGIT 8 steps, temperature 0.5, guidance 2 on both, as the
 gen_boxes stage; --num_steps and --temperature change semseg's), then RGB
-from all three. Beside it, the same model draws
-semseg from the metadata alone (no boxes between). Both semseg maps are
-scored against the metadata's count (m4.generation.quality.count_sums); the
-written boxes too. Writes RUN/count_chain/metrics.json and grid.png.
+from all three. Beside it, the same model draws semseg from the metadata
+alone (no boxes between). Both semseg maps and the written boxes are scored
+against the metadata's count (m4.generation.quality.count_sums). Writes
+RUN/OUT/metrics.json and grid.png (OUT: --out, default count_chain).
 """
 
 import argparse
@@ -33,18 +33,13 @@ from m4.generation import quality
 from m4.jobs import generate as generate_job
 from m4.models import pretrained
 
+
 def _steps(args, conditions, targets=("semseg", "rgb")):
+  """semseg (decoded as the flags say), then RGB (as gen_boxes), guided on `conditions`."""
   return [generation.Step(t, "maskgit", num_steps=args.num_steps if t == "semseg" else 8,
                           temperature=args.temperature if t == "semseg" else 0.5,
                           temperature_schedule="linear", cfg_scale=2.0,
                           cfg_conditions=tuple(conditions)) for t in targets]
-
-
-def _count(text: str) -> int:
-  try:
-    return int(scene_sequences.from_text("metadata", text)["count"])
-  except ValueError:
-    return -1
 
 
 def main():
@@ -64,7 +59,8 @@ def main():
   model = pretrained.load(init)
   names = ("metadata", "boxes", "box_map", "semseg", "rgb")
   vq, text = generate_job.load_tokenizers(init, names, stage["tokenizers"])
-  data = generate_job._data_config(ml_collections.ConfigDict(stage))  # pylint: disable=protected-access
+  data = ml_collections.ConfigDict(stage["data"])
+  data.modalities = ()  # Every raw key: the metadata texts and the pictures' truth.
   gen = generation.Generator(model)
   write_boxes = generation.steps_from_config(("boxes",), {"boxes": dict(
       scheme="autoregressive", temperature=args.boxes_temperature,
@@ -96,7 +92,7 @@ def main():
       drawn[label] = (semseg, rgb)
     for b in np.flatnonzero(valid):
       got = len(scene_sequences.regions("boxes", boxes[b]))
-      want = _count(metadata[b])
+      want = int(scene_sequences.from_text("metadata", metadata[b])["count"])
       written["match"] += float(got == want)
       written["abs_error"] += abs(got - want)
       written["samples"] += 1.0

@@ -186,6 +186,20 @@ class PretrainData:
     return data
 
 
+def check_cross_modal(inputs: Sequence[str], targets: Sequence[str]):
+  """ConfigError naming `eval.cross_modal` unless image or pixel `inputs`
+  can predict image `targets` (cross_modal_batch's batches)."""
+  require(bool(inputs) or not targets, "eval.cross_modal.inputs",
+          f"is empty; predicting {tuple(targets)} needs at least one input.")
+  for name in inputs:
+    m = modalities_lib.get(name)
+    require(m.is_image or m.kind == modalities_lib.PIXELS, "eval.cross_modal.inputs",
+            f"{name!r} is not an image or pixel modality.")
+  for name in targets:
+    require(modalities_lib.get(name).is_image, "eval.cross_modal.targets",
+            f"{name!r} is not an image modality.")
+
+
 def cross_modal_batch(tokens: Mapping[str, np.ndarray], inputs: Sequence[str], target: str,
                       valid: np.ndarray | None = None) -> dict:
   """A masked batch: every token of `inputs` in, every token of image `target` out.
@@ -194,16 +208,13 @@ def cross_modal_batch(tokens: Mapping[str, np.ndarray], inputs: Sequence[str], t
   inputs, (B, H, W, C) images (a `token_dataset` batch). Rows where `valid`
   is False get no inputs and no targets.
   """
-  mod = modalities_lib.get(target)
-  require(mod.is_image, "eval.cross_modal.targets", f"{target!r} is not an image modality.")
+  check_cross_modal(inputs, (target,))
   b = np.shape(tokens[inputs[0]])[0]
   ok = np.ones((b,), bool) if valid is None else np.asarray(valid, bool)
   batch = {}
   for name in dict.fromkeys(tuple(inputs) + (target,)):
     m = modalities_lib.get(name)
     pixels = m.kind == modalities_lib.PIXELS
-    require(m.is_image or (pixels and name in inputs), "eval.cross_modal.inputs",
-            f"{name!r} is not an image or pixel modality.")
     grid = (value_scales.pixels(tokens[name]) if pixels
             else np.asarray(tokens[name], np.int32).reshape(b, m.num_tokens))
     is_in, is_tgt = name in inputs, name == target

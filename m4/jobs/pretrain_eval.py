@@ -66,13 +66,8 @@ class PretrainEval:
     for n in self.targets + self.inputs:
       workdir_lib.require(n in self.names, "eval.cross_modal",
                           f"{n!r} is not one of config.masking.modalities {self.names}.")
-    for n in self.inputs:  # Checked here, not at the first evaluation after minutes of training.
-      m = modalities_lib.get(n)
-      workdir_lib.require(m.is_image or m.kind == modalities_lib.PIXELS,
-                          "eval.cross_modal.inputs", f"{n!r} is not an image or pixel modality.")
-    for n in self.targets:
-      workdir_lib.require(modalities_lib.get(n).is_image, "eval.cross_modal.targets",
-                          f"{n!r} is not an image modality.")
+    # Checked here, before the run writes, not at its first evaluation.
+    pretrain_data.check_cross_modal(self.inputs, self.targets)
     self._baseline = None
 
     def metrics(params, batch, n_enc=None, n_dec=None):

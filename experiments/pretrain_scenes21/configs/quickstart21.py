@@ -24,6 +24,8 @@ that gives it whole and asks for every semseg token (weight 1 beside
 then RGB, from the map on 256 test scenes (MaskGIT 8 steps, guidance 2).
 """
 
+import copy
+
 from m4 import config_files
 
 _ROOT = "../../../configs"
@@ -35,13 +37,14 @@ def _config(path: str, arg=None):
 
 
 def _steer_boxes(c, texts):
-  """box_map, its boxmap2semseg component and the gen_boxes stage (docstring)."""
+  """box_map, its boxmap2semseg component and the gen_boxes stage (see
+  `boxes` in the module docstring)."""
   steering = config_files.load(__file__, "../../steerable_generation/configs/steering_quick.py")
   seq = config_files.load(__file__, "../../steerable_generation/configs/quickstart_seq.py")
   common = config_files.load(__file__, f"{_ROOT}/generate/common.py")
   gen = common.base(inputs=("box_map",), targets=("semseg", "rgb"), chained=True)
-  for key in ("data", "init", "tokenizers"):
-    gen[key] = c.stages.generate[key]
+  for key in ("data", "init", "tokenizers"):  # Copies: add_box_map changes the tokenizers.
+    gen[key] = copy.deepcopy(c.stages.generate[key])
   gen.num_samples = seq.STEERING_SAMPLES
   for target in gen.targets:
     gen.decoding[target].cfg_scale = 2.0

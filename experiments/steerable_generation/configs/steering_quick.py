@@ -35,7 +35,8 @@ target out; no other inputs or targets), so the mapping gets every step:
   palette_alone   palette text -> rgb.
 
 Their held-out loss is that mapping's alone (no cross-modal evaluation from
-RGB: the model never sees it); each keeps the one steering stage it serves.
+RGB: the model never sees it); each keeps the one steering stage it serves
+(its chained RGB, which these models never learned to draw, is noise).
 
 No transfer and no other steering stage: the box hit rate is the figure.
 """
