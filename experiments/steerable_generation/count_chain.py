@@ -9,11 +9,12 @@ then be steered by any text it writes boxes from. Given each test scene's
 metadata text (count, camera pitch and height, brightness, object share),
 the model writes a boxes text (autoregressive, sampled at temperature 1),
 `scene_sequences.box_map` draws it, and semseg is drawn from the map and
-the metadata (MaskGIT 8 steps, temperature 0.5, guidance 2 on both, as the
-gen_boxes stage; --num_steps and --temperature change semseg's), then RGB
-from all three. Beside it, the same model draws semseg from the metadata
-alone (no boxes between). Both semseg maps and the written boxes are scored
-against the metadata's count (m4.generation.quality.count_sums). Writes
+the metadata (decoded as the run's gen_boxes stage: MaskGIT 8 steps,
+temperature 0.5, guidance 2, here on both; --num_steps and --temperature
+change semseg's), then RGB from all three. Beside it, the same model
+draws semseg from the metadata alone (no boxes between). Both semseg maps
+and the written boxes are scored against the metadata's count
+(m4.generation.quality.count_sums, count_match_sums). Writes
 RUN/OUT/metrics.json and grid.png (OUT: --out, default count_chain).
 """
 
@@ -34,12 +35,11 @@ from m4.jobs import generate as generate_job
 from m4.models import pretrained
 
 
-def _steps(args, conditions, targets=("semseg", "rgb")):
-  """semseg (decoded as the flags say), then RGB (as gen_boxes), guided on `conditions`."""
-  return [generation.Step(t, "maskgit", num_steps=args.num_steps if t == "semseg" else 8,
-                          temperature=args.temperature if t == "semseg" else 0.5,
-                          temperature_schedule="linear", cfg_scale=2.0,
-                          cfg_conditions=tuple(conditions)) for t in targets]
+def _steps(decoding, conditions):
+  """semseg then RGB, decoded as `decoding` (the gen_boxes stage's, with the
+  flags' semseg changes), guided on `conditions`."""
+  decoding = {t: dict(d, cfg_conditions=tuple(conditions)) for t, d in decoding.items()}
+  return generation.steps_from_config(("semseg", "rgb"), decoding)
 
 
 def main():
@@ -47,8 +47,10 @@ def main():
   p.add_argument("--run", required=True, help="a chain workdir with pretrain/ and gen_boxes/")
   p.add_argument("--samples", type=int, default=256)
   p.add_argument("--grid_rows", type=int, default=8)
-  p.add_argument("--num_steps", type=int, default=8, help="semseg's MaskGIT steps")
-  p.add_argument("--temperature", type=float, default=0.5, help="semseg's (0: greedy)")
+  p.add_argument("--num_steps", type=int, default=None,
+                 help="semseg's MaskGIT steps (default: the gen_boxes stage's, 8)")
+  p.add_argument("--temperature", type=float, default=None,
+                 help="semseg's (0: greedy; default: the gen_boxes stage's, 0.5)")
   p.add_argument("--out", default="count_chain", help="folder in the run")
   p.add_argument("--boxes_temperature", type=float, default=1.0,
                  help="sampling the boxes text (greedy, 0, writes a class and stops: the"
@@ -59,6 +61,10 @@ def main():
   model = pretrained.load(init)
   names = ("metadata", "boxes", "box_map", "semseg", "rgb")
   vq, text = generate_job.load_tokenizers(init, names, stage["tokenizers"])
+  decoding = {t: dict(stage["decoding"][t]) for t in ("semseg", "rgb")}
+  for field in ("num_steps", "temperature"):
+    if getattr(args, field) is not None:
+      decoding["semseg"][field] = getattr(args, field)
   data = ml_collections.ConfigDict(stage["data"])
   data.modalities = ()  # Every raw key: the metadata texts and the pictures' truth.
   gen = generation.Generator(model)
@@ -67,7 +73,6 @@ def main():
       temperature_schedule="constant")})
   it = pipeline.make_iterator(data, "test", seed=0, training=False)
   sums = quality.Sums()
-  written = {"match": 0.0, "abs_error": 0.0, "samples": 0.0}
   rows, captions, seen = [], [], 0
   for index in range(pipeline.num_eval_batches(data, args.samples)):
     batch = next(it)
@@ -83,19 +88,14 @@ def main():
     for label, state, conditions in (("metadata->boxes->box_map->semseg", chained,
                                       ("metadata", "box_map")),
                                      ("metadata->semseg", given, ("metadata",))):
-      result = gen.generate(dict(state), _steps(args, conditions), seed=index, chained=True)
-      semseg = np.asarray(vq["semseg"].decode(np.asarray(result.state["semseg"]["tensor"]).reshape(
-          (-1,) + tuple(vq["semseg"].grid))))
-      rgb = np.asarray(vq["rgb"].decode(np.asarray(result.state["rgb"]["tensor"]).reshape(
-          (-1,) + tuple(vq["rgb"].grid))))
+      result = gen.generate(dict(state), _steps(decoding, conditions), seed=index, chained=True)
+      semseg, rgb = (np.asarray(vq[n].decode(np.asarray(result.state[n]["tensor"]).reshape(
+          (-1,) + tuple(vq[n].grid)))) for n in ("semseg", "rgb"))
       sums.add(label, quality.count_sums(semseg, metadata, valid))
       drawn[label] = (semseg, rgb)
+    sums.add("metadata->boxes", quality.count_match_sums(
+        [len(scene_sequences.regions("boxes", t)) for t in boxes], metadata, valid))
     for b in np.flatnonzero(valid):
-      got = len(scene_sequences.regions("boxes", boxes[b]))
-      want = int(scene_sequences.from_text("metadata", metadata[b])["count"])
-      written["match"] += float(got == want)
-      written["abs_error"] += abs(got - want)
-      written["samples"] += 1.0
       if len(rows) < args.grid_rows:
         chain, alone = drawn["metadata->boxes->box_map->semseg"], drawn["metadata->semseg"]
         rows.append({"box map (written)": maps[b], "semseg (chain)": chain[0][b],
@@ -103,10 +103,9 @@ def main():
                      "rgb (truth)": np.asarray(batch["rgb"][b])})
         captions.append(f"given: {metadata[b]} | written: {boxes[b]}")
   figures = sums.figures({k: quality.count_figures for k in sums.sums})
-  figures["metadata->boxes"] = quality.count_figures(written)
   out = os.path.join(args.run, args.out)
   workdir_lib.write_json(os.path.join(out, "metrics.json"),
-                         {"samples": int(written["samples"]), "count": figures})
+                         {"samples": int(sums.sums["metadata->boxes"]["samples"]), "count": figures})
   kinds = {"box map (written)": "semseg", "semseg (chain)": "semseg", "rgb (chain)": "rgb",
            "semseg (metadata alone)": "semseg", "rgb (truth)": "rgb"}
   pictures.save_grid(os.path.join(out, "grid.png"), rows, captions, kinds=kinds)

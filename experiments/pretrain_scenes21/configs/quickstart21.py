@@ -41,13 +41,8 @@ def _steer_boxes(c, texts):
   `boxes` in the module docstring)."""
   steering = config_files.load(__file__, "../../steerable_generation/configs/steering_quick.py")
   seq = config_files.load(__file__, "../../steerable_generation/configs/quickstart_seq.py")
-  common = config_files.load(__file__, f"{_ROOT}/generate/common.py")
-  gen = common.base(inputs=("box_map",), targets=("semseg", "rgb"), chained=True)
-  for key in ("data", "init", "tokenizers"):  # Copies: add_box_map changes the tokenizers.
-    gen[key] = copy.deepcopy(c.stages.generate[key])
-  gen.num_samples = seq.STEERING_SAMPLES
-  for target in gen.targets:
-    gen.decoding[target].cfg_scale = 2.0
+  gen = seq.steering_stage(c.stages.generate, ("box_map",), ("semseg", "rgb"))
+  gen.tokenizers = copy.deepcopy(gen.tokenizers)  # add_box_map adds to them; generate keeps its own.
   c.stages.gen_boxes = gen
   at = c.order.index("generate") + 1
   c.order = tuple(c.order[:at]) + ("gen_boxes",) + tuple(c.order[at:])

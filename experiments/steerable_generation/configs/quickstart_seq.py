@@ -59,6 +59,21 @@ def text2all(names, targets) -> dict:
               keep={n: "random" for n in ("caption",) + EXTRAS})
 
 
+def steering_stage(generate, inputs, targets):
+  """A generation stage drawing `targets` (chained) from `inputs` on
+  STEERING_SAMPLES test scenes, guided (scale 2) on the inputs; its data,
+  init and tokenizers are the `generate` stage's (shared, not copied)."""
+  common = config_files.load(__file__, f"{_ROOT}/generate/common.py")
+  gen = common.base(inputs=inputs, targets=targets, chained=True)
+  for key in ("data", "init", "tokenizers"):
+    gen[key] = generate[key]
+  gen.num_samples = STEERING_SAMPLES
+  for target in targets:
+    gen.decoding[target].cfg_scale = 2.0
+    gen.decoding[target].cfg_conditions = inputs
+  return gen
+
+
 def get_config(arg=None):
   variant = config_files.variant(arg, __file__, ("quick", "full"))
   quickstart = config_files.load(__file__, f"{_ROOT}/quickstart.py")
@@ -102,14 +117,7 @@ def get_config(arg=None):
     c.order = tuple(n for n in c.order if n != "transfer")
     del c.stages["transfer"]
   for stage, (inputs, targets) in STEERING.items():
-    gen = common.base(inputs=inputs, targets=targets, chained=True)
-    for key in ("data", "init", "tokenizers"):
-      gen[key] = generate[key]
-    gen.num_samples = STEERING_SAMPLES
-    for target in targets:
-      gen.decoding[target].cfg_scale = 2.0
-      gen.decoding[target].cfg_conditions = inputs
-    c.stages[stage] = gen
+    c.stages[stage] = steering_stage(generate, inputs, targets)
   c.order = tuple(c.order[:c.order.index("generate") + 1]) + tuple(STEERING) + tuple(
       c.order[c.order.index("generate") + 1:])
   return c

@@ -91,8 +91,9 @@ def get_config(arg=None):
   if variant == "text2all":
     mixture.text2all = seq.text2all(names, pretrain.model.decoder_modalities)
   elif variant in ("boxes2semseg", "boxmap2semseg", "count_chain"):
-    given = "boxes" if variant == "boxes2semseg" else "box_map"
-    mixture[f"{given.replace('_', '')}2semseg"] = whole(names, given, "semseg", texts)
+    given, name = ("boxes", "boxes2semseg") if variant == "boxes2semseg" else (
+        "box_map", "boxmap2semseg")
+    mixture[name] = whole(names, given, "semseg", texts)
     if variant == "count_chain":
       mixture.metadata2boxes = whole(names, "metadata", "boxes", texts)
   elif variant in ALONE:
