@@ -179,6 +179,38 @@ def test_probe_keeps_the_encoder_frozen_and_finetuning_changes_it(protocol):
     assert all(encoder)
 
 
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_a_head_can_read_the_last_layers_each_through_the_final_norm(scan_layers):
+  cfg = transfer.backbone_config(tiny_cfg(scan_layers=scan_layers), (PIXELS,))  # 3 blocks.
+  enc, _ = _batch(n=2)
+  one = transfer.TransferModel(cfg, tiny_task(), image_size=(32, 32), rngs=rngs(0))
+  three = transfer.TransferModel(cfg, tiny_task(), image_size=(32, 32), feature_layers=3,
+                                 rngs=rngs(0))
+  out1, valid = one.features(enc)
+  out3, valid3 = three.features(enc)
+  d = cfg.dim
+  assert out3.shape == (*out1.shape[:2], 3 * d)
+  np.testing.assert_array_equal(valid, valid3)
+  np.testing.assert_allclose(out3[..., -d:], out1, atol=1e-6)  # The deepest: the usual output.
+  # The shallowest: the first block alone (its own parameters), through the final norm.
+  first = transfer.TransferModel(
+      transfer.backbone_config(tiny_cfg(scan_layers=scan_layers, encoder_depth=1), (PIXELS,)),
+      tiny_task(), image_size=(32, 32), rngs=rngs(1))
+  pure = nnx.to_pure_dict(nnx.state(three.backbone))
+  pure["encoder"] = jax.tree.map(lambda a: a[:1], pure["encoder"])
+  state = nnx.state(first.backbone)
+  nnx.replace_by_pure_dict(state, pure)
+  nnx.update(first.backbone, state)
+  np.testing.assert_allclose(out3[..., :d], first.features(enc)[0], atol=1e-5)
+  assert not np.allclose(out3[..., :d], out1, atol=1e-2)  # A layer apart, not a copy.
+  assert three.head.readout.norm.mean.shape == (3 * d,) and three(enc).shape == (2, 32, 32, 6)
+  classify = transfer.TransferModel(cfg, tiny_task("classification"), image_size=(32, 32),
+                                    feature_layers=2, rngs=rngs(0))
+  assert classify(enc).shape == (2, 4)
+  with pytest.raises(ValueError, match=r"feature_layers 4 is not in \[1, 3\]"):
+    transfer.TransferModel(cfg, tiny_task(), image_size=(32, 32), feature_layers=4, rngs=rngs(0))
+
+
 # ------------------------------------------------------------------ token inputs
 
 

@@ -57,6 +57,8 @@ def test_a_tasks_overrides_apply_to_that_task_only():
      "task_protocols.semseg.finetune.head_norm", "is not one of ('batch', 'layer')"),
     (dict(semseg=dict(probe=dict(dense_head="deconv"))), "task_protocols.semseg.probe.dense_head",
      "is not one of ('patch', 'bilinear', 'upsample')"),
+    (dict(semseg=dict(probe=dict(feature_layers=0))),
+     "task_protocols.semseg.probe.feature_layers", "is not a number of encoder layers"),
 ])
 def test_bad_overrides_are_refused_naming_the_field(override, field, message):
   c = _config()
@@ -101,6 +103,18 @@ def test_the_job_runs_each_task_with_its_own_seeds_and_sweep(tmp_path, monkeypat
   c.finetune.head_pool = "attention"
   assert any(line.startswith("finetune: ") and line.endswith(", head pool attention")
              for line in report.describe(c))  # ... another pooling is named.
+
+
+def test_more_feature_layers_than_the_encoder_has_are_refused_before_writing(tmp_path):
+  c = _config()  # A 2-block encoder.
+  c.probe.feature_layers = 2
+  trainer.check_config(c)
+  protocols.check(c, ("probe",), depth=2)
+  c.probe.feature_layers = 3
+  trainer.check_config(c)  # The depth is not known before the model's config is read ...
+  with pytest.raises(workdir.ConfigError, match=r"^config\.probe\.feature_layers: 3 is not"):
+    trainer.run(c, str(tmp_path / "wd"))  # ... which the job does before it writes.
+  assert not (tmp_path / "wd").exists()
 
 
 def test_an_error_names_where_its_value_comes_from():

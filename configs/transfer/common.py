@@ -75,6 +75,7 @@ def protocol(**fields) -> ml_collections.ConfigDict:
       head_norm="batch",  # Before the readout: "batch" (MAE's probe) or "layer".
       dense_head="patch",  # Dense tasks: "patch" (per-token readout), "bilinear" or "upsample".
       head_pool="mean",  # Classification: pool the tokens by their "mean" or by "attention".
+      feature_layers=1,  # The head reads the last k encoder layers' outputs, concatenated.
       b1=0.9, b2=0.999), **fields})
 
 

@@ -123,7 +123,9 @@ def describe(config) -> list[str]:
     lines.append(f"{p}: {seeds}{steps}, batch {config.data.batch_size}, {lr},"
                  f" weight decay {s.weight_decay:g}, layer decay {s.layer_decay:g},"
                  f" head hidden {s.head_hidden}, dense head {s.get('dense_head', 'patch')}"
-                 + (f", head pool {s.head_pool}" if s.get("head_pool", "mean") != "mean" else ""))
+                 + (f", head pool {s.head_pool}" if s.get("head_pool", "mean") != "mean" else "")
+                 + (f", the last {s.feature_layers} encoder layers' features"
+                    if p != "supervised" and s.get("feature_layers", 1) != 1 else ""))
   running = tuple(config.protocols) + (("supervised",) if config.get("baselines") else ())
   for task, per_task in (config.get("task_protocols") or {}).items():
     for p, override in (per_task or {}).items():

@@ -67,7 +67,8 @@ protocol's fields are configs/transfer/common.py:protocol's):
     num_steps is 0), learning_rate, min_learning_rate, warmup_steps (or
     warmup_epochs when it is 0), weight_decay, layer_decay (finetune), grad_clip,
     head_hidden, head_norm, dense_head ("patch" | "bilinear" | "upsample"), head_pool
-    (classification: "mean" | "attention"), b1, b2 (AdamW).
+    (classification: "mean" | "attention"), b1, b2 (AdamW), feature_layers
+    (optional, 1: the head reads the last k encoder layers' outputs, concatenated).
   eval: num_samples (0: the whole split), num_examples (samples in pictures).
   log_every, checkpoint_every (0: no checkpoints), mesh, sharding_rules.
   prng_impl: jax.random key implementation of the inits ("rbg", "threefry2x32").
@@ -280,6 +281,7 @@ def build_model(ctx: _Context, run: Run):
         cfg, task, image_size=ctx.config.data.image_size, head_hidden=settings.head_hidden,
         head_norm=settings.head_norm, dense_head=settings.dense_head,
         head_pool=settings.head_pool,
+        feature_layers=protocols_lib.optional(settings, "feature_layers"),
         new_inputs=transfer.new_inputs(ctx.base, task.inputs), rngs=nnx.Rngs(params=key))
   # Built eagerly (op by op: no compile of a whole init, which costs more than
   # a small model's training here), then placed by the parameters' logical names.
@@ -307,7 +309,8 @@ def run_settings(ctx: _Context, run: Run) -> dict:
   data["eval_split"] = run.split
   out = {"task": dataclasses.asdict(task), "init": run.init, "protocol": run.protocol,
          "label_fraction": float(run.fraction), "seed": int(run.seed),
-         "optimizer": {k: v for k, v in run.settings.to_dict().items() if k != "seeds"},
+         "optimizer": {k: v for k, v in run.settings.to_dict().items()  # Optional fields
+                       if k != "seeds" and protocols_lib.OPTIONAL_FIELDS.get(k, object()) != v},
          "model": ctx.overrides, "data": data,
          "inputs": {n: (config.tokenizers.get(n) or modalities.get(n).tokenizer)
                     if modalities.get(n).kind == modalities.IMAGE
@@ -438,7 +441,8 @@ def _probe_cache(ctx: _Context, run: Run, model, data, source, note: str):
   cfg = model.backbone.cfg
   target_bytes = 4 * math.prod(data.image_size) if run.task.dense else 8
   why = probe_features.uncached_reason(
-      data, len(source), cfg.num_encoder_tokens * (cfg.dim * 4 + 1) + target_bytes)
+      data, len(source),
+      cfg.num_encoder_tokens * (cfg.dim * model.feature_layers * 4 + 1) + target_bytes)
   ctx.probe_cache = (None, None)  # Frees the last arm's before building this one.
   if not why:
     try:
@@ -573,8 +577,9 @@ def sweep(ctx: _Context, task: transfer.TaskSpec, fraction: float, init: str, pr
 
 def run(config, workdir: str) -> dict:
   check_config(config)
+  ctx = _Context(config, workdir)  # Reads the model's config: refuses before writing.
+  protocols_lib.check(config, tuple(config.protocols), depth=ctx.base.encoder_depth)
   workdir_lib.write_config(config, workdir)
-  ctx = _Context(config, workdir)
   tasks = [transfer.TaskSpec.from_config(n, config.tasks[n]) for n in config.tasks]
   arms = [(task, *arm) for task in tasks for arm in _arms(config, task)]
   t0 = time.time()

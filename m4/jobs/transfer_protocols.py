@@ -28,7 +28,14 @@ SUPERVISED = "supervised"  # The protocol name of a baseline's runs.
 PROTOCOL_FIELDS = ("seeds", "num_steps", "num_epochs", "learning_rate", "min_learning_rate",
                    "warmup_steps", "warmup_epochs", "weight_decay", "layer_decay", "grad_clip",
                    "head_hidden", "head_norm", "dense_head", "head_pool", "b1", "b2")
+# Optional fields (a config without them gets the default; stored only when set).
+OPTIONAL_FIELDS = {"feature_layers": 1}
 SWEEP = "learning_rates"  # An override's sweep rates.
+
+
+def optional(settings, field: str):
+  """An optional field's value in a protocol's settings, else its default."""
+  return settings.get(field, OPTIONAL_FIELDS[field])
 
 
 def _override(config, task: str, protocol: str) -> dict:
@@ -62,8 +69,9 @@ def seeds(config, task: str, protocol: str) -> tuple[int, ...]:
   return tuple(int(s) for s in (settings(config, task, protocol).seeds or config.seeds))
 
 
-def check(config, protocols) -> None:
-  """Named errors for `task_protocols`, and for each protocol's settings as each task runs it."""
+def check(config, protocols, depth: int = 0) -> None:
+  """Named errors for `task_protocols`, and for each protocol's settings as each
+  task runs it; `depth`: the encoder's (0: not known yet)."""
   known = PROTOCOLS + (SUPERVISED,)
   for task, per_task in (config.task_protocols or {}).items():
     require(task in config.tasks, f"task_protocols.{task}",
@@ -71,9 +79,9 @@ def check(config, protocols) -> None:
     for protocol, override in (per_task or {}).items():
       where = f"task_protocols.{task}.{protocol}"
       require(protocol in known, where, f"{protocol!r} is not one of {known}.")
-      unknown = sorted(set(override) - set(PROTOCOL_FIELDS + (SWEEP,)))
-      require(not unknown, where,
-              f"unknown fields {unknown}; known: {sorted(PROTOCOL_FIELDS + (SWEEP,))}.")
+      known_fields = PROTOCOL_FIELDS + tuple(OPTIONAL_FIELDS) + (SWEEP,)
+      unknown = sorted(set(override) - set(known_fields))
+      require(not unknown, where, f"unknown fields {unknown}; known: {sorted(known_fields)}.")
       if SWEEP in override:
         rates = override[SWEEP]
         require(isinstance(rates, (list, tuple)), f"{where}.{SWEEP}",
@@ -91,6 +99,9 @@ def check(config, protocols) -> None:
       require(protocol == "finetune" or s.layer_decay == 1.0, at("layer_decay"),
               "a probe trains no encoder layer; keep 1.0.")
       require(s.head_hidden >= 0, at("head_hidden"), "must be >= 0.")
+      layers = optional(s, "feature_layers")
+      require(isinstance(layers, int) and 1 <= layers <= (depth or layers), at("feature_layers"),
+              f"{layers!r} is not a number of encoder layers in [1, {depth or '...'}].")
       for field, allowed in (("head_norm", transfer_heads.NORMS), ("head_pool", transfer_heads.POOLS),
                              ("dense_head", transfer.DENSE_HEADS)):
         require(s[field] in allowed, at(field), f"{s[field]!r} is not one of {allowed}.")

@@ -45,7 +45,8 @@ class Encoded:
   """Encoder outputs per slot.
 
   Attributes:
-    out: (B, N, D) encoder output after the final LayerNorm.
+    out: (B, N, D) encoder output after the final LayerNorm ((B, N, k·D) with
+      `encode(..., last_layers=k)`).
     emb: (B, N, D) position + modality embedding of each slot (0 at padding).
     slots: which token fills each slot; `slots.modality` indexes
       `cfg.encoder_modalities`.
@@ -171,8 +172,15 @@ class FourM(nnx.Module):
 
   # ---------------------------------------------------------------- encoder
 
-  def encode(self, batch: Batch, num_tokens: int | None = None) -> Encoded:
-    """Embeds the inputs of every encoder modality in `batch`, runs the encoder."""
+  def encode(self, batch: Batch, num_tokens: int | None = None, *,
+             last_layers: int = 1) -> Encoded:
+    """Embeds the inputs of every encoder modality in `batch`, runs the encoder.
+
+    With `last_layers` k > 1, `out` is (B, N, k·D): the outputs of the last k
+    layers, each through the final LayerNorm, concatenated from the shallowest
+    (as DINOv2's linear probes read a ViT); the last D channels are the usual
+    output.
+    """
     cfg = self.cfg
     num = num_tokens or cfg.num_encoder_tokens
     present = self._present(batch, cfg.encoder_modalities)
@@ -192,8 +200,15 @@ class FourM(nnx.Module):
     x = sharding.constrain(x, ("act_batch", "act_length", "act_embed"))
     emb = sharding.constrain(emb, ("act_batch", "act_length", "act_embed"))
     mask = slots.valid[:, None, None, :]
-    out = self.encoder(x + emb, mask)
-    return Encoded(out=self._norm("encoder_norm", out), emb=emb, slots=slots)
+    if last_layers == 1:
+      out = self._norm("encoder_norm", self.encoder(x + emb, mask))
+      return Encoded(out=out, emb=emb, slots=slots)
+    if not 1 <= last_layers <= cfg.encoder_depth:
+      raise ValueError(f"last_layers {last_layers} is not in [1, {cfg.encoder_depth}]"
+                       " (the encoder's depth).")
+    outs = self.encoder(x + emb, mask, every_layer=True)[-last_layers:]
+    out = jnp.concatenate([self._norm("encoder_norm", o) for o in outs], axis=-1)
+    return Encoded(out=out, emb=emb, slots=slots)
 
   def _encoder_tokens(self, batch, name, slots, i, input_mask):
     """(token embedding, position embedding) at every slot, for modality `name`."""

@@ -216,8 +216,9 @@ class Blocks(nnx.Module):
     return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Param)}
 
   def __call__(self, x: Array, mask: Array, context: Array | None = None,
-               context_mask: Array | None = None) -> Array:
-    """Runs all layers: x (B, T, D); mask (B, 1, T, T); context (B, S, D)."""
+               context_mask: Array | None = None, *, every_layer: bool = False) -> Array:
+    """Runs all layers: x (B, T, D); mask (B, 1, T, T); context (B, S, D).
+    Returns the last layer's output or, `every_layer`, each layer's (L, B, T, D)."""
     cfg = self.cfg
     body = lambda p, h: layer(cfg, p, h, mask, context, context_mask)
     if cfg.remat != "none":
@@ -226,11 +227,16 @@ class Blocks(nnx.Module):
       body = jax.checkpoint(body, policy=policy)
     params = self.stacked()
     if cfg.scan_layers:
-      x, _ = jax.lax.scan(lambda h, p: (body(p, h), None), x, params)
-      return x
+      def scan_body(h, p):
+        h = body(p, h)
+        return h, (h if every_layer else None)
+      x, outs = jax.lax.scan(scan_body, x, params)
+      return outs if every_layer else x
+    outs = []
     for i in range(self.depth):
       x = body(jax.tree.map(lambda a: a[i], params), x)
-    return x
+      outs.append(x)
+    return jnp.stack(outs) if every_layer else x
 
   def context_kv(self, context: Array) -> tuple[Array, Array]:
     """Per-layer keys and values of the context: two (L, B, S, H, hd) arrays."""

@@ -162,16 +162,22 @@ class TransferModel(nnx.Module):
 
   def __init__(self, cfg: configs.FourMConfig, task: TaskSpec, *, image_size: Sequence[int],
                head_hidden: int = 0, head_norm: str = "batch", dense_head: str = "patch",
-               head_pool: str = "mean", new_inputs: Sequence[str] = (), rngs: nnx.Rngs):
+               head_pool: str = "mean", feature_layers: int = 1, new_inputs: Sequence[str] = (),
+               rngs: nnx.Rngs):
+    if not 1 <= feature_layers <= cfg.encoder_depth:
+      raise ValueError(f"feature_layers {feature_layers} is not in [1, {cfg.encoder_depth}]"
+                       " (the encoder's depth).")
     self.task = task
     self.backbone = FourM(cfg, rngs=rngs)
+    self.feature_layers = int(feature_layers)  # The head reads the last k layers' outputs.
     self.inputs = tuple(cfg.encoder_modalities)
     self.new_inputs = tuple(new_inputs)  # Not in the pretrained model: never restored.
     # The head fields are checked by name with the protocol's settings
     # (m4.jobs.transfer_protocols.check); the heads refuse bad values too.
     if task.kind == CLASSIFICATION:
-      self.head = heads.ClassificationHead(cfg.dim, task.num_classes, hidden=head_hidden,
-                                           norm=head_norm, pool=head_pool, rngs=rngs)
+      self.head = heads.ClassificationHead(cfg.dim * self.feature_layers, task.num_classes,
+                                           hidden=head_hidden, norm=head_norm, pool=head_pool,
+                                           rngs=rngs)
       return
     grids = {n: cfg.modality(n).grid for n in self.inputs}
     require(len(set(grids.values())) == 1, f"tasks.{task.name}.inputs",
@@ -184,7 +190,7 @@ class TransferModel(nnx.Module):
     out = task.num_classes if task.kind == SEGMENTATION else 1
     if dense_head not in DENSE_HEADS:
       raise ValueError(f"dense head {dense_head!r} is not one of {DENSE_HEADS}.")
-    dim = cfg.dim * len(self.inputs)
+    dim = cfg.dim * self.feature_layers * len(self.inputs)
     if dense_head == "upsample":
       self.head = heads.UpsampleHead(dim, out, size[0] // h, norm=head_norm, rngs=rngs)
     elif dense_head == "bilinear":
@@ -208,8 +214,10 @@ class TransferModel(nnx.Module):
     return self.readout(jax.lax.stop_gradient(out) if frozen else out, valid, train)
 
   def features(self, batch) -> tuple[jax.Array, jax.Array]:
-    """The encoder's output tokens (B, N, D) and which of them are real (B, N)."""
-    enc = self.backbone.encode(batch, self.backbone.cfg.num_encoder_tokens)
+    """The encoder's output tokens (B, N, k·D), k = `feature_layers`, and which
+    of them are real (B, N)."""
+    enc = self.backbone.encode(batch, self.backbone.cfg.num_encoder_tokens,
+                               last_layers=self.feature_layers)
     return enc.out, enc.slots.valid
 
   def readout(self, out: jax.Array, valid: jax.Array, train: bool = False) -> jax.Array:
