@@ -9,6 +9,7 @@ from m4 import workdir
 from m4.evaluators import report
 from m4.jobs import transfer as trainer
 from m4.jobs import transfer_protocols as protocols
+from m4.models import transfer
 from tests.conftest import REPO
 
 
@@ -115,6 +116,21 @@ def test_more_feature_layers_than_the_encoder_has_are_refused_before_writing(tmp
   with pytest.raises(workdir.ConfigError, match=r"^config\.probe\.feature_layers: 3 is not"):
     trainer.run(c, str(tmp_path / "wd"))  # ... which the job does before it writes.
   assert not (tmp_path / "wd").exists()
+
+
+def test_an_optional_field_at_its_default_is_not_stored_so_older_runs_resume(tmp_path):
+  c = _config()
+  ctx = trainer._Context(c, str(tmp_path / "wd"))  # pylint: disable=protected-access
+  task = transfer.TaskSpec.from_config("semseg", c.tasks.semseg)
+
+  def stored(layers):
+    c.probe.feature_layers = layers
+    run = trainer.Run(task, "scratch", "probe", 0.1, 0, protocols.settings(c, "semseg", "probe"),
+                      "test")
+    return trainer.run_settings(ctx, run)["optimizer"]
+
+  assert "feature_layers" not in stored(1)  # As a run written before the field existed.
+  assert stored(2)["feature_layers"] == 2 and stored(2)["head_pool"] == stored(1)["head_pool"]
 
 
 def test_an_error_names_where_its_value_comes_from():

@@ -62,13 +62,8 @@ protocol's fields are configs/transfer/common.py:protocol's):
   pixel_normalization: "symmetric" or "imagenet", for pixel inputs.
   data: the pipeline's `config.data` (train_split, eval_split, image_size,
     crops, batch_size, ...); `modalities` is set per task.
-  probe, finetune: seeds (this protocol's, e.g. more for cheap probes; empty:
-    `seeds`), num_steps (or num_epochs over the labelled subset when
-    num_steps is 0), learning_rate, min_learning_rate, warmup_steps (or
-    warmup_epochs when it is 0), weight_decay, layer_decay (finetune), grad_clip,
-    head_hidden, head_norm, dense_head ("patch" | "bilinear" | "upsample"), head_pool
-    (classification: "mean" | "attention"), b1, b2 (AdamW), feature_layers
-    (optional, 1: the head reads the last k encoder layers' outputs, concatenated).
+  probe, finetune: each protocol's settings (seeds, schedule, AdamW, head;
+    every field documented in configs/transfer/common.py:protocol).
   eval: num_samples (0: the whole split), num_examples (samples in pictures).
   log_every, checkpoint_every (0: no checkpoints), mesh, sharding_rules.
   prng_impl: jax.random key implementation of the inits ("rbg", "threefry2x32").
@@ -97,7 +92,6 @@ from m4 import workdir as workdir_lib
 from m4.data import pipeline
 from m4.data import sources
 from m4.data import subsets
-from m4 import value_scales
 from m4.evaluators import report
 from m4.jobs import probe_features
 from m4.jobs import transfer_protocols as protocols_lib
@@ -225,18 +219,6 @@ def _task_data(config, task: transfer.TaskSpec):
   data = ml_collections.ConfigDict(config.data.to_dict())
   data.modalities = task.raw_keys()
   return data
-
-
-def _check_targets(task: transfer.TaskSpec, targets: np.ndarray) -> None:
-  if task.kind == transfer.DEPTH:
-    return
-  t = np.asarray(targets)
-  bad = (t < 0) | (t >= task.num_classes)
-  if task.kind == transfer.SEGMENTATION:
-    bad &= t != value_scales.SEMSEG_IGNORE
-  if bad.any():
-    raise ConfigError(f"config.tasks.{task.name}.num_classes: labels of {task.target!r} include"
-                      f" {sorted(set(t[bad].tolist()))[:5]}, outside [0, {task.num_classes}).")
 
 
 @dataclasses.dataclass
@@ -389,7 +371,7 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
     batch = next(it)
     targets = np.asarray(task.targets(batch))
     if step == start + 1:
-      _check_targets(task, targets)
+      task.check_targets(targets)
     return rest, ctx.place(inputs(batch)), ctx.place(targets)
 
   def save(step, state, logged):
@@ -435,7 +417,7 @@ def _probe_cache(ctx: _Context, run: Run, model, data, source, note: str):
   """The m4.jobs.probe_features cache of this probe's encoder and labels, or
   None where it cannot be used (the probe then trains through the encoder).
   Kept for the next run of the same arm and seed (the sweep's other rates)."""
-  key = (run.task.name, run.init, run.fraction, run.seed)
+  key = (run.task.name, run.init, run.fraction, run.seed, model.feature_layers)
   if ctx.probe_cache[0] == key:
     return ctx.probe_cache[1]
   cfg = model.backbone.cfg
@@ -449,7 +431,7 @@ def _probe_cache(ctx: _Context, run: Run, model, data, source, note: str):
       with sharding.use(ctx.mesh, ctx.rules):
         cache = probe_features.encode(
             model, ctx.encoder_inputs(run.task), run.task.targets, data, source, ctx.place,
-            seed=run.seed, check=lambda t: _check_targets(run.task, t))
+            seed=run.seed, check=run.task.check_targets)
     except probe_features.Uncacheable as e:
       why = str(e)
   if why:

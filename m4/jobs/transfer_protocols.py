@@ -100,7 +100,8 @@ def check(config, protocols, depth: int = 0) -> None:
               "a probe trains no encoder layer; keep 1.0.")
       require(s.head_hidden >= 0, at("head_hidden"), "must be >= 0.")
       layers = optional(s, "feature_layers")
-      require(isinstance(layers, int) and 1 <= layers <= (depth or layers), at("feature_layers"),
+      whole = isinstance(layers, int) and not isinstance(layers, bool)
+      require(whole and 1 <= layers <= (depth or layers), at("feature_layers"),
               f"{layers!r} is not a number of encoder layers in [1, {depth or '...'}].")
       for field, allowed in (("head_norm", transfer_heads.NORMS), ("head_pool", transfer_heads.POOLS),
                              ("dense_head", transfer.DENSE_HEADS)):

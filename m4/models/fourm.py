@@ -178,8 +178,8 @@ class FourM(nnx.Module):
 
     With `last_layers` k > 1, `out` is (B, N, k·D): the outputs of the last k
     layers, each through the final LayerNorm, concatenated from the shallowest
-    (as DINOv2's linear probes read a ViT); the last D channels are the usual
-    output.
+    (as DINOv2's multi-layer segmentation probe reads a ViT); the last D
+    channels are the usual output.
     """
     cfg = self.cfg
     num = num_tokens or cfg.num_encoder_tokens

@@ -235,7 +235,8 @@ class Blocks(nnx.Module):
     outs = []
     for i in range(self.depth):
       x = body(jax.tree.map(lambda a: a[i], params), x)
-      outs.append(x)
+      if every_layer:
+        outs.append(x)
     return jnp.stack(outs) if every_layer else x
 
   def context_kv(self, context: Array) -> tuple[Array, Array]:

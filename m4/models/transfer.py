@@ -119,6 +119,19 @@ class TaskSpec:
       value = value[part]
     return value
 
+  def check_targets(self, targets) -> None:
+    """Refuses class labels outside [0, num_classes) (the ignore label aside)."""
+    if self.kind == DEPTH:
+      return
+    t = np.asarray(targets)
+    bad = (t < 0) | (t >= self.num_classes)
+    if self.kind == SEGMENTATION:
+      bad &= t != value_scales.SEMSEG_IGNORE
+    if bad.any():
+      raise ConfigError(f"config.tasks.{self.name}.num_classes: labels of {self.target!r}"
+                        f" include {sorted(set(t[bad].tolist()))[:5]}, outside"
+                        f" [0, {self.num_classes}).")
+
 
 def backbone_config(base: configs.FourMConfig, inputs: Sequence[str],
                     overrides: Mapping[str, Any] | None = None) -> configs.FourMConfig:
