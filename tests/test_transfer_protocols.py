@@ -118,6 +118,15 @@ def test_more_feature_layers_than_the_encoder_has_are_refused_before_writing(tmp
   assert not (tmp_path / "wd").exists()
 
 
+def test_an_init_without_a_model_config_is_refused_before_writing(tmp_path):
+  c = _config()
+  c.inits, c.init = ("pretrained", "scratch"), str(tmp_path / "empty")
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(workdir.ConfigError, match=r"^config\.init: "):
+    trainer.run(c, str(tmp_path / "wd"))
+  assert not (tmp_path / "wd").exists()
+
+
 def test_an_optional_field_at_its_default_is_not_stored_so_older_runs_resume(tmp_path):
   c = _config()
   ctx = trainer._Context(c, str(tmp_path / "wd"))  # pylint: disable=protected-access
