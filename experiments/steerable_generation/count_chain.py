@@ -11,7 +11,10 @@ the model writes a boxes text (autoregressive, sampled at temperature 1),
 `scene_sequences.box_map` draws it, and semseg is drawn from the map and
 the metadata (decoded as the run's gen_boxes stage: MaskGIT 8 steps,
 temperature 0.5, guidance 2, here on both; --num_steps and --temperature
-change semseg's), then RGB from all three. Beside it, the same model
+change semseg's), then RGB from all three. With --layout_tries=N the model
+writes N boxes texts per scene and the chain keeps the one that holds the
+asked count with the least overlap between its boxes (a check of the
+condition alone, never of the scene's truth). Beside it, the same model
 draws semseg from the metadata alone (no boxes between). Both semseg maps
 and the written boxes are scored against the metadata's count
 (m4.generation.quality.count_sums, count_match_sums). Writes
@@ -42,6 +45,31 @@ def _steps(decoding, conditions):
   return generation.steps_from_config(("semseg", "rgb"), decoding)
 
 
+def _overlap(text):
+  """The largest share of a box's area that another box of the text covers
+  (1 when it does not parse or holds no box)."""
+  boxes = [r for _, r in scene_sequences.regions("boxes", text)]
+  if not boxes:
+    return 1.0
+  worst = 0.0
+  for i, a in enumerate(boxes):
+    for b in boxes[i + 1:]:
+      worst = max(worst, (a & b).sum() / max(1, min(a.sum(), b.sum())))
+  return worst
+
+
+def _smallest(text):
+  """The area in pixels of the text's smallest box (0 when it holds none)."""
+  return min((int(r.sum()) for _, r in scene_sequences.regions("boxes", text)), default=0)
+
+
+def _layout(candidates, count, min_area):
+  """The candidate whose box count is `count`, with no box under `min_area`
+  pixels, and the least overlap."""
+  return min(candidates, key=lambda t: (len(scene_sequences.regions("boxes", t)) != count,
+                                        _smallest(t) < min_area, _overlap(t)))
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--run", required=True, help="a chain workdir with pretrain/ and gen_boxes/")
@@ -55,6 +83,11 @@ def main():
   p.add_argument("--boxes_temperature", type=float, default=1.0,
                  help="sampling the boxes text (greedy, 0, writes a class and stops: the"
                       " coordinates' probability is spread over 64 bins)")
+  p.add_argument("--layout_tries", type=int, default=1,
+                 help="boxes texts written per scene; the chain keeps the one with the asked"
+                      " count and the least overlap")
+  p.add_argument("--layout_min_area", type=int, default=0,
+                 help="with --layout_tries: prefer texts whose boxes all cover this many pixels")
   args = p.parse_args()
   init = os.path.join(args.run, "pretrain")
   stage = workdir_lib.read_json(os.path.join(args.run, "gen_boxes", "config.json"))
@@ -80,8 +113,11 @@ def main():
     seen += len(valid)
     metadata = [str(t) for t in batch["metadata_text"]]
     given = {"metadata": generation.text_entry("metadata", metadata, text["metadata"])}
-    boxes = text["boxes"].decode_batch(
-        gen.generate(dict(given), write_boxes, seed=index).state["boxes"]["tensor"])
+    tries = [text["boxes"].decode_batch(gen.generate(
+        dict(given), write_boxes, seed=index + 100_003 * t).state["boxes"]["tensor"])
+             for t in range(args.layout_tries)]
+    boxes = [_layout([c[b] for c in tries], scene_sequences.from_text("metadata", m)["count"],
+                     args.layout_min_area) for b, m in enumerate(metadata)]
     maps = np.stack([scene_sequences.box_map(t, tuple(vq["box_map"].image_size)) for t in boxes])
     chained = dict(given, box_map=generation.image_entry("box_map", vq["box_map"].encode(maps)))
     drawn = {}
