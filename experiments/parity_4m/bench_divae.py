@@ -10,7 +10,7 @@ prediction, linear betas, zero terminal SNR, thresholding). Times
 image back on the host; float32) after one warm-up call (compilation, reported
 apart), and `tok.encode`. With `--ml4m`, also the reference's
 `DiVAE.decode_tokens(tokens, timesteps=N)` with its DDIMScheduler (torch,
-eval, no_grad; imported as make_tokenizer_fixtures.py does). Prints one JSON
+eval, no_grad; imported through reference_4m.py). Prints one JSON
 line. N trailing steps of 1000 are N UNet calls when N divides 1000.
 """
 
@@ -45,8 +45,8 @@ def timed(fn):
 def reference_seconds(ml4m, tokens, size, steps):
   import torch  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, HERE)
-  import make_tokenizer_fixtures  # pylint: disable=g-import-not-at-top
-  vqvae, _, _ = make_tokenizer_fixtures.import_fourm(ml4m)
+  import reference_4m  # pylint: disable=g-import-not-at-top
+  vqvae, _, _ = reference_4m.import_fourm(ml4m)
   model = vqvae.DiVAE(**RGB_16K, sync_codebook=False).eval()
   tt = torch.from_numpy(tokens.astype(np.int64))
   with torch.no_grad():

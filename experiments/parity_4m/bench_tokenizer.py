@@ -10,7 +10,7 @@ feature map at image size / 16, lucid 8192 x 32). Times the tokenizer's public
 calls (host checks, jitted model, results back on the host), float32, after one
 warm-up call (compilation, reported apart). With `--ml4m=/tmp/ml4m`, also times
 the reference's `VQVAE.encode` / `decode_tokens` (torch, eval, no_grad; imported
-as make_tokenizer_fixtures.py does) on the same inputs. Prints one JSON line.
+through reference_4m.py) on the same inputs. Prints one JSON line.
 """
 
 import argparse
@@ -56,8 +56,8 @@ def reference_times(ml4m, kw, modality, x, tokens, reps):
   """The reference VQVAE's encode / decode_tokens seconds per batch (median)."""
   import torch  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  import make_tokenizer_fixtures  # pylint: disable=g-import-not-at-top
-  vqvae, _, _ = make_tokenizer_fixtures.import_fourm(ml4m)
+  import reference_4m  # pylint: disable=g-import-not-at-top
+  vqvae, _, _ = reference_4m.import_fourm(ml4m)
   model = vqvae.VQVAE(**kw, sync_codebook=False).eval()
   if modality == "semseg":
     xt = torch.from_numpy(np.where(x == 255, 0, x + 1).astype(np.int64))

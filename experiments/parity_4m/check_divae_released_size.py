@@ -4,7 +4,7 @@
 
 Builds the reference `DiVAE` with RGB 16k's shape (bench_divae.RGB_16K: ViT-B/16
 encoder, `unet_patched`; 288M numbers), moves every tensor off its initial
-value (make_tokenizer_fixtures.perturb: the UNet's zero-initialised output
+value (reference_4m.perturb: the UNet's zero-initialised output
 convolutions would otherwise hide a mix-up), writes it in the released layout
 to a temporary folder, converts it with m4, and compares on one small image:
 token ids, and the UNet's output at t = 500 and at t = 999 from the same x_t.
@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import bench_divae  # noqa: E402
-import make_tokenizer_fixtures as mtf  # noqa: E402
+import reference_4m  # noqa: E402
 from m4.tokenizers import released_convert  # noqa: E402
 
 
@@ -37,10 +37,10 @@ def main():
   args = ap.parse_args()
   torch.manual_seed(0)
   gen = torch.Generator().manual_seed(0)
-  vqvae, _, _ = mtf.import_fourm(args.ml4m)
+  vqvae, _, _ = reference_4m.import_fourm(args.ml4m)
   cfg = dict(bench_divae.RGB_16K, sync_codebook=False)
   model = vqvae.DiVAE(**cfg).eval()
-  mtf.perturb(model, gen)
+  reference_4m.perturb(model, gen)
   s = args.image_size
   x = torch.rand((1, 3, s, s), generator=gen) * 2 - 1
   x_t = torch.randn((1, 3, s, s), generator=gen)
