@@ -45,10 +45,10 @@ def _steps(decoding, conditions):
   return generation.steps_from_config(("semseg", "rgb"), decoding)
 
 
-def _overlap(text):
+def _overlap(text, image_size):
   """The largest share of a box's area that another box of the text covers
   (1 when it does not parse or holds no box)."""
-  boxes = [r for _, r in scene_sequences.regions("boxes", text)]
+  boxes = [r for _, r in scene_sequences.regions("boxes", text, image_size)]
   if not boxes:
     return 1.0
   worst = 0.0
@@ -58,16 +58,18 @@ def _overlap(text):
   return worst
 
 
-def _smallest(text):
+def _smallest(text, image_size):
   """The area in pixels of the text's smallest box (0 when it holds none)."""
-  return min((int(r.sum()) for _, r in scene_sequences.regions("boxes", text)), default=0)
+  return min((int(r.sum()) for _, r in scene_sequences.regions("boxes", text, image_size)),
+             default=0)
 
 
-def _layout(candidates, count, min_area):
+def _layout(candidates, count, min_area, image_size):
   """The candidate whose box count is `count`, with no box under `min_area`
-  pixels, and the least overlap."""
+  pixels, and the least overlap (boxes drawn at `image_size`, as the map)."""
   return min(candidates, key=lambda t: (len(scene_sequences.regions("boxes", t)) != count,
-                                        _smallest(t) < min_area, _overlap(t)))
+                                        _smallest(t, image_size) < min_area,
+                                        _overlap(t, image_size)))
 
 
 def main():
@@ -116,9 +118,10 @@ def main():
     tries = [text["boxes"].decode_batch(gen.generate(
         dict(given), write_boxes, seed=index + 100_003 * t).state["boxes"]["tensor"])
              for t in range(args.layout_tries)]
+    size = tuple(vq["box_map"].image_size)
     boxes = [_layout([c[b] for c in tries], scene_sequences.from_text("metadata", m)["count"],
-                     args.layout_min_area) for b, m in enumerate(metadata)]
-    maps = np.stack([scene_sequences.box_map(t, tuple(vq["box_map"].image_size)) for t in boxes])
+                     args.layout_min_area, size) for b, m in enumerate(metadata)]
+    maps = np.stack([scene_sequences.box_map(t, size) for t in boxes])
     chained = dict(given, box_map=generation.image_entry("box_map", vq["box_map"].encode(maps)))
     drawn = {}
     for label, state, conditions in (("metadata->boxes->box_map->semseg", chained,
