@@ -17,7 +17,8 @@ learning-rate sweep on validation (3e-2 to 1) and 3 seeds, with
 DINOv2's linear protocol (each token's scores, bilinearly upsampled:
 dense_head "bilinear"; `--config.probe.dense_head=patch` for the per-patch
 readout; `--config.probe.feature_layers=4` for the multi-layer probe, the
-four encoder blocks' outputs side by side). `dense_finetune` fine-tunes
+four encoder blocks' outputs side by side; `--config.probe.num_steps=4000`
+for the probe trained to convergence). `dense_finetune` fine-tunes
 semseg and depth the same way (400 steps, each arm's own sweep over 1e-3
 to 1e-2, 3 seeds);
 `depth_finetune` is its depth task alone.
