@@ -45,10 +45,9 @@ def _steps(decoding, conditions):
   return generation.steps_from_config(("semseg", "rgb"), decoding)
 
 
-def _overlap(text, image_size):
-  """The largest share of a box's area that another box of the text covers
-  (1 when it does not parse or holds no box)."""
-  boxes = [r for _, r in scene_sequences.regions("boxes", text, image_size)]
+def _overlap(boxes):
+  """The largest share of a box's area that another box covers (boxes: bool
+  (H, W) regions; 1 when there are none)."""
   if not boxes:
     return 1.0
   worst = 0.0
@@ -58,18 +57,14 @@ def _overlap(text, image_size):
   return worst
 
 
-def _smallest(text, image_size):
-  """The area in pixels of the text's smallest box (0 when it holds none)."""
-  return min((int(r.sum()) for _, r in scene_sequences.regions("boxes", text, image_size)),
-             default=0)
-
-
 def _layout(candidates, count, min_area, image_size):
-  """The candidate whose box count is `count`, with no box under `min_area`
+  """The candidate boxes text with `count` boxes, none under `min_area`
   pixels, and the least overlap (boxes drawn at `image_size`, as the map)."""
-  return min(candidates, key=lambda t: (len(scene_sequences.regions("boxes", t)) != count,
-                                        _smallest(t, image_size) < min_area,
-                                        _overlap(t, image_size)))
+  def key(text):
+    boxes = [r for _, r in scene_sequences.regions("boxes", text, image_size)]
+    smallest = min((int(r.sum()) for r in boxes), default=0)
+    return len(boxes) != count, smallest < min_area, _overlap(boxes)
+  return min(candidates, key=key)
 
 
 def main():
