@@ -4,14 +4,13 @@ Used by make_tokenizer_fixtures.py (`--only=ml4m_tok_divae_rgb,...`), which
 imports the reference through reference_4m.py.
 """
 
-import json
 import os
 import textwrap
 
 import numpy as np
 import torch
 
-from reference_4m import MAX_DRAWS, MIN_MARGIN, margins, perturb
+from reference_4m import MAX_DRAWS, MIN_MARGIN, margins, perturb, save_fixture
 
 # DiVAE (diffusion decoder) fixtures. The UNet's GroupNorm(32) makes 32 the
 # smallest width; `unet_p2_c32_r0_m1-1_a2` (patch 2, two levels, no ResBlock
@@ -69,7 +68,6 @@ def ddim_loop(model, codes, noise, steps):
 
 
 def make_divae_fixture(vqvae, name, spec, out, seed):
-  from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
   gen = torch.Generator().manual_seed(seed)
   torch.manual_seed(seed)
   cfg = spec["config"]
@@ -122,12 +120,7 @@ def make_divae_fixture(vqvae, name, spec, out, seed):
                  f" {err(step_out, step64):.1e} | {err(sample, sample64):.1e} |")
   state = {k: (v.half() if v.is_floating_point() else v).detach().contiguous()
            for k, v in model.state_dict().items()}
-  folder = os.path.join(out, name)
-  os.makedirs(folder, exist_ok=False)
-  save_file(state, os.path.join(folder, "model.safetensors"))
-  with open(os.path.join(folder, "config.json"), "w") as f:
-    json.dump(cfg, f, indent=2, sort_keys=True)
-  np.savez_compressed(os.path.join(folder, "reference.npz"), **arrays)
+  folder = save_fixture(out, name, state, cfg, arrays, compressed=True)
   return folder, lines, sum(v.numel() for v in state.values())
 
 

@@ -44,7 +44,7 @@ import torch
 from divae_fixtures import DIVAE_FIXTURES, DIVAE_README, DIVAE_WHAT
 from divae_fixtures import make_ddim_fixture, make_divae_fixture
 from reference_4m import MAX_DRAWS, MIN_MARGIN, import_fourm, margins, perturb
-from reference_4m import register_presets, register_unet_presets
+from reference_4m import register_presets, register_unet_presets, save_fixture
 
 FIXTURES = {
     # COCO semseg 4k's recipe (ViT enc/dec, tanh post-MLP, lucid cosine codes),
@@ -140,15 +140,8 @@ def make_fixture(vqvae, name, spec, out, seed):
                  f" {arrays[f'{r}__margin'].min():.2e} | {noise[0]:.1e} | {noise[1]:.1e} |"
                  f" {'yes' if same else 'NO'} |")
   state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-  folder = os.path.join(out, name)
-  os.makedirs(folder, exist_ok=False)
-  from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
-  save_file(state, os.path.join(folder, "model.safetensors"))
-  with open(os.path.join(folder, "config.json"), "w") as f:
-    json.dump(cfg, f, indent=2, sort_keys=True)
-  np.savez(os.path.join(folder, "reference.npz"), **arrays)
-  n_params = sum(v.numel() for v in state.values())
-  return folder, lines, n_params
+  folder = save_fixture(out, name, state, cfg, arrays)
+  return folder, lines, sum(v.numel() for v in state.values())
 
 
 README = """# {name}: a reference run of 4M's VQ-VAE tokenizer
@@ -251,25 +244,18 @@ def main():
   register_unet_presets(unet, [s["config"] for s in DIVAE_FIXTURES.values()])
   commit = args.commit or os.popen(
       f"git -C {args.ml4m} rev-parse --short HEAD 2>/dev/null").read().strip()
-  for i, (name, spec) in enumerate(FIXTURES.items()):
+  families = ((FIXTURES, make_fixture, README, WHAT),
+              (DIVAE_FIXTURES, make_divae_fixture, DIVAE_README, DIVAE_WHAT))
+  runs = [(name, spec, make, readme, what) for fixtures, make, readme, what in families
+          for name, spec in fixtures.items()]
+  for i, (name, spec, make, readme, what) in enumerate(runs):
     if args.only and name not in args.only.split(","):
       continue
-    folder, rows, n = make_fixture(vqvae, name, spec, args.out, args.seed + i)
+    folder, rows, n = make(vqvae, name, spec, args.out, args.seed + i)
     with open(os.path.join(folder, "README.md"), "w") as f:
-      f.write(README.format(name=name, what=textwrap.fill(WHAT[name], 79), commit=commit or "?",
+      f.write(readme.format(name=name, what=textwrap.fill(what[name], 79), commit=commit or "?",
                             torch=torch.__version__, seed=args.seed + i, n_params=n,
                             rows="\n".join(rows)))
-    size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
-    print(json.dumps({"fixture": folder, "bytes": size, "params": n}))
-  for j, (name, spec) in enumerate(DIVAE_FIXTURES.items()):
-    if args.only and name not in args.only.split(","):
-      continue
-    seed = args.seed + len(FIXTURES) + j
-    folder, rows, n = make_divae_fixture(vqvae, name, spec, args.out, seed)
-    with open(os.path.join(folder, "README.md"), "w") as f:
-      f.write(DIVAE_README.format(name=name, what=textwrap.fill(DIVAE_WHAT[name], 79),
-                                  commit=commit or "?", torch=torch.__version__, seed=seed,
-                                  n_params=n, rows="\n".join(rows)))
     size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
     print(json.dumps({"fixture": folder, "bytes": size, "params": n}))
   if not args.only or "ml4m_tok_io" in args.only.split(","):

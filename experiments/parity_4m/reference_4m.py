@@ -11,10 +11,12 @@ under m4's preset names; `perturb` moves every weight off its initial value;
 
 import functools
 import inspect
+import json
 import os
 import sys
 import types
 
+import numpy as np
 import torch
 
 MIN_MARGIN = 1e-4  # Inputs are redrawn until every token wins by this much.
@@ -152,3 +154,16 @@ def register_unet_presets(unet, configs):
               channel_mult=tuple(int(v) for v in m[1:].split("-")),
               attention_resolutions=[int(v) for v in a[1:].split("-") if v])
     setattr(unet, name, lambda _kw=kw, **k: unet.PatchedUNetCondCat(**_kw, **k))
+
+
+def save_fixture(out, name, state, cfg, arrays, compressed=False):
+  """A fixture folder in a release's layout (`model.safetensors`, `config.json`)
+  plus `reference.npz`; refuses an existing folder. Returns its path."""
+  from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
+  folder = os.path.join(out, name)
+  os.makedirs(folder, exist_ok=False)
+  save_file(state, os.path.join(folder, "model.safetensors"))
+  with open(os.path.join(folder, "config.json"), "w") as f:
+    json.dump(cfg, f, indent=2, sort_keys=True)
+  (np.savez_compressed if compressed else np.savez)(os.path.join(folder, "reference.npz"), **arrays)
+  return folder
