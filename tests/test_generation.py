@@ -59,6 +59,33 @@ def test_top_k_and_top_p_restrict_the_support():
   assert np.mean(np.asarray(cold) == 0) > 0.85
 
 
+def test_sampling_across_blocks_matches_the_softmax():
+  # 300 entries: three blocks of sampling.BLOCK, the last one padded. Mass on
+  # both sides of block edges, at a tempered and a traced temperature.
+  sample = jax.jit(generation.sample)
+  logits = np.full(300, -30.0, np.float32)
+  logits[[3, 127, 128, 131, 299]] = np.log([0.1, 0.2, 0.3, 0.15, 0.25])
+  n = 40000
+  u = jax.random.uniform(jax.random.key(3), (n,))
+  for temperature in (1.0, 0.5):
+    want = np.exp(logits / temperature) / np.exp(logits / temperature).sum()
+    for draw in (generation.sample, sample):  # Static, then traced temperature.
+      tokens, probs = draw(jnp.tile(logits, (n, 1)), u, temperature)
+      freq = np.bincount(np.asarray(tokens), minlength=300) / n
+      np.testing.assert_allclose(freq, want, atol=0.01)
+      np.testing.assert_allclose(np.asarray(probs), want[np.asarray(tokens)], rtol=1e-5)
+    np.testing.assert_array_equal(generation.sample(jnp.tile(logits, (n, 1)), u, temperature)[0],
+                                  sample(jnp.tile(logits, (n, 1)), u, temperature)[0])
+  # Greedy: the first of tied maxima, even in a later block; its softmax probability.
+  ties = np.zeros((2, 300), np.float32)
+  ties[0, [130, 290]] = 5.0
+  ties[1, [7, 200]] = 5.0
+  for draw in (generation.sample, sample):
+    tokens, probs = draw(jnp.asarray(ties), jnp.full((2,), 0.5), 0.0)
+    np.testing.assert_array_equal(tokens, [130, 7])
+    np.testing.assert_allclose(probs, jnp.max(jax.nn.softmax(jnp.asarray(ties)), -1), rtol=1e-6)
+
+
 def test_guide_and_schedules():
   c, u = jnp.array([1.0, 3.0]), jnp.array([2.0, -1.0])
   np.testing.assert_allclose(generation.guide(c, u, 0.0), u)

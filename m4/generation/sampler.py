@@ -221,6 +221,14 @@ class Result:
 # ---------------------------------------------------------------- the sampler
 
 
+def _temperature(temps: np.ndarray, i) -> float | Array:
+  """Step i's temperature: a Python float where `i` is one or the schedule is
+  constant (sampling then decides greedy or sampled while tracing), else traced."""
+  if isinstance(i, int) or np.all(temps == temps[0]):
+    return float(temps[i if isinstance(i, int) else 0])
+  return jnp.asarray(temps)[i]
+
+
 def _image_dam(mask: Array) -> Array:
   """4M's image decoder_attention_mask: the number of targets at the first one."""
   n = mask.shape[1]
@@ -385,7 +393,7 @@ class Generator:
     b = tokens.shape[0]
     unknown = jnp.sum(~known0, axis=1)
     goals = jnp.asarray(step.done_table(n_tok))[unknown]  # (B, S + 1) known after each step.
-    temps = jnp.asarray(step.temperatures())
+    temps = np.asarray(step.temperatures(), np.float32)
     rows = jnp.arange(b)[:, None]
     if step.scheme == "roar":
       key, order_key = jax.random.split(key)
@@ -405,7 +413,8 @@ class Generator:
       # One number per grid position: a token's draw does not depend on its slot.
       grid_u = jax.random.uniform(jax.random.fold_in(key, i), (b, n_tok))
       uniform = jnp.take_along_axis(grid_u, jnp.clip(pos, 0, n_tok - 1), axis=1)
-      drawn, probs = sampling.sample(logits, uniform, temps[i], step.top_k, step.top_p)
+      drawn, probs = sampling.sample(logits, uniform, _temperature(temps, i), step.top_k,
+                                     step.top_p)
       if step.scheme == "roar":
         commit = valid
       else:  # Keep the most confident, as many as the schedule says.
@@ -443,7 +452,7 @@ class Generator:
     b = entry["tensor"].shape[0]
     num_inputs_sentinels = jnp.sum(entry["known"] & is_sentinel(entry["tensor"]), axis=1)
     stop = sentinel(1) + jnp.maximum(num_inputs_sentinels, 1)  # [S_{m+1}], [S_2] if none.
-    temps = jnp.asarray(step.temperatures(length))
+    temps = np.asarray(step.temperatures(length), np.float32)
     encoded, enc_state = self._encode(model, state, step, capacity)
     bb = encoded.out.shape[0]  # 2B when guided.
     vocab = mod.vocab_size
@@ -479,7 +488,7 @@ class Generator:
       if step.guided:
         logits = sampling.guide(logits[:b], logits[b:], scale)
       uniform = jax.random.uniform(jax.random.fold_in(key, i), (b,))
-      drawn, _ = sampling.sample(logits, uniform, temps[i], step.top_k, step.top_p)
+      drawn, _ = sampling.sample(logits, uniform, _temperature(temps, i), step.top_k, step.top_p)
       drawn = jnp.where(done, PAD_ID, drawn)
       out = out.at[:, i].set(drawn)
       if return_logits:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from m4.generation.schedules import GREEDY_BELOW
 
@@ -49,34 +50,87 @@ def sample(logits: Array, uniform: Array, temperature: Array | float = 1.0, top_
 
   The caller draws the uniforms, so a token's draw can follow its position
   rather than its row (the sampler gives each grid position its own number).
-  Returns (int32 tokens (...), float32 probability of each drawn token under
-  the tempered, filtered distribution).
+  A Python or NumPy `temperature` picks greedy or sampled decoding while
+  tracing; a traced one computes both and selects. Returns (int32 tokens
+  (...), float32 probability of each drawn token under the tempered,
+  filtered distribution).
   """
   if jnp.shape(uniform) != logits.shape[:-1]:
     raise ValueError(f"sample: uniform has shape {jnp.shape(uniform)}; expected one number per"
                      f" row of the logits, {logits.shape[:-1]}.")
   logits = logits.astype(jnp.float32)
-  temperature = jnp.asarray(temperature, jnp.float32)
-  greedy = temperature < GREEDY_BELOW
-  scaled = filter_logits(logits / jnp.maximum(temperature, GREEDY_BELOW), top_k, top_p)
-  tempered = jax.nn.softmax(scaled, axis=-1)
-  best = jnp.argmax(logits, axis=-1)
-  tokens = jnp.where(greedy, best, draw(tempered, uniform, best)).astype(jnp.int32)
-  probs = jnp.where(greedy, jax.nn.softmax(logits, axis=-1), tempered)
-  return tokens, jnp.take_along_axis(probs, tokens[..., None], axis=-1)[..., 0]
+  blocked = _blocked(logits)
+  best, mass = _argmax_and_mass(blocked)
+  greedy_prob = 1.0 / mass  # The argmax's softmax probability: exp(0) / mass.
+  static = isinstance(temperature, (int, float, np.number))
+  if static and temperature < GREEDY_BELOW:
+    return best, greedy_prob
+  t = jnp.maximum(jnp.asarray(temperature, jnp.float32), GREEDY_BELOW)
+  if 0 < top_k < logits.shape[-1] or 0.0 < top_p < 1.0:
+    tokens, probs = _draw(_blocked(filter_logits(logits / t, top_k, top_p)), 1.0, uniform, best)
+  else:  # The temperature goes into the exponent: no tempered copy of the logits.
+    tokens, probs = _draw(blocked, 1.0 / t, uniform, best)
+  if not static:
+    greedy = jnp.asarray(temperature) < GREEDY_BELOW
+    tokens, probs = jnp.where(greedy, best, tokens), jnp.where(greedy, greedy_prob, probs)
+  return tokens, probs
 
 
-def draw(probs: Array, uniform: Array, fallback: Array) -> Array:
-  """One index per row of (..., V) probabilities: the inverse of the row's CDF
-  at its uniform number (...). (`jax.random.categorical` draws a Gumbel per entry:
-  V random numbers per token, 3.6x slower at an 8k vocabulary on a CPU.) An index
-  whose probability is 0 is never drawn; the rare one that float rounding
-  could give becomes `fallback` (the most likely index)."""
-  cdf = jax.lax.cumsum(probs, axis=probs.ndim - 1)
-  u = uniform[..., None].astype(probs.dtype) * cdf[..., -1:]
-  index = jnp.minimum(jnp.sum(cdf <= u, axis=-1), probs.shape[-1] - 1)
-  ok = jnp.take_along_axis(probs, index[..., None], axis=-1)[..., 0] > 0
-  return jnp.where(ok, index, fallback)
+# Sampling reads the logits as (..., V / BLOCK, BLOCK): every pass over the
+# whole vocabulary is a reduction, and only one block per row is gathered and
+# cumulated. A (..., V) intermediate (softmax, cumulative sum, argmax's index
+# pairs) is written out in full, which on a CPU costs more than the arithmetic.
+BLOCK = 128
+
+
+def _blocked(logits: Array) -> Array:
+  """(..., V) -> (..., ceil(V / BLOCK), BLOCK), padded with -inf."""
+  v = logits.shape[-1]
+  pad = -v % BLOCK
+  if pad:
+    logits = jnp.pad(logits, [(0, 0)] * (logits.ndim - 1) + [(0, pad)], constant_values=-jnp.inf)
+  return logits.reshape(*logits.shape[:-1], (v + pad) // BLOCK, BLOCK)
+
+
+def _pick(blocked: Array, block: Array) -> Array:
+  """(..., BLOCK): block number `block` (...) of each row of (..., N, BLOCK)."""
+  return jnp.take_along_axis(blocked, block[..., None, None], axis=-2)[..., 0, :]
+
+
+def _argmax_and_mass(blocked: Array) -> tuple[Array, Array]:
+  """(first index of each row's maximum, the row's sum of exp(logit - max))."""
+  block_max = jnp.max(blocked, axis=-1)
+  j = jnp.argmax(block_max, axis=-1)
+  best = (j * BLOCK + jnp.argmax(_pick(blocked, j), axis=-1)).astype(jnp.int32)
+  top = jnp.max(block_max, axis=-1)
+  return best, jnp.sum(jnp.exp(blocked - top[..., None, None]), axis=(-2, -1))
+
+
+def _draw(blocked: Array, inv_t: Array | float, uniform: Array,
+          fallback: Array) -> tuple[Array, Array]:
+  """One index per row of (..., N, BLOCK) logits, divided by the temperature
+  (times `inv_t`), by the inverse of the row's CDF at its uniform number, and its
+  probability. (`jax.random.categorical` draws
+  a Gumbel per entry: V random numbers per token, 3.6x slower at an 8k
+  vocabulary on a CPU.) An index whose probability is 0 is never drawn; the
+  rare one that float rounding could give becomes `fallback`."""
+  top = jnp.max(blocked, axis=(-2, -1))[..., None]
+  weights = lambda x, top: jnp.exp((x - top) * inv_t)
+  block_mass = jnp.sum(weights(blocked, top[..., None]), axis=-1)
+  block_cdf = jnp.cumsum(block_mass, axis=-1)
+  total = block_cdf[..., -1]
+  u = uniform.astype(jnp.float32) * total
+  j = jnp.minimum(jnp.sum(block_cdf <= u[..., None], axis=-1), block_mass.shape[-1] - 1)
+  before = jnp.take_along_axis(block_cdf - block_mass, j[..., None], axis=-1)
+  inner = weights(_pick(blocked, j), top)
+  k = jnp.minimum(jnp.sum(before + jnp.cumsum(inner, axis=-1) <= u[..., None], axis=-1),
+                  BLOCK - 1)
+  weight = jnp.take_along_axis(inner, k[..., None], axis=-1)[..., 0]
+  fallback_weight = weights(jnp.take_along_axis(blocked.reshape(*blocked.shape[:-2], -1),
+                                                fallback[..., None], axis=-1), top)[..., 0]
+  ok = weight > 0
+  index = jnp.where(ok, j * BLOCK + k, fallback).astype(jnp.int32)
+  return index, jnp.where(ok, weight, fallback_weight) / total
 
 
 def guide(cond: Array, uncond: Array, scale: Array | float) -> Array:
