@@ -37,6 +37,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from m4 import host_memory
 from m4 import jobs
 from m4 import sharding
 from m4 import workdir as workdir_lib
@@ -187,6 +188,7 @@ def _run(config, workdir: str):
 def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  host_memory.keep_freed_memory()
   _set_cpu_devices()
   _init_distributed()
   summary, error = _run(_CONFIG.value, _WORKDIR.value)

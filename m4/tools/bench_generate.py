@@ -30,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from m4 import generation
+from m4 import host_memory
 from m4 import modalities
 from m4.models import configs
 from m4.models import pretrained
@@ -111,6 +112,7 @@ def main(argv=None) -> int:
   p.add_argument("--full_slots", action="store_true",
                  help="one slot per token at every step (the sampler before its slot plans)")
   args = p.parse_args(argv)
+  host_memory.keep_freed_memory()
   rows = bench(args)
   print(f"\n{'scheme':28s} {'ms/sample':>10s} {'ms/token':>9s} {'compile s':>9s}")
   for r in rows:

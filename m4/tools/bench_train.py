@@ -45,6 +45,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from m4 import engine
+from m4 import host_memory
 from m4 import modalities
 from m4 import sharding
 from m4.models import configs
@@ -260,7 +261,8 @@ def run():
 
 def _parse_flags(argv):
   rest = flags.FLAGS(argv)
-  sharding.use_cpu_devices(flags.FLAGS.cpu_devices)  # Before the backend starts.
+  host_memory.keep_freed_memory()  # Both before the backend starts.
+  sharding.use_cpu_devices(flags.FLAGS.cpu_devices)
   return rest
 
 
