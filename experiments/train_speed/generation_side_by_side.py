@@ -35,6 +35,7 @@ sys.path.insert(0, HERE)
 import side_by_side as sbs  # noqa: E402  (this folder's training comparison)
 
 import jax, torch  # noqa: E402
+from m4 import host_memory  # noqa: E402
 from m4 import modalities  # noqa: E402
 from m4.tools import bench_generate  # noqa: E402
 
@@ -120,7 +121,12 @@ def main():
   p.add_argument("--caption_tokens", type=int, default=32)
   p.add_argument("--threads", type=int, default=0, help="torch threads (0: os.cpu_count())")
   p.add_argument("--tiny", action="store_true", help="a tiny shape, for a smoke test")
+  p.add_argument("--system_malloc", action="store_true",
+                 help="glibc's default malloc; otherwise m4.host_memory's, as m4.main sets it"
+                      " (the process's: both sides get it)")
   a = p.parse_args()
+  if not a.system_malloc:
+    host_memory.keep_freed_memory()
   torch.set_num_threads(a.threads or os.cpu_count())
   config = runpy.run_path(os.path.join(sbs.REPO, "configs/pretrain/bench_tiny.py"))["get_config"]()
   if a.tiny:

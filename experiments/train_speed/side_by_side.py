@@ -31,6 +31,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, REPO)
 
 import jax, torch  # noqa: E402
+from m4 import host_memory  # noqa: E402
 from m4 import modalities  # noqa: E402
 from m4 import sharding  # noqa: E402
 from m4.models import synthetic  # noqa: E402
@@ -109,8 +110,13 @@ def main():
   p.add_argument("--tiny", action="store_true", help="a tiny shape, for a smoke test")
   p.add_argument("--cpu_devices", type=int, default=0,
                  help="m4's CPU devices (0: one per core, as m4.main; 1: one device)")
+  p.add_argument("--system_malloc", action="store_true",
+                 help="glibc's default malloc; otherwise m4.host_memory's, as m4.main sets it"
+                      " (the process's: both sides get it)")
   a = p.parse_args()
-  sharding.use_cpu_devices(a.cpu_devices)  # Before JAX starts a backend.
+  if not a.system_malloc:
+    host_memory.keep_freed_memory()
+  sharding.use_cpu_devices(a.cpu_devices)  # Both before JAX starts a backend.
   torch.set_num_threads(a.threads or os.cpu_count())
   config = runpy.run_path(os.path.join(REPO, "configs/pretrain/bench_tiny.py"))["get_config"]()
   if a.tiny:
