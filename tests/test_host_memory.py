@@ -6,33 +6,42 @@ import sys
 
 import pytest
 
+from m4 import host_memory
 from tests.conftest import job_env
 
-# A jitted op with a 64 MiB output, run 10 times; prints the page faults per run.
+# A jitted op with a 64 MiB output, run 10 times; prints the median run's page faults.
+# m4.host_memory is loaded from its file, so the setting precedes JAX's import.
 PROGRAM = """
-import resource, sys
-from m4 import host_memory
+import importlib.util, resource, sys
+spec = importlib.util.spec_from_file_location("host_memory", sys.argv[2])
+host_memory = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(host_memory)
 if sys.argv[1] == "keep":
   assert host_memory.keep_freed_memory()
 import jax, jax.numpy as jnp
 f = jax.jit(lambda x: jnp.exp(x - jnp.max(x, -1, keepdims=True)))
 x = jax.random.normal(jax.random.key(0), (32, 64, 8192))
 jax.block_until_ready(f(x))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+counts = []
 for _ in range(10):
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   jax.block_until_ready(f(x))
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+  counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(sorted(counts)[5])  # The median run's.
 """
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
 def test_freed_memory_is_reused_not_faulted_in_again():
   def faults(mode):
-    out = subprocess.run([sys.executable, "-c", PROGRAM, mode], env=job_env(), check=True,
+    out = subprocess.run([sys.executable, "-c", PROGRAM, mode, host_memory.__file__],
+                         env=job_env(), check=True,
                          capture_output=True, text=True, timeout=120)
     return float(out.stdout.split()[-1])
-  default, kept = faults("default"), faults("keep")
-  # 64 MiB is 16384 pages of 4 KiB: by default each run faults them all in; kept,
-  # about a fifth after importing m4 (and JAX) first, as m4.main does; none before.
-  assert default > 8000, default
-  assert kept < 0.5 * default, (kept, default)
+  default = faults("default")
+  # 64 MiB is 16384 pages of 4 KiB: with glibc's defaults each run faults them all
+  # in (a host with transparent huge pages always on, or another allocator, would not).
+  if default < 8000:
+    pytest.skip(f"{default:.0f} page faults per run without the setting: nothing to save here")
+  kept = faults("keep")
+  assert kept < 0.1 * default, (kept, default)

@@ -50,7 +50,7 @@ def sample(logits: Array, uniform: Array, temperature: Array | float = 1.0, top_
 
   The caller draws the uniforms, so a token's draw can follow its position
   rather than its row (the sampler gives each grid position its own number).
-  A Python or NumPy `temperature` picks greedy or sampled decoding while
+  A Python or NumPy scalar `temperature` picks greedy or sampled decoding while
   tracing; a traced one computes both and selects. Returns (int32 tokens
   (...), float32 probability of each drawn token under the tempered,
   filtered distribution).
@@ -62,8 +62,9 @@ def sample(logits: Array, uniform: Array, temperature: Array | float = 1.0, top_
   blocked = _blocked(logits)
   best, mass = _argmax_and_mass(blocked)
   greedy_prob = 1.0 / mass  # The argmax's softmax probability: exp(0) / mass.
-  static = isinstance(temperature, (int, float, np.number))
-  if static and temperature < GREEDY_BELOW:
+  static = isinstance(temperature, (int, float, np.number)) or (
+      isinstance(temperature, np.ndarray) and temperature.ndim == 0)
+  if static and np.float32(temperature) < np.float32(GREEDY_BELOW):  # As traced: float32.
     return best, greedy_prob
   t = jnp.maximum(jnp.asarray(temperature, jnp.float32), GREEDY_BELOW)
   if 0 < top_k < logits.shape[-1] or 0.0 < top_p < 1.0:
