@@ -8,21 +8,17 @@ temperature 1 and 0.5 (static), 1 traced (the fori_loop's case) and greedy.
 """
 
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 
 from m4 import generation, host_memory
+from m4.tools import bench_train
 
 
 def median_ms(fn, *args, repeats=20):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
+  """Median ms per call of jitted `fn(*args)` after one warm-up (bench_train's timer)."""
+  times, _ = bench_train._time(fn, args, warmup=1, steps=repeats)
   return round(1e3 * statistics.median(times), 2)
 
 
