@@ -13,6 +13,7 @@ import m4  # pylint: disable=unused-import
 from m4 import generation
 from m4 import modalities
 from m4.generation import quality
+from m4.generation import sampling
 from m4.generation import sampler as sampler_lib
 from m4.generation import schedules
 from m4.tokenizers import text as text_lib
@@ -59,19 +60,23 @@ def test_top_k_and_top_p_restrict_the_support():
   assert np.mean(np.asarray(cold) == 0) > 0.85
 
 
-def test_sampling_across_blocks_matches_the_softmax():
-  # 300 entries: three blocks of sampling.BLOCK, the last one padded. Mass on
-  # both sides of block edges, at a tempered and a traced temperature.
+@pytest.mark.parametrize("v", [300, 360])
+def test_sampling_across_blocks_matches_the_softmax(v):
+  # 300 entries: three blocks of sampling.BLOCK, the last one padded; 360:
+  # three blocks of 120, its divisor nearest BLOCK, none padded. Mass on both
+  # sides of block edges, at a tempered and a traced temperature.
+  block = sampling.block_size(v)
+  assert block == {300: sampling.BLOCK, 360: 120}[v]
   sample = jax.jit(generation.sample)
-  logits = np.full(300, -30.0, np.float32)
-  logits[[3, 127, 128, 131, 299]] = np.log([0.1, 0.2, 0.3, 0.15, 0.25])
+  logits = np.full(v, -30.0, np.float32)
+  logits[[3, block - 1, block, block + 3, v - 1]] = np.log([0.1, 0.2, 0.3, 0.15, 0.25])
   n = 40000
   u = jax.random.uniform(jax.random.key(3), (n,))
   for temperature in (1.0, 0.5):
     want = np.exp(logits / temperature) / np.exp(logits / temperature).sum()
     for draw in (generation.sample, sample):  # Static, then traced temperature.
       tokens, probs = draw(jnp.tile(logits, (n, 1)), u, temperature)
-      freq = np.bincount(np.asarray(tokens), minlength=300) / n
+      freq = np.bincount(np.asarray(tokens), minlength=v) / n
       np.testing.assert_allclose(freq, want, atol=0.01)
       np.testing.assert_allclose(np.asarray(probs), want[np.asarray(tokens)], rtol=1e-5)
     same = (generation.sample(jnp.tile(logits, (n, 1)), u, temperature)[0]
@@ -80,16 +85,16 @@ def test_sampling_across_blocks_matches_the_softmax():
   # Top-k across blocks: the 3 most likely, renormalised.
   tokens, probs = generation.sample(jnp.tile(logits, (n, 1)), u, 1.0, top_k=3)
   kept = np.array([0.2, 0.3, 0.25]) / 0.75
-  np.testing.assert_allclose(np.bincount(np.asarray(tokens), minlength=300)[[127, 128, 299]] / n,
-                             kept, atol=0.01)
-  assert set(np.unique(np.asarray(tokens))) == {127, 128, 299}
+  freq = np.bincount(np.asarray(tokens), minlength=v)[[block - 1, block, v - 1]] / n
+  np.testing.assert_allclose(freq, kept, atol=0.01)
+  assert set(np.unique(np.asarray(tokens))) == {block - 1, block, v - 1}
   # Greedy: the first of tied maxima, even in a later block; its softmax probability.
-  ties = np.zeros((2, 300), np.float32)
-  ties[0, [130, 290]] = 5.0
-  ties[1, [7, 200]] = 5.0
+  ties = np.zeros((2, v), np.float32)
+  ties[0, [block + 2, v - 10]] = 5.0
+  ties[1, [7, 2 * block]] = 5.0
   for draw in (generation.sample, sample):
     tokens, probs = draw(jnp.asarray(ties), jnp.full((2,), 0.5), 0.0)
-    np.testing.assert_array_equal(tokens, [130, 7])
+    np.testing.assert_array_equal(tokens, [block + 2, 7])
     np.testing.assert_allclose(probs, jnp.max(jax.nn.softmax(jnp.asarray(ties)), -1), rtol=1e-6)
 
 

@@ -143,6 +143,17 @@ def test_steering_variants_resolve():
     if given in component["keep"]:  # A text: given whole.
       assert component["keep"][given] == "all"
     assert [n for n in c.order if n.startswith("gen_")] == [stage]
+  c = module["get_config"]("curriculum")  # Both phases start from the base; each is drawn twice.
+  assert c.order[c.order.index("pretrain"):][:3] == ("pretrain", "phase_map", "phase_whole")
+  c.seed, c.phase_steps = 2, 900
+  for arm, map_part in (("map", 1.0), ("whole", 0.0)):
+    phase = c.stages[f"phase_{arm}"]
+    assert (phase.init, phase.seed, phase.total_steps) == ("{root}/pretrain", 2, 900)
+    assert phase.masking.mixture.boxes2semseg.input_alphas.semseg == map_part
+    assert c.stages[f"gen_boxes_{arm}_greedy"].decoding.semseg.num_steps == 1
+    assert c.stages[f"gen_boxes_{arm}_maskgit"].init == f"{{root}}/phase_{arm}"
+  assert c.stages.pretrain.seed == 2
+  assert c.stages.pretrain.masking.mixture.boxes2semseg.input_alphas.semseg == 0.0
   c = runpy.run_path(os.path.join(REPO, "experiments", "pretrain_scenes21", "configs",
                                   "quickstart21.py"))["get_config"]("boxes")
   assert "box_map" in c.stages.tokens.tokenize

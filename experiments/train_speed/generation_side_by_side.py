@@ -16,7 +16,11 @@ apart):
 - the caption, autoregressive, `--caption_tokens` tokens (32; no early stop
   on either side): the reference decodes without a cache (it has none); m4
   with its key/value cache, and without it for the cache's own ratio.
-Rounds alternate reference and m4, so machine drift hits both. Per-round JSON
+Rounds alternate reference and m4, so machine drift hits both. By default
+both sides run in this process, so they share its allocator
+(m4.host_memory's, or glibc's default with --system_malloc); --apart runs
+each side of each round in a process of its own with the allocator its
+users get (the reference glibc's default, m4 m4.host_memory's). Per-round JSON
 lines, then a summary (medians over rounds, milliseconds per sample, ratios
 reference / m4; the bars: >= 2 per scheme), go to stdout.
 
@@ -28,7 +32,7 @@ reference's caption step ends by merging the decoded ids into its text
 skipped, so its time is the decoding alone.
 """
 
-import argparse, json, os, random, runpy, statistics, sys, time
+import argparse, json, os, random, runpy, statistics, subprocess, sys, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -111,6 +115,55 @@ def time_reference(cases, repeats, batch):
   return out
 
 
+def _rounds_in_process(a, config):
+  """`a.rounds` rounds in this process (one allocator for both sides); with
+  `--side`, that side only."""
+  modalities.register_from_config(config.get("modalities"))
+  model = bench_generate.random_model(config) if a.side != "reference" else None
+  if a.side != "m4":
+    sampler, generate = reference_sampler(a.ml4m, config)
+    cases = reference_cases(sampler, generate, a.batch, a.steps, a.caption_tokens)
+  m4_args = argparse.Namespace(input=SOURCE, batch=a.batch, steps=a.steps, repeats=a.repeats,
+                               caption_tokens=a.caption_tokens, full_slots=False)
+  sbs.log(f"reference: torch {torch.__version__}, {torch.get_num_threads()} threads;"
+          f" m4: jax {jax.__version__}; batch {a.batch}")
+  rounds = []
+  for r in range(a.rounds):
+    random.seed(r)
+    row = {"round": r + 1}
+    if a.side != "m4":
+      sbs.log(f"round {r + 1}/{a.rounds}: reference ...")
+      ref = time_reference(cases, a.repeats, a.batch)
+      sbs.log("  " + ", ".join(f"{k} {v:.1f} ms" for k, v in ref.items()))
+      row["reference_ms_per_sample"] = {k: round(v, 3) for k, v in ref.items()}
+    if a.side != "reference":
+      sbs.log(f"round {r + 1}/{a.rounds}: m4 ...")
+      rows = {x["scheme"]: x for x in bench_generate.bench(m4_args, model=model)}
+      row["m4_ms_per_sample"] = {k: x["ms_per_sample"] for k, x in rows.items()}
+      row["m4_compile_s"] = {k: x["compile_s"] for k, x in rows.items()}
+    row["load_avg_1min"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(row), flush=True)
+    rounds.append(row)
+  return rounds
+
+
+def _apart_round(a, r):
+  """One round with each side in its own process and allocator (`--apart`)."""
+  row = {"round": r + 1}
+  for side, flags in (("reference", ["--system_malloc"]), ("m4", [])):
+    cmd = [sys.executable, os.path.abspath(__file__), f"--ml4m={a.ml4m}", f"--side={side}",
+           "--rounds=1", f"--repeats={a.repeats}", f"--batch={a.batch}", f"--steps={a.steps}",
+           f"--caption_tokens={a.caption_tokens}", f"--threads={a.threads}"] + flags + (
+               ["--tiny"] if a.tiny else [])
+    sbs.log(f"round {r + 1}/{a.rounds}: {side} in its own process ...")
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    rounds = [json.loads(x) for x in out.splitlines() if x.startswith('{"round"')]
+    row.update({k: v for k, v in rounds[-1].items() if k != "round"})
+  row["malloc"] = {"reference": "glibc default", "m4": "m4.host_memory"}
+  print(json.dumps(row), flush=True)
+  return row
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--ml4m", required=True, help="path of an apple/ml-4m checkout")
@@ -124,6 +177,11 @@ def main():
   p.add_argument("--system_malloc", action="store_true",
                  help="glibc's default malloc; otherwise m4.host_memory's, as m4.main sets it"
                       " (the process's: both sides get it)")
+  p.add_argument("--apart", action="store_true",
+                 help="each round runs each side in a process of its own, with the allocator"
+                      " its users get: the reference glibc's default, m4 m4.host_memory's")
+  p.add_argument("--side", choices=("both", "reference", "m4"), default="both",
+                 help="time one side only (what --apart runs)")
   a = p.parse_args()
   if not a.system_malloc:
     host_memory.keep_freed_memory()
@@ -133,26 +191,12 @@ def main():
     config.model.update(dim=32, encoder_depth=1, decoder_depth=1, num_heads=2)
     for name, vocab in zip(config.model.encoder_modalities, (512, 256, 128, 1024)):
       config.modalities[name].vocab_size = vocab
-  model = bench_generate.random_model(config)
-  sampler, generate = reference_sampler(a.ml4m, config)
-  cases = reference_cases(sampler, generate, a.batch, a.steps, a.caption_tokens)
-  m4_args = argparse.Namespace(input=SOURCE, batch=a.batch, steps=a.steps, repeats=a.repeats,
-                               caption_tokens=a.caption_tokens, full_slots=False)
-  sbs.log(f"reference: torch {torch.__version__}, {torch.get_num_threads()} threads;"
-          f" m4: jax {jax.__version__}; batch {a.batch}")
-  rounds = []
-  for r in range(a.rounds):
-    random.seed(r)
-    sbs.log(f"round {r + 1}/{a.rounds}: reference ...")
-    ref = time_reference(cases, a.repeats, a.batch)
-    sbs.log("  " + ", ".join(f"{k} {v:.1f} ms" for k, v in ref.items()) + "; m4 ...")
-    rows = {x["scheme"]: x for x in bench_generate.bench(m4_args, model=model)}
-    row = {"round": r + 1, "reference_ms_per_sample": {k: round(v, 3) for k, v in ref.items()},
-           "m4_ms_per_sample": {k: x["ms_per_sample"] for k, x in rows.items()},
-           "m4_compile_s": {k: x["compile_s"] for k, x in rows.items()},
-           "load_avg_1min": round(os.getloadavg()[0], 2)}
-    print(json.dumps(row), flush=True)
-    rounds.append(row)
+  if a.apart:
+    rounds = [_apart_round(a, r) for r in range(a.rounds)]
+  else:
+    rounds = _rounds_in_process(a, config)
+  if a.side != "both":
+    return
 
   def med(side, key):
     return statistics.median(x[side][key] for x in rounds)
@@ -172,7 +216,10 @@ def main():
       "batch": a.batch, "steps": a.steps, "caption_tokens": a.caption_tokens,
       "rounds": a.rounds, "repeats": a.repeats, "torch": torch.__version__,
       "torch_threads": torch.get_num_threads(), "jax": jax.__version__, "cpus": os.cpu_count(),
-      "load_avg": [round(x, 2) for x in os.getloadavg()], "tiny": a.tiny}), flush=True)
+      "load_avg": [round(x, 2) for x in os.getloadavg()], "tiny": a.tiny,
+      "malloc": ("apart: reference glibc default, m4 m4.host_memory" if a.apart else
+                 "glibc default, both" if a.system_malloc else "m4.host_memory, both")}),
+        flush=True)
 
 
 if __name__ == "__main__":

@@ -308,13 +308,15 @@ class FourM(nnx.Module):
     """A decoding cache for up to `max_length` tokens of one sequence modality.
 
     Holds each decoder layer's cross-attention keys / values of the context
-    (computed once) and room for the self-attention keys / values.
+    (computed once) and room for the self-attention keys / values (one
+    head-major array per layer: `Blocks.step`).
     """
     cfg = self.cfg
     b = encoded.out.shape[0]
     ck, cv = self.decoder.context_kv(self.context(encoded))
-    shape = (cfg.decoder_depth, b, max_length, cfg.num_heads, cfg.head_dim)
-    return {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype),
+    empty = lambda: tuple(jnp.zeros((b, cfg.num_heads, max_length, cfg.head_dim), self.dtype)
+                          for _ in range(cfg.decoder_depth))
+    return {"k": empty(), "v": empty(), "layers": self.decoder.layer_params(),
             "cross_k": ck, "cross_v": cv, "context_valid": encoded.slots.valid,
             "index": jnp.zeros((), jnp.int32)}
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -239,32 +239,36 @@ class Blocks(nnx.Module):
         outs.append(x)
     return jnp.stack(outs) if every_layer else x
 
-  def context_kv(self, context: Array) -> tuple[Array, Array]:
-    """Per-layer keys and values of the context: two (L, B, S, H, hd) arrays."""
-    return jax.lax.map(lambda p: cross_kv(self.cfg, p, context), self.stacked())
+  def layer_params(self) -> tuple[dict[str, Array], ...]:
+    """Each layer's parameters, sliced out of the stacked ones."""
+    params = self.stacked()
+    return tuple(jax.tree.map(lambda a, i=i: a[i], params) for i in range(self.depth))
 
-  def step(self, x: Array, cache: dict[str, Array], index: Array,
-           context_mask: Array) -> tuple[Array, dict[str, Array]]:
+  def context_kv(self, context: Array) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
+    """Each layer's keys and values of the context, head-major: two tuples of
+    L (B, H, S, hd) arrays (the layout `step` reads without a transpose)."""
+    kv = [cross_kv(self.cfg, p, context) for p in self.layer_params()]
+    return tuple(tuple(_head_major(t[j]) for t in kv) for j in (0, 1))
+
+  def step(self, x: Array, cache: dict[str, Any], index: Array,
+           context_mask: Array) -> tuple[Array, dict[str, Any]]:
     """One new token per sample through all decoder layers with a KV cache.
 
     Args:
       x: (B, 1, D) the new token's input.
-      cache: "k", "v" (L, B, S, H, hd) self-attention keys / values of the
-        previous tokens (slot `index` is written); "cross_k", "cross_v"
-        (L, B, N, H, hd) from `cross_kv`.
+      cache: "k", "v": L (B, H, S, hd) self-attention keys / values of the
+        previous tokens (slot `index` is written); "cross_k", "cross_v": L
+        (B, H, N, hd) from `context_kv`; "layers": `layer_params()`, sliced
+        once per decoding rather than once per token. One array per layer,
+        head-major, so a step reads and writes the cache in place.
       index: () int32, the new token's slot in the cache.
       context_mask: (B, 1, 1, N) True at valid context tokens.
     """
-    cfg = self.cfg
-
-    def body(h, xs):
-      p, k, v, ck, cv = xs
-      h, k, v = cached_layer(cfg, p, h, k, v, index, (ck, cv), context_mask)
-      return h, (k, v)
-
-    xs = (self.stacked(), cache["k"], cache["v"], cache["cross_k"], cache["cross_v"])
-    x, (k, v) = jax.lax.scan(body, x, xs)
-    return x, dict(cache, k=k, v=v)
+    ks, vs = list(cache["k"]), list(cache["v"])
+    for i, p in enumerate(cache["layers"]):
+      x, ks[i], vs[i] = cached_layer(self.cfg, p, x, ks[i], vs[i], index,
+                                     (cache["cross_k"][i], cache["cross_v"][i]), context_mask)
+    return x, dict(cache, k=tuple(ks), v=tuple(vs))
 
 
 def _get(p: dict, name: str):
@@ -354,16 +358,37 @@ def layer(cfg: FourMConfig, p: dict, x: Array, mask: Array, context: Array | Non
   return sharding.constrain(x, names)
 
 
+def _head_major(t: Array) -> Array:
+  """(B, T, H, hd) -> (B, H, T, hd)."""
+  return jnp.swapaxes(t, 1, 2)
+
+
+def _cached_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+  """`attention` for queries (B, 1, H, hd) over head-major keys / values
+  (B, H, S, hd); mask (B, 1, 1, S) or broadcastable."""
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  scores = jnp.einsum("bhte,bhse->bhts", _head_major(q), k,
+                      preferred_element_type=jnp.float32) * scale
+  scores = jnp.where(mask, scores, -0.7 * jnp.finfo(jnp.float32).max)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return _head_major(jnp.einsum("bhts,bhse->bhte", probs, v))
+
+
 def cached_layer(cfg: FourMConfig, p: dict, x: Array, k_cache: Array, v_cache: Array,
                  index: Array, cross: tuple[Array, Array], context_mask: Array):
-  """`layer` for one new decoder token that attends to cached ones (causal)."""
+  """`layer` for one new decoder token that attends to cached ones (causal);
+  caches head-major (B, H, S, hd)."""
   qkv = _project(cfg, _norm(cfg, p, "norm1", x), p["qkv"], _get(p, "qkv_bias"))
   q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-  k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), index, axis=1)
-  v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), index, axis=1)
-  mask = (jnp.arange(k_cache.shape[1]) <= index)[None, None, None, :]
-  out = attention(q, k_cache, v_cache, mask, cfg.attention_impl)
+  k_cache = jax.lax.dynamic_update_slice_in_dim(
+      k_cache, _head_major(k).astype(k_cache.dtype), index, axis=2)
+  v_cache = jax.lax.dynamic_update_slice_in_dim(
+      v_cache, _head_major(v).astype(v_cache.dtype), index, axis=2)
+  mask = (jnp.arange(k_cache.shape[2]) <= index)[None, None, None, :]
+  out = _cached_attention(q, k_cache, v_cache, mask)
   x = x + _linear_nd(cfg, out, p["proj"], 2, _get(p, "proj_bias"))
-  x = x + cross_attention(cfg, p, _norm(cfg, p, "query_norm", x), cross, context_mask)
+  q = _linear_nd(cfg, _norm(cfg, p, "query_norm", x), p["cross_q"], 1, _get(p, "cross_q_bias"))
+  out = _cached_attention(q, cross[0], cross[1], context_mask)
+  x = x + _linear_nd(cfg, out, p["cross_proj"], 2, _get(p, "cross_proj_bias"))
   x = x + mlp(cfg, p, _norm(cfg, p, "norm2", x))
   return x, k_cache, v_cache

@@ -34,6 +34,18 @@ target out; no other inputs or targets), so the mapping gets every step:
   metadata_alone  metadata text -> semseg (the count steers);
   palette_alone   palette text -> rgb.
 
+The curriculum (text first, then part of the map), one command for both
+arms from one base model:
+
+  curriculum      boxes2semseg at weight 3 for 4,200 steps (the text
+                  learned), then two phases from it (lr 1e-3, 50 warm-up,
+                  cosine, `phase_steps`): `phase_map` gives the text
+                  component a random part of the map besides the whole text,
+                  `phase_whole` (the control) keeps the text whole. Each phase
+                  is drawn from the boxes by the gen_boxes decoding (MaskGIT)
+                  and in one greedy step. `--config.seed=N` seeds the base
+                  and both phases (the data stays the same).
+
 Their held-out loss is that mapping's alone (no cross-modal evaluation from
 RGB: the model never sees it); each keeps the one steering stage it serves
 (its chained RGB, which these models never learned to draw, is noise).
@@ -41,11 +53,15 @@ RGB: the model never sees it); each keeps the one steering stage it serves
 No transfer and no other steering stage: the box hit rate is the figure.
 """
 
+import copy
+
 from m4 import config_files
 
 _TINY = config_files.load(__file__, "../../../configs/pretrain/scenes_tiny.py")
 
 VARIANTS = ("text2all", "boxes2semseg", "box_map", "boxmap2semseg", "count_chain")
+CURRICULUM = dict(base_weight=3.0, base_steps=4200, phase_steps=2700, phase_lr=1e-3,
+                  phase_warmup=50)
 # Single-task controls: variant -> (the condition, the target, the steering stage kept).
 ALONE = {"boxes_alone": ("boxes", "semseg", "gen_boxes"),
          "box_map_alone": ("box_map", "semseg", "gen_boxes"),
@@ -77,8 +93,41 @@ def whole(names, given, target, texts) -> dict:
               keep={n: "all" if n == given else "random" for n in texts})
 
 
+def add_curriculum(c, component) -> tuple:
+  """The base (the text component at CURRICULUM's weight and steps), its two
+  phases and their four generation stages; returns the generation stages."""
+  pretrain = c.stages.pretrain
+  pretrain.total_steps = CURRICULUM["base_steps"]
+  pretrain.masking.mixture.boxes2semseg = dict(component, weight=CURRICULUM["base_weight"])
+  c.seed, c.phase_steps = 0, CURRICULUM["phase_steps"]
+  pretrain.seed = c.get_ref("seed")
+  phases, gens = (), ()
+  for arm, map_part in (("map", 1.0), ("whole", 0.0)):
+    phase = copy.deepcopy(pretrain)
+    phase.init = "{root}/pretrain"
+    phase.seed = c.get_ref("seed")
+    phase.total_steps = c.get_ref("phase_steps")
+    phase.eval.every = phase.checkpoint_every = c.get_ref("phase_steps") // 3
+    phase.masking.mixture.boxes2semseg.input_alphas.semseg = map_part
+    phase.optimizer.lr = CURRICULUM["phase_lr"]
+    phase.optimizer.warmup_steps = CURRICULUM["phase_warmup"]
+    c.stages[f"phase_{arm}"] = phase
+    phases += (f"phase_{arm}",)
+    for decoding in ("maskgit", "greedy"):
+      gen = copy.deepcopy(c.stages.gen_boxes)
+      gen.init = f"{{root}}/phase_{arm}"
+      if decoding == "greedy":
+        gen.decoding.semseg.num_steps = 1
+        gen.decoding.semseg.temperature = 0.0
+      c.stages[f"gen_boxes_{arm}_{decoding}"] = gen
+      gens += (f"gen_boxes_{arm}_{decoding}",)
+  at = c.order.index("pretrain") + 1
+  c.order = c.order[:at] + phases + gens + c.order[at:]
+  return gens
+
+
 def get_config(arg=None):
-  variant = config_files.variant(arg, __file__, VARIANTS + tuple(ALONE))
+  variant = config_files.variant(arg, __file__, VARIANTS + tuple(ALONE) + ("curriculum",))
   seq = config_files.load(__file__, "quickstart_seq.py")
   c = seq.get_config("quick")
   if variant in ("box_map", "boxmap2semseg", "count_chain", "box_map_alone"):
@@ -90,6 +139,8 @@ def get_config(arg=None):
   steering = ("gen_boxes", "gen_rgb")
   if variant == "text2all":
     mixture.text2all = seq.text2all(names, pretrain.model.decoder_modalities)
+  elif variant == "curriculum":
+    steering = add_curriculum(c, whole(names, "boxes", "semseg", texts))
   elif variant in ("boxes2semseg", "boxmap2semseg", "count_chain"):
     given, name = ("boxes", "boxes2semseg") if variant == "boxes2semseg" else (
         "box_map", "boxmap2semseg")
