@@ -60,7 +60,7 @@ def sample(logits: Array, uniform: Array, temperature: Array | float = 1.0, top_
                      f" row of the logits, {logits.shape[:-1]}.")
   logits = logits.astype(jnp.float32)
   blocked = _blocked(logits)
-  best, mass = _argmax_and_mass(blocked)
+  best, top, mass = _argmax_and_mass(blocked)
   greedy_prob = 1.0 / mass  # The argmax's softmax probability: exp(0) / mass.
   static = isinstance(temperature, (int, float, np.number)) or (
       isinstance(temperature, np.ndarray) and temperature.ndim == 0)
@@ -68,9 +68,10 @@ def sample(logits: Array, uniform: Array, temperature: Array | float = 1.0, top_
     return best, greedy_prob
   t = jnp.maximum(jnp.asarray(temperature, jnp.float32), GREEDY_BELOW)
   if 0 < top_k < logits.shape[-1] or 0.0 < top_p < 1.0:
-    tokens, probs = _draw(_blocked(filter_logits(logits / t, top_k, top_p)), 1.0, uniform, best)
+    filtered = _blocked(filter_logits(logits / t, top_k, top_p))
+    tokens, probs = _draw(filtered, 1.0, uniform, best, top / t)  # Filters keep the maximum.
   else:  # The temperature goes into the exponent: no tempered copy of the logits.
-    tokens, probs = _draw(blocked, 1.0 / t, uniform, best)
+    tokens, probs = _draw(blocked, 1.0 / t, uniform, best, top)
   if not static:
     greedy = jnp.asarray(temperature) < GREEDY_BELOW
     tokens, probs = jnp.where(greedy, best, tokens), jnp.where(greedy, greedy_prob, probs)
@@ -108,24 +109,26 @@ def _pick(blocked: Array, block: Array) -> Array:
   return jnp.take_along_axis(blocked, block[..., None, None], axis=-2)[..., 0, :]
 
 
-def _argmax_and_mass(blocked: Array) -> tuple[Array, Array]:
-  """(first index of each row's maximum, the row's sum of exp(logit - max))."""
+def _argmax_and_mass(blocked: Array) -> tuple[Array, Array, Array]:
+  """(first index of each row's maximum, the maximum, the row's sum of
+  exp(logit - maximum))."""
   block_max = jnp.max(blocked, axis=-1)
   j = jnp.argmax(block_max, axis=-1)
   best = (j * blocked.shape[-1] + jnp.argmax(_pick(blocked, j), axis=-1)).astype(jnp.int32)
   top = jnp.max(block_max, axis=-1)
-  return best, jnp.sum(jnp.exp(blocked - top[..., None, None]), axis=(-2, -1))
+  return best, top, jnp.sum(jnp.exp(blocked - top[..., None, None]), axis=(-2, -1))
 
 
-def _draw(blocked: Array, inv_t: Array | float, uniform: Array,
-          fallback: Array) -> tuple[Array, Array]:
+def _draw(blocked: Array, inv_t: Array | float, uniform: Array, fallback: Array,
+          top: Array) -> tuple[Array, Array]:
   """One index per row of (..., N, block) logits, divided by the temperature
   (times `inv_t`), by the inverse of the row's CDF at its uniform number, and its
   probability. (`jax.random.categorical` draws
   a Gumbel per entry: V random numbers per token, 3.6x slower at an 8k
   vocabulary on a CPU.) An index whose probability is 0 is never drawn; the
-  rare one that float rounding could give becomes `fallback`."""
-  top = jnp.max(blocked, axis=(-2, -1))[..., None]
+  rare one that float rounding could give becomes `fallback`. `top`: each
+  row's largest logit (before `inv_t`)."""
+  top = top[..., None]
   weights = lambda x, top: jnp.exp((x - top) * inv_t)
   block_mass = jnp.sum(weights(blocked, top[..., None]), axis=-1)
   block_cdf = jnp.cumsum(block_mass, axis=-1)
