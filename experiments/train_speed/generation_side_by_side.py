@@ -128,7 +128,7 @@ def _rounds_in_process(a, config):
   sbs.log(f"reference: torch {torch.__version__}, {torch.get_num_threads()} threads;"
           f" m4: jax {jax.__version__}; batch {a.batch}")
   rounds = []
-  for r in range(a.rounds):
+  for r in range(a.first_round, a.first_round + a.rounds):
     random.seed(r)
     row = {"round": r + 1}
     if a.side != "m4":
@@ -153,10 +153,11 @@ def _apart_round(a, r):
   for side, flags in (("reference", ["--system_malloc"]), ("m4", [])):
     cmd = [sys.executable, os.path.abspath(__file__), f"--ml4m={a.ml4m}", f"--side={side}",
            "--rounds=1", f"--repeats={a.repeats}", f"--batch={a.batch}", f"--steps={a.steps}",
-           f"--caption_tokens={a.caption_tokens}", f"--threads={a.threads}"] + flags + (
+           f"--caption_tokens={a.caption_tokens}", f"--threads={a.threads}",
+           f"--first_round={r}"] + flags + (
                ["--tiny"] if a.tiny else [])
     sbs.log(f"round {r + 1}/{a.rounds}: {side} in its own process ...")
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
     rounds = [json.loads(x) for x in out.splitlines() if x.startswith('{"round"')]
     row.update({k: v for k, v in rounds[-1].items() if k != "round"})
   row["malloc"] = {"reference": "glibc default", "m4": "m4.host_memory"}
@@ -181,8 +182,11 @@ def main():
                  help="each round runs each side in a process of its own, with the allocator"
                       " its users get: the reference glibc's default, m4 m4.host_memory's")
   p.add_argument("--side", choices=("both", "reference", "m4"), default="both",
-                 help="time one side only (what --apart runs)")
+                 help="time one side only, no summary (what --apart runs)")
+  p.add_argument("--first_round", type=int, default=0, help="the first round's index (its seed)")
   a = p.parse_args()
+  if a.apart and (a.side != "both" or a.system_malloc):
+    p.error("--apart picks each side's allocator and runs both sides")
   if not a.system_malloc:
     host_memory.keep_freed_memory()
   torch.set_num_threads(a.threads or os.cpu_count())

@@ -304,24 +304,26 @@ class FourM(nnx.Module):
 
   # ---------------------------------------------------------------- generation
 
-  def init_cache(self, encoded: Encoded, max_length: int) -> dict[str, Array]:
+  def init_cache(self, encoded: Encoded, max_length: int) -> dict[str, Any]:
     """A decoding cache for up to `max_length` tokens of one sequence modality.
 
     Holds each decoder layer's cross-attention keys / values of the context
-    (computed once) and room for the self-attention keys / values (one
-    head-major array per layer: `Blocks.step`).
+    (computed once), room for the self-attention keys / values (one
+    head-major array per layer) and the layers' weights, sliced once
+    (`Blocks.step`).
     """
     cfg = self.cfg
     b = encoded.out.shape[0]
-    ck, cv = self.decoder.context_kv(self.context(encoded))
+    layers = self.decoder.layer_params()
+    ck, cv = self.decoder.context_kv(self.context(encoded), layers)
     empty = lambda: tuple(jnp.zeros((b, cfg.num_heads, max_length, cfg.head_dim), self.dtype)
                           for _ in range(cfg.decoder_depth))
-    return {"k": empty(), "v": empty(), "layers": self.decoder.layer_params(),
+    return {"k": empty(), "v": empty(), "layers": layers,
             "cross_k": ck, "cross_v": cv, "context_valid": encoded.slots.valid,
             "index": jnp.zeros((), jnp.int32)}
 
-  def decode_step(self, cache: dict[str, Array], name: str, ids: Array,
-                  position: Array | int) -> tuple[Array, dict[str, Array]]:
+  def decode_step(self, cache: dict[str, Any], name: str, ids: Array,
+                  position: Array | int) -> tuple[Array, dict[str, Any]]:
     """Next-token logits of sequence modality `name` (autoregressive, cached).
 
     Args:

@@ -244,10 +244,11 @@ class Blocks(nnx.Module):
     params = self.stacked()
     return tuple(jax.tree.map(lambda a, i=i: a[i], params) for i in range(self.depth))
 
-  def context_kv(self, context: Array) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
+  def context_kv(self, context: Array, layers=None) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
     """Each layer's keys and values of the context, head-major: two tuples of
-    L (B, H, S, hd) arrays (the layout `step` reads without a transpose)."""
-    kv = [cross_kv(self.cfg, p, context) for p in self.layer_params()]
+    L (B, H, S, hd) arrays (the layout `step` reads without a transpose).
+    `layers`: `layer_params()`, if already sliced."""
+    kv = [cross_kv(self.cfg, p, context) for p in layers or self.layer_params()]
     return tuple(tuple(_head_major(t[j]) for t in kv) for j in (0, 1))
 
   def step(self, x: Array, cache: dict[str, Any], index: Array,
@@ -259,8 +260,11 @@ class Blocks(nnx.Module):
       cache: "k", "v": L (B, H, S, hd) self-attention keys / values of the
         previous tokens (slot `index` is written); "cross_k", "cross_v": L
         (B, H, N, hd) from `context_kv`; "layers": `layer_params()`, sliced
-        once per decoding rather than once per token. One array per layer,
-        head-major, so a step reads and writes the cache in place.
+        once per decoding rather than once per token (a copy of the
+        decoder's weights for the decoding's length). One array per layer,
+        head-major, so a step reads and writes the cache in place. The
+        layers are unrolled whatever `cfg.scan_layers` says: compile time
+        grows with the depth.
       index: () int32, the new token's slot in the cache.
       context_mask: (B, 1, 1, N) True at valid context tokens.
     """
@@ -377,7 +381,10 @@ def _cached_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
 def cached_layer(cfg: FourMConfig, p: dict, x: Array, k_cache: Array, v_cache: Array,
                  index: Array, cross: tuple[Array, Array], context_mask: Array):
   """`layer` for one new decoder token that attends to cached ones (causal);
-  caches head-major (B, H, S, hd)."""
+  caches head-major (B, H, S, hd). Self- and cross-attention are
+  `self_attention` and `cross_attention` over those layouts, always as
+  `_cached_attention` (`cfg.attention_impl` is for whole sequences);
+  tests/test_fourm.py checks them against teacher forcing."""
   qkv = _project(cfg, _norm(cfg, p, "norm1", x), p["qkv"], _get(p, "qkv_bias"))
   q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
   k_cache = jax.lax.dynamic_update_slice_in_dim(

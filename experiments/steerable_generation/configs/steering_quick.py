@@ -44,7 +44,9 @@ arms from one base model:
                   `phase_whole` (the control) keeps the text whole. Each phase
                   is drawn from the boxes by the gen_boxes decoding (MaskGIT)
                   and in one greedy step. `--config.seed=N` seeds the base
-                  and both phases (the data stays the same).
+                  and both phases (initialisation, masks, the order of the
+                  training scenes; the scenes themselves stay the same);
+                  `--config.phase_steps=N` sets both phases' length.
 
 Their held-out loss is that mapping's alone (no cross-modal evaluation from
 RGB: the model never sees it); each keeps the one steering stage it serves
