@@ -116,7 +116,23 @@ def test_caption_decoder_is_causal(model):
   _assert_same(_per_token(dec_a), _per_token(_forward(model, bare)[1]))
 
 
-def test_cached_caption_decoding_matches_teacher_forcing(model):
+def _with_random_biases(model):
+  """Every bias and norm offset of `model` set to random non-zero values."""
+  params = nnx.state(model, nnx.Param)
+  keys = iter(jax.random.split(jax.random.key(1), 64))
+  biased = jax.tree_util.tree_map_with_path(
+      lambda path, a: 0.1 * jax.random.normal(next(keys), a.shape, a.dtype)
+      if "bias" in jax.tree_util.keystr(path) else a, params)
+  nnx.update(model, biased)
+  return model
+
+
+@pytest.mark.parametrize("biases", [False, True])
+def test_cached_caption_decoding_matches_teacher_forcing(model, biases):
+  # With biases: 4M's released layout (qkv, projections, MLP, norms), random.
+  if biases:
+    model = _with_random_biases(_tiny(qkv_bias=True, proj_bias=True, mlp_bias=True,
+                                      norm_bias=True))
   batch = _batch(seed=4)
   enc, dec = _forward(model, batch)
   want = jax.device_get(model.logits(dec.out, "caption"))
