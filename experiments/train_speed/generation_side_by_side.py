@@ -124,7 +124,8 @@ def _rounds_in_process(a, config):
     sampler, generate = reference_sampler(a.ml4m, config)
     cases = reference_cases(sampler, generate, a.batch, a.steps, a.caption_tokens)
   m4_args = argparse.Namespace(input=SOURCE, batch=a.batch, steps=a.steps, repeats=a.repeats,
-                               caption_tokens=a.caption_tokens, full_slots=False)
+                               caption_tokens=a.caption_tokens, full_slots=False,
+                               caption_only=False)
   sbs.log(f"reference: torch {torch.__version__}, {torch.get_num_threads()} threads;"
           f" m4: jax {jax.__version__}; batch {a.batch}")
   rounds = []

@@ -11,7 +11,9 @@ classifier-free guidance (its unconditional pass without the given
 image's slots), and the caption decoded for its full length or
 `--caption_tokens` (no early stop) with and without the key/value cache.
 `--full_slots` gives every image step one slot per token
-(`Generator(compact=False)`), to measure what the planned slots buy. Prints a
+(`Generator(compact=False)`), to measure what the planned slots buy;
+`--caption_only` times the caption alone (`--caption_tokens=1`: a call's
+fixed cost, the given tokens' encoding and the context's keys and values). Prints a
 table and one JSON line per scheme: compile seconds, milliseconds per sample
 (median over repeats) and per decoded token.
 """
@@ -65,7 +67,7 @@ def bench(args, model=None) -> list[dict]:
   state = {source: generation.image_entry(
       source, rng.integers(0, mod.vocab_size, (args.batch, mod.num_tokens)))}
   n_img = modalities.get(image).num_tokens
-  cases = [
+  cases = [] if args.caption_only else [
       ("maskgit", generation.Step(image, "maskgit", num_steps=args.steps), n_img, True),
       ("roar", generation.Step(image, "roar", num_steps=args.steps), n_img, True),
       ("maskgit + guidance", generation.Step(image, "maskgit", num_steps=args.steps,
@@ -109,6 +111,8 @@ def main(argv=None) -> int:
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--caption_tokens", type=int, default=0,
                  help="caption tokens decoded (0: the modality's num_tokens)")
+  p.add_argument("--caption_only", action="store_true",
+                 help="time the caption alone, cached and uncached")
   p.add_argument("--full_slots", action="store_true",
                  help="one slot per token at every step (the sampler before its slot plans)")
   args = p.parse_args(argv)
