@@ -176,7 +176,8 @@ SHIPPED = [("configs/transfer/scenes.py", v) for v in ("full", "core", "quick", 
     ("experiments/transfer_scenes/configs/quick_model.py", v)
     for v in ("finetune_sweep", "probe_sweep", "count")] + [
     ("experiments/transfer_scenes/configs/full_model.py", v)
-    for v in ("default", "rgbd", "dense_probe", "dense_finetune", "depth_finetune", "closing")] + [
+    for v in ("default", "rgbd", "dense_probe", "dense_finetune", "depth_finetune", "closing",
+              "closing_rgbd")] + [
     ("experiments/transfer_scenes/configs/new_modality.py", "default")]
 
 

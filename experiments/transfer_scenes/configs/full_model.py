@@ -27,7 +27,9 @@ count, semseg and depth, probed (bilinear dense head, 4000 steps: near the
 optimum of a convex problem; each arm sweeps 1e-2 to 1) and fine-tuned (400
 steps, each arm sweeps 1e-3 to 1e-2), 3 seeds, every arm's rate chosen on
 validation; the conv net is left out (it does not depend on the model:
-`f2_convnet_results.md`).
+`f2_convnet_results.md`). `closing_rgbd` is the same protocol for semseg
+from RGB + depth tokens, the pretrained arm only (the claim compares it with
+`closing`'s semseg from RGB on the same model).
 """
 
 import os
@@ -40,7 +42,7 @@ _SCENES = "../../../configs/transfer/scenes.py"
 
 def get_config(arg=None):
   variant = config_files.variant(arg, __file__, ("default", "rgbd", "dense_probe", "dense_finetune",
-                                                      "depth_finetune", "closing"))
+                                                      "depth_finetune", "closing", "closing_rgbd"))
   c = config_files.load(__file__, _SCENES).get_config("core")
   c.init = os.path.join(ROOT, "pretrain")
   c.data.dir = os.path.join(ROOT, "data")
@@ -69,8 +71,12 @@ def get_config(arg=None):
     c.baselines = ()
     c.finetune.num_steps = 400
     c.sweep.learning_rates = dict(probe=(), finetune=(1e-3, 3e-3, 1e-2), supervised=())
-  elif variant == "closing":
+  elif variant in ("closing", "closing_rgbd"):
     c.baselines = ()
+    if variant == "closing_rgbd":
+      c.tasks = {"semseg_rgbd": config_files.load(__file__, _SCENES).get_config()
+                 .tasks.semseg_rgbd.to_dict()}
+      c.inits = ("pretrained",)
     c.probe.num_steps = 4000
     c.probe.dense_head = "bilinear"
     c.finetune.num_steps = 400
