@@ -40,6 +40,11 @@ ROOT = os.environ.get("M4_FULL_ROOT", "workdirs/scenes_full")
 _SCENES = "../../../configs/transfer/scenes.py"
 
 
+def _rgbd_task() -> dict:
+  """configs/transfer/scenes.py's semseg from RGB + depth tokens (not in its `core`)."""
+  return config_files.load(__file__, _SCENES).get_config().tasks.semseg_rgbd.to_dict()
+
+
 def get_config(arg=None):
   variant = config_files.variant(arg, __file__, ("default", "rgbd", "dense_probe", "dense_finetune",
                                                       "depth_finetune", "closing", "closing_rgbd"))
@@ -52,8 +57,7 @@ def get_config(arg=None):
   c.baseline_fractions = (0.1,)
   c.checkpoint_every = 0
   if variant == "rgbd":
-    c.tasks = {"semseg": c.tasks.semseg.to_dict(),
-               "semseg_rgbd": config_files.load(__file__, _SCENES).get_config().tasks.semseg_rgbd.to_dict()}
+    c.tasks = {"semseg": c.tasks.semseg.to_dict(), "semseg_rgbd": _rgbd_task()}
     c.seeds = (0,)
     c.baselines = ()
   elif variant == "dense_probe":
@@ -74,8 +78,7 @@ def get_config(arg=None):
   elif variant in ("closing", "closing_rgbd"):
     c.baselines = ()
     if variant == "closing_rgbd":
-      c.tasks = {"semseg_rgbd": config_files.load(__file__, _SCENES).get_config()
-                 .tasks.semseg_rgbd.to_dict()}
+      c.tasks = {"semseg_rgbd": _rgbd_task()}
       c.inits = ("pretrained",)
     c.probe.num_steps = 4000
     c.probe.dense_head = "bilinear"
