@@ -69,7 +69,8 @@ def get_config(arg=None):
   c.tasks.largest_shape = dict(kind="classification", inputs=rgb, target="labels/largest_shape",
                                num_classes=4, label_smoothing=0.0)
   c.tasks.semseg = dict(kind="segmentation", inputs=rgb, target="semseg", num_classes=6)
-  c.tasks.depth = dict(kind="depth", inputs=rgb, target="depth")
+  # depth_bins 0: the head regresses log-depth; K: it scores K depth bins (DINOv2's probe).
+  c.tasks.depth = dict(kind="depth", inputs=rgb, target="depth", depth_bins=0)
   c.tasks.semseg_rgbd = dict(kind="segmentation", inputs=("rgb_pixels", "depth"),
                              target="semseg", num_classes=6)
   # The VQ tokenizer of each token input (a name on m4.tokenizers' search path or a dir).

@@ -68,7 +68,7 @@ class ConvNet(nnx.Module):
     if dense:
       self.up = nnx.List([_ConvBlock(widths[i + 1] + widths[i], widths[i], rngs)
                           for i in range(LEVELS - 1)])
-      out = task.num_classes if task.kind == "segmentation" else 1
+      out = task.out_channels
       self.head = nnx.Conv(widths[0], out * self.stem ** 2, (1, 1),
                            kernel_init=nnx.initializers.zeros, rngs=rngs)
     else:

@@ -62,6 +62,10 @@ class TaskSpec:
       ("labels/count", "semseg", "depth").
     num_classes: classes of classification and segmentation tasks.
     label_smoothing: classification only.
+    depth_bins: depth only. 0: the head regresses the normalised log-depth;
+      K > 0: it scores K bins spread evenly over the depth range, and the
+      prediction is their softmax-weighted centre (DINOv2's depth probe,
+      after AdaBins), which can change sharply between two patch centres.
   """
 
   name: str
@@ -70,6 +74,7 @@ class TaskSpec:
   target: str
   num_classes: int = 0
   label_smoothing: float = 0.0
+  depth_bins: int = 0
 
   @classmethod
   def from_config(cls, name: str, c: Mapping[str, Any]) -> "TaskSpec":
@@ -98,7 +103,17 @@ class TaskSpec:
       require(task.num_classes >= 2, f"{where}.num_classes",
               f"a {task.kind} task needs >= 2 classes, got {task.num_classes}.")
     require(0 <= task.label_smoothing < 1, f"{where}.label_smoothing", "must be in [0, 1).")
+    require(task.depth_bins == 0 or (task.kind == DEPTH and task.depth_bins >= 2),
+            f"{where}.depth_bins", f"must be 0, or >= 2 for a depth task; got {task.depth_bins}"
+            f" for a {task.kind} task.")
     return task
+
+  @property
+  def out_channels(self) -> int:
+    """Channels of a dense head's output."""
+    if self.kind == SEGMENTATION:
+      return self.num_classes
+    return max(self.depth_bins, 1)
 
   @property
   def dense(self) -> bool:
@@ -200,7 +215,7 @@ class TransferModel(nnx.Module):
     require(size[0] % h == 0 and size[1] % w == 0 and size[0] // h == size[1] // w,
             "data.image_size", f"{size} is not a whole number of ({h}, {w}) token patches.")
     self.grid = (h, w)
-    out = task.num_classes if task.kind == SEGMENTATION else 1
+    out = task.out_channels
     if dense_head not in DENSE_HEADS:
       raise ValueError(f"dense head {dense_head!r} is not one of {DENSE_HEADS}.")
     dim = cfg.dim * self.feature_layers * len(self.inputs)
@@ -365,7 +380,7 @@ class EncoderInputs:
 def predictions(task: TaskSpec, outputs: jax.Array) -> jax.Array:
   """Head outputs -> predictions: class ids, per-pixel class ids or metres."""
   if task.kind == DEPTH:
-    return heads.depth_metres(outputs)
+    return heads.depth_metres(heads.log_depth(outputs, task.depth_bins))
   return jnp.argmax(outputs, axis=-1).astype(jnp.int32)
 
 
@@ -374,4 +389,4 @@ def loss(task: TaskSpec, outputs: jax.Array, targets: jax.Array) -> jax.Array:
     return heads.classification_loss(outputs, targets, task.label_smoothing)
   if task.kind == SEGMENTATION:
     return heads.segmentation_loss(outputs, targets)
-  return heads.depth_loss(outputs, targets)
+  return heads.depth_loss(heads.log_depth(outputs, task.depth_bins), targets)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -214,6 +215,23 @@ def depth_loss(pred: Array, depth_m: Array) -> Array:
   valid = value_scales.depth_valid(depth_m)
   err = jnp.abs(pred.astype(jnp.float32) - value_scales.normalize("depth", depth_m))
   return jnp.sum(jnp.where(valid, err, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def log_depth(outputs: Array, bins: int = 0) -> Array:
+  """Depth head outputs (B, H, W, max(bins, 1)) -> normalised log-depth (B, H, W).
+
+  bins = 0: the single channel. bins = K: the softmax-weighted centre of K
+  bins spread evenly over [DEPTH_MIN_M, DEPTH_MAX_M] in normalised log-depth.
+  """
+  if not bins:
+    return outputs[..., 0]
+  lo, hi = (float(value_scales.normalize("depth", np.float32(d)))
+            for d in (value_scales.DEPTH_MIN_M, value_scales.DEPTH_MAX_M))
+  centres = jnp.linspace(lo, hi, bins, dtype=jnp.float32)
+  z = outputs.astype(jnp.float32)
+  e = jnp.exp(z - jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True)))
+  sums = e @ jnp.stack([centres, jnp.ones_like(centres)], axis=-1)  # One pass over the bins.
+  return sums[..., 0] / sums[..., 1]
 
 
 def depth_metres(pred: Array) -> Array:
