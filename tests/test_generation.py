@@ -14,6 +14,7 @@ from m4 import generation
 from m4 import modalities
 from m4.generation import quality
 from m4.generation import sampling
+from m4.generation import entries
 from m4.generation import sampler as sampler_lib
 from m4.generation import schedules
 from m4.tokenizers import text as text_lib
@@ -322,7 +323,7 @@ def test_cached_and_uncached_caption_decoding_agree(gen, rgb):
   out = cached.state["caption"]
   for b, text in enumerate(["", "a red left of", "a small blue"]):
     ids = out["tensor"][b][out["known"][b]]
-    assert not sampler_lib.is_sentinel(ids).any()
+    assert not entries.is_sentinel(ids).any()
     given = tok.encode(text)
     pos = [list(ids).index(t) for t in given]
     assert pos == sorted(pos)
@@ -367,7 +368,7 @@ def test_bad_states_are_refused(gen, rgb):
   with pytest.raises(ValueError, match=r"different batch sizes \[2, 3\]"):
     gen.generate({"rgb": rgb, "semseg": generation.empty_entry("semseg", 2)}, [MASKGIT])
   with pytest.raises(ValueError, match=r"sentinels \[2\]; they must be \[S_1\], \[S_2\]"):
-    generation.sequence_entry("caption", [[300, sampler_lib.sentinel(2)]])
+    generation.sequence_entry("caption", [[300, entries.sentinel(2)]])
   with pytest.raises(ValueError, match=r"cannot generate 'depth'"):
     gen.generate({"rgb": rgb}, [generation.Step("depth")])
 

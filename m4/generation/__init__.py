@@ -8,12 +8,14 @@
     result = gen.generate(state, steps, seed=0)
 
 Modules: `schedules` (Step: scheme, token and temperature schedules),
-`sampling` (temperature, top-k, top-p, guidance), `sampler` (the jitted
-Generator and state entries), `quality` (metrics of generated modalities).
+`sampling` (temperature, top-k, top-p, guidance), `entries` (what a state
+gives and asks for), `sampler` (the jitted Generator), `quality` (metrics of
+generated modalities).
 """
 
-from m4.generation.sampler import (Generator, Result, empty_entry, image_entry, pixel_entry,
-                                   sequence_entry, text_entry)
+from m4.generation.entries import (empty_entry, image_entry, pixel_entry, sequence_entry,
+                                   text_entry)
+from m4.generation.sampler import Generator, Result
 from m4.generation.sampling import filter_logits, guide, sample
 from m4.generation.schedules import SCHEMES, Step, steps_from_config
 

@@ -1,7 +1,7 @@
 """The sampler: chained any-to-any generation with a 4M model, jitted.
 
     gen = Generator(model)
-    state = {"rgb": image_entry("rgb", rgb_tokens)}         # given: all tokens known
+    state = {"rgb": entries.image_entry("rgb", rgb_tokens)} # given: all tokens known
     steps = [Step("semseg", "maskgit", num_steps=8), Step("caption", "autoregressive")]
     result = gen.generate(state, steps, seed=0)
     result.state["semseg"]["tensor"]                        # (B, 64) int32
@@ -57,138 +57,15 @@ import numpy as np
 from flax import nnx
 
 from m4 import modalities
-from m4.data import masking
+from m4.generation import entries
 from m4.generation import sampling
 from m4.generation.schedules import Step
-from m4.tokenizers import text as text_lib
 
 Array = jax.Array
 State = dict[str, dict[str, Any]]
 
-# The text vocabulary's layout (m4's and 4M's): [PAD] [UNK] [SOS] [EOS] [S_0]..[S_199].
-PAD_ID = 0
-EOS_ID = 3
-FIRST_SENTINEL_ID = text_lib.FIRST_SENTINEL_ID
-NUM_SENTINELS = 200
 # Image schedules up to this many steps get a program per step (`slot_plan`).
 MAX_PLANNED_STEPS = 16
-
-
-def sentinel(i: int) -> int:
-  """The id of [S_i]."""
-  return FIRST_SENTINEL_ID + i
-
-
-def is_sentinel(ids):
-  xp = jnp if isinstance(ids, jax.Array) else np
-  ids = xp.asarray(ids)
-  return (ids >= FIRST_SENTINEL_ID) & (ids < FIRST_SENTINEL_ID + NUM_SENTINELS)
-
-
-# ---------------------------------------------------------------- entries
-# Each takes a Modality spec (e.g. `model.cfg.modality(name)`) or a registry name.
-
-
-def known_shape(entry) -> int:
-  """Tokens per sample an entry could give (its `known` mask's length)."""
-  return int(np.shape(entry["known"])[1])
-
-
-def _spec(modality: modalities.Modality | str) -> modalities.Modality:
-  return modality if isinstance(modality, modalities.Modality) else modalities.get(modality)
-
-
-def image_entry(modality: modalities.Modality | str, tokens, known=None) -> dict:
-  """An image entry: tokens (B, h, w) or (B, h*w); known defaults to all True."""
-  mod = _spec(modality)
-  name = mod.name
-  tokens = np.asarray(tokens)
-  if tokens.ndim == 3:
-    tokens = tokens.reshape(tokens.shape[0], -1)
-  if tokens.ndim != 2 or tokens.shape[1] != mod.num_tokens:
-    raise ValueError(f"generation: {name!r} tokens must be (B, {mod.grid[0]}, {mod.grid[1]}) or"
-                     f" (B, {mod.num_tokens}); got {tokens.shape}.")
-  if known is None:
-    known = np.ones(tokens.shape, bool)
-  known = np.asarray(known, bool).reshape(tokens.shape)
-  return {"tensor": tokens.astype(np.int32), "known": known}
-
-
-def empty_entry(modality: modalities.Modality | str, batch_size: int) -> dict:
-  """Nothing known: the whole modality is to be generated."""
-  mod = _spec(modality)
-  n = mod.num_tokens + 1 if mod.is_sequence else mod.num_tokens
-  return {"tensor": np.full((batch_size, n), PAD_ID, np.int32),
-          "known": np.zeros((batch_size, n), bool)}
-
-
-def sequence_entry(modality: modalities.Modality | str, ids: Sequence[Sequence[int]]) -> dict:
-  """A sequence entry from per-sample input ids (sentinels mark spans to fill).
-
-  Sentinels must be [S_1], [S_2], ... in order, as masking writes them; ids
-  are cut to num_tokens + 1.
-  """
-  mod = _spec(modality)
-  name = mod.name
-  n = mod.num_tokens + 1
-  tensor = np.full((len(ids), n), PAD_ID, np.int32)
-  for b, row in enumerate(ids):
-    row = np.asarray(row, np.int32)[:n]
-    sentinels = row[is_sentinel(row)]
-    want = np.arange(1, len(sentinels) + 1) + FIRST_SENTINEL_ID
-    if not np.array_equal(sentinels, want):
-      raise ValueError(f"generation: {name!r} input {b} has sentinels"
-                       f" {(sentinels - FIRST_SENTINEL_ID).tolist()}; they must be"
-                       f" [S_1], [S_2], ... in order.")
-    tensor[b, :len(row)] = row
-  return {"tensor": tensor, "known": tensor != PAD_ID}
-
-
-def text_entry(modality: modalities.Modality | str, texts: Sequence[str], tokenizer: text_lib.TextTokenizer) -> dict:
-  """A sequence entry from text: "a red [S_1] left of [S_2]" fills two spans.
-
-  As masking's inputs: word pieces, then [EOS] unless the text ends in a
-  sentinel (the last span then holds the end); "" means write it all.
-  """
-  ids = []
-  for t in texts:
-    row = tokenizer.encode(t) if t else []
-    if row and not tokenizer.is_sentinel(np.asarray(row[-1:]))[0]:
-      row = row + [tokenizer.eos_id]
-    ids.append(row)
-  return sequence_entry(modality, ids)
-
-
-def pixel_entry(modality: modalities.Modality | str, images) -> dict:
-  """A pixel entry (encoder input only): images (B, H, W, C), every patch known."""
-  mod = _spec(modality)
-  images = np.asarray(images, np.float32)
-  return {"tensor": images, "known": np.ones((images.shape[0], mod.num_tokens), bool)}
-
-
-def _check_state(state: Mapping[str, Mapping[str, Any]], spec=_spec) -> int:
-  """The state's batch size, after checking each entry against `spec(name)`
-  (entries whose spec is None only ride along: their batch size is checked)."""
-  sizes = set()
-  for name, e in state.items():
-    mod = spec(name)
-    if set(e) != {"tensor", "known"}:
-      raise ValueError(f"generation: state[{name!r}] must have 'tensor' and 'known',"
-                       f" has {sorted(e)}.")
-    if mod is None:
-      sizes.add(np.shape(e["known"])[0])
-      continue
-    n = mod.num_tokens + 1 if mod.is_sequence else mod.num_tokens
-    if np.shape(e["known"])[1:] != (n,):
-      raise ValueError(f"generation: state[{name!r}]['known'] has shape {np.shape(e['known'])};"
-                       f" expected (B, {n}).")
-    if mod.kind != modalities.PIXELS and np.shape(e["tensor"]) != np.shape(e["known"]):
-      raise ValueError(f"generation: state[{name!r}]['tensor'] has shape {np.shape(e['tensor'])};"
-                       f" expected {np.shape(e['known'])}.")
-    sizes.add(np.shape(e["known"])[0])
-  if len(sizes) != 1:
-    raise ValueError(f"generation: the state's entries have different batch sizes {sorted(sizes)}.")
-  return sizes.pop()
 
 
 # ---------------------------------------------------------------- results
@@ -297,7 +174,7 @@ class Generator:
     """An input entry's encoder slots (see `_given`)."""
     known = np.sum(np.asarray(entry["known"]), axis=1)
     same = self.compact and np.all(known == known[0])
-    return int(known[0]) if same else known_shape(entry)
+    return int(known[0]) if same else entries.known_shape(entry)
 
   def condition_slots(self, state: State, step: Step) -> int:
     """Encoder slots a guided image step's unconditional pass does without:
@@ -450,8 +327,8 @@ class Generator:
     length = step.length
     entry = state[name]
     b = entry["tensor"].shape[0]
-    num_inputs_sentinels = jnp.sum(entry["known"] & is_sentinel(entry["tensor"]), axis=1)
-    stop = sentinel(1) + jnp.maximum(num_inputs_sentinels, 1)  # [S_{m+1}], [S_2] if none.
+    num_inputs_sentinels = jnp.sum(entry["known"] & entries.is_sentinel(entry["tensor"]), axis=1)
+    stop = entries.sentinel(1) + jnp.maximum(num_inputs_sentinels, 1)  # [S_{m+1}], [S_2] if none.
     temps = np.asarray(step.temperatures(length), np.float32)
     encoded, enc_state = self._encode(model, state, step, capacity)
     bb = encoded.out.shape[0]  # 2B when guided.
@@ -468,7 +345,7 @@ class Generator:
 
       def next_logits(i, token, cache, out):
         del token
-        ids = jnp.concatenate([jnp.full((b, 1), sentinel(1), jnp.int32), out], axis=1)
+        ids = jnp.concatenate([jnp.full((b, 1), entries.sentinel(1), jnp.int32), out], axis=1)
         ids = jnp.pad(ids, ((0, 0), (0, n_in - ids.shape[1])))
         ids = jnp.concatenate([ids] * (bb // b))
         mask = jnp.broadcast_to(positions < i + 2, (bb, n_in))
@@ -489,15 +366,15 @@ class Generator:
         logits = sampling.guide(logits[:b], logits[b:], scale)
       uniform = jax.random.uniform(jax.random.fold_in(key, i), (b,))
       drawn, _ = sampling.sample(logits, uniform, _temperature(temps, i), step.top_k, step.top_p)
-      drawn = jnp.where(done, PAD_ID, drawn)
+      drawn = jnp.where(done, entries.PAD_ID, drawn)
       out = out.at[:, i].set(drawn)
       if return_logits:
         seen = seen.at[:, i].set(logits)
       return i + 1, drawn, cache, out, done | (drawn == stop), seen
 
     seen0 = jnp.zeros((b, length, vocab) if return_logits else (), jnp.float32)
-    init = (jnp.zeros((), jnp.int32), jnp.full((b,), sentinel(1), jnp.int32), cache0,
-            jnp.full((b, length), PAD_ID, jnp.int32), jnp.zeros((b,), bool), seen0)
+    init = (jnp.zeros((), jnp.int32), jnp.full((b,), entries.sentinel(1), jnp.int32), cache0,
+            jnp.full((b, length), entries.PAD_ID, jnp.int32), jnp.zeros((b,), bool), seen0)
     _, _, _, out, _, seen = jax.lax.while_loop(cond, body, init)
     return out, seen
 
@@ -528,15 +405,15 @@ class Generator:
     step = dataclasses.replace(step, cfg_scale=0.0 if step.guided else 1.0)  # The static part.
     name = step.modality
     if name not in state:
-      state = dict(state, **{name: empty_entry(self.cfg.modality(name),
-                                               _check_state(state, self._spec))})
+      state = dict(state, **{name: entries.empty_entry(self.cfg.modality(name),
+                                               entries.check_state(state, self._spec))})
     jstate = jax.tree.map(jnp.asarray, dict(state))
     if self.cfg.modality(name).is_sequence:
       out, logits = self._sequence(self.params, jstate, key, scale, step=step,
                                    capacity=self.sequence_capacity(state), use_cache=use_cache,
                                    return_logits=return_logits)
       out = np.asarray(out)
-      entry = _merge_sequence(self.cfg.modality(name), np.asarray(state[name]["tensor"]),
+      entry = entries.merge_sequence(self.cfg.modality(name), np.asarray(state[name]["tensor"]),
                               np.asarray(state[name]["known"]), out)
       extras = {"targets": out}
       if return_logits:
@@ -558,7 +435,7 @@ class Generator:
     semseg, not rgb + depth -> semseg).
     """
     given = {n: dict(e) for n, e in state.items()}
-    _check_state(given, self._spec)
+    entries.check_state(given, self._spec)
     key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)
     result = Result(state=dict(given))
     for k, step in enumerate(steps):
@@ -574,29 +451,3 @@ class Generator:
         if field in out:
           getattr(result, field)[step.modality] = out[field]
     return result
-
-
-def _merge_sequence(modality: modalities.Modality, tensor: np.ndarray, known: np.ndarray,
-                    generated: np.ndarray) -> dict:
-  """The full input sequence: each input sentinel replaced by its generated span."""
-  ids = []
-  for row, kn, gen in zip(tensor, known, generated):
-    given = row[kn]
-    if not len(given):
-      given = np.array([sentinel(1)], np.int32)
-    target = np.concatenate([[sentinel(1)], gen[gen != PAD_ID]]).astype(np.int32)
-    ids.append(masking.merge_spans(given, target, is_sentinel))
-  return sequence_entry_unchecked(modality, ids)
-
-
-def sequence_entry_unchecked(modality: modalities.Modality | str,
-                             ids: Sequence[np.ndarray]) -> dict:
-  mod = _spec(modality)
-  n = mod.num_tokens + 1
-  tensor = np.full((len(ids), n), PAD_ID, np.int32)
-  known = np.zeros((len(ids), n), bool)
-  for b, row in enumerate(ids):
-    row = np.asarray(row, np.int32)[:n]
-    tensor[b, :len(row)] = row
-    known[b, :len(row)] = True
-  return {"tensor": tensor, "known": known}
