@@ -1,6 +1,7 @@
 """Transfer's parts: label budgets, layer decay, frozen probes, heads, metrics, verdicts
 (the job end to end: test_transfer_job.py)."""
 
+import dataclasses
 import os
 
 import jax
@@ -359,6 +360,24 @@ def test_binned_depth_reads_bin_centres_and_learns_a_sharp_edge():
       loss = step(head, opt)
     errors[bins] = float(loss)
   assert errors[k] < 0.5 * errors[0], errors
+  # The transfer model, the conv net baseline, the loss and the predictions read the bins;
+  # a run stored before depth_bins existed keeps its settings.
+  cfg = transfer.backbone_config(tiny_cfg(), (PIXELS,))  # Registers PIXELS.
+  task = transfer.TaskSpec.from_config("d", dict(kind="depth", inputs=(PIXELS,), target="depth",
+                                                 depth_bins=4))
+  assert "depth_bins" not in dataclasses.replace(task, depth_bins=0).settings()
+  batch, _ = _batch(n=2)
+  from m4.models import convnet
+  nets = (transfer.TransferModel(cfg, task, image_size=(32, 32), dense_head="bilinear",
+                                 rngs=rngs(0)),
+          convnet.ConvNet(task, image_size=(32, 32), width=8, rngs=rngs(0)))
+  target = jnp.full((2, 32, 32), 3.0)
+  assert [net(batch).shape for net in nets] == [(2, 32, 32, 4)] * 2
+  out = jax.random.normal(jax.random.key(1), (2, 32, 32, 4))
+  np.testing.assert_allclose(transfer.predictions(task, out),
+                             heads.depth_metres(heads.log_depth(out, 4)), rtol=1e-6)
+  np.testing.assert_allclose(transfer.loss(task, out, target),
+                             heads.depth_loss(heads.log_depth(out, 4), target), rtol=1e-6)
 
 
 def test_bad_task_configs_name_the_field():

@@ -26,7 +26,7 @@ PIXELS = _COMMON.PIXELS  # A converted 4M's raw RGB input at 224 px.
 def get_config(arg=None):
   c = _COMMON.tfds_base(__file__, arg, "NYUv2 depth (TFDS nyu_depth_v2)")
   c.label_fractions = (1.0,)
-  c.tasks.depth = dict(kind="depth", inputs=(PIXELS,), target="depth")
+  c.tasks.depth = dict(kind="depth", inputs=(PIXELS,), target="depth", depth_bins=0)
   c.data.update(dict(name="nyu_depth_v2", eval_split="validation", crop_scale=(1.0, 1.0),
                      batch_size=64, num_workers=2))
   c.finetune.update(dict(num_steps=25000, learning_rate=1e-4, warmup_steps=1250,

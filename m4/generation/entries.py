@@ -27,6 +27,7 @@ EOS_ID = 3
 FIRST_SENTINEL_ID = text_lib.FIRST_SENTINEL_ID
 NUM_SENTINELS = 200
 
+
 def sentinel(i: int) -> int:
   """The id of [S_i]."""
   return FIRST_SENTINEL_ID + i
@@ -141,7 +142,7 @@ def check_state(state: Mapping[str, Mapping[str, Any]], spec_of=spec) -> int:
 
 
 def merge_sequence(modality: modalities.Modality, tensor: np.ndarray, known: np.ndarray,
-                    generated: np.ndarray) -> dict:
+                   generated: np.ndarray) -> dict:
   """The full input sequence: each input sentinel replaced by its generated span."""
   ids = []
   for row, kn, gen in zip(tensor, known, generated):

@@ -405,8 +405,8 @@ class Generator:
     step = dataclasses.replace(step, cfg_scale=0.0 if step.guided else 1.0)  # The static part.
     name = step.modality
     if name not in state:
-      state = dict(state, **{name: entries.empty_entry(self.cfg.modality(name),
-                                               entries.check_state(state, self._spec))})
+      batch_size = entries.check_state(state, self._spec)
+      state = dict(state, **{name: entries.empty_entry(self.cfg.modality(name), batch_size)})
     jstate = jax.tree.map(jnp.asarray, dict(state))
     if self.cfg.modality(name).is_sequence:
       out, logits = self._sequence(self.params, jstate, key, scale, step=step,
@@ -414,7 +414,7 @@ class Generator:
                                    return_logits=return_logits)
       out = np.asarray(out)
       entry = entries.merge_sequence(self.cfg.modality(name), np.asarray(state[name]["tensor"]),
-                              np.asarray(state[name]["known"]), out)
+                                     np.asarray(state[name]["known"]), out)
       extras = {"targets": out}
       if return_logits:
         extras["logits"] = np.asarray(logits)

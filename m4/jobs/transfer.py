@@ -54,7 +54,7 @@ protocol's fields are configs/transfer/common.py:protocol's):
   sweep: split (where the sweep scores, never the test split) and
     learning_rates.<protocol>: the rates each arm tries (empty: none).
   tasks.<name>: m4.models.transfer.TaskSpec fields (kind, inputs, target,
-    num_classes, label_smoothing).
+    num_classes, label_smoothing, depth_bins).
   task_protocols.<task>.<protocol>: that task's own values of the protocol's
     fields (e.g. seeds) and, as `learning_rates`, its arms' sweep
     (m4.jobs.transfer_protocols).
@@ -289,7 +289,7 @@ def run_settings(ctx: _Context, run: Run) -> dict:
       "kind", "name", "dir", "train_split", "image_size", "crop_scale",
       "crop_ratio", "flip", "batch_size", "tfds_features", "tfds_semseg_reduce_zero")}
   data["eval_split"] = run.split
-  out = {"task": dataclasses.asdict(task), "init": run.init, "protocol": run.protocol,
+  out = {"task": task.settings(), "init": run.init, "protocol": run.protocol,
          "label_fraction": float(run.fraction), "seed": int(run.seed),
          "optimizer": {k: v for k, v in run.settings.to_dict().items()  # Optional fields
                        if k != "seeds" and protocols_lib.OPTIONAL_FIELDS.get(k, object()) != v},

@@ -81,7 +81,7 @@ class ConvNet(nnx.Module):
     return (("(.*/)?kernel", True),)
 
   def __call__(self, batch, *, frozen: bool = False, train: bool = False) -> jax.Array:
-    """Logits (B, C) or (B, H, W, C), or log-depth (B, H, W, 1), as TransferModel."""
+    """Logits (B, C) or (B, H, W, C), or log-depth / depth-bin scores, as TransferModel."""
     del frozen  # Nothing is pretrained: every parameter always trains.
     x = jnp.concatenate([jnp.asarray(batch[n]["tensor"], jnp.float32) for n in self.inputs], -1)
     s = self.stem

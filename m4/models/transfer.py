@@ -108,6 +108,12 @@ class TaskSpec:
             f" for a {task.kind} task.")
     return task
 
+  def settings(self) -> dict:
+    """The fields stored with a run; a field added later is left out at its
+    default, so runs recorded before it still match (m4.jobs.transfer)."""
+    return {k: v for k, v in dataclasses.asdict(self).items()
+            if not (k == "depth_bins" and v == 0)}
+
   @property
   def out_channels(self) -> int:
     """Channels of a dense head's output."""
@@ -233,7 +239,8 @@ class TransferModel(nnx.Module):
     return decay_rules([n for n in self.inputs if cfg.modality(n).kind == modalities.PIXELS])
 
   def __call__(self, batch, *, frozen: bool = False, train: bool = False) -> jax.Array:
-    """Head outputs: (B, C) logits, (B, H, W, C) logits or (B, H, W, 1) log-depth.
+    """Head outputs: (B, C) logits, (B, H, W, C) logits or (B, H, W, max(depth_bins, 1))
+    log-depth or depth-bin scores.
 
     `frozen` stops gradients at the encoder output (linear probing); `train`
     normalises with batch statistics and updates the running ones.

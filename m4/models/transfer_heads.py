@@ -230,7 +230,8 @@ def log_depth(outputs: Array, bins: int = 0) -> Array:
   centres = jnp.linspace(lo, hi, bins, dtype=jnp.float32)
   z = outputs.astype(jnp.float32)
   e = jnp.exp(z - jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True)))
-  sums = e @ jnp.stack([centres, jnp.ones_like(centres)], axis=-1)  # One pass over the bins.
+  sums = jnp.matmul(e, jnp.stack([centres, jnp.ones_like(centres)], axis=-1),  # One pass.
+                    precision=jax.lax.Precision.HIGHEST)
   return sums[..., 0] / sums[..., 1]
 
 
