@@ -149,6 +149,13 @@ def _fused_mlp_bwd(act, res, g):
 fused_mlp.defvjp(_fused_mlp_fwd, _fused_mlp_bwd)
 
 
+def _attention_weights(scores: Array, mask: Array, dtype) -> Array:
+  """Softmax over the last axis of float32 scores, masked entries at a large
+  negative value (not -inf: a fully masked row is uniform, not NaN)."""
+  scores = jnp.where(mask, scores, -0.7 * jnp.finfo(jnp.float32).max)
+  return jax.nn.softmax(scores, axis=-1).astype(dtype)
+
+
 def attention(q: Array, k: Array, v: Array, mask: Array, impl: str | None) -> Array:
   """Softmax attention, (B, T, H, hd) x (B, S, H, hd) -> (B, T, H, hd).
 
@@ -162,9 +169,7 @@ def attention(q: Array, k: Array, v: Array, mask: Array, impl: str | None) -> Ar
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
   scale = 1.0 / math.sqrt(q.shape[-1])
   scores = jnp.einsum("bthe,bshe->bhts", q, k, preferred_element_type=jnp.float32) * scale
-  scores = jnp.where(mask, scores, -0.7 * jnp.finfo(jnp.float32).max)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  return jnp.einsum("bhts,bshe->bthe", probs, v)
+  return jnp.einsum("bhts,bshe->bthe", _attention_weights(scores, mask, v.dtype), v)
 
 
 class Blocks(nnx.Module):
@@ -373,9 +378,7 @@ def _cached_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
   scale = 1.0 / math.sqrt(q.shape[-1])
   scores = jnp.einsum("bhte,bhse->bhts", _head_major(q), k,
                       preferred_element_type=jnp.float32) * scale
-  scores = jnp.where(mask, scores, -0.7 * jnp.finfo(jnp.float32).max)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  return _head_major(jnp.einsum("bhts,bhse->bhte", probs, v))
+  return _head_major(jnp.einsum("bhts,bhse->bhte", _attention_weights(scores, mask, v.dtype), v))
 
 
 def cached_layer(cfg: FourMConfig, p: dict, x: Array, k_cache: Array, v_cache: Array,
