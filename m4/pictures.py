@@ -132,7 +132,7 @@ def to_image(x: np.ndarray, kind: str, *, depth_range: tuple[float, float] | Non
   if x.ndim != 2:
     raise ValueError(f"grid: a {kind} cell must be (H, W), got {x.shape}.")
   if kind == "depth":
-    lo, hi = depth_range if depth_range is not None else _depth_range([x])
+    lo, hi = depth_range if depth_range is not None else valid_depth_range([x])
     return colorize_depth(x, lo, hi, cmap)
   if kind == "semseg":
     return colorize_semseg(x)
@@ -144,7 +144,8 @@ def to_image(x: np.ndarray, kind: str, *, depth_range: tuple[float, float] | Non
   raise ValueError(f"grid: unknown kind {kind!r}; kinds: {KINDS}.")
 
 
-def _depth_range(depths) -> tuple[float, float]:
+def valid_depth_range(depths) -> tuple[float, float]:
+  """(min, max) of the valid (finite, > 0) depths of the given maps; (0, 1) if none."""
   vals = [d[np.isfinite(d) & (d > 0)] for d in map(np.asarray, depths)]
   vals = np.concatenate([v.ravel() for v in vals]) if vals else np.zeros(0)
   if vals.size == 0:
@@ -212,7 +213,7 @@ def make_grid(rows: Sequence[Mapping[str, np.ndarray | None]],
     if kinds[name] not in KINDS:
       raise ValueError(f"grid: column {name!r} has unknown kind {kinds[name]!r}; kinds: {KINDS}.")
   if depth_range is None:
-    depth_range = _depth_range(
+    depth_range = valid_depth_range(
         [r[c] for r in rows for c in columns if kinds[c] == "depth" and r.get(c) is not None])
 
   cells = [[None if r.get(c) is None else

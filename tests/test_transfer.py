@@ -323,6 +323,31 @@ def test_results_table_puts_the_inits_side_by_side(tmp_path):
   assert os.path.getsize(paths["plot"]) > 0 and "## Runs" in open(paths["table"]).read()
 
 
+def test_depth_prediction_grid_keeps_the_labels_scale(tmp_path):
+  """A prediction far outside the labelled range, on an unlabelled pixel (the
+  sky), does not change the colours of the rest of the grid."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from m4.evaluators import report  # pylint: disable=g-import-not-at-top
+  label = np.tile(np.linspace(2.0, 20.0, 16, dtype=np.float32)[:, None], (1, 16))[None]
+  label[:, :4] = 0.0  # Unlabelled rows.
+  os.makedirs(tmp_path / "examples")
+  grids = []
+  for outlier in (None, 0.1):
+    pred = np.where(label > 0, label, 50.0)
+    if outlier is not None:
+      pred[:, 0, 0] = outlier
+    for init in ("scratch", "pretrained"):
+      np.savez(tmp_path / "examples" / f"d__{init}__probe__10pct__s0.npz", target=label,
+               prediction=pred, id=np.array([0]))
+    runs = [{"run": f"d__{init}__probe__10pct__s0", "task": "d", "kind": "depth", "init": init,
+             "protocol": "probe", "seed": 0, "label_fraction": 0.1} for init in ("scratch",
+                                                                               "pretrained")]
+    path, = report.prediction_grids(str(tmp_path), runs)
+    grids.append(np.asarray(Image.open(path).convert("RGB")))
+  changed = np.any(grids[0] != grids[1], axis=-1)
+  assert 0 < changed.sum() < 0.01 * changed.size, changed.sum()
+
+
 def test_binned_depth_reads_bin_centres_and_learns_a_sharp_edge():
   """depth_bins: a confident bin reads back as its centre, and a linear readout
   of 4x4 tokens, bilinearly upsampled, fits a depth step inside a patch

@@ -220,7 +220,9 @@ def prediction_grids(eval_dir: str, results: Sequence[Mapping[str, Any]],
       cells.append(row)
     captions = [f"test {int(ref['id'][i])}" for i in range(n)]
     path = os.path.join(eval_dir, f"{task}_{100 * fraction:g}pct_predictions.png")
-    out.append(pictures.save_grid(path, cells, captions, kinds, titles=titles))
+    # Depth on the labels' scale: a prediction for an unlabelled pixel (the sky) is clipped.
+    scale = pictures.valid_depth_range(ref["target"][:n]) if kind == "depth" else None
+    out.append(pictures.save_grid(path, cells, captions, kinds, titles=titles, depth_range=scale))
   return out
 
 

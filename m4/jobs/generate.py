@@ -321,8 +321,7 @@ def _write_records(path: str, records) -> None:
 def _depth_range(rows):
   """The true depths' range (so generated depth is drawn on the same scale)."""
   truth = [r[c] for r in rows for c in r if c.startswith("depth (truth")]
-  valid = np.concatenate([d[d > 0].ravel() for d in truth]) if truth else np.zeros(0)
-  return (float(valid.min()), float(valid.max())) if valid.size else None
+  return pictures.valid_depth_range(truth) if truth else None
 
 
 def _released(tok) -> bool:
