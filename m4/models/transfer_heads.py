@@ -209,9 +209,7 @@ def segmentation_loss(logits: Array, labels: Array) -> Array:
 
 
 def depth_loss(pred: Array, depth_m: Array) -> Array:
-  """Mean |pred - normalised log-depth| over valid pixels; pred (B, H, W[, 1])."""
-  if pred.ndim == depth_m.ndim + 1:
-    pred = pred[..., 0]
+  """Mean |pred - normalised log-depth| over valid pixels; pred (B, H, W) (`log_depth`)."""
   valid = value_scales.depth_valid(depth_m)
   err = jnp.abs(pred.astype(jnp.float32) - value_scales.normalize("depth", depth_m))
   return jnp.sum(jnp.where(valid, err, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
@@ -236,7 +234,5 @@ def log_depth(outputs: Array, bins: int = 0) -> Array:
 
 
 def depth_metres(pred: Array) -> Array:
-  """Head output (normalised log-depth) -> metres, always a valid depth."""
-  if pred.ndim == 4:
-    pred = pred[..., 0]
+  """Normalised log-depth (B, H, W) (`log_depth`) -> metres, always a valid depth."""
   return value_scales.denormalize("depth", jnp.maximum(pred, value_scales.DEPTH_INVALID_BELOW))
