@@ -36,3 +36,26 @@ def test_bench_reports_steady_state_steps():
   assert out["wall_tflops"] > 0
   np.testing.assert_allclose(out["fraction_of_wall"], out["tflops_per_s"] / out["wall_tflops"],
                              rtol=2e-2)
+
+
+def test_4m_b_config_is_4m_base_at_its_pretraining_budget():
+  """The GPU shape: 4M-B (12+12 x 768, 12 heads), bf16, 224 px, 128 + 128 tokens,
+  batch 128; its modalities register beside bench_tiny's 8x8 ones."""
+  from m4 import modalities
+  from m4.models import configs
+
+  tiny = runpy.run_path(f"{REPO}/configs/pretrain/bench_tiny.py")["get_config"]()
+  config = runpy.run_path(f"{REPO}/configs/pretrain/bench_4m_b.py")["get_config"]()
+  modalities.register_from_config(tiny.modalities)
+  modalities.register_from_config(config.modalities)
+  cfg = configs.from_config(config.model)
+  assert (cfg.encoder_depth, cfg.decoder_depth, cfg.dim, cfg.num_heads) == (12, 12, 768, 12)
+  assert (cfg.dtype, cfg.mlp_hidden, cfg.num_encoder_tokens, cfg.num_decoder_tokens) == (
+      "bfloat16", 2048, 128, 128)
+  assert config.batch_size == 128
+  grids = {m.name: (m.grid, m.vocab_size) for m in cfg.modality_specs if m.kind == "image"}
+  assert grids == {"rgb_bench_224": ((14, 14), 16384), "depth_bench_224": ((14, 14), 8192),
+                   "semseg_bench_224": ((14, 14), 4096)}
+  # About 21 TFLOP per step (experiments/train_speed/gpu.md): heads at bench_tiny's vocabulary mix.
+  flops = bench_train.train_flops(cfg, config.batch_size, 13640.4)
+  assert flops == pytest.approx(21.27e12, rel=1e-3)

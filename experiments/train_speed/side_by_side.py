@@ -22,6 +22,12 @@ torch, einops and huggingface_hub; fourm.utils' and fourm.data's package
 __init__s (torchvision, webdataset, diffusers, ...) are bypassed: only
 fourm.models.{fm, fm_utils, encoder_embeddings, decoder_embeddings} and
 fourm.utils.timm.registry are loaded. `--tiny` is a seconds-long smoke test.
+
+On a GPU (`--device=cuda`, with jax[cuda12] and a CUDA torch): the
+reference runs on the GPU, in bfloat16 autocast where the config's model
+dtype is bfloat16 (as ml-4m trains), and m4 on JAX's default device; JAX does
+not preallocate, so both fit in one process. `--config` picks the shape
+(configs/pretrain/bench_4m_b.py: 4M-B; experiments/train_speed/gpu.md).
 """
 
 import argparse, copy, json, os, random, runpy, statistics, sys, time, types
@@ -34,6 +40,7 @@ import jax, torch  # noqa: E402
 from m4 import host_memory  # noqa: E402
 from m4 import modalities  # noqa: E402
 from m4 import sharding  # noqa: E402
+from m4.models import configs  # noqa: E402
 from m4.models import synthetic  # noqa: E402
 from m4.tools import bench_train  # noqa: E402
 
@@ -59,7 +66,7 @@ def import_fourm(path):
 
 
 def reference_model(ml4m, config):
-  """The reference FourM with bench_tiny's (or --tiny's) sizes and modalities."""
+  """The reference FourM with the config's (or --tiny's) sizes and modalities."""
   fm, fm_utils, ee, de = import_fourm(ml4m)
   enc, dec, info = {}, {}, {}
   for i, name in enumerate(config.model.encoder_modalities):
@@ -72,9 +79,9 @@ def reference_model(ml4m, config):
       enc[name] = ee.ImageTokenEncoderEmbedding(vocab_size=m.vocab_size, patch_size=16, image_size=size)
       dec[name] = de.ImageTokenDecoderEmbedding(vocab_size=m.vocab_size, patch_size=16, image_size=size)
     info[name] = dict(id=i, type="seq" if m.kind == "sequence" else "img")
-  c = config.model
+  c = configs.from_config(config.model)  # A `size` preset resolved.
   torch.manual_seed(config.seed)
-  return fm.FourM(  # fm_base_12e_12d_swiglu_nobias's arguments, bench_tiny's sizes.
+  return fm.FourM(  # fm_base_12e_12d_swiglu_nobias's arguments, the config's sizes.
       encoder_embeddings=enc, decoder_embeddings=dec, modality_info=info, dim=c.dim,
       encoder_depth=c.encoder_depth, decoder_depth=c.decoder_depth, num_heads=c.num_heads,
       mlp_ratio=4, qkv_bias=False, proj_bias=False, mlp_bias=False,
@@ -82,19 +89,29 @@ def reference_model(ml4m, config):
       gated_mlp=True)
 
 
-def time_reference(model, mod_dict, config, opt, warmup, steps):
+def _sync(device):
+  if device.type == "cuda":
+    torch.cuda.synchronize(device)
+
+
+def time_reference(model, mod_dict, config, opt, warmup, steps, device):
   """(median step seconds, last loss) of forward + loss + backward [+ clip + AdamW]."""
   c = config.model
+  autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                            enabled=c.get("dtype") == "bfloat16")
   times = []
   for i in range(warmup + steps):
+    _sync(device)
     t = time.perf_counter()
-    loss, _ = model({k: dict(v) for k, v in mod_dict.items()}, c.num_encoder_tokens,
-                    c.num_decoder_tokens, loss_type="mod")
+    with autocast:
+      loss, _ = model({k: dict(v) for k, v in mod_dict.items()}, c.num_encoder_tokens,
+                      c.num_decoder_tokens, loss_type="mod")
     loss.backward()
     if opt is not None:
       torch.nn.utils.clip_grad_norm_(model.parameters(), config.optimizer.clip_norm)
       opt.step()
     model.zero_grad(set_to_none=True)
+    _sync(device)
     if i >= warmup:
       times.append(time.perf_counter() - t)
   return statistics.median(times), loss.item()
@@ -108,6 +125,9 @@ def main():
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--threads", type=int, default=0, help="torch threads (0: os.cpu_count())")
   p.add_argument("--tiny", action="store_true", help="a tiny shape, for a smoke test")
+  p.add_argument("--config", default="configs/pretrain/bench_tiny.py",
+                 help="the shape: a bench config, relative to the repository")
+  p.add_argument("--device", default="cpu", help="the reference's torch device (cpu, cuda)")
   p.add_argument("--cpu_devices", type=int, default=0,
                  help="m4's CPU devices (0: one per core, as m4.main; 1: one device)")
   p.add_argument("--system_malloc", action="store_true",
@@ -117,8 +137,10 @@ def main():
   if not a.system_malloc:
     host_memory.keep_freed_memory()
   sharding.use_cpu_devices(a.cpu_devices)  # Both before JAX starts a backend.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # Leaves torch its GPU memory.
   torch.set_num_threads(a.threads or os.cpu_count())
-  config = runpy.run_path(os.path.join(REPO, "configs/pretrain/bench_tiny.py"))["get_config"]()
+  device = torch.device(a.device)
+  config = runpy.run_path(os.path.join(REPO, a.config))["get_config"]()
   if a.tiny:
     config.batch_size = 4
     config.model.update(dim=32, encoder_depth=1, decoder_depth=1, num_heads=2,
@@ -134,16 +156,17 @@ def main():
   modalities.register_from_config(config.modalities)
   batch = synthetic.masked_batch(names, config.batch_size, c.num_encoder_tokens,
                                  c.num_decoder_tokens, seed=config.seed, alpha=config.bench.alpha)
-  mod_dict = {n: dict(tensor=torch.from_numpy(d["tensor"]).long(),
-                      input_mask=torch.from_numpy(~d["input_mask"]),
-                      target_mask=torch.from_numpy(~d["target_mask"]),
-                      decoder_attention_mask=torch.from_numpy(d["decoder_attention_mask"]).long())
+  mod_dict = {n: {k: v.to(device) for k, v in dict(
+                  tensor=torch.from_numpy(d["tensor"]).long(),
+                  input_mask=torch.from_numpy(~d["input_mask"]),
+                  target_mask=torch.from_numpy(~d["target_mask"]),
+                  decoder_attention_mask=torch.from_numpy(d["decoder_attention_mask"]).long()).items()}
               for n, d in batch.items()}
   # Per modality: inputs and decoder tokens (a caption's k targets feed k - 1) in the batch.
   per_mod = {n: [int(d["input_mask"].sum()), int((d["target_mask"][:, :-1] & d["target_mask"][:, 1:]).sum()
                   if config.modalities[n].kind == "sequence" else d["target_mask"].sum())]
              for n, d in batch.items()}
-  model = reference_model(a.ml4m, config).train()
+  model = reference_model(a.ml4m, config).to(device).train()
   o = config.optimizer
   opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.b1, o.b2), eps=o.eps,
                           weight_decay=o.weight_decay)
@@ -155,9 +178,9 @@ def main():
   for r in range(a.rounds):
     random.seed(r)
     log(f"round {r + 1}/{a.rounds}: reference forward + backward ...")
-    ref_fb, ref_loss = time_reference(model, mod_dict, config, None, a.warmup, a.steps)
+    ref_fb, ref_loss = time_reference(model, mod_dict, config, None, a.warmup, a.steps, device)
     log(f"  {ref_fb:.4f} s; reference with AdamW ...")
-    ref_opt, _ = time_reference(model, mod_dict, config, opt, a.warmup, a.steps)
+    ref_opt, _ = time_reference(model, mod_dict, config, opt, a.warmup, a.steps, device)
     log(f"  {ref_opt:.4f} s; m4 (bench_train.bench) ...")
     cfg = copy.deepcopy(config)
     cfg.bench.wall = r == 0
@@ -167,6 +190,9 @@ def main():
                m4_forward_s=out["forward_s_median"], ref_loss=round(ref_loss, 4),
                m4_loss=out["loss"], m4_compile_s=out["compile_s"],
                load_avg_1min=round(os.getloadavg()[0], 2))
+    if device.type == "cuda":
+      row["ref_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+      row["m4_device_peak_mb"] = out["device_peak_mb"]
     if r == 0:
       row["m4_fraction_of_wall"] = out["fraction_of_wall"]
       row["m4_wall_tflops"] = out["wall_tflops"]
@@ -183,10 +209,15 @@ def main():
       "ratio_m4_step_vs_ref_adamw": round(med["ref_adamw_s"] / med["m4_step_s"], 3),
       "ratio_m4_fwd_bwd_vs_ref_fwd_bwd": round(med["ref_fwd_bwd_s"] / med["m4_fwd_bwd_s"], 3),
       "bar": ">= 1.2 (ratio_m4_step_vs_ref_fwd_bwd)",
-      "m4_fraction_of_wall": rounds[0]["m4_fraction_of_wall"], "tokens_per_step": tokens,
+      "m4_fraction_of_wall": rounds[0]["m4_fraction_of_wall"], "m4_mfu": out["mfu"],
+      "ref_fwd_bwd_mfu": (round(out["gflops_per_step"] / 1e3 / med["ref_fwd_bwd_s"]
+                                / out["peak_tflops"], 4) if out["peak_tflops"] else None),
+      "peak_tflops": out["peak_tflops"], "gflops_per_step": out["gflops_per_step"],
+      "tokens_per_step": tokens,
       "batch_inputs_targets_per_modality": per_mod, "m4_mean_target_vocab": out["mean_target_vocab"],
       "batch_size": config.batch_size, "rounds": a.rounds, "steps": a.steps,
       "warmup": a.warmup, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+      "config": a.config, "torch_device": str(device), "m4_backend": jax.default_backend(),
       "jax": jax.__version__, "m4_devices": len(jax.devices()), "cpus": os.cpu_count(),
       "load_avg": [round(x, 2) for x in os.getloadavg()], "tiny": a.tiny}), flush=True)
 

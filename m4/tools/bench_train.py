@@ -14,7 +14,7 @@ training step of m4.jobs.pretrain; compiles it (timed separately), runs
 one JSON line: step seconds (median, min, max), tokens/s (encoder + decoder
 tokens per sample x batch / median step), CPU seconds per step (all
 threads; robust to other jobs sharing the machine), compile seconds, peak
-memory, and
+memory (host RSS; on an accelerator also the device's peak), and
 the average head vocabulary per target token (the heads' share of the work),
 and the step's matmul FLOPs (`train_flops`, from the shapes, and by part:
 attention projections, attention scores, MLP, heads; XLA's own count,
@@ -217,6 +217,7 @@ def bench(config) -> dict:
   achieved = flops / median / 1e12 if flops else None
   wall = matmul_wall_tflops(dtype=cfg.dtype) if config.bench.get("wall", True) else None
   mem = compiled.memory_analysis()
+  device_stats = jax.devices()[0].memory_stats() or {}  # None on a CPU.
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   return {
       "step_s_median": round(median, 4), "step_s_min": round(min(times), 4),
@@ -225,6 +226,8 @@ def bench(config) -> dict:
       "compile_s": round(compile_s, 2),
       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
       "step_temp_mb": round(getattr(mem, "temp_size_in_bytes", 0) / 2**20, 1) if mem else None,
+      "device_peak_mb": (round(device_stats["peak_bytes_in_use"] / 2**20, 1)
+                         if "peak_bytes_in_use" in device_stats else None),
       "params_m": round(n_params / 1e6, 2), "batch_size": config.batch_size,
       "tokens_per_step": tokens, "mean_target_vocab": round(vocab, 1),
       "loss": round(float(metrics["loss"]), 4), "steps_timed": len(times),
