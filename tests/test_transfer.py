@@ -391,6 +391,7 @@ def test_binned_depth_reads_bin_centres_and_learns_a_sharp_edge():
   task = transfer.TaskSpec.from_config("d", dict(kind="depth", inputs=(PIXELS,), target="depth",
                                                  depth_bins=4))
   assert "depth_bins" not in dataclasses.replace(task, depth_bins=0).settings()
+  assert task.settings()["depth_bins"] == 4
   batch, _ = _batch(n=2)
   from m4.models import convnet
   nets = (transfer.TransferModel(cfg, task, image_size=(32, 32), dense_head="bilinear",

@@ -108,11 +108,14 @@ class TaskSpec:
             f" for a {task.kind} task.")
     return task
 
+  # Fields added after runs were recorded, with the value those runs had.
+  LATER_FIELDS = {"depth_bins": 0}
+
   def settings(self) -> dict:
-    """The fields stored with a run; a field added later is left out at its
-    default, so runs recorded before it still match (m4.jobs.transfer)."""
+    """The fields stored with a run; a LATER_FIELDS field at its old value is
+    left out, so runs recorded before it still match (m4.jobs.transfer)."""
     return {k: v for k, v in dataclasses.asdict(self).items()
-            if not (k == "depth_bins" and v == 0)}
+            if not (k in self.LATER_FIELDS and v == self.LATER_FIELDS[k])}
 
   @property
   def out_channels(self) -> int:
