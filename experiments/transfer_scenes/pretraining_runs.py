@@ -25,9 +25,8 @@ BARS = (("count", "top1", "points", 10.0), ("semseg", "miou", "points", 10.0),
 
 
 def _load(pairs):
-  """{label: {(task, protocol, init): [metric dict per seed]}} from label=DIR args."""
-  out = collections.defaultdict(lambda: collections.defaultdict(list))
-  seen = collections.defaultdict(set)
+  """{label: {(task, protocol, init): {seed: metric dict}}} from label=DIR args."""
+  out = collections.defaultdict(lambda: collections.defaultdict(dict))
   for pair in pairs:
     label, _, folder = pair.partition("=")
     if not folder:
@@ -41,11 +40,10 @@ def _load(pairs):
     for r in rows:
       if r.get("eval_split") != "test":
         continue
-      key = (r["task"], r["protocol"], r["init"])
-      if (key, r["seed"]) in seen[label]:
+      per_seed = out[label][(r["task"], r["protocol"], r["init"])]
+      if r["seed"] in per_seed:
         sys.exit(f"{path}: {label!r} already has {r['run']} from another folder")
-      seen[label].add((key, r["seed"]))
-      out[label][key].append(r["metrics"])
+      per_seed[r["seed"]] = r["metrics"]
   return out
 
 
@@ -61,7 +59,7 @@ def main(pairs):
     for protocol in ("probe", "finetune"):
       cells, margins = [], []
       for label, results in runs.items():
-        arms = {init: [m[metric] for m in results.get((task, protocol, init), [])]
+        arms = {init: [m[metric] for m in results.get((task, protocol, init), {}).values()]
                 for init in ("scratch", "pretrained")}
         if not all(arms.values()):
           cells.append("—")
