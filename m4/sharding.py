@@ -34,6 +34,8 @@ from flax import nnx
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from m4.workdir import ConfigError
+
 LogicalRules = tuple[tuple[str, Any], ...]
 MAX_AUTO_CPU_DEVICES = 8
 
@@ -84,6 +86,7 @@ DEFAULT_RULES: LogicalRules = (
     ("act_vocab", "tensor"),
 )
 BATCH = "act_batch"  # The logical name that splits batches over devices.
+LOGICAL_AXES = tuple(name for name, _ in DEFAULT_RULES)  # Every name the models use.
 
 
 def make_mesh(mesh_config: Mapping[str, int] | None = None,
@@ -93,17 +96,17 @@ def make_mesh(mesh_config: Mapping[str, int] | None = None,
   sizes = dict(mesh_config or {"data": -1})
   unknown = set(sizes) - set(MESH_AXES)
   if unknown:
-    raise ValueError(f"config.mesh: unknown axes {sorted(unknown)}; known: {MESH_AXES}")
+    raise ConfigError(f"config.mesh: unknown axes {sorted(unknown)}; known: {MESH_AXES}")
   shape = [int(sizes.get(a, 1)) for a in MESH_AXES]
   if shape.count(-1) > 1:
-    raise ValueError(f"config.mesh: at most one axis may be -1, got {sizes}")
+    raise ConfigError(f"config.mesh: at most one axis may be -1, got {sizes}")
   known = math.prod(s for s in shape if s != -1)
   if -1 in shape:
     if len(devices) % known:
-      raise ValueError(f"config.mesh: {sizes} does not divide {len(devices)} devices")
+      raise ConfigError(f"config.mesh: {sizes} does not divide {len(devices)} devices")
     shape[shape.index(-1)] = len(devices) // known
   if math.prod(shape) != len(devices):
-    raise ValueError(f"config.mesh: {sizes} needs {math.prod(shape)} devices, "
+    raise ConfigError(f"config.mesh: {sizes} needs {math.prod(shape)} devices, "
                      f"but {len(devices)} are available")
   # mesh_utils orders devices for the interconnect (and by host on multi-host).
   try:
@@ -114,14 +117,27 @@ def make_mesh(mesh_config: Mapping[str, int] | None = None,
 
 
 def rules_from_config(rules) -> LogicalRules:
-  """Config rules (a sequence of (logical, mesh axes) pairs) as a tuple."""
+  """`config.sharding_rules` (a sequence of (logical name, mesh axes) pairs, or
+  None: DEFAULT_RULES) as a tuple. Names left out are replicated; a name the
+  models do not use or an axis the mesh does not have is refused by rule
+  (`logical_to_spec` alone would replicate its arrays without a word)."""
   if rules is None:
     return DEFAULT_RULES
   out = []
-  for item in rules:
+  for i, item in enumerate(rules):
+    where = f"config.sharding_rules[{i}]"
+    if isinstance(item, str) or not hasattr(item, "__len__") or len(item) != 2:
+      raise ConfigError(f"{where}: {item!r} is not a (logical name, mesh axes) pair.")
     name, axes = item
-    if isinstance(axes, list):
-      axes = tuple(axes)
+    if name not in LOGICAL_AXES:
+      raise ConfigError(f"{where}: unknown logical axis {name!r}; the models name"
+                        f" {', '.join(LOGICAL_AXES)}.")
+    axes = tuple(axes) if isinstance(axes, list) else axes
+    flat = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    unknown = [a for a in flat if a not in MESH_AXES]
+    if unknown:
+      raise ConfigError(f"{where}: {name!r} maps to {unknown}, not mesh axes; the mesh has"
+                        f" {', '.join(MESH_AXES)} (or None: replicated).")
     out.append((str(name), axes))
   return tuple(out)
 

@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from m4 import sharding
+from m4.workdir import ConfigError
 
 
 class _Mlp(nnx.Module):
@@ -28,6 +29,23 @@ def test_make_mesh_fills_and_validates():
     sharding.make_mesh({"data": 3})
   with pytest.raises(ValueError, match="unknown axes"):
     sharding.make_mesh({"model": 2})
+
+
+def test_sharding_rules_from_config_refuse_unknown_names_and_axes_by_rule():
+  assert sharding.rules_from_config(None) == sharding.DEFAULT_RULES
+  assert sharding.rules_from_config([["act_batch", ["data", "fsdp"]], ("embed", None)]) == (
+      ("act_batch", ("data", "fsdp")), ("embed", None))
+  cases = {  # rules: the error. The doc's old names ("batch", "length") replicated silently.
+      (("act_batch", "data"), ("batch", "data")): r"^config\.sharding_rules\[1\]: unknown"
+                                                  r" logical axis 'batch'; the models name embed,",
+      (("mlp", ("tensor", "model")),): r"^config\.sharding_rules\[0\]: 'mlp' maps to"
+                                        r" \['model'\], not mesh axes",
+      (("embed",),): r"^config\.sharding_rules\[0\]: \('embed',\) is not a",
+      ("embed",): r"^config\.sharding_rules\[0\]: 'embed' is not a",
+  }
+  for rules, match in cases.items():
+    with pytest.raises(ConfigError, match=match):
+      sharding.rules_from_config(rules)
 
 
 def test_logical_to_spec_uses_each_mesh_axis_once():

@@ -118,6 +118,14 @@ def test_more_feature_layers_than_the_encoder_has_are_refused_before_writing(tmp
   assert not (tmp_path / "wd").exists()
 
 
+def test_an_unknown_sharding_rule_is_refused_before_writing(tmp_path):
+  c = _config()
+  c.sharding_rules = (("act_batch", ("data", "fsdp")), ("length", None))
+  with pytest.raises(workdir.ConfigError, match=r"^config\.sharding_rules\[1\]: unknown logical"):
+    trainer.run(c, str(tmp_path / "wd"))
+  assert not (tmp_path / "wd").exists()
+
+
 def test_an_init_without_a_model_config_is_refused_before_writing(tmp_path):
   c = _config()
   c.inits, c.init = ("pretrained", "scratch"), str(tmp_path / "empty")
