@@ -29,8 +29,9 @@ steps, each arm sweeps 1e-3 to 1e-2), 3 seeds, every arm's rate chosen on
 validation; the conv net is left out (it does not depend on the model:
 `f2_convnet_results.md`). `closing_rgbd` is the same protocol for semseg
 from RGB + depth tokens, the pretrained arm only (the claim compares it with
-`closing`'s semseg from RGB on the same model). `closing_depth` and
-`closing_semseg` are `closing`'s depth or semseg task alone (e.g.
+`closing`'s semseg from RGB on the same model). `closing_count`,
+`closing_depth` and `closing_semseg` are `closing`'s count, depth or semseg
+task alone (the table in three runs; e.g.
 `--config.tasks.depth.depth_bins=256` for DINOv2's binned depth readout, or
 `--config.finetune.num_steps=800`).
 """
@@ -51,7 +52,8 @@ def _rgbd_task() -> dict:
 def get_config(arg=None):
   variant = config_files.variant(arg, __file__, ("default", "rgbd", "dense_probe", "dense_finetune",
                                                       "depth_finetune", "closing", "closing_rgbd",
-                                                      "closing_depth", "closing_semseg"))
+                                                      "closing_count", "closing_depth",
+                                                      "closing_semseg"))
   c = config_files.load(__file__, _SCENES).get_config("core")
   c.init = os.path.join(ROOT, "pretrain")
   c.data.dir = os.path.join(ROOT, "data")
@@ -79,12 +81,12 @@ def get_config(arg=None):
     c.baselines = ()
     c.finetune.num_steps = 400
     c.sweep.learning_rates = dict(probe=(), finetune=(1e-3, 3e-3, 1e-2), supervised=())
-  elif variant in ("closing", "closing_rgbd", "closing_depth", "closing_semseg"):
+  elif variant.startswith("closing"):
     c.baselines = ()
     if variant == "closing_rgbd":
       c.tasks = {"semseg_rgbd": _rgbd_task()}
       c.inits = ("pretrained",)
-    elif variant in ("closing_depth", "closing_semseg"):
+    elif variant != "closing":
       task = variant.removeprefix("closing_")
       c.tasks = {task: c.tasks[task].to_dict()}
     c.probe.num_steps = 4000
