@@ -107,7 +107,7 @@ def make_mesh(mesh_config: Mapping[str, int] | None = None,
     shape[shape.index(-1)] = len(devices) // known
   if math.prod(shape) != len(devices):
     raise ConfigError(f"config.mesh: {sizes} needs {math.prod(shape)} devices, "
-                     f"but {len(devices)} are available")
+                      f"but {len(devices)} are available")
   # mesh_utils orders devices for the interconnect (and by host on multi-host).
   try:
     arr = mesh_utils.create_device_mesh(shape, devices=devices)
