@@ -116,6 +116,11 @@ def make_mesh(mesh_config: Mapping[str, int] | None = None,
   return Mesh(arr, MESH_AXES)
 
 
+def mesh_axes(axes) -> tuple[str, ...]:
+  """A rule's or a PartitionSpec entry's mesh axes as a tuple: None -> (), "data" -> ("data",)."""
+  return (axes,) if isinstance(axes, str) else tuple(axes or ())
+
+
 def rules_from_config(rules) -> LogicalRules:
   """`config.sharding_rules` (a sequence of (logical name, mesh axes) pairs, or
   None: DEFAULT_RULES) as a tuple. Names left out are replicated; a name the
@@ -133,8 +138,7 @@ def rules_from_config(rules) -> LogicalRules:
       raise ConfigError(f"{where}: unknown logical axis {name!r}; the models name"
                         f" {', '.join(LOGICAL_AXES)}.")
     axes = tuple(axes) if isinstance(axes, list) else axes
-    flat = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-    unknown = [a for a in flat if a not in MESH_AXES]
+    unknown = [a for a in mesh_axes(axes) if a not in MESH_AXES]
     if unknown:
       raise ConfigError(f"{where}: {name!r} maps to {unknown}, not mesh axes; the mesh has"
                         f" {', '.join(MESH_AXES)} (or None: replicated).")
@@ -151,9 +155,8 @@ def logical_to_spec(names: Sequence[str | None] | None, rules: LogicalRules) -> 
   out = []
   for n in names:
     axes = table.get(n) if n is not None else None
-    flat = (axes,) if isinstance(axes, str) else tuple(axes or ())
     # A mesh axis may shard only one dimension of an array.
-    flat = tuple(a for a in flat if a not in used)
+    flat = tuple(a for a in mesh_axes(axes) if a not in used)
     used.update(flat)
     out.append(None if not flat else flat[0] if len(flat) == 1 else flat)
   return P(*out)
@@ -219,7 +222,7 @@ def _fit(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
   out = []
   for i, dim in enumerate(shape):
     axes = spec[i] if i < len(spec) else None
-    flat = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    flat = mesh_axes(axes)
     size = math.prod(mesh.shape[a] for a in flat)
     out.append(axes if flat and dim % size == 0 else None)
   return P(*out)
@@ -267,6 +270,4 @@ def to_global(local_batch, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES):
 
 def num_batch_shards(mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> int:
   """How many ways the batch is split (the global batch must divide by it)."""
-  axes = logical_to_spec((BATCH,), rules)[0]
-  flat = (axes,) if isinstance(axes, str) else tuple(axes or ())
-  return math.prod(mesh.shape[a] for a in flat)
+  return math.prod(mesh.shape[a] for a in mesh_axes(logical_to_spec((BATCH,), rules)[0]))

@@ -251,10 +251,7 @@ def run(config, workdir_path: str) -> dict:
   cfg = configs.from_config(config.model)
   cfg.check_modalities()
   _check_config(config, cfg)
-  try:
-    mesh = sharding.make_mesh(config.mesh)
-  except ValueError as e:
-    raise workdir.ConfigError(str(e)) from None
+  mesh = sharding.make_mesh(config.mesh)  # A ConfigError naming config.mesh.
   rules = sharding.rules_from_config(config.sharding_rules)
   shards = sharding.num_batch_shards(mesh, rules)
   workdir.require(int(config.data.batch_size) % shards == 0, "data.batch_size",

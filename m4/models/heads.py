@@ -166,10 +166,9 @@ def grouped_cross_entropy(y: Array, heads: Sequence[Array], *, modality: Array,
   mesh, rules = sharding.current()
   if mesh is None or mesh.size == 1:
     return _grouped(y, heads, weights, modality, valid, targets, int(chunk), (), ())
-  flat = lambda a: () if a is None else (a,) if isinstance(a, str) else tuple(a)
-  axes = flat(sharding.logical_to_spec((sharding.BATCH,), rules)[0])
+  axes = sharding.mesh_axes(sharding.logical_to_spec((sharding.BATCH,), rules)[0])
   # The heads keep the parameters' `vocab` split (where every vocabulary divides it).
-  vocab_axes = tuple(a for a in flat(sharding.logical_to_spec(("vocab",), rules)[0])
+  vocab_axes = tuple(a for a in sharding.mesh_axes(sharding.logical_to_spec(("vocab",), rules)[0])
                      if a not in axes)
   split = math.prod(mesh.shape[a] for a in vocab_axes)
   if any(h.shape[0] % split for h in heads):
