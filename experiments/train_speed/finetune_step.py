@@ -47,7 +47,7 @@ def fine_tuning(workdir: str, task_name: str, head: str, steps: int) -> None:
   from m4.models import transfer  # pylint: disable=import-outside-toplevel
 
   config = runpy.run_path(os.path.join(REPO, "configs/quickstart.py"))["get_config"]()
-  config = quickstart._resolve(config.stages.transfer, os.path.abspath(workdir))  # pylint: disable=protected-access
+  config = quickstart.stage_config(config, "transfer", workdir)
   ctx = job._Context(config, "/tmp/finetune_step")  # pylint: disable=protected-access
   task = transfer.TaskSpec.from_config(task_name, config.tasks[task_name])
   settings = protocols.settings(config, task_name, "finetune")

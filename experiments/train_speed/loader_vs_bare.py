@@ -61,7 +61,7 @@ def main() -> None:
   from m4.models import configs, fourm  # pylint: disable=import-outside-toplevel
 
   config = runpy.run_path(os.path.join(REPO, "configs/quickstart.py"))["get_config"]()
-  config = quickstart._resolve(config.stages.pretrain, os.path.abspath(args.workdir))  # pylint: disable=protected-access
+  config = quickstart.stage_config(config, "pretrain", args.workdir)
   for field in ("num_workers", "read_threads"):
     if getattr(args, field) is not None:
       config.data[field] = getattr(args, field)

@@ -32,6 +32,11 @@ def _resolve(node, root: str):
   return node
 
 
+def stage_config(config, name: str, workdir: str):
+  """Stage `name` of a quickstart config as it runs in `workdir` (`{root}` replaced)."""
+  return _resolve(config.stages[name], os.path.abspath(workdir))
+
+
 def run(config, workdir: str) -> dict:
   root = os.path.abspath(workdir)
   summaries = {}
@@ -41,7 +46,7 @@ def run(config, workdir: str) -> dict:
     workdir_lib.require(name in config.stages, "order", f"stage {name!r} is not in config.stages")
   workdir_lib.write_config(config, root)
   for i, name in enumerate(names):
-    stage = _resolve(config.stages[name], root)
+    stage = stage_config(config, name, root)
     stage_dir = os.path.join(root, name)
     if workdir_lib.is_done(stage_dir):
       logging.info("quickstart: stage %s already done, skipping.", name)
