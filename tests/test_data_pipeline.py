@@ -161,6 +161,31 @@ def test_training_batches_are_deterministic_with_and_without_workers():
   assert list(other[0]["id"]) != list(batch["id"])
 
 
+def test_batches_made_ahead_equal_batches_made_after_and_keep_their_state():
+  """Batching in the read threads changes neither the batches nor the saved
+  state (it counts samples), so checkpoints resume across the two ways."""
+  src = AlignedSynthetic(20)
+  for workers in (0, 2):
+    made = {}
+    for on_error in ("raise", "skip"):  # "skip": samples may drop, so batched after.
+      config = _config(num_workers=workers, on_error=on_error)
+      assert pipeline.batches_ahead(config) == (on_error == "raise")
+      it = pipeline.make_iterator(config, "train", seed=3, training=True, source=src)
+      made[on_error] = it, _take(it, 3), it.get_state()
+    (ahead, first, state), (after, first_after, state_after) = made["raise"], made["skip"]
+    _assert_batches_equal(first, first_after)
+    assert state == state_after  # Samples counted, e.g. {"next_index": 24}.
+    expected = _take(after, 3)
+    ahead.set_state(state_after)
+    _assert_batches_equal(_take(ahead, 3), expected)
+    after.set_state(ahead.get_state())
+    _assert_batches_equal(_take(after, 2), _take(ahead, 2))
+    for it, _, _ in made.values():
+      it.close()
+  with pytest.raises(ValueError, match="batch boundary of 8"):
+    pipeline.rescale_state({"next_index": 12}, 0, 1, 8)
+
+
 def test_iterator_state_round_trips_through_checkpointer(tmp_path):
   src = AlignedSynthetic(20)
   it = pipeline.make_iterator(_config(), "train", seed=0, training=True, source=src)

@@ -1,7 +1,8 @@
 """The main job's pretraining with its real input pipeline against the bare step.
 
     python experiments/train_speed/loader_vs_bare.py --workdir=workdirs/quickstart \
-        [--steps=200] [--rounds=3] [--breakdown=100] [--num_workers=1] [--cpu_devices=1]
+        [--steps=200] [--rounds=3] [--breakdown=100] [--num_workers=1] [--cpu_devices=1] \
+        [--batched_after]
 
 Issue 16's loader bar: pretraining with its real input pipeline runs at
 >= 95 % of the bare step's rate. Builds the `pretrain` stage of
@@ -46,6 +47,8 @@ def main() -> None:
                       help="config.data.num_workers (default: the stage's)")
   parser.add_argument("--read_threads", type=int, default=None,
                       help="config.data.read_threads (default: the stage's)")
+  parser.add_argument("--batched_after", action="store_true",
+                      help="batch after the read, one sample at a time (as before 2026-12-07)")
   parser.add_argument("--breakdown", type=int, default=0,
                       help="then this many steps per source, timing the loop's main thread")
   args = parser.parse_args()
@@ -56,7 +59,7 @@ def main() -> None:
   import numpy as np  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from m4 import engine, modalities, workdir  # pylint: disable=import-outside-toplevel
-  from m4.data import pretrain_data  # pylint: disable=import-outside-toplevel
+  from m4.data import pipeline, pretrain_data  # pylint: disable=import-outside-toplevel
   from m4.jobs import pretrain, pretrain_eval, quickstart  # pylint: disable=import-outside-toplevel
   from m4.models import configs, fourm  # pylint: disable=import-outside-toplevel
 
@@ -65,8 +68,11 @@ def main() -> None:
   for field in ("num_workers", "read_threads"):
     if getattr(args, field) is not None:
       config.data[field] = getattr(args, field)
+  if args.batched_after:  # Token shards never skip a sample; this only moves the batching.
+    config.data.on_error = "skip"
   print(json.dumps({"num_workers": config.data.num_workers,
-                    "read_threads": config.data.read_threads}), flush=True)
+                    "read_threads": config.data.read_threads,
+                    "batched_ahead": pipeline.batches_ahead(config.data)}), flush=True)
   modalities.register_from_config(config.modalities)
   cfg = configs.from_config(config.model)
   mesh = sharding.make_mesh(config.mesh)

@@ -16,10 +16,13 @@ its samples) -> optional worker processes -> batches of
 processes' batches side by side, `m4.sharding.to_global`) holds stream
 positions [t * batch_size, (t + 1) * batch_size) whatever the number of
 processes, with the same crops and random transforms: a run on 2 hosts sees
-the samples a run on 1 host sees. Worker processes prefetch samples;
-batching happens after them, so the batches are identical with 0, 1 or N
-workers (a saved iterator position, however, is only valid for the same
-number of workers).
+the samples a run on 1 host sees. The read threads (or worker processes,
+batch k made by worker k % N) make whole batches, so grain's per-element
+cost falls once a batch; the batches are identical with 0, 1 or N workers.
+The saved iterator position counts samples (`SampleCountedState`), as if
+batching came after the read (a position is only valid for the same number
+of workers). Where samples may be left out (a `Filter`, skipped reads),
+samples are read one by one and batched after the read.
 
 `aligned_crop=False` leaves out `AlignedCrop` (training and evaluation), for
 sources whose samples are not images, e.g. pre-tokenized shards.
@@ -86,10 +89,10 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
   c.flip = False  # Training: mirror half the samples (captions swap left/right).
   c.batch_size = 64  # Global batch size; each process gets batch_size / processes.
   c.num_workers = 0  # Loader worker processes (0: transforms run in this process).
-  c.worker_buffer_size = 8  # Samples each worker prepares ahead.
+  c.worker_buffer_size = 8  # Samples each worker prepares ahead (rounded up to batches).
   c.min_shm_size = 1 << 20  # Workers send arrays below this many bytes pickled, not in shm.
   c.read_threads = 1  # Threads per process reading and transforming samples.
-  c.prefetch = 16  # Samples those threads prepare ahead.
+  c.prefetch = 16  # Samples those threads prepare ahead (rounded up to batches).
   c.update(overrides)
   return c
 
@@ -209,16 +212,98 @@ def make_dataset(data, split: str, *, seed: int, training: bool,
     if crop is not None:
       ds = ds.map(lambda x: crop.apply(x, None))
     ds = _apply(ds, transforms, seed)
-  read = grain.ReadOptions(num_threads=int(data.read_threads), prefetch_buffer_size=int(data.prefetch))
+  ahead = batches_ahead(data, transforms)
+  if ahead:
+    ds = ds.batch(batch, drop_remainder=training)
+  per_element = batch if ahead else 1  # Buffer sizes are set in samples.
+  read = grain.ReadOptions(num_threads=int(data.read_threads),
+                           prefetch_buffer_size=math.ceil(int(data.prefetch) / per_element))
   it_ds = ds.to_iter_dataset(read)
-  if int(data.num_workers) > 0:
+  workers = int(data.num_workers)
+  if workers > 0:
     mark_flags_parsed()
     # Small arrays travel pickled: a shared-memory block per array costs more.
     it_ds = grain.experimental.WithOptionsIterDataset(
         it_ds, grain.experimental.DatasetOptions(min_shm_size=int(data.min_shm_size)))
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=int(data.num_workers), per_worker_buffer_size=int(data.worker_buffer_size)))
+        num_workers=workers,
+        per_worker_buffer_size=math.ceil(int(data.worker_buffer_size) / per_element)))
+  if ahead:
+    return SampleCountedState(it_ds, batch, workers)
   return it_ds.batch(batch, drop_remainder=training)
+
+
+def batches_ahead(data, transforms: Sequence[Any] = ()) -> bool:
+  """Whether whole batches are made in the read threads (grain's
+  `MapDataset.batch`, whose per-element cost then falls once a batch, not
+  once a sample). Only where no sample can be left out: no `Filter` among
+  the transforms and no skipped reads (`data.on_error` "skip")."""
+  return (data.get("on_error", "raise") != "skip"
+          and not any(isinstance(t, grain.transforms.Filter) for t in transforms))
+
+
+class SampleCountedState(grain.IterDataset):
+  """Batches made ahead, checkpointed as if they were batched after the read.
+
+  The iterator's state counts samples, as grain's does when it batches after
+  the prefetch (`{"next_index": samples}`; with workers, per worker), so a
+  checkpoint resumes at the same sample whichever way it was written.
+  """
+
+  def __init__(self, parent: grain.IterDataset, batch_size: int, workers: int):
+    super().__init__(parent)
+    self.batch_size, self.workers = int(batch_size), int(workers)
+
+  def __iter__(self):
+    return _SampleCountedIterator(self._parent.__iter__(), self.batch_size, self.workers)
+
+
+class _SampleCountedIterator(grain.DatasetIterator):
+
+  def __init__(self, parent, batch_size: int, workers: int):
+    super().__init__(parent)
+    self.batch_size, self.workers = batch_size, workers
+
+  def __next__(self):
+    return next(self._parent)
+
+  def get_state(self):
+    return rescale_state(self._parent.get_state(), self.workers, self.batch_size, 1)
+
+  def set_state(self, state):
+    self._parent.set_state(rescale_state(state, self.workers, 1, self.batch_size))
+
+
+def rescale_state(state: dict, workers: int, per_element: int, to_per_element: int) -> dict:
+  """A grain iterator state over elements of `per_element` samples as one
+  over elements of `to_per_element` (the same position in the stream).
+
+  Without workers the state is `{"next_index": elements}`. With W workers
+  it is grain's interleave over the workers, element k made by worker
+  k % W: each worker's `next_index` counts its own elements, and
+  `next_index_in_cycle` is the worker next in turn.
+  """
+  def convert(elements: int) -> int:
+    samples = elements * per_element
+    if samples % to_per_element:
+      raise ValueError(f"the data iterator state {state} stands at sample {samples}, not at a"
+                       f" batch boundary of {to_per_element}: it was saved with another"
+                       " batch size.")
+    return samples // to_per_element
+
+  try:
+    if workers == 0:
+      return dict(state, next_index=convert(int(state["next_index"])))
+    per_worker = [int(s["next_index"]) for s in state["iterators_in_use_states"]]
+    if len(per_worker) != workers or list(state["iterators_in_use_indices"]) != list(range(workers)):
+      raise KeyError("iterators_in_use_indices")
+  except (KeyError, TypeError) as e:
+    raise ValueError(f"the data iterator state {state} is not one of {workers} worker(s)"
+                     f" (config.data.num_workers) that m4 can resume ({e}).") from None
+  total = convert(sum(per_worker))
+  return dict(state, next_index_in_cycle=total % workers,
+              iterators_in_use_states=[dict(s, next_index=-(-(total - w) // workers))
+                                       for w, s in enumerate(state["iterators_in_use_states"])])
 
 
 def make_iterator(data, split: str, **kwargs):
