@@ -274,6 +274,8 @@ class Checkpointer:
       items[DATA] = grain.checkpoint.CheckpointRestore(data_iter)
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    except ConfigError as e:  # The data iterator's saved state does not fit the config.
+      raise ConfigError(f"{where}: {e}") from None
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(f"{where}: cannot read the checkpoint: {_first_line(e)}") from None
     _check_finite(restored[STATE], where)

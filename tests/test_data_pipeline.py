@@ -1,5 +1,8 @@
 """Aligned transforms and the grain pipeline: alignment, determinism, resume, shards."""
 
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -135,20 +138,32 @@ def _assert_batches_equal(a, b):
     jax.tree.map(np.testing.assert_array_equal, x, y)
 
 
+def _iterator(src, seed=3, **kw):
+  return pipeline.make_iterator(_config(**kw), "train", seed=seed, training=True, source=src)
+
+
 def test_training_batches_are_deterministic_with_and_without_workers():
+  """The same batches with 0 or 2 workers, made in the read threads or after
+  them ("skip" reads: samples may drop), and a saved position counts samples,
+  so each resumes from the others' (one worker pool: it takes ~25 s to start)."""
   src = AlignedSynthetic(20)
-  runs = {}
-  for workers in (0, 2):
-    it = pipeline.make_iterator(_config(num_workers=workers), "train", seed=3, training=True,
-                                source=src)
-    runs[workers] = _take(it, 6)  # 48 samples: more than two epochs.
-    if workers:  # The workers' saved state brings back the same batches.
-      state = it.get_state()
-      expected = _take(it, 2)
-      it.set_state(state)
-      _assert_batches_equal(_take(it, 2), expected)
-      it.close()
+  ahead, pool, after = _iterator(src), _iterator(src, num_workers=2), _iterator(src, on_error="skip")
+  assert pipeline.batches_ahead(_config()) and not pipeline.batches_ahead(_config(on_error="skip"))
+  runs = [_take(it, 6) for it in (ahead, pool, after)]  # 48 samples: more than two epochs.
+  _assert_batches_equal(runs[0], runs[1])
   _assert_batches_equal(runs[0], runs[2])
+  assert ahead.get_state() == after.get_state() == {"next_index": 48}  # Samples, as grain's.
+  assert pipeline.samples_in(pool.get_state()) == 48
+  state = pool.get_state()  # The pool's saved state brings back the same batches ...
+  expected = _take(pool, 2)
+  pool.set_state(state)
+  _assert_batches_equal(_take(pool, 2), expected)
+  fresh = _iterator(src)  # ... and so does a fresh iterator with no workers,
+  fresh.set_state(state)
+  _assert_batches_equal(_take(fresh, 2), expected)
+  pool.set_state(after.get_state())  # and the other way round, from batches made after.
+  _assert_batches_equal(_take(pool, 2), _take(after, 2))
+  pool.close()
   batch = runs[0][0]
   assert batch["rgb"].shape == (8, 32, 32, 3) and batch["semseg"].shape == (8, 32, 32)
   ids = np.concatenate([b["id"] for b in runs[0]])
@@ -157,47 +172,43 @@ def test_training_batches_are_deterministic_with_and_without_workers():
   for b in runs[0][:2]:
     for i in range(8):
       _check_aligned(src[int(b["id"][i])], jax.tree.map(lambda v, i=i: v[i], b), (32, 32))
-  other = _take(pipeline.make_iterator(_config(), "train", seed=4, training=True, source=src), 1)
+  other = _take(_iterator(src, seed=4), 1)
   assert list(other[0]["id"]) != list(batch["id"])
 
 
-def test_batches_made_ahead_equal_batches_made_after_and_keep_their_state():
-  """Batching in the read threads changes neither the batches nor the saved
-  state (it counts samples), so checkpoints resume across the two ways."""
+def test_a_position_between_batches_resumes_at_the_next_batch(caplog):
+  """Another batch size: the saved sample is not a whole batch; the run
+  resumes at the next one and says so."""
   src = AlignedSynthetic(20)
-  for workers in (0, 2):
-    made = {}
-    for on_error in ("raise", "skip"):  # "skip": samples may drop, so batched after.
-      config = _config(num_workers=workers, on_error=on_error)
-      assert pipeline.batches_ahead(config) == (on_error == "raise")
-      it = pipeline.make_iterator(config, "train", seed=3, training=True, source=src)
-      made[on_error] = it, _take(it, 3), it.get_state()
-    (ahead, first, state), (after, first_after, state_after) = made["raise"], made["skip"]
-    _assert_batches_equal(first, first_after)
-    assert state == state_after  # Samples counted, e.g. {"next_index": 24}.
-    expected = _take(after, 3)
-    ahead.set_state(state_after)
-    _assert_batches_equal(_take(ahead, 3), expected)
-    after.set_state(ahead.get_state())
-    _assert_batches_equal(_take(after, 2), _take(ahead, 2))
-    for it, _, _ in made.values():
-      it.close()
-  with pytest.raises(ValueError, match="batch boundary of 8"):
-    pipeline.rescale_state({"next_index": 12}, 0, 1, 8)
+  it = _iterator(src)
+  _take(it, 3)  # Sample 24: not a whole batch of 16.
+  state, expected = it.get_state(), _take(it, 4)  # Samples 24 .. 55.
+  wider = _iterator(src, batch_size=16)
+  with caplog.at_level("WARNING"):
+    wider.set_state(state)
+  assert "resuming at sample 32" in caplog.text
+  got = _take(wider, 1)[0]
+  np.testing.assert_array_equal(got["id"], np.concatenate([b["id"] for b in expected[1:3]]))
+  with pytest.raises(ConfigError, match="num_workers"):
+    wider.set_state({"position": 3})
 
 
-def test_iterator_state_round_trips_through_checkpointer(tmp_path):
-  src = AlignedSynthetic(20)
-  it = pipeline.make_iterator(_config(), "train", seed=0, training=True, source=src)
-  _take(it, 3)
+def test_a_data_position_that_does_not_fit_is_refused_and_kept(tmp_path):
+  """A saved data state this pipeline cannot resume is a ConfigError naming
+  the checkpoint, not a damaged checkpoint: it is neither skipped nor moved."""
+  it = pipeline.make_iterator(_config(), "train", seed=0, training=True,
+                              source=AlignedSynthetic(20))
+  _take(it, 2)
   with checkpoints.Checkpointer(str(tmp_path / "ck"), async_save=False) as ck:
-    ck.save(3, {"step": jnp.int32(3)}, data_iter=it)
-  expected = _take(it, 3)
-  fresh = pipeline.make_iterator(_config(), "train", seed=0, training=True, source=src)
+    ck.save(2, {"step": jnp.int32(2)}, data_iter=it)
+  (saved,) = [os.path.join(d, f) for d, _, files in os.walk(tmp_path / "ck" / "2")
+              for f in files if f.endswith(".json") and "process" in f]
+  with open(saved, "w") as f:
+    json.dump({"position": 16}, f)  # E.g. written by another data pipeline.
   with checkpoints.Checkpointer(str(tmp_path / "ck")) as ck:
-    state, _ = ck.restore({"step": jnp.int32(0)}, data_iter=fresh)
-  assert int(state["step"]) == 3
-  _assert_batches_equal(_take(fresh, 3), expected)
+    with pytest.raises(ConfigError, match=r"ck/2.*num_workers"):
+      ck.restore_latest({"step": jnp.int32(0)}, data_iter=it)
+    assert ck.all_steps() == [2]
 
 
 def test_process_shards_are_disjoint_and_cover_the_split():

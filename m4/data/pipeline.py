@@ -20,8 +20,8 @@ the samples a run on 1 host sees. The read threads (or worker processes,
 batch k made by worker k % N) make whole batches, so grain's per-element
 cost falls once a batch; the batches are identical with 0, 1 or N workers.
 The saved iterator position counts samples (`SampleCountedState`), as if
-batching came after the read (a position is only valid for the same number
-of workers). Where samples may be left out (a `Filter`, skipped reads),
+batching came after the read, and resumes with any number of workers.
+Where samples may be left out (a `Filter`, skipped reads),
 samples are read one by one and batched after the read.
 
 `aligned_crop=False` leaves out `AlignedCrop` (training and evaluation), for
@@ -52,6 +52,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import flags
+from absl import logging
 
 from m4.data import scenes
 from m4.data import sources
@@ -247,7 +248,9 @@ class SampleCountedState(grain.IterDataset):
 
   The iterator's state counts samples, as grain's does when it batches after
   the prefetch (`{"next_index": samples}`; with workers, per worker), so a
-  checkpoint resumes at the same sample whichever way it was written.
+  checkpoint resumes at the same sample whichever way it was written, and
+  with any number of workers. A position between two batches (the batch
+  size changed) resumes at the next batch, with a warning.
   """
 
   def __init__(self, parent: grain.IterDataset, batch_size: int, workers: int):
@@ -268,42 +271,43 @@ class _SampleCountedIterator(grain.DatasetIterator):
     return next(self._parent)
 
   def get_state(self):
-    return rescale_state(self._parent.get_state(), self.workers, self.batch_size, 1)
+    state = self._parent.get_state()
+    return state_at(samples_in(state) * self.batch_size, state)
 
   def set_state(self, state):
-    self._parent.set_state(rescale_state(state, self.workers, 1, self.batch_size))
+    samples = samples_in(state)
+    batches = -(-samples // self.batch_size)
+    if batches * self.batch_size != samples:
+      logging.warning("The saved data position, sample %d, is not at a batch of %d"
+                      " (config.data.batch_size): resuming at sample %d.",
+                      samples, self.batch_size, batches * self.batch_size)
+    self._parent.set_state(state_at(batches, self._parent.get_state()))
 
 
-def rescale_state(state: dict, workers: int, per_element: int, to_per_element: int) -> dict:
-  """A grain iterator state over elements of `per_element` samples as one
-  over elements of `to_per_element` (the same position in the stream).
-
-  Without workers the state is `{"next_index": elements}`. With W workers
-  it is grain's interleave over the workers, element k made by worker
-  k % W: each worker's `next_index` counts its own elements, and
-  `next_index_in_cycle` is the worker next in turn.
-  """
-  def convert(elements: int) -> int:
-    samples = elements * per_element
-    if samples % to_per_element:
-      raise ValueError(f"the data iterator state {state} stands at sample {samples}, not at a"
-                       f" batch boundary of {to_per_element}: it was saved with another"
-                       " batch size.")
-    return samples // to_per_element
-
+def samples_in(state: dict) -> int:
+  """How many elements a grain iterator state has returned, with or without
+  worker processes (grain's interleave over W workers: element k made by
+  worker k % W, each worker's `next_index` counting its own)."""
   try:
-    if workers == 0:
-      return dict(state, next_index=convert(int(state["next_index"])))
-    per_worker = [int(s["next_index"]) for s in state["iterators_in_use_states"]]
-    if len(per_worker) != workers or list(state["iterators_in_use_indices"]) != list(range(workers)):
-      raise KeyError("iterators_in_use_indices")
+    if "iterators_in_use_states" not in state:
+      return int(state["next_index"])
+    return sum(int(s["next_index"]) for s in state["iterators_in_use_states"])
   except (KeyError, TypeError) as e:
-    raise ValueError(f"the data iterator state {state} is not one of {workers} worker(s)"
-                     f" (config.data.num_workers) that m4 can resume ({e}).") from None
-  total = convert(sum(per_worker))
-  return dict(state, next_index_in_cycle=total % workers,
-              iterators_in_use_states=[dict(s, next_index=-(-(total - w) // workers))
-                                       for w, s in enumerate(state["iterators_in_use_states"])])
+    raise ConfigError(f"the saved data iterator state {state} is not one m4 can resume"
+                      f" (no {e}); config.data.num_workers or the data pipeline changed.") from None
+
+
+def state_at(elements: int, like: dict) -> dict:
+  """The state of an iterator shaped as `like` (same workers) that has
+  returned `elements` elements."""
+  if "iterators_in_use_states" not in like:
+    return dict(like, next_index=int(elements))
+  workers = len(like["iterators_in_use_states"])
+  if list(like["iterators_in_use_indices"]) != list(range(workers)):
+    raise ConfigError(f"the data iterator state {like} is not a round of {workers} workers.")
+  return dict(like, next_index_in_cycle=elements % workers,
+              iterators_in_use_states=[dict(s, next_index=-(-(elements - w) // workers))
+                                       for w, s in enumerate(like["iterators_in_use_states"])])
 
 
 def make_iterator(data, split: str, **kwargs):
