@@ -261,7 +261,8 @@ class Checkpointer:
     `target` is a pytree of arrays or ShapeDtypeStructs; its nnx.States come
     back as States (`to_pure`, `from_pure`). A given `data_iter` is restored in place.
     Returns (state, meta). Raises ConfigError if the checkpoint holds other
-    names, shapes or dtypes, CheckpointError if it cannot be read.
+    names, shapes or dtypes, or a data position `data_iter` cannot take;
+    CheckpointError if it cannot be read.
     """
     step = self.latest_step() if step is None else step
     if step is None:

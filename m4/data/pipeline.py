@@ -230,7 +230,7 @@ def make_dataset(data, split: str, *, seed: int, training: bool,
         num_workers=workers,
         per_worker_buffer_size=math.ceil(int(data.worker_buffer_size) / per_element)))
   if ahead:
-    return SampleCountedState(it_ds, batch, workers)
+    return SampleCountedState(it_ds, batch)
   return it_ds.batch(batch, drop_remainder=training)
 
 
@@ -253,19 +253,19 @@ class SampleCountedState(grain.IterDataset):
   size changed) resumes at the next batch, with a warning.
   """
 
-  def __init__(self, parent: grain.IterDataset, batch_size: int, workers: int):
+  def __init__(self, parent: grain.IterDataset, batch_size: int):
     super().__init__(parent)
-    self.batch_size, self.workers = int(batch_size), int(workers)
+    self.batch_size = int(batch_size)
 
   def __iter__(self):
-    return _SampleCountedIterator(self._parent.__iter__(), self.batch_size, self.workers)
+    return _SampleCountedIterator(self._parent.__iter__(), self.batch_size)
 
 
 class _SampleCountedIterator(grain.DatasetIterator):
 
-  def __init__(self, parent, batch_size: int, workers: int):
+  def __init__(self, parent, batch_size: int):
     super().__init__(parent)
-    self.batch_size, self.workers = batch_size, workers
+    self.batch_size = batch_size
 
   def __next__(self):
     return next(self._parent)
