@@ -145,7 +145,7 @@ def _iterator(src, seed=3, **kw):
 def test_training_batches_are_deterministic_with_and_without_workers():
   """The same batches with 0 or 2 workers, made in the read threads or after
   them ("skip" reads: samples may drop), and a saved position counts samples,
-  so each resumes from the others' (one worker pool: it takes ~25 s to start)."""
+  so each resumes from the others' (one worker pool, started once)."""
   src = AlignedSynthetic(20)
   ahead, pool, after = _iterator(src), _iterator(src, num_workers=2), _iterator(src, on_error="skip")
   assert pipeline.batches_ahead(_config()) and not pipeline.batches_ahead(_config(on_error="skip"))
@@ -191,6 +191,20 @@ def test_a_position_between_batches_resumes_at_the_next_batch(caplog):
   np.testing.assert_array_equal(got["id"], np.concatenate([b["id"] for b in expected[1:3]]))
   with pytest.raises(ConfigError, match="num_workers"):
     wider.set_state({"position": 3})
+
+
+def test_iterator_state_round_trips_through_checkpointer(tmp_path):
+  src = AlignedSynthetic(20)
+  it = pipeline.make_iterator(_config(), "train", seed=0, training=True, source=src)
+  _take(it, 3)
+  with checkpoints.Checkpointer(str(tmp_path / "ck"), async_save=False) as ck:
+    ck.save(3, {"step": jnp.int32(3)}, data_iter=it)
+  expected = _take(it, 3)
+  fresh = pipeline.make_iterator(_config(), "train", seed=0, training=True, source=src)
+  with checkpoints.Checkpointer(str(tmp_path / "ck")) as ck:
+    state, _ = ck.restore({"step": jnp.int32(0)}, data_iter=fresh)
+  assert int(state["step"]) == 3
+  _assert_batches_equal(_take(fresh, 3), expected)
 
 
 def test_a_data_position_that_does_not_fit_is_refused_and_kept(tmp_path):
