@@ -189,7 +189,7 @@ def test_a_position_between_batches_resumes_at_the_next_batch(caplog):
   assert "resuming at sample 32" in caplog.text
   got = _take(wider, 1)[0]
   np.testing.assert_array_equal(got["id"], np.concatenate([b["id"] for b in expected[1:3]]))
-  with pytest.raises(ConfigError, match="num_workers"):
+  with pytest.raises(ConfigError, match="data pipeline changed"):
     wider.set_state({"position": 3})
 
 
@@ -220,9 +220,33 @@ def test_a_data_position_that_does_not_fit_is_refused_and_kept(tmp_path):
   with open(saved, "w") as f:
     json.dump({"position": 16}, f)  # E.g. written by another data pipeline.
   with checkpoints.Checkpointer(str(tmp_path / "ck")) as ck:
-    with pytest.raises(ConfigError, match=r"ck/2.*num_workers"):
+    with pytest.raises(ConfigError, match=r"ck/2.*data pipeline changed"):
       ck.restore_latest({"step": jnp.int32(0)}, data_iter=it)
     assert ck.all_steps() == [2]
+
+
+def test_batches_made_after_the_read_resume_only_with_the_same_workers(tmp_path):
+  """Where samples may be left out (on_error "skip"), grain's saved position
+  holds for one number of workers: another number is refused, naming
+  config.data.num_workers, and the checkpoint is kept; the same number resumes."""
+  src = AlignedSynthetic(20)
+  it = _iterator(src, on_error="skip")
+  _take(it, 2)
+  with checkpoints.Checkpointer(str(tmp_path / "ck"), async_save=False) as ck:
+    ck.save(2, {"step": jnp.int32(2)}, data_iter=it)
+  expected = _take(it, 2)
+  pool = _iterator(src, on_error="skip", num_workers=2)  # Refused before any worker starts.
+  with checkpoints.Checkpointer(str(tmp_path / "ck")) as ck:
+    with pytest.raises(ConfigError, match=r"ck/2.*saved with 0 worker.*num_workers=0"):
+      ck.restore_latest({"step": jnp.int32(0)}, data_iter=pool)
+    assert ck.all_steps() == [2]
+    same = _iterator(src, on_error="skip")
+    state, _, step = ck.restore_latest({"step": jnp.int32(0)}, data_iter=same)
+  assert step == 2 and int(state["step"]) == 2
+  _assert_batches_equal(_take(same, 2), expected)
+  with pytest.raises(ConfigError, match="data pipeline changed"):
+    same.set_state({"position": 3})
+  assert pipeline.workers_in({"iterators_in_use_states": [{}, {}]}) == 2
 
 
 def test_process_shards_are_disjoint_and_cover_the_split():

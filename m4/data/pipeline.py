@@ -22,7 +22,10 @@ cost falls once a batch; the batches are identical with 0, 1 or N workers.
 The saved iterator position counts samples (`SampleCountedState`), as if
 batching came after the read, and resumes with any number of workers.
 Where samples may be left out (a `Filter`, skipped reads),
-samples are read one by one and batched after the read.
+samples are read one by one and batched after the read; the saved position
+is then grain's own, which resumes only with the same number of workers
+(`SameWorkersState`: another number is refused, naming
+`config.data.num_workers`).
 
 `aligned_crop=False` leaves out `AlignedCrop` (training and evaluation), for
 sources whose samples are not images, e.g. pre-tokenized shards.
@@ -231,7 +234,7 @@ def make_dataset(data, split: str, *, seed: int, training: bool,
         per_worker_buffer_size=math.ceil(int(data.worker_buffer_size) / per_element)))
   if ahead:
     return SampleCountedState(it_ds, batch)
-  return it_ds.batch(batch, drop_remainder=training)
+  return SameWorkersState(it_ds.batch(batch, drop_remainder=training), workers)
 
 
 def batches_ahead(data, transforms: Sequence[Any] = ()) -> bool:
@@ -284,6 +287,55 @@ class _SampleCountedIterator(grain.DatasetIterator):
     self._parent.set_state(state_at(batches, self._parent.get_state()))
 
 
+class SameWorkersState(grain.IterDataset):
+  """Batches made after the read (samples may be left out), checkpointed as
+  grain saves them: with worker processes, per worker, each counting the
+  samples it has read, filtered ones included, so the position has no
+  equivalent for another number of workers. A state saved with another
+  number is refused (ConfigError naming `config.data.num_workers`), before
+  grain would read it as a damaged one."""
+
+  def __init__(self, parent: grain.IterDataset, workers: int):
+    super().__init__(parent)
+    self.workers = int(workers)
+
+  def __iter__(self):
+    return _SameWorkersIterator(self._parent.__iter__(), self.workers)
+
+
+class _SameWorkersIterator(grain.DatasetIterator):
+
+  def __init__(self, parent, workers: int):
+    super().__init__(parent)
+    self.workers = workers
+
+  def __next__(self):
+    return next(self._parent)
+
+  def get_state(self):
+    return self._parent.get_state()
+
+  def set_state(self, state):
+    saved = workers_in(state)
+    if saved != self.workers:
+      raise ConfigError(
+          f"the data position was saved with {saved} worker processes and this run has"
+          f" {self.workers} (config.data.num_workers). A pipeline that may leave samples out"
+          " (a Filter transform, or config.data.on_error 'skip') resumes only with the same"
+          f" number: set config.data.num_workers={saved}.")
+    self._parent.set_state(state)
+
+
+def workers_in(state) -> int:
+  """The number of worker processes a grain iterator state was saved with."""
+  if isinstance(state, dict) and "next_index" in state:
+    return 0
+  if isinstance(state, dict) and isinstance(state.get("iterators_in_use_states"), list):
+    return len(state["iterators_in_use_states"])
+  raise ConfigError(f"the saved data iterator state {state} is not one m4 can resume;"
+                    " the data pipeline changed (config.data, or the job's transforms).")
+
+
 def samples_in(state: dict) -> int:
   """How many elements a grain iterator state has returned, with or without
   worker processes (grain's interleave over W workers: element k made by
@@ -294,7 +346,8 @@ def samples_in(state: dict) -> int:
     return sum(int(s["next_index"]) for s in state["iterators_in_use_states"])
   except (KeyError, TypeError) as e:
     raise ConfigError(f"the saved data iterator state {state} is not one m4 can resume"
-                      f" (no {e}); config.data.num_workers or the data pipeline changed.") from None
+                      f" (no {e}); the data pipeline changed (config.data, or the job's"
+                      " transforms).") from None
 
 
 def state_at(elements: int, like: dict) -> dict:
