@@ -264,14 +264,24 @@ class SampleCountedState(grain.IterDataset):
     return _SampleCountedIterator(self._parent.__iter__(), self.batch_size)
 
 
-class _SampleCountedIterator(grain.DatasetIterator):
+class _PassThrough(grain.DatasetIterator):
+  """The parent's elements and saved state, unchanged (subclasses read states)."""
+
+  def __next__(self):
+    return next(self._parent)
+
+  def get_state(self):
+    return self._parent.get_state()
+
+  def set_state(self, state):
+    self._parent.set_state(state)
+
+
+class _SampleCountedIterator(_PassThrough):
 
   def __init__(self, parent, batch_size: int):
     super().__init__(parent)
     self.batch_size = batch_size
-
-  def __next__(self):
-    return next(self._parent)
 
   def get_state(self):
     state = self._parent.get_state()
@@ -303,17 +313,11 @@ class SameWorkersState(grain.IterDataset):
     return _SameWorkersIterator(self._parent.__iter__(), self.workers)
 
 
-class _SameWorkersIterator(grain.DatasetIterator):
+class _SameWorkersIterator(_PassThrough):
 
   def __init__(self, parent, workers: int):
     super().__init__(parent)
     self.workers = workers
-
-  def __next__(self):
-    return next(self._parent)
-
-  def get_state(self):
-    return self._parent.get_state()
 
   def set_state(self, state):
     saved = workers_in(state)
@@ -323,7 +327,7 @@ class _SameWorkersIterator(grain.DatasetIterator):
           f" {self.workers} (config.data.num_workers). A pipeline that may leave samples out"
           " (a Filter transform, or config.data.on_error 'skip') resumes only with the same"
           f" number: set config.data.num_workers={saved}.")
-    self._parent.set_state(state)
+    super().set_state(state)
 
 
 def workers_in(state) -> int:
