@@ -235,11 +235,12 @@ def test_batches_made_after_the_read_resume_only_with_the_same_workers(tmp_path)
   with checkpoints.Checkpointer(str(tmp_path / "ck"), async_save=False) as ck:
     ck.save(2, {"step": jnp.int32(2)}, data_iter=it)
   expected = _take(it, 2)
-  pool = _iterator(src, on_error="skip", num_workers=2)  # Refused before any worker starts.
+  pool = _iterator(src, on_error="skip", num_workers=2)
   with checkpoints.Checkpointer(str(tmp_path / "ck")) as ck:
     with pytest.raises(ConfigError, match=r"ck/2.*saved with 0 worker.*num_workers=0"):
       ck.restore_latest({"step": jnp.int32(0)}, data_iter=pool)
     assert ck.all_steps() == [2]
+    pool.close()
     same = _iterator(src, on_error="skip")
     state, _, step = ck.restore_latest({"step": jnp.int32(0)}, data_iter=same)
   assert step == 2 and int(state["step"]) == 2

@@ -299,11 +299,12 @@ class _SampleCountedIterator(_PassThrough):
 
 class SameWorkersState(grain.IterDataset):
   """Batches made after the read (samples may be left out), checkpointed as
-  grain saves them: with worker processes, per worker, each counting the
-  samples it has read, filtered ones included, so the position has no
-  equivalent for another number of workers. A state saved with another
-  number is refused (ConfigError naming `config.data.num_workers`), before
-  grain would read it as a damaged one."""
+  grain saves them: with worker processes, a position in each worker's own
+  stream. Where samples may drop, those streams do not add up to one count
+  (as `SampleCountedState`'s do), so the position has no equivalent for
+  another number of workers. A state saved with another number is refused
+  (ConfigError naming `config.data.num_workers`) before grain reads it,
+  which would fail as if the checkpoint were damaged."""
 
   def __init__(self, parent: grain.IterDataset, workers: int):
     super().__init__(parent)
