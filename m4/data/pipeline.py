@@ -234,7 +234,7 @@ def make_dataset(data, split: str, *, seed: int, training: bool,
         per_worker_buffer_size=math.ceil(int(data.worker_buffer_size) / per_element)))
   if ahead:
     return SampleCountedState(it_ds, batch)
-  return SameWorkersState(it_ds.batch(batch, drop_remainder=training), workers)
+  return SameWorkersState(it_ds.batch(batch, drop_remainder=training))
 
 
 def batches_ahead(data, transforms: Sequence[Any] = ()) -> bool:
@@ -306,61 +306,59 @@ class SameWorkersState(grain.IterDataset):
   (ConfigError naming `config.data.num_workers`) before grain reads it,
   which would fail as if the checkpoint were damaged."""
 
-  def __init__(self, parent: grain.IterDataset, workers: int):
-    super().__init__(parent)
-    self.workers = int(workers)
-
   def __iter__(self):
-    return _SameWorkersIterator(self._parent.__iter__(), self.workers)
+    return _SameWorkersIterator(self._parent.__iter__())
 
 
 class _SameWorkersIterator(_PassThrough):
 
-  def __init__(self, parent, workers: int):
-    super().__init__(parent)
-    self.workers = workers
-
   def set_state(self, state):
-    saved = workers_in(state)
-    if saved != self.workers:
+    # This run's worker count, from its own state (read without starting a worker).
+    saved, here = workers_in(state), workers_in(self._parent.get_state())
+    if saved != here:
       raise ConfigError(
           f"the data position was saved with {saved} worker processes and this run has"
-          f" {self.workers} (config.data.num_workers). A pipeline that may leave samples out"
+          f" {here} (config.data.num_workers). A pipeline that may leave samples out"
           " (a Filter transform, or config.data.on_error 'skip') resumes only with the same"
           f" number: set config.data.num_workers={saved}.")
     super().set_state(state)
 
 
+def _unresumable(state, why: str = "") -> ConfigError:
+  return ConfigError(f"the saved data iterator state {state} is not one m4 can resume"
+                     f"{f' ({why})' if why else ''}; the data pipeline changed (config.data,"
+                     " or the job's transforms).")
+
+
 def workers_in(state) -> int:
-  """The number of worker processes a grain iterator state was saved with."""
-  if isinstance(state, dict) and "next_index" in state:
-    return 0
+  """The number of worker processes a grain iterator state was saved with
+  (0: grain's single-process `{"next_index": ...}`)."""
   if isinstance(state, dict) and isinstance(state.get("iterators_in_use_states"), list):
     return len(state["iterators_in_use_states"])
-  raise ConfigError(f"the saved data iterator state {state} is not one m4 can resume;"
-                    " the data pipeline changed (config.data, or the job's transforms).")
+  if isinstance(state, dict) and "next_index" in state:
+    return 0
+  raise _unresumable(state)
 
 
 def samples_in(state: dict) -> int:
   """How many elements a grain iterator state has returned, with or without
   worker processes (grain's interleave over W workers: element k made by
   worker k % W, each worker's `next_index` counting its own)."""
+  workers = workers_in(state)
   try:
-    if "iterators_in_use_states" not in state:
+    if not workers:
       return int(state["next_index"])
     return sum(int(s["next_index"]) for s in state["iterators_in_use_states"])
   except (KeyError, TypeError) as e:
-    raise ConfigError(f"the saved data iterator state {state} is not one m4 can resume"
-                      f" (no {e}); the data pipeline changed (config.data, or the job's"
-                      " transforms).") from None
+    raise _unresumable(state, f"no {e}") from None
 
 
 def state_at(elements: int, like: dict) -> dict:
   """The state of an iterator shaped as `like` (same workers) that has
   returned `elements` elements."""
-  if "iterators_in_use_states" not in like:
+  workers = workers_in(like)
+  if not workers:
     return dict(like, next_index=int(elements))
-  workers = len(like["iterators_in_use_states"])
   if list(like["iterators_in_use_indices"]) != list(range(workers)):
     raise ConfigError(f"the data iterator state {like} is not a round of {workers} workers.")
   return dict(like, next_index_in_cycle=elements % workers,
