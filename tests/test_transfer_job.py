@@ -74,9 +74,10 @@ def test_end_to_end_scenes_table_both_inits_and_protocols(tmp_path, scenes_dir):
   majority = np.bincount(labels).max() / labels.size
   assert probe["metrics"]["pixel_accuracy"] > majority + 0.1, (probe["metrics"], majority)
   assert probe["metrics"]["miou"] > 1.5 / 6
-  # The crop is fixed up to a flip, so the probes trained on cached encoder features.
-  assert {r.get("probe_inputs") for r in results if r["protocol"] == "probe"} == {
-      "cached features"}
+  # The crop is fixed up to a flip, so the probes trained on cached encoder features and
+  # the fine-tunings on cached encoder batches.
+  assert {(r["protocol"], r["train_inputs"]) for r in results} == {
+      ("probe", "cached features"), ("finetune", "cached views")}
 
   # Running again skips every finished run; other settings are refused, not mixed in.
   first = wd / "eval" / f"{results[0]['run']}.json"
@@ -97,13 +98,14 @@ def test_sweep_picks_each_arms_rate_on_validation_and_the_convnet_is_an_arm(tmp_
   c.baselines = ("convnet",)
   c.supervised.update(dict(num_steps=40, warmup_steps=4, width=8, stem=2))
   c.probe.seeds = (1, 2)  # The probe's own seeds; the conv net keeps config.seeds (0,).
-  encoded = []
-  encode = trainer.probe_features.encode
-  monkeypatch.setattr(trainer.probe_features, "encode",
-                      lambda *a, **k: encoded.append(k["seed"]) or encode(*a, **k))
+  built = []
+  build = trainer.view_cache.build
+  monkeypatch.setattr(trainer.view_cache, "build",
+                      lambda *a, **k: built.append(k["seed"]) or build(*a, **k))
   wd = tmp_path / "wd"
   summary = trainer.run(c, str(wd))
-  assert encoded == [1, 2]  # Once per seed: the sweep's two rates share seed 1's cache.
+  # Once per seed: the sweep's two rates share seed 1's features; the conv net's views.
+  assert built == [1, 2, 0]
   swept = [json.loads(p.read_text()) for p in sorted((wd / "eval" / "sweep").glob("*.json"))]
   # Scored on the validation split, never the test split; one run per rate.
   assert {r["eval_split"] for r in swept} == {"validation"}
@@ -117,13 +119,14 @@ def test_sweep_picks_each_arms_rate_on_validation_and_the_convnet_is_an_arm(tmp_
   final = {(r["init"], r["protocol"]): r for r in results if r["seed"] in (0, 1)}
   assert final["scratch", "probe"]["learning_rate"] == best["learning_rate"]
   assert final["scratch", "probe"]["eval_split"] == "test"
-  assert final["scratch", "probe"]["probe_inputs"] == "cached features"
+  assert final["scratch", "probe"]["train_inputs"] == "cached features"
   # The first seed's final run is the chosen sweep run's model, not a second training.
   assert final["scratch", "probe"]["run_dir"] == best["run_dir"]
   assert final["scratch", "probe"]["train_loss"] == best["train_loss"]
   # The conv net trains from pixels on the same labels and learns more than the majority class.
   convnet = final["convnet", "supervised"]
   assert convnet["num_labels"] == final["scratch", "probe"]["num_labels"]
+  assert convnet["train_inputs"] == "cached views"
   from m4.data import scenes  # pylint: disable=g-import-not-at-top
   src = scenes.ScenesSource(scenes_dir, "test")
   labels = np.concatenate([src[i]["semseg"].ravel() for i in range(len(src))])
@@ -155,14 +158,18 @@ def _crashing_at_step_five(make_step):
   return crashing
 
 
-# The probe on cached features (the next test trains one through the encoder).
-@pytest.mark.parametrize("protocol", ["finetune", "probe"])
+# On cached views or features (a draw by step), and from the loader (its saved state).
+@pytest.mark.parametrize("protocol,inputs", [("finetune", "cached views"),
+                                             ("probe", "cached features"),
+                                             ("finetune", "loader")])
 def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, scenes_dir, monkeypatch,
-                                                       protocol):
+                                                       protocol, inputs):
   c = _scenes_config(scenes_dir, "")
   c.inits, c.protocols = ("scratch",), (protocol,)
   c.checkpoint_every = 3
   c.model = tiny_cfg().to_dict()  # The end-to-end test's model: its compiled steps are reused.
+  if inputs == "loader":
+    monkeypatch.setattr(trainer.view_cache, "uncached_reason", lambda *a: "forced")
   whole = trainer.run(c, str(tmp_path / "whole"))
   make_step = protocols.train_step
   monkeypatch.setattr(protocols, "train_step", _crashing_at_step_five(make_step))
@@ -173,8 +180,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, scenes_dir, mon
   assert resumed["headline"] == whole["headline"]
   get = lambda d: json.loads((tmp_path / d / "eval" / "results.json").read_text())[0]
   assert get("cut")["train_loss"] == get("whole")["train_loss"]
-  if protocol == "probe":
-    assert get("cut")["probe_inputs"] == "cached features"
+  assert get("cut")["train_inputs"] == get("whole")["train_inputs"] == inputs
 
 
 def test_a_probe_checkpointed_through_the_loader_does_not_resume_on_cached_features(
@@ -184,7 +190,7 @@ def test_a_probe_checkpointed_through_the_loader_does_not_resume_on_cached_featu
   c.checkpoint_every = 3
   c.model = tiny_cfg().to_dict()
   monkeypatch.setattr(protocols, "train_step", _crashing_at_step_five(protocols.train_step))
-  monkeypatch.setattr(trainer.probe_features, "uncached_reason", lambda *a: "forced")
+  monkeypatch.setattr(trainer.view_cache, "uncached_reason", lambda *a: "forced")
   with pytest.raises(KeyboardInterrupt):  # Trained through the encoder, checkpointed at 3.
     trainer.run(c, str(tmp_path / "wd"))
   monkeypatch.undo()

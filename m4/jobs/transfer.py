@@ -26,11 +26,13 @@ training of it. Each run is evaluated on the held-out split
     DIR/eval/<task>_<budget>_predictions.png   dense tasks: inputs, labels and each
                                                 run's predictions on test samples
 
-A probe whose training crop is fixed up to a flip (the scenes configs) trains
-its head on the frozen encoder's features of both views of every labelled
-sample, encoded once per arm (m4.jobs.probe_features: the same distribution
-of inputs, without reading or encoding a batch per step; the run's result
-says `probe_inputs`); with random crops it encodes every batch.
+Where the training crop is fixed up to a flip (the scenes configs), a run
+trains on both views of every labelled sample made once (m4.jobs.view_cache:
+the same distribution of inputs, without reading a batch per step): a probe
+on the frozen encoder's features (encoded once per arm), a fine-tuning or
+conv net on the encoder's batches (made once per label subset). The run's
+result says which (`train_inputs`: "cached features", "cached views" or
+"loader"); with random crops every batch comes from the loader.
 
 A run whose eval json exists is skipped, and a run with checkpoints resumes,
 so the same command continues an interrupted job. Paired runs share the label
@@ -73,7 +75,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 
@@ -93,8 +94,8 @@ from m4.data import pipeline
 from m4.data import sources
 from m4.data import subsets
 from m4.evaluators import report
-from m4.jobs import probe_features
 from m4.jobs import transfer_protocols as protocols_lib
+from m4.jobs import view_cache
 from m4.models import configs
 from m4.models import convnet
 from m4.models import pretrained
@@ -197,7 +198,8 @@ class _Context:
       self.base = configs.from_config(config.model)
     self.overrides = dict(config.model) if config.init else {}
     self._tokenizers = {}
-    self.probe_cache = (None, None)  # (arm, m4.jobs.probe_features.FeatureCache)
+    # The last m4.jobs.view_cache.ViewCache of each kind ("features", "views"), with its key.
+    self.caches = {"features": (None, None), "views": (None, None)}
 
   def tokenizer(self, name: str):
     if name not in self._tokenizers:
@@ -335,11 +337,12 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
       grad_clip=float(settings.grad_clip),
       b1=float(settings.b1), b2=float(settings.b2),
       decay_rules=model.decay_rules(), new_inputs=getattr(model, "new_inputs", ()))
-  cache = (_probe_cache(ctx, run, model, data, source, note) if run.protocol == "probe"
-           else None)
+  features = run.protocol == "probe"
+  cache = _view_cache(ctx, run, model, data, source, features, note)
   it = None if cache is not None else pipeline.make_iterator(
       data, data.train_split, seed=run.seed, training=True, source=source)
-  inputs_kind = "loader" if cache is None else "cached features"
+  inputs_kind = ("loader" if cache is None else
+                 "cached features" if features else "cached views")
   ckpt, start = None, 0
   opt_state = tx.init(params)
   if config.checkpoint_every:
@@ -357,10 +360,10 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
       start = int(meta["step"])
   state = on_mesh(engine.TrainState(step=np.int32(start), params=params, opt_state=opt_state,
                                     extra=stats), ctx.mesh)
-  step_fn = protocols_lib.train_step(graphdef, task, run.protocol, tx, cache is not None)
+  step_fn = protocols_lib.train_step(graphdef, task, run.protocol, tx,
+                                     cache is not None and features)
   print(f"{note}{len(source)} labelled samples, {num_steps} steps"
-        f" ({num_steps * batch_size / len(source):.1f} epochs)"
-        + (", on cached features" if cache is not None else "")
+        f" ({num_steps * batch_size / len(source):.1f} epochs), on {inputs_kind}"
         + (f", resuming at {start}" if start else ""), flush=True)
   logger.total_steps = num_steps
 
@@ -406,40 +409,41 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
   figures = {"steps": num_steps, "epochs": num_steps * batch_size / len(source),
              "train_loss": last.get("loss"), "train_seconds": round(seconds, 1),
              "steps_per_sec": (num_steps - start) / max(seconds, 1e-9)}
-  if run.protocol == "probe":
-    figures["probe_inputs"] = "cached features" if cache is not None else "encoder"
-    if cache is not None:  # Encoded once per arm and seed, shared by the sweep's rates.
-      figures["encode_seconds"] = round(cache.seconds, 1)
+  figures["train_inputs"] = inputs_kind
+  if cache is not None:  # Made once, shared by the runs with the same key (_view_cache).
+    figures["cache_seconds"] = round(cache.seconds, 1)
   return nnx.merge(graphdef, nnx.State(state.params), nnx.State(state.extra), rest), figures
 
 
-def _probe_cache(ctx: _Context, run: Run, model, data, source, note: str):
-  """The m4.jobs.probe_features cache of this probe's encoder and labels, or
-  None where it cannot be used (the probe then trains through the encoder).
-  Kept for the next run of the same arm and seed (the sweep's other rates)."""
-  key = (run.task.name, run.init, run.fraction, run.seed, model.feature_layers)
-  if ctx.probe_cache[0] == key:
-    return ctx.probe_cache[1]
-  cfg = model.backbone.cfg
-  target_bytes = 4 * math.prod(data.image_size) if run.task.dense else 8
-  why = probe_features.uncached_reason(
-      data, len(source),
-      cfg.num_encoder_tokens * (cfg.dim * model.feature_layers * 4 + 1) + target_bytes)
-  ctx.probe_cache = (None, None)  # Frees the last arm's before building this one.
+def _view_cache(ctx: _Context, run: Run, model, data, source, features: bool, note: str):
+  """The m4.jobs.view_cache cache this run trains on, or None where it cannot
+  use one (it then trains from the loader): the frozen encoder's `features`
+  (a probe: one per arm, label subset and seed), else the encoder's batches
+  (one per label subset and seed, for every arm). Kept for the next run with
+  the same key (the sweep's other rates; the other arms' runs)."""
+  kind = "features" if features else "views"
+  key = (run.task.name, run.fraction, run.seed)
+  if features:
+    key += (run.init, model.feature_layers)
+  if ctx.caches[kind][0] == key:
+    return ctx.caches[kind][1]
+  ctx.caches[kind] = (None, None)  # Frees the last one before building this one.
+  why = view_cache.uncached_reason(data)
   if not why:
+    inputs = ctx.encoder_inputs(run.task)
+    make = view_cache.features_of(model, inputs, ctx.place) if features else inputs
     try:
       with sharding.use(ctx.mesh, ctx.rules):
-        cache = probe_features.encode(
-            model, ctx.encoder_inputs(run.task), run.task.targets, data, source, ctx.place,
-            seed=run.seed, check=run.task.check_targets)
-    except probe_features.Uncacheable as e:
+        cache = view_cache.build(make, run.task.targets, data, source, seed=run.seed,
+                                 check=run.task.check_targets)
+    except view_cache.Uncacheable as e:
       why = str(e)
   if why:
-    print(f"{note}the probe encodes every step's batch ({why})", flush=True)
+    print(f"{note}trains from the loader ({why})", flush=True)
     return None
-  print(f"{note}encoded {cache.features.shape[0]} samples x {cache.features.shape[1]} views"
-        f" once for the probe ({cache.seconds:.0f} s)", flush=True)
-  ctx.probe_cache = (key, cache)
+  print(f"{note}made {len(cache)} samples x {cache.num_views} views of {kind} once"
+        f" ({cache.seconds:.1f} s)", flush=True)
+  ctx.caches[kind] = (key, cache)
   return cache
 
 

@@ -146,18 +146,18 @@ def run_length(settings, num_labels: int, batch_size: int, where: str) -> tuple[
 
 
 @functools.lru_cache(maxsize=None)
-def train_step(graphdef, task, protocol: str, tx, cached: bool = False):
+def train_step(graphdef, task, protocol: str, tx, on_features: bool = False):
   """The run's `m4.engine` step: `step(state, (rest, enc, targets))`, with the
   trainable parameters as `state.params` and the heads' running batch
   statistics as `state.extra` (both pure dicts), `rest` the model's other
-  state, `enc` the encoder's input batch or, `cached`, the (features, valid)
-  of a probe's m4.jobs.probe_features cache. Cached, so runs with the same
+  state, `enc` the encoder's input batch or, `on_features`, the (features,
+  valid) of a probe's m4.jobs.view_cache. Cached, so runs with the same
   settings share one compiled step."""
 
   def loss_fn(params, stats, batch):
     rest, enc, targets = batch
     model = nnx.merge(graphdef, nnx.State(params), nnx.State(stats), rest)
-    outputs = (model.readout(*enc, train=True) if cached
+    outputs = (model.readout(*enc, train=True) if on_features
                else model(enc, frozen=protocol == "probe", train=True))
     loss = transfer.loss(task, outputs, targets)
     return loss, ({}, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))

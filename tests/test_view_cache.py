@@ -1,4 +1,4 @@
-"""Probes on cached features: the cache holds exactly what the loader feeds the encoder."""
+"""Training on cached views: the cache holds exactly what the loader feeds the encoder."""
 
 import jax
 import numpy as np
@@ -10,7 +10,7 @@ from m4.data import pipeline
 from m4.data import scenes
 from m4.data import subsets
 from m4.data import transforms
-from m4.jobs import probe_features
+from m4.jobs import view_cache
 from m4.models import configs
 from m4.models import transfer
 
@@ -54,24 +54,37 @@ def test_cached_views_are_exactly_what_the_loader_gives_the_encoder(scenes_dir):
   model, task, inputs = _model()
   source = subsets.LabelSubset(scenes.ScenesSource(scenes_dir, "train"), 0.5, seed=0)
   checked = []
-  cache = probe_features.encode(model, inputs, task.targets, data, source, lambda x: x, seed=0,
-                                check=checked.append)
-  assert cache.features.shape == (20, 2, 16, 32) and cache.targets.shape == (20, 2, 32, 32)
-  assert len(checked) == 1 and checked[0].shape == (40, 32, 32)
+  features = view_cache.build(view_cache.features_of(model, inputs, lambda x: x), task.targets,
+                              data, source, seed=0, check=checked.append)
+  batches = view_cache.build(inputs, task.targets, data, source, seed=0, check=checked.append)
+  feats, _ = features.inputs
+  pixels = batches.inputs[PIXELS]["tensor"]
+  assert feats.shape == (20, 2, 16, 32) and features.targets.shape == (20, 2, 32, 32)
+  assert pixels.shape == (20, 2, 32, 32, 3) and batches.inputs[PIXELS]["input_mask"].all()
+  np.testing.assert_array_equal(batches.targets, features.targets)
+  assert len(checked) == 2 and checked[0].shape == (40, 32, 32)
   position = {int(source.source[int(i)]["id"]): k for k, i in enumerate(source.indices)}
   # Six batches of the training loader (12 epochs' worth of flips would be the same test).
   it = pipeline.make_iterator(data, "train", seed=0, training=True, source=source)
   seen_views = set()
   for _ in range(6):
     batch = next(it)
-    out, _ = jax.jit(lambda m, b: m.features(b))(model, inputs(batch))
+    enc = inputs(batch)
+    out, _ = jax.jit(lambda m, b: m.features(b))(model, enc)
     for row, sample_id in enumerate(batch["id"]):
       k = position[int(sample_id)]
-      matches = [v for v in (0, 1) if np.array_equal(cache.targets[k, v], batch["semseg"][row])
-                 and np.allclose(cache.features[k, v], out[row], atol=1e-5)]
+      matches = [v for v in (0, 1)
+                 if np.array_equal(features.targets[k, v], batch["semseg"][row])
+                 and np.allclose(feats[k, v], out[row], atol=1e-5)
+                 and np.array_equal(pixels[k, v], enc[PIXELS]["tensor"][row])]
       assert matches, f"sample {sample_id}: the loader's view is not in the cache"
       seen_views.update(matches)
   assert seen_views == {0, 1}  # Mirrored and not: the semseg maps tell them apart.
+  # A batch drawn from the cache is its views at the draw.
+  enc, targets = batches.batch(3)
+  s, v = batches.draw(3)
+  np.testing.assert_array_equal(enc[PIXELS]["tensor"], pixels[s, v])
+  np.testing.assert_array_equal(targets, batches.targets[s, v])
 
 
 def test_an_image_whose_training_crop_can_shift_has_no_finite_views():
@@ -91,8 +104,8 @@ def test_an_image_whose_training_crop_can_shift_has_no_finite_views():
 
 def test_draws_are_epochs_of_permutations_with_fair_flips_and_a_function_of_the_step():
   n, b = 10, 4
-  make = lambda: probe_features.FeatureCache(
-      np.zeros((n, 2, 1, 1)), np.ones((n, 2, 1), bool), np.zeros((n, 2)), batch_size=b, seed=3)
+  make = lambda: view_cache.ViewCache(np.zeros((n, 2, 1, 1)), np.zeros((n, 2)), batch_size=b,
+                                      seed=3)
   cache = make()
   draws = [cache.draw(step) for step in range(1, 51)]  # 200 draws: 20 epochs.
   samples = np.concatenate([s for s, _ in draws]).reshape(20, n)
@@ -104,15 +117,20 @@ def test_draws_are_epochs_of_permutations_with_fair_flips_and_a_function_of_the_
   for step in (37, 3, 50):
     np.testing.assert_array_equal(fresh.draw(step)[0], draws[step - 1][0])
     np.testing.assert_array_equal(fresh.draw(step)[1], draws[step - 1][1])
-  unflipped = probe_features.FeatureCache(np.zeros((n, 1, 1, 1)), np.ones((n, 1, 1), bool),
-                                          np.zeros((n, 1)), batch_size=b, seed=3)
+  unflipped = view_cache.ViewCache(np.zeros((n, 1, 1, 1)), np.zeros((n, 1)), batch_size=b,
+                                   seed=3)
   assert not any(unflipped.draw(s)[1].any() for s in range(1, 20))
 
 
-def test_random_crops_and_huge_caches_fall_back_to_the_encoder(scenes_dir):
-  assert probe_features.uncached_reason(_data(scenes_dir), 100, 1 << 10) == ""
-  why = probe_features.uncached_reason(_data(scenes_dir, crop_scale=(0.5, 1.0)), 100, 1 << 10)
+def test_random_crops_and_huge_caches_fall_back_to_the_loader(scenes_dir, monkeypatch):
+  assert view_cache.uncached_reason(_data(scenes_dir)) == ""
+  why = view_cache.uncached_reason(_data(scenes_dir, crop_scale=(0.5, 1.0)))
   assert "crop_scale" in why
-  assert "GiB" in probe_features.uncached_reason(_data(scenes_dir), 10**6, 1 << 20)
   with pytest.raises(ValueError, match="crop is random"):
     pipeline.geometry(_data(scenes_dir, crop_scale=(0.5, 1.0)), training=True).views({})
+  _, task, inputs = _model()
+  source = subsets.LabelSubset(scenes.ScenesSource(scenes_dir, "train"), 0.5, seed=0)
+  # 20 samples x 2 views x (32 x 32 x 3 float32 pixels + 32 x 32 targets) > 400 kB.
+  monkeypatch.setattr(view_cache, "MAX_BYTES", 400_000)
+  with pytest.raises(view_cache.Uncacheable, match="would not fit"):
+    view_cache.build(inputs, task.targets, _data(scenes_dir), source, seed=0, check=print)
