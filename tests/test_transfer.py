@@ -434,6 +434,10 @@ def test_bad_task_configs_name_the_field():
   with pytest.raises(workdir.ConfigError, match=r"finetune.layer_decay"):
     trainer.check_config(c)
   c.finetune.layer_decay = 0.75
+  c.cached_views = ("probe", "linear")
+  with pytest.raises(workdir.ConfigError, match=r"config.cached_views: 'linear' is not one of"):
+    trainer.check_config(c)
+  c.cached_views = ("probe",)
   del c.finetune.b2
   with pytest.raises(workdir.ConfigError, match=r"config.finetune.b2: is required"):
     trainer.check_config(c)

@@ -169,7 +169,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, scenes_dir, mon
   c.checkpoint_every = 3
   c.model = tiny_cfg().to_dict()  # The end-to-end test's model: its compiled steps are reused.
   if inputs == "loader":
-    monkeypatch.setattr(trainer.view_cache, "uncached_reason", lambda *a: "forced")
+    c.cached_views = ("probe",)  # As experiments/transfer_scenes/ was made.
   whole = trainer.run(c, str(tmp_path / "whole"))
   make_step = protocols.train_step
   monkeypatch.setattr(protocols, "train_step", _crashing_at_step_five(make_step))

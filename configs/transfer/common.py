@@ -49,6 +49,7 @@ def tfds_base(config_file: str, arg, title: str) -> ml_collections.ConfigDict:
   c.supervised = protocol(learning_rate=2e-3, weight_decay=1e-4, width=16, stem=1)
   c.sweep = ml_collections.ConfigDict(dict(split="validation", learning_rates=dict(
       probe=(), finetune=(), supervised=())))
+  c.cached_views = ("probe", "finetune", "supervised")  # Used only without random crops.
   c.eval = ml_collections.ConfigDict(dict(num_samples=0, num_examples=8))
   c.log_every = 100
   c.checkpoint_every = 0

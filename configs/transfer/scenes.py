@@ -99,6 +99,11 @@ def get_config(arg=None):
   c.sweep = ml_collections.ConfigDict(dict(split="validation", learning_rates=dict(
       probe=(1e-2, 3e-2, 1e-1, 3e-1), finetune=(1e-3, 3e-3, 1e-2),
       supervised=(1e-3, 3e-3, 1e-2))))
+  # The protocols whose runs train on each labelled sample's two views (plain and
+  # mirrored) made once (m4.jobs.view_cache: the loader's distribution, drawn by step);
+  # the others read every batch through the loader. experiments/transfer_scenes/ was
+  # made with ("probe",): its fine-tunings and conv nets read the loader.
+  c.cached_views = ("probe", "finetune", "supervised")
   # One task's own protocol fields (e.g. seeds) and, as `learning_rates`, its arms' sweep
   # (m4.jobs.transfer_protocols); every arm of the task gets the same.
   c.task_protocols = ml_collections.ConfigDict()

@@ -26,13 +26,14 @@ training of it. Each run is evaluated on the held-out split
     DIR/eval/<task>_<budget>_predictions.png   dense tasks: inputs, labels and each
                                                 run's predictions on test samples
 
-Where the training crop is fixed up to a flip (the scenes configs), a run
-trains on both views of every labelled sample made once (m4.jobs.view_cache:
-the same distribution of inputs, without reading a batch per step): a probe
-on the frozen encoder's features (encoded once per arm), a fine-tuning or
-conv net on the encoder's batches (made once per label subset). The run's
-result says which (`train_inputs`: "cached features", "cached views" or
-"loader"); with random crops every batch comes from the loader.
+Where the training crop is fixed up to a flip (the scenes configs), a run of
+a protocol in `cached_views` trains on both views of every labelled sample
+made once (m4.jobs.view_cache: the same distribution of inputs, without
+reading a batch per step): a probe on the frozen encoder's features (encoded
+once per arm), a fine-tuning or conv net on the encoder's batches (made once
+per label subset). The run's result says which (`train_inputs`: "cached
+features", "cached views" or "loader"); with random crops every batch comes
+from the loader.
 
 A run whose eval json exists is skipped, and a run with checkpoints resumes,
 so the same command continues an interrupted job. Paired runs share the label
@@ -55,6 +56,9 @@ protocol's fields are configs/transfer/common.py:protocol's):
     position).
   sweep: split (where the sweep scores, never the test split) and
     learning_rates.<protocol>: the rates each arm tries (empty: none).
+  cached_views: the protocols ("probe", "finetune", "supervised") whose runs
+    train on cached views where the crop allows (above); the others' runs
+    read every batch through the loader.
   tasks.<name>: m4.models.transfer.TaskSpec fields (kind, inputs, target,
     num_classes, label_smoothing, depth_bins).
   task_protocols.<task>.<protocol>: that task's own values of the protocol's
@@ -113,8 +117,8 @@ SUPERVISED = protocols_lib.SUPERVISED  # The protocol name of a baseline's runs.
 FIELDS = ("title", "seeds", "init", "init_key", "init_step", "model", "modalities", "inits",
           "protocols", "label_fractions", "tasks", "task_protocols", "tokenizers",
           "pixel_normalization", "data", "probe", "finetune", "baselines", "baseline_fractions",
-          "supervised", "sweep", "eval", "log_every", "checkpoint_every", "mesh",
-          "sharding_rules", "prng_impl")
+          "supervised", "sweep", "cached_views", "eval", "log_every", "checkpoint_every",
+          "mesh", "sharding_rules", "prng_impl")
 
 
 # ------------------------------------------------------------------ runs
@@ -145,6 +149,9 @@ def check_config(config) -> None:
     require(protocol in PROTOCOLS, "protocols", f"{protocol!r} is not one of {PROTOCOLS}.")
   for baseline in config.baselines:
     require(baseline in BASELINES, "baselines", f"{baseline!r} is not one of {BASELINES}.")
+  for protocol in config.cached_views:
+    require(protocol in PROTOCOLS + (SUPERVISED,), "cached_views",
+            f"{protocol!r} is not one of {PROTOCOLS + (SUPERVISED,)}.")
   for field in ("label_fractions", "baseline_fractions"):
     for f in config[field]:
       require(0 < float(f) <= 1, field, f"{f} is not in (0, 1].")
@@ -338,7 +345,8 @@ def _train(ctx: _Context, run: Run, data, source, run_dir: str,
       b1=float(settings.b1), b2=float(settings.b2),
       decay_rules=model.decay_rules(), new_inputs=getattr(model, "new_inputs", ()))
   features = run.protocol == "probe"
-  cache = _view_cache(ctx, run, model, data, source, features, note)
+  cache = (_view_cache(ctx, run, model, data, source, features, note)
+           if run.protocol in config.cached_views else None)
   it = None if cache is not None else pipeline.make_iterator(
       data, data.train_split, seed=run.seed, training=True, source=source)
   inputs_kind = ("loader" if cache is None else
@@ -441,7 +449,8 @@ def _view_cache(ctx: _Context, run: Run, model, data, source, features: bool, no
   if why:
     print(f"{note}trains from the loader ({why})", flush=True)
     return None
-  print(f"{note}made {len(cache)} samples x {cache.num_views} views of {kind} once"
+  made = "encoded" if features else "made the encoder's batches of"
+  print(f"{note}{made} {len(cache)} samples x {cache.num_views} views once"
         f" ({cache.seconds:.1f} s)", flush=True)
   ctx.caches[kind] = (key, cache)
   return cache

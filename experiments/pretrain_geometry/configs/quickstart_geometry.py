@@ -56,6 +56,7 @@ def get_config(arg=None):
   # one shared fine-tuning rate (the quickstart now runs 1800 and sweeps semseg's).
   pretrain.total_steps, pretrain.checkpoint_every, pretrain.eval.every = 1200, 400, 400
   c.stages.transfer.task_protocols = {}
+  c.stages.transfer.cached_views = ("probe",)  # As recorded: fine-tunings read the loader.
   pretrain.data.update(data)
   pretrain.tokens.dir = "{root}/tokens"
   pretrain.tokenizers.update(tokenizers)

@@ -61,6 +61,7 @@ def get_config(arg=None):
   data.extras = scenes21.EXTRAS
   for name in ("tok_rgb", "tok_depth", "tok_semseg", "tokens", "pretrain", "generate", "transfer"):
     c.stages[name].data.extras = scenes21.EXTRAS
+  c.stages.transfer.cached_views = ("probe",)  # As recorded: fine-tunings read the loader.
 
   geometry = config_files.load(__file__, "../../pretrain_geometry/configs/quickstart_geometry.py")
   geometry.add_tokenizer_stages(c, GEOMETRY)  # tok_normals, tok_edges.

@@ -62,6 +62,7 @@ def get_config(arg=None):
   c.probe.num_steps = c.finetune.num_steps = c.supervised.num_steps = 200
   c.baseline_fractions = (0.1,)
   c.checkpoint_every = 0
+  c.cached_views = ("probe",)  # As recorded: fine-tunings and conv nets read the loader.
   if variant == "rgbd":
     c.tasks = {"semseg": c.tasks.semseg.to_dict(), "semseg_rgbd": _rgbd_task()}
     c.seeds = (0,)

@@ -36,6 +36,7 @@ def get_config(arg=None):
   c.task_protocols = {}  # As recorded: fine-tuning at the quick config's 3e-3 for every task.
   c.seeds = (0, 1, 2)
   c.baselines = ()
+  c.cached_views = ("probe",)  # As recorded: fine-tunings and conv nets read the loader.
   c.init = os.path.join(QUICK_ROOT, "pretrain")
   c.data.dir = os.path.join(GEOMETRY_ROOT, "data")
   c.tokenizers.depth = os.path.join(QUICK_ROOT, "tok_depth")

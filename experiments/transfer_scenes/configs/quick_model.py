@@ -41,6 +41,7 @@ def get_config(arg=None):
   c.task_protocols = {}  # Every arm and seed as the sweeps below say, as recorded.
   c.seeds = (0, 1, 2)
   c.baselines = ()
+  c.cached_views = ("probe",)  # As recorded: fine-tunings and conv nets read the loader.
   c.init = os.path.join(QUICK_ROOT, "pretrain")
   c.data.dir = os.path.join(QUICK_ROOT, "data")
   c.tokenizers.depth = os.path.join(QUICK_ROOT, "tok_depth")
