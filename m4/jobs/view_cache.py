@@ -133,10 +133,11 @@ def build(make: Callable[[dict], Any], targets: Callable[[dict], Any], data, sou
     made = jax.tree.map(lambda x: np.asarray(x)[:n], make(raw))
     outs.append((made, np.asarray(targets(raw))[:n]))
     pending.clear()
-    view_bytes = sum(x.nbytes for x in jax.tree.leaves(outs[0])) / len(outs[0][1])
-    if 2 * view_bytes * num_views * len(source) > MAX_BYTES:  # Kept twice while joined.
-      raise Uncacheable(f"the views of {len(source)} samples would not fit in"
-                        f" {MAX_BYTES >> 30} GiB")
+    if len(outs) == 1:  # The first batch tells what a view takes.
+      view_bytes = sum(x.nbytes for x in jax.tree.leaves(outs[0])) / n
+      if 2 * view_bytes * num_views * len(source) > MAX_BYTES:  # Kept twice while joined.
+        raise Uncacheable(f"the views of {len(source)} samples would not fit in"
+                          f" {MAX_BYTES >> 30} GiB")
 
   for i in range(len(source)):
     sample = source[i]
