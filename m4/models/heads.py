@@ -86,10 +86,7 @@ def _run(y, heads, weights, modality, valid, targets, chunk: int, vary: tuple,
       if with_grads:
         onehot = jnp.arange(local_v)[None, :] == col[:, None]
         g = e * (w / total)[:, None] - jnp.where(onehot, w[:, None], 0.0)
-        # Made apart from the products that read it: fused into the input
-        # gradient's product, the logits' gradient slowed it (bench_tiny on a
-        # 2-core Xeon: the step 2.4 % faster, the same bits; experiments/train_speed/).
-        g = jax.lax.optimization_barrier(g.astype(y.dtype))
+        g = g.astype(y.dtype)
         dx_rows = over_vocab(jax.lax.psum, jnp.einsum("cv,vd->cd", g, w_c,
                                                       preferred_element_type=jnp.float32))
         old = jax.lax.dynamic_slice_in_dim(c["dx"], start, chunk)
