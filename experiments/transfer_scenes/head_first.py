@@ -17,7 +17,6 @@ An experiment, not an m4 option (experiments/transfer_scenes/README.md,
 
 import os
 
-import jax
 import jax.numpy as jnp
 import optax
 
@@ -28,22 +27,13 @@ HEAD_FIRST = int(os.environ.get("HEAD_FIRST", "0"))
 _make = optim.make
 
 
-def _start_at(step: int) -> optax.GradientTransformation:
-  """Zero updates before `step`, the updates themselves from it."""
-
-  def update(updates, count, params=None):
-    del params
-    on = (count >= step)
-    return jax.tree.map(lambda u: u * on.astype(u.dtype), updates), count + 1
-
-  return optax.GradientTransformation(lambda params: jnp.zeros((), jnp.int32), update)
-
-
 def _make_head_first(config):
   tx, schedule = _make(config)
   if HEAD_FIRST:
     backbone = lambda params: optim.rule_tree((("backbone/.*", True),), params, False)
-    tx = optax.chain(tx, optax.masked(_start_at(HEAD_FIRST), backbone))
+    # Updates times 0 before step HEAD_FIRST, times 1 from it.
+    start = optax.scale_by_schedule(lambda count: (count >= HEAD_FIRST).astype(jnp.float32))
+    tx = optax.chain(tx, optax.masked(start, backbone))
   return tx, schedule
 
 
