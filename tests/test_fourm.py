@@ -424,3 +424,29 @@ def test_cpu_tuned_backward_only_where_asked(model):
     graphdef, params = nnx.split(m)
     grad = jax.grad(lambda p: nnx.merge(graphdef, p)(batch)[0])
     assert ("optimization_barrier" in str(jax.make_jaxpr(grad)(params))) == tuned, backward
+
+
+def test_cpu_tuned_heads_give_the_same_bits():
+  """The chunked loss's CPU hint (a large head's logits' gradient made apart)
+  is only where asked and only for large heads, and changes no bit."""
+  from m4.models import heads as H  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(0)
+  b, m, d = 4, 40, 16
+  sizes = (H.BARRIER_MIN_VOCAB, 64)
+  y = jnp.asarray(rng.randn(b, m, d), jnp.float32)
+  hs = tuple(jnp.asarray(rng.randn(v, d), jnp.float32) for v in sizes)
+  modality = jnp.asarray(rng.randint(0, 2, (b, m)))
+  targets = jnp.asarray(rng.randint(0, 64, (b, m)))
+  valid, weights = jnp.asarray(rng.rand(b, m) > 0.2), jnp.asarray(rng.rand(b, m), jnp.float32)
+
+  def grads(cpu_tuned, heads=hs):
+    f = lambda y, hs: H.grouped_cross_entropy(y, hs, modality=modality, valid=valid,
+                                              targets=targets, weights=weights, chunk=32,
+                                              cpu_tuned=cpu_tuned)[0]
+    g = jax.value_and_grad(f, argnums=(0, 1))
+    return str(jax.make_jaxpr(g)(y, heads)).count("optimization_barrier"), jax.jit(g)(y, heads)
+
+  (tuned, got), (plain, want) = grads(True), grads(False)
+  assert (tuned, plain) == (1, 0)  # The large head only.
+  assert grads(True, (hs[1], hs[1]))[0] == 0
+  jax.tree.map(np.testing.assert_array_equal, got, want)

@@ -380,7 +380,8 @@ class FourM(nnx.Module):
       weights = jnp.where(valid, 1.0 / jnp.maximum(jnp.sum(counts), 1.0), 0.0)
     loss, (ce, correct, count) = H.grouped_cross_entropy(
         decoded.out, [self.head(n) for _, n in present], modality=jnp.maximum(local, 0),
-        valid=valid, targets=decoded.targets, weights=weights, chunk=cfg.head_chunk_size)
+        valid=valid, targets=decoded.targets, weights=weights, chunk=cfg.head_chunk_size,
+        cpu_tuned=layers.cpu_tuned(cfg))
     metrics = {"loss": loss}
     for j, (_, name) in enumerate(present):
       metrics[f"loss/{name}"] = ce[j] / jnp.maximum(count[j], 1.0)
