@@ -406,7 +406,8 @@ def test_generate_trainer_writes_grid_tokens_and_metrics(tiny_run, tmp_path):
   # Two of the shipped configs, each cut to two targets to compile less.
   for name, targets, labels in (
       ("rgb2all", ("depth", "caption"), ["rgb_pixels->depth", "rgb_pixels->caption"]),
-      ("caption2semseg2rgb", ("semseg",), ["caption->semseg", "caption->semseg/presence"])):
+      ("caption2semseg2rgb", ("semseg",), ["caption->semseg", "caption->semseg/presence",
+                                           "caption->semseg/presence/other_scene"])):
     config = _config(name, tiny_run)
     config.targets = targets
     workdir = str(tmp_path / name)
@@ -435,6 +436,22 @@ def test_generate_trainer_writes_grid_tokens_and_metrics(tiny_run, tmp_path):
   bad.init = str(tmp_path)
   with pytest.raises(ConfigError, match=r"config.init: .* has no config.json"):
     trainer.run(bad, str(tmp_path / "bad"))
+
+
+def test_chance_level_scores_against_another_scenes_text():
+  from m4.jobs import generate as trainer  # pylint: disable=g-import-not-at-top
+  texts = np.array(["a red sphere", "skipped", "a blue cube", "a green cone"])
+  other = trainer._other_scenes(texts, np.array([True, False, True, True]))
+  assert other.tolist() == ["a blue cube", "skipped", "a green cone", "a red sphere"]
+  # Each map draws the shape its caption names (classes 2 + shape id): all
+  # right against its own caption, all wrong against the next scene's.
+  maps = np.zeros((4, 8, 8), np.int32)
+  for b, shape in enumerate((0, 0, 1, 3)):
+    maps[b, :4] = 2 + shape
+  valid = np.array([True, False, True, True])
+  own = quality.presence_figures(quality.presence_sums(maps, texts, valid))
+  chance = quality.presence_figures(quality.presence_sums(maps, other, valid))
+  assert own["presence_f1"] == 1.0 and chance["presence_f1"] == 0.0
 
 
 def test_notebook_executes(tiny_run, monkeypatch):

@@ -23,7 +23,9 @@ texts against the true boxes, and whether a generated semseg follows the
 scene's texts (given or not, so steered and unsteered maps compare):
 object-presence F1 of the shapes the caption names, the hit rate of the
 boxes of the boxes text, the object count of the metadata text, and for RGB
-the distance of its dominant colours to the palette text's.
+the distance of its dominant colours to the palette text's. Each of these
+also has its chance level, `.../other_scene`: the same images scored against
+another test scene's text (a generator that ignores its text scores there).
 
 Config fields:
   init: the pretraining workdir (config.json with `model` [and `modalities`],
@@ -238,6 +240,10 @@ def run(config, workdir: str) -> dict:
         sums.add(f"{label}/{what}", sums_fn(decoded[name], given, valid,
                                            int(config.presence_min_pixels)))
         finalize[f"{label}/{what}"] = figures_fn
+        # Chance level: the same images against another scene's text.
+        sums.add(f"{label}/{what}/other_scene", sums_fn(
+            decoded[name], _other_scenes(given, valid), valid, int(config.presence_min_pixels)))
+        finalize[f"{label}/{what}/other_scene"] = figures_fn
         ceiling.add(f"{name}/{what}", sums_fn(np.asarray(recon), given, valid,
                                               int(config.presence_min_pixels)))
         ceiling_finalize[f"{name}/{what}"] = figures_fn
@@ -293,6 +299,15 @@ _STEERING = {
 }
 # Given texts drawn in the grid (m4.data.scene_sequences.picture): data key -> kind.
 _PICTURED = {"boxes_text": "boxes", "palette_text": "palette", "instances_text": "instances"}
+
+
+def _other_scenes(texts: np.ndarray, valid: np.ndarray) -> np.ndarray:
+  """`texts` with each valid sample's replaced by the next valid sample's
+  (the last by the first): what a generator that ignored its text would match."""
+  out = texts.copy()
+  rows = np.flatnonzero(valid)
+  out[rows] = texts[np.roll(rows, -1)]
+  return out
 
 
 def _text_scorer(mod, batch, valid):
