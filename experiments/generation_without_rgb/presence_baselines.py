@@ -13,7 +13,6 @@ import argparse
 import json
 
 import numpy as np
-from array_record.python import array_record_module
 
 from m4.data import scene_captions
 from m4.data import scene_spec
@@ -27,12 +26,11 @@ def main():
   p.add_argument("--split", default="test")
   p.add_argument("--num", type=int, default=256)
   args = p.parse_args()
-  reader = array_record_module.ArrayRecordReader(scene_store.split_path(args.data, args.split))
-  n = min(args.num, reader.num_records())
+  source = scene_store.ScenesSource(args.data, args.split)
+  n = min(args.num, len(source))
   named = np.zeros((n, len(scene_spec.SHAPES)), bool)
-  for i, record in enumerate(reader.read(list(range(n)))):
-    caption = scene_store.decode(record)["caption"]
-    for _, _, s in scene_captions.parse_caption(str(caption)):
+  for i in range(n):
+    for _, _, s in scene_captions.parse_caption(str(source[i]["caption"])):
       named[i, s] = True
   tp_all, fp_all, fn_all = named.sum(), (~named).sum(), 0
   top = int(np.argmax(named.sum(0)))

@@ -237,15 +237,13 @@ def run(config, workdir: str) -> dict:
         if image_key != mod.data_key or text_key not in batch:
           continue
         given = np.asarray(batch[text_key])
-        sums.add(f"{label}/{what}", sums_fn(decoded[name], given, valid,
-                                           int(config.presence_min_pixels)))
-        finalize[f"{label}/{what}"] = figures_fn
-        # Chance level: the same images against another scene's text.
-        sums.add(f"{label}/{what}/other_scene", sums_fn(
-            decoded[name], _other_scenes(given, valid), valid, int(config.presence_min_pixels)))
-        finalize[f"{label}/{what}/other_scene"] = figures_fn
-        ceiling.add(f"{name}/{what}", sums_fn(np.asarray(recon), given, valid,
-                                              int(config.presence_min_pixels)))
+        min_pixels = int(config.presence_min_pixels)
+        # Against the scene's own text, and (the chance level) another scene's.
+        for figure, against in ((f"{label}/{what}", given),
+                                (f"{label}/{what}/other_scene", _other_scenes(given, valid))):
+          sums.add(figure, sums_fn(decoded[name], against, valid, min_pixels))
+          finalize[figure] = figures_fn
+        ceiling.add(f"{name}/{what}", sums_fn(np.asarray(recon), given, valid, min_pixels))
         ceiling_finalize[f"{name}/{what}"] = figures_fn
     for b in np.flatnonzero(valid):
       record = {"id": int(batch["id"][b]), "tokens": {}, "captions": {}}

@@ -21,8 +21,6 @@ def get_config(arg=None):
   c.data.batch_size = 32
   c.total_steps, c.checkpoint_every, c.eval.every = 1800, 600, 600
   if variant == "no_pixels":
-    mix = c.masking.mixture
-    no_pixels = mix.all2all.to_dict()
-    no_pixels["input_alphas"] = dict(no_pixels["input_alphas"], rgb_pixels=0.0)
-    mix.no_pixels2all = no_pixels
+    config_files.load(__file__, "../../pretrain_objects/configs/no_pixels_component.py"
+                      ).add_component(c.masking.mixture)
   return c

@@ -20,9 +20,14 @@ def get_config(arg=None):
   c.optimizer.lr = 3e-3
   c.eval.every = c.checkpoint_every = 300
   c.log_every = 50
-  mix = c.masking.mixture
-  mix.rgb2all.weight = 3.0
-  no_pixels = mix.all2all.to_dict()
-  no_pixels["input_alphas"] = dict(no_pixels["input_alphas"], rgb_pixels=0.0)
-  mix.no_pixels2all = no_pixels
+  c.masking.mixture.rgb2all.weight = 3.0
+  add_component(c.masking.mixture)
   return c
+
+
+def add_component(mixture):
+  """Adds "all but the pixels to all" to `mixture`: its "all to all" with the
+  RGB pixels' input alpha at 0, at the same weight."""
+  no_pixels = mixture.all2all.to_dict()
+  no_pixels["input_alphas"] = dict(no_pixels["input_alphas"], rgb_pixels=0.0)
+  mixture.no_pixels2all = no_pixels
