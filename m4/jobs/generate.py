@@ -168,6 +168,7 @@ def run(config, workdir: str) -> dict:
   it = pipeline.make_iterator(data, config.split, seed=config.seed, training=False)
   key = jax.random.key(config.seed)
   scorers = {name: _scorer(tok) for name, tok in vq.items() if not _released(tok)}
+  min_pixels = int(config.presence_min_pixels)  # A steering figure's shape is present from here.
   picture_kinds = {}  # Converted 4M tokenizers' targets: drawn as 4M's demo draws them.
   sums, ceiling = quality.Sums(), quality.Sums()
   finalize, ceiling_finalize = {}, {}
@@ -237,7 +238,6 @@ def run(config, workdir: str) -> dict:
         if image_key != mod.data_key or text_key not in batch:
           continue
         given = np.asarray(batch[text_key])
-        min_pixels = int(config.presence_min_pixels)
         # Against the scene's own text, and (the chance level) another scene's.
         for figure, against in ((f"{label}/{what}", given),
                                 (f"{label}/{what}/other_scene", _other_scenes(given, valid))):

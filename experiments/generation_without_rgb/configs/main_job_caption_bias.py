@@ -19,12 +19,14 @@ from m4 import config_files
 CAPTION_ALPHA, OTHER_ALPHA = 5.0, 0.05
 
 
-def add_component(mixture, weight: float = 1.0):
-  """Adds "caption bias" to `mixture`, built on its "all to all"."""
+def add_component(mixture):
+  """Adds "caption bias" to `mixture`: its "all to all" (same weight, same
+  targets) with the caption whole in at CAPTION_ALPHA and every other input
+  at OTHER_ALPHA (inputs at 0 stay at 0)."""
   bias = mixture.all2all.to_dict()
-  bias["weight"] = weight
-  bias["input_alphas"] = {name: (CAPTION_ALPHA if name == "caption" else OTHER_ALPHA) if alpha > 0 else 0.0
-                          for name, alpha in bias["input_alphas"].items()}
+  alpha = {"caption": CAPTION_ALPHA}
+  bias["input_alphas"] = {n: alpha.get(n, OTHER_ALPHA) if a > 0 else 0.0
+                          for n, a in bias["input_alphas"].items()}
   bias["keep"] = dict(bias["keep"], caption="all")
   mixture.caption_bias = bias
 
