@@ -17,6 +17,7 @@ from m4.generation import sampling
 from m4.generation import entries
 from m4.generation import sampler as sampler_lib
 from m4.generation import schedules
+from m4.tokenizers import modality_io
 from m4.tokenizers import text as text_lib
 from m4.tools import tiny_checkpoint
 from m4.workdir import ConfigError
@@ -130,9 +131,10 @@ def test_caption_pairs_and_object_presence():
   captions = ["a large red sphere left of a small red cube",  # 1 of 2 named pairs right.
               "a yellow cylinder behind a yellow cylinder"]   # 2 of 3 objects, both right.
   sums = quality.caption_pair_sums(captions, scene, np.array([True, True]))
-  assert sums == {"matched": 3.0, "named": 4.0, "objects": 5.0}
+  assert sums == {"matched": 3.0, "shapes_matched": 4.0, "named": 4.0, "objects": 5.0}
   figs = quality.caption_pair_figures(sums)
   assert figs["pair_precision"] == 0.75 and figs["pair_recall"] == 0.6
+  assert figs["shape_precision"] == 1.0 and figs["shape_recall"] == 0.8  # The cube's colour aside.
   assert quality.caption_pair_sums(captions, scene, np.array([False, True]))["named"] == 2.0
   # Semantic maps: classes 2 + shape id; a shape counts from 8 pixels.
   maps = np.zeros((2, 16, 16), np.int32)
@@ -406,8 +408,8 @@ def test_generate_trainer_writes_grid_tokens_and_metrics(tiny_run, tmp_path):
   # Two of the shipped configs, each cut to two targets to compile less.
   for name, targets, labels in (
       ("rgb2all", ("depth", "caption"), ["rgb_pixels->depth", "rgb_pixels->caption"]),
-      ("caption2semseg2rgb", ("semseg",), ["caption->semseg", "caption->semseg/presence",
-                                           "caption->semseg/presence/other_scene"])):
+      ("caption2semseg2rgb", ("semseg",), ["caption->semseg", "caption->semseg/presence"])):
+    labels = labels + [f"{label}/other_scene" for label in labels]  # Each with its chance level.
     config = _config(name, tiny_run)
     config.targets = targets
     workdir = str(tmp_path / name)
@@ -452,6 +454,12 @@ def test_chance_level_scores_against_another_scenes_text():
   own = quality.presence_figures(quality.presence_sums(maps, texts, valid))
   chance = quality.presence_figures(quality.presence_sums(maps, other, valid))
   assert own["presence_f1"] == 1.0 and chance["presence_f1"] == 0.0
+  # Images too: the true maps themselves, scored against the next scene's.
+  io = modality_io.SemsegIO("semseg", num_classes=6)
+  logits = np.eye(6, dtype=np.float32)[maps]
+  own = io.metrics_from_sums(io.metric_sums(logits, maps, valid))
+  chance = io.metrics_from_sums(io.metric_sums(logits, trainer._other_scenes(maps, valid), valid))
+  assert own["miou"] == 1.0 and chance["miou"] == 0.25  # Only the empty half (class 0) agrees.
 
 
 def test_notebook_executes(tiny_run, monkeypatch):

@@ -86,8 +86,8 @@ def test_texts_tokenize_pretrain_and_steer_generation(assets, tmp_path):
   assert os.path.getsize(summary["grid"]) > 1000  # The boxes drawn beside the generated map.
   metrics = json.load(open(os.path.join(workdir, "eval", "metrics.json")))
   steering = ("boxes->semseg/boxes", "boxes->semseg/count", "boxes->semseg/presence")
-  assert set(metrics["generated"]) == {"boxes->semseg", "boxes+semseg+metadata->instances",
-                                       *steering, *(f"{k}/other_scene" for k in steering)}
+  scored = ("boxes->semseg", "boxes+semseg+metadata->instances", *steering)
+  assert set(metrics["generated"]) == {*scored, *(f"{k}/other_scene" for k in scored)}
   assert set(metrics["ceiling"]) == {"semseg", "semseg/boxes", "semseg/count", "semseg/presence",
                                      "instances"}
   assert metrics["ceiling"]["instances"]["instance_f1"] == 1.0  # The true texts, tokenized.

@@ -13,7 +13,8 @@ and the tokenizer's reconstruction (the ceiling) are scored by the same code.
   caption pairs   the (shape, colour) pairs a caption names
                   (`scenes.parse_caption`) against the scene's objects, as
                   multisets: precision = matched / named, recall = matched /
-                  objects, summed over samples (micro average), and F1.
+                  objects, summed over samples (micro average), and F1; the
+                  same for the shapes alone (shape_*).
   object presence the shape classes present in a semantic map (at least
                   `min_pixels` pixels) against the shapes a caption names:
                   F1 over (sample, shape) pairs, with precision and recall.
@@ -53,21 +54,29 @@ PRESENCE_MIN_PIXELS = 8  # A shape counts as present from this many pixels (64 p
 
 def caption_pair_sums(captions: Sequence[str], scene: Mapping[str, np.ndarray],
                       valid: np.ndarray) -> dict[str, float]:
-  """Matched / named / actual (shape, colour) pairs of `captions` vs `scene`.
+  """Matched / named / actual (shape, colour) pairs of `captions` vs `scene`,
+  and the pairs whose shape alone matches (`shapes_matched`: what an input
+  without colour, such as depth, can get right).
 
   `scene` holds the batch's padded "shape" and "color" ids (B, K), -1 padding.
   """
   shape, color = np.asarray(scene["shape"]), np.asarray(scene["color"])
-  out = {"matched": 0.0, "named": 0.0, "objects": 0.0}
+  out = {"matched": 0.0, "shapes_matched": 0.0, "named": 0.0, "objects": 0.0}
   for b, text in enumerate(captions):
     if not valid[b]:
       continue
-    named = collections.Counter((s, c) for _, c, s in scenes.parse_caption(str(text)))
-    real = collections.Counter((int(s), int(c)) for s, c in zip(shape[b], color[b]) if s >= 0)
-    out["matched"] += sum((named & real).values())
-    out["named"] += sum(named.values())
-    out["objects"] += sum(real.values())
+    named = [(s, c) for _, c, s in scenes.parse_caption(str(text))]
+    real = [(int(s), int(c)) for s, c in zip(shape[b], color[b]) if s >= 0]
+    out["matched"] += _common(named, real)
+    out["shapes_matched"] += _common([s for s, _ in named], [s for s, _ in real])
+    out["named"] += len(named)
+    out["objects"] += len(real)
   return out
+
+
+def _common(a: Sequence, b: Sequence) -> int:
+  """The size of the multisets' intersection."""
+  return sum((collections.Counter(a) & collections.Counter(b)).values())
 
 
 def presence_sums(semseg: np.ndarray, captions: Sequence[str], valid: np.ndarray,
@@ -251,7 +260,9 @@ def text_match_figures(kind: str):
 
 
 def caption_pair_figures(sums: Mapping[str, float]) -> dict[str, float]:
-  return _matched_figures(sums, "pair")
+  """pair_* (shape and colour right) and shape_* (the shape alone) precision, recall, F1."""
+  shapes = dict(sums, matched=sums.get("shapes_matched", 0.0))
+  return {**_matched_figures(sums, "pair"), **_matched_figures(shapes, "shape")}
 
 
 def presence_figures(sums: Mapping[str, float]) -> dict[str, float]:

@@ -23,9 +23,11 @@ texts against the true boxes, and whether a generated semseg follows the
 scene's texts (given or not, so steered and unsteered maps compare):
 object-presence F1 of the shapes the caption names, the hit rate of the
 boxes of the boxes text, the object count of the metadata text, and for RGB
-the distance of its dominant colours to the palette text's. Each of these
-also has its chance level, `.../other_scene`: the same images scored against
-another test scene's text (a generator that ignores its text scores there).
+the distance of its dominant colours to the palette text's. Every figure
+has its chance level beside it, `<figure>/other_scene`: the same outputs
+scored against another test scene's ground truth or text (a generator that
+ignores its condition scores there; e.g. a semseg map of sky and ground
+alone reaches about the same mIoU against any scene).
 
 Config fields:
   init: the pretraining workdir (config.json with `model` [and `modalities`],
@@ -209,7 +211,10 @@ def run(config, workdir: str) -> dict:
         score = _text_scorer(mod, batch, valid)
         if score is not None:
           sums.add(label, score[0](texts[name]))
-          finalize[label] = score[1]
+          # The chance level: another scene's generated text against this one.
+          sums.add(f"{label}/other_scene",
+                   score[0](_other_scenes(np.asarray(texts[name], object), valid).tolist()))
+          finalize[label] = finalize[f"{label}/other_scene"] = score[1]
           if mod.data_key in batch:  # The true text through the text tokenizer.
             truth = [text[name].decode(text[name].encode(str(t))) for t in batch[mod.data_key]]
             ceiling.add(name, score[0](truth))
@@ -226,10 +231,12 @@ def run(config, workdir: str) -> dict:
         decoded[name] = np.asarray(tok.decode(tokens))
         continue
       truth = tok.io.check(np.asarray(truth), tok.image_size)
-      images, got, best, recon = scorers[name](tokens, truth, valid)
+      images, got, chance, best, recon = scorers[name](tokens, truth, _other_scenes(truth, valid),
+                                                       valid)
       decoded[name] = np.asarray(images)
       sums.add(label, got)
-      finalize[label] = tok.io.metrics_from_sums
+      sums.add(f"{label}/other_scene", chance)
+      finalize[label] = finalize[f"{label}/other_scene"] = tok.io.metrics_from_sums
       ceiling.add(name, best)
       ceiling_finalize[name] = tok.io.metrics_from_sums
       # Steering: does the image follow the scene's texts (given ones or not, so
@@ -299,12 +306,13 @@ _STEERING = {
 _PICTURED = {"boxes_text": "boxes", "palette_text": "palette", "instances_text": "instances"}
 
 
-def _other_scenes(texts: np.ndarray, valid: np.ndarray) -> np.ndarray:
-  """`texts` with each valid sample's replaced by the next valid sample's
-  (the last by the first): what a generator that ignored its text would match."""
-  out = texts.copy()
+def _other_scenes(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+  """`values` (texts or images, batch first) with each valid sample's replaced
+  by the next valid sample's (the last by the first): what a generator that
+  ignored its condition would match."""
+  out = values.copy()
   rows = np.flatnonzero(valid)
-  out[rows] = texts[np.roll(rows, -1)]
+  out[rows] = values[np.roll(rows, -1)]
   return out
 
 
@@ -343,14 +351,16 @@ def _released(tok) -> bool:
 
 
 def _scorer(tok):
-  """A jitted (tokens, truth, valid) -> (decoded images, metric sums of the
-  generation, metric sums of the tokenizer's reconstruction of the truth,
-  that reconstruction)."""
+  """A jitted (tokens, truth, other scenes' truth, valid) -> (decoded images,
+  metric sums of the generation against the truth and against the other
+  scenes' (the chance level), metric sums of the tokenizer's reconstruction
+  of the truth, that reconstruction)."""
 
-  def score(tokens, truth, valid):
+  def score(tokens, truth, other, valid):
     images, output = tok.decode_traced(tokens)
     _, recon = tok.decode_traced(tok.encode_traced(truth))
     return (images, tok.io.metric_sums(output, truth, valid),
+            tok.io.metric_sums(output, other, valid),
             tok.io.metric_sums(recon, truth, valid), tok.io.postprocess(recon))
 
   return jax.jit(score)
