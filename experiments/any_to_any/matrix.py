@@ -5,6 +5,7 @@
           --config.init=PRETRAIN_DIR [data overrides]
     done
     python experiments/any_to_any/matrix.py --root=ROOT --out=OUT.md [--name=...]
+    python experiments/any_to_any/matrix.py --compare NAME=ROOT ... --out=OUT.md
 
 A cell is the generated target's headline figure from that one input, its
 chance level (the same outputs scored against another scene:
@@ -77,20 +78,49 @@ def table(matrix: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+# The cells `--compare` shows: (source, target, figure).
+COMPARED = (("rgb_pixels", "semseg", "objects' IoU"), ("rgb", "semseg", "objects' IoU"),
+            ("depth", "semseg", "objects' IoU"), ("depth", "rgb", "PSNR dB"),
+            ("semseg", "depth", "δ1"), ("semseg", "rgb", "PSNR dB"),
+            ("caption", "depth", "δ1"), ("caption", "semseg", "objects' IoU"))
+
+
+def margins(models: dict) -> str:
+  """One row per model: each compared cell's margin over its chance level."""
+  lines = ["| model | " + " | ".join(f"{s} -> {t}: {f}" for s, t, f in COMPARED) + " |",
+           "| --- |" + " ---: |" * len(COMPARED)]
+  for name, matrix in models.items():
+    shown = []
+    for source, target, figure in COMPARED:
+      cell = matrix.get(source, {}).get(target, {}).get(figure)
+      digits = next(d for n, _, d in FIGURES[target] if n == figure)
+      shown.append("–" if cell is None else f"{cell['generated'] - cell['chance']:+.{digits}f}")
+    lines.append(f"| {name} | " + " | ".join(shown) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--root", required=True, help="the folder of the five any2any runs")
+  parser.add_argument("--root", help="the folder of the five any2any runs")
+  parser.add_argument("--compare", nargs="+", default=(), metavar="NAME=ROOT",
+                      help="instead: several models' margins over chance, one row each")
   parser.add_argument("--out", required=True, help="OUT.md; OUT.json beside it")
   parser.add_argument("--name", default="", help="a heading line for the table")
   args = parser.parse_args()
-  matrix = cells(args.root)
-  if not matrix:
-    raise SystemExit(f"{args.root}: no <source>/eval/metrics.json of any of {SOURCES}.")
-  text = (f"{args.name}\n\n" if args.name else "") + table(matrix)
+  if args.compare:
+    models = {n: cells(r) for n, r in (item.split("=", 1) for item in args.compare)}
+    text = (f"{args.name}\n\n" if args.name else "") + margins(models)
+    matrix = models
+  else:
+    matrix = cells(args.root)
+    if not matrix:
+      raise SystemExit(f"{args.root}: no <source>/eval/metrics.json of any of {SOURCES}.")
+    text = (f"{args.name}\n\n" if args.name else "") + table(matrix)
   with open(args.out, "w") as f:
     f.write(text)
   with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-    json.dump({"root": os.path.abspath(args.root), "cells": matrix}, f, indent=1)
+    json.dump({"roots": list(args.compare) or [os.path.abspath(args.root)], "cells": matrix},
+              f, indent=1)
   print(text)
 
 
