@@ -120,8 +120,8 @@ def test_generate_job_takes_converted_tokenizers_by_path(released, tmp_path):
   metrics = json.load(open(summary["metrics"]))
   caption = config.targets[-1]
   # 4M's units are not m4's: the dense targets are decoded and drawn, only the caption scored.
-  assert sorted(metrics["generated"]) == [f"{'+'.join(config.inputs + config.targets[:3])}"
-                                          f"->{caption}"]
+  label = f"{'+'.join(config.inputs + config.targets[:3])}->{caption}"
+  assert sorted(metrics["generated"]) == [label, f"{label}/other_scene"]
   samples = [json.loads(line.rstrip(",")) for line in
              open(tmp_path / "gen" / "generated.json").read().splitlines()[1:-1]]
   assert len(samples) == 2

@@ -261,7 +261,7 @@ def text_match_figures(kind: str):
 
 def caption_pair_figures(sums: Mapping[str, float]) -> dict[str, float]:
   """pair_* (shape and colour right) and shape_* (the shape alone) precision, recall, F1."""
-  shapes = dict(sums, matched=sums.get("shapes_matched", 0.0))
+  shapes = dict(sums, matched=sums["shapes_matched"])
   return {**_matched_figures(sums, "pair"), **_matched_figures(shapes, "shape")}
 
 
