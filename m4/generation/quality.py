@@ -246,10 +246,11 @@ def _f1(p: float, r: float) -> float:
   return 2 * p * r / (p + r) if p + r else 0.0
 
 
-def _matched_figures(sums: Mapping[str, float], prefix: str) -> dict[str, float]:
-  """Precision (matched / named), recall (matched / objects) and F1."""
-  p = _ratio(sums["matched"], sums["named"])
-  r = _ratio(sums["matched"], sums["objects"])
+def _matched_figures(sums: Mapping[str, float], prefix: str,
+                     matched: str = "matched") -> dict[str, float]:
+  """Precision (sums[matched] / named), recall (sums[matched] / objects) and F1."""
+  p = _ratio(sums[matched], sums["named"])
+  r = _ratio(sums[matched], sums["objects"])
   return {f"{prefix}_precision": p, f"{prefix}_recall": r, f"{prefix}_f1": _f1(p, r)}
 
 
@@ -261,8 +262,7 @@ def text_match_figures(kind: str):
 
 def caption_pair_figures(sums: Mapping[str, float]) -> dict[str, float]:
   """pair_* (shape and colour right) and shape_* (the shape alone) precision, recall, F1."""
-  shapes = dict(sums, matched=sums["shapes_matched"])
-  return {**_matched_figures(sums, "pair"), **_matched_figures(shapes, "shape")}
+  return {**_matched_figures(sums, "pair"), **_matched_figures(sums, "shape", "shapes_matched")}
 
 
 def presence_figures(sums: Mapping[str, float]) -> dict[str, float]:

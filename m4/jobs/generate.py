@@ -210,11 +210,9 @@ def run(config, workdir: str) -> dict:
         texts[name] = text[name].decode_batch(entry["tensor"])
         score = _text_scorer(mod, batch, valid)
         if score is not None:
-          sums.add(label, score[0](texts[name]))
           # The chance level: another scene's generated text against this one.
-          sums.add(f"{label}/other_scene",
-                   score[0](_other_scenes(np.asarray(texts[name], object), valid).tolist()))
-          finalize[label] = finalize[f"{label}/other_scene"] = score[1]
+          other = _other_scenes(np.asarray(texts[name], object), valid).tolist()
+          _add_scored(sums, finalize, label, score[0](texts[name]), score[0](other), score[1])
           if mod.data_key in batch:  # The true text through the text tokenizer.
             truth = [text[name].decode(text[name].encode(str(t))) for t in batch[mod.data_key]]
             ceiling.add(name, score[0](truth))
@@ -234,9 +232,7 @@ def run(config, workdir: str) -> dict:
       images, got, chance, best, recon = scorers[name](tokens, truth, _other_scenes(truth, valid),
                                                        valid)
       decoded[name] = np.asarray(images)
-      sums.add(label, got)
-      sums.add(f"{label}/other_scene", chance)
-      finalize[label] = finalize[f"{label}/other_scene"] = tok.io.metrics_from_sums
+      _add_scored(sums, finalize, label, got, chance, tok.io.metrics_from_sums)
       ceiling.add(name, best)
       ceiling_finalize[name] = tok.io.metrics_from_sums
       # Steering: does the image follow the scene's texts (given ones or not, so
@@ -246,10 +242,10 @@ def run(config, workdir: str) -> dict:
           continue
         given = np.asarray(batch[text_key])
         # Against the scene's own text, and (the chance level) another scene's.
-        for figure, against in ((f"{label}/{what}", given),
-                                (f"{label}/{what}/other_scene", _other_scenes(given, valid))):
-          sums.add(figure, sums_fn(decoded[name], against, valid, min_pixels))
-          finalize[figure] = figures_fn
+        _add_scored(sums, finalize, f"{label}/{what}",
+                    sums_fn(decoded[name], given, valid, min_pixels),
+                    sums_fn(decoded[name], _other_scenes(given, valid), valid, min_pixels),
+                    figures_fn)
         ceiling.add(f"{name}/{what}", sums_fn(np.asarray(recon), given, valid, min_pixels))
         ceiling_finalize[f"{name}/{what}"] = figures_fn
     for b in np.flatnonzero(valid):
@@ -304,6 +300,14 @@ _STEERING = {
 }
 # Given texts drawn in the grid (m4.data.scene_sequences.picture): data key -> kind.
 _PICTURED = {"boxes_text": "boxes", "palette_text": "palette", "instances_text": "instances"}
+
+
+def _add_scored(sums, finalize, figure: str, own, chance, figures_fn) -> None:
+  """Adds `figure`'s sums and its chance level's (`<figure>/other_scene`),
+  both turned into figures by `figures_fn`."""
+  sums.add(figure, own)
+  sums.add(f"{figure}/other_scene", chance)
+  finalize[figure] = finalize[f"{figure}/other_scene"] = figures_fn
 
 
 def _other_scenes(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
