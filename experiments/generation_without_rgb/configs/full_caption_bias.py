@@ -15,7 +15,7 @@
 with the caption-bias component of `main_job_caption_bias.py` added at
 weight 1 beside "RGB to all" 3 : "all to all" 1 (equal compute: the same
 steps and batch). `:control` is F1 itself, the shipped mixture; `:f2` is the
-component at F2's length (12000 steps, the cosine over all of them).
+component added to F2 itself (`pretrain_objects/configs/f2.py`: 12000 steps).
 """
 
 from m4 import config_files
@@ -23,11 +23,12 @@ from m4 import config_files
 
 def get_config(arg=None):
   variant = config_files.variant(arg, __file__, ("caption_bias", "control", "f2"))
-  c = config_files.load(__file__, "../../../configs/quickstart.py").get_config("full")
-  c.order = tuple(s for s in c.order if s != "transfer")
-  del c.stages.transfer
   if variant == "f2":
-    c.stages.pretrain.total_steps = 12000
+    c = config_files.load(__file__, "../../pretrain_objects/configs/f2.py").get_config()
+  else:
+    c = config_files.load(__file__, "../../../configs/quickstart.py").get_config("full")
+    c.order = tuple(s for s in c.order if s != "transfer")
+    del c.stages.transfer
   if variant in ("caption_bias", "f2"):
     config_files.load(__file__, "main_job_caption_bias.py").add_component(
         c.stages.pretrain.masking.mixture)
